@@ -1,0 +1,3 @@
+from onnxsmith.cli import main
+
+main()

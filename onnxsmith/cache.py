@@ -1,0 +1,144 @@
+"""Content-addressed compile cache.
+
+Key = sha256 over the model fingerprint, target fingerprint, backend and its version, precision, options,
+calibration fingerprint and onnxsmith version. An entry is a directory holding the artifact files and
+``entry.json`` (the artifact record plus each file's sha256). Entries are built in a private temporary
+directory and renamed into place, so a reader never sees half an entry; when two processes build the same key,
+the first rename wins and the other build is discarded. An entry whose files no longer match their checksums is
+removed and rebuilt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from onnxsmith.plugin import Artifact
+
+ENTRY_FILE = "entry.json"
+
+
+def cache_root() -> Path:
+    """``$ONNXSMITH_CACHE_DIR``, else ``$XDG_CACHE_HOME/onnxsmith``, else ``~/.cache/onnxsmith``."""
+    if os.environ.get("ONNXSMITH_CACHE_DIR"):
+        return Path(os.environ["ONNXSMITH_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "onnxsmith"
+
+
+def cache_key(parts: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def private_dir(parent: Path, prefix: str) -> Iterator[Path]:
+    """A temporary directory under ``parent`` (same file system, so it can be renamed into place)."""
+    parent.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix=f".{prefix}-", dir=parent))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def publish_dir(tmp: Path, final: Path) -> bool:
+    """Rename ``tmp`` to ``final`` atomically; False when ``final`` already exists (another writer won)."""
+    try:
+        os.rename(tmp, final)
+        return True
+    except OSError:
+        if final.exists():
+            return False
+        raise
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Move ``tmp`` to ``final``, replacing an existing directory with one rename each way."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
+        os.rename(final, old)
+        os.rename(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, final)
+
+
+class CompileCache:
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = (root or cache_root()) / "artifacts"
+
+    def entry_dir(self, key: str) -> Path:
+        return self.root / key[:2] / key
+
+    def lookup(self, key: str) -> tuple[Artifact, Path] | None:
+        """A verified entry, or None; a corrupted entry is removed so it gets rebuilt."""
+        directory = self.entry_dir(key)
+        record_path = directory / ENTRY_FILE
+        if not record_path.exists():
+            return None
+        try:
+            record = json.loads(record_path.read_text())
+            artifact = Artifact.from_json(record["artifact"])
+            for name, digest in record["sha256"].items():
+                if sha256_file(directory / name) != digest:
+                    raise ValueError(f"{name} changed")
+        except (OSError, ValueError, KeyError, TypeError):
+            self.evict(key)
+            return None
+        return artifact, directory
+
+    def evict(self, key: str) -> None:
+        directory = self.entry_dir(key)
+        if directory.exists():
+            trash = directory.with_name(f".{directory.name}.bad-{uuid.uuid4().hex[:8]}")
+            try:
+                os.rename(directory, trash)
+            except OSError:
+                return
+            shutil.rmtree(trash, ignore_errors=True)
+
+    def get_or_build(self, key: str, build: Callable[[Path], Artifact]) -> tuple[Artifact, Path, bool]:
+        """The entry for ``key``, building it with ``build(workdir)`` when missing. Returns (artifact, dir, hit)."""
+        found = self.lookup(key)
+        if found:
+            return (*found, True)
+        parent = self.entry_dir(key).parent
+        with private_dir(parent, key[:12]) as tmp:
+            artifact = build(tmp)
+            files = _artifact_files(tmp, artifact)
+            record = {"key": key, "artifact": artifact.to_json(),
+                      "sha256": {name: sha256_file(tmp / name) for name in files}}
+            (tmp / ENTRY_FILE).write_text(json.dumps(record, indent=2))
+            if not publish_dir(tmp, self.entry_dir(key)):
+                found = self.lookup(key)
+                if found is None:  # the winner's entry is unreadable: replace it with ours
+                    replace_dir(tmp, self.entry_dir(key))
+        found = self.lookup(key)
+        if found is None:
+            raise RuntimeError(f"cache entry {key} vanished right after it was written")
+        return (*found, False)
+
+
+def _artifact_files(directory: Path, artifact: Artifact) -> list[str]:
+    """Every regular file under ``directory`` (relative paths); artifact.files must all exist."""
+    for name in artifact.files:
+        if not (directory / name).exists():
+            raise RuntimeError(f"backend {artifact.backend} listed '{name}' but did not write it")
+    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file())

@@ -1,0 +1,172 @@
+"""Input, calibration and validation data: one :class:`Dataset` abstraction for every stage.
+
+A data file is an ``.npz`` with one array per model input, named after it, samples along the first axis.
+Other keys (labels...) are ignored unless named with ``labels=``. A single ``.npy`` works for one-input models.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import zipfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from onnxsmith.errors import DataError, first_line
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from onnxsmith.model import LoadedModel, TensorSpec
+
+_FLOAT_KINDS = ("float16", "float32", "float64", "bfloat16")
+
+
+@dataclasses.dataclass
+class Dataset:
+    """Samples for a model's inputs: ``arrays[name]`` has samples along axis 0; ``labels`` is optional."""
+
+    arrays: dict[str, np.ndarray]
+    labels: np.ndarray | None = None
+    source: str = "generated"
+
+    def __len__(self) -> int:
+        return len(next(iter(self.arrays.values())))
+
+    def fingerprint(self) -> str:
+        digest = hashlib.sha256()
+        for name in sorted(self.arrays):
+            arr = self.arrays[name]
+            digest.update(f"{name}:{arr.dtype}:{arr.shape}".encode())
+            digest.update(arr.tobytes())
+        if self.labels is not None:
+            digest.update(self.labels.tobytes())
+        return digest.hexdigest()[:16]
+
+    def batches(self, batch: int = 1) -> Iterator[dict[str, np.ndarray]]:
+        """Feeds of ``batch`` samples each; a last short batch is dropped (compiled shapes are fixed)."""
+        for start in range(0, len(self) - batch + 1, batch):
+            yield {k: v[start:start + batch] for k, v in self.arrays.items()}
+
+    def subset(self, count: int) -> Dataset:
+        return Dataset({k: v[:count] for k, v in self.arrays.items()},
+                       None if self.labels is None else self.labels[:count], self.source)
+
+
+def model_batch(spec: TensorSpec) -> int:
+    first = spec.shape[0] if spec.shape else 1
+    return first if isinstance(first, int) else 1
+
+
+def check_against_model(arrays: Mapping[str, np.ndarray], model_inputs: tuple[TensorSpec, ...], where: str) -> None:
+    """Each model input present, each sample shaped like the model's input without its batch dim, same dtype."""
+    import numpy as np
+
+    names = [s.name for s in model_inputs]
+    missing = [n for n in names if n not in arrays]
+    if missing:
+        raise DataError(f"{where} does not fit the model", f"no array for input(s) {', '.join(missing)} "
+                        f"(arrays present: {', '.join(arrays) or 'none'})",
+                        f"save one array per model input, named {', '.join(names)}")
+    counts = set()
+    for spec in model_inputs:
+        arr = arrays[spec.name]
+        want = spec.shape[1:]
+        if arr.ndim != len(spec.shape) or any(isinstance(w, int) and w != h for w, h in zip(want, arr.shape[1:])):
+            raise DataError(f"{where} does not fit the model",
+                            f"array '{spec.name}' has shape {'x'.join(map(str, arr.shape))}, the input takes "
+                            f"{spec.shape_text()} (samples along the first axis)",
+                            "reshape the data to N x " + ("x".join(str(d) for d in want) or "(scalar)"))
+        if np.dtype(arr.dtype).name != spec.dtype:
+            raise DataError(f"{where} does not fit the model",
+                            f"array '{spec.name}' is {arr.dtype}, the input takes {spec.dtype}",
+                            f"convert it with .astype('{spec.dtype}')")
+        counts.add(arr.shape[0])
+    if len(counts) > 1:
+        raise DataError(f"{where} does not fit the model", f"inputs have different sample counts {sorted(counts)}")
+
+
+def load_data(path: str | Path, model_inputs: tuple[TensorSpec, ...], labels: str | None = None,
+              what: str = "data file") -> Dataset:
+    """Read an ``.npz`` (or ``.npy`` for a one-input model) and check it against the model's inputs."""
+    import numpy as np
+
+    path = Path(path)
+    where = f"{what} '{path}'"
+    if not path.exists():
+        raise DataError(f"cannot read {where}", "file not found", "check the path")
+    try:
+        if path.suffix == ".npy":
+            if len(model_inputs) != 1:
+                raise DataError(f"cannot use {where}", f"the model has {len(model_inputs)} inputs; a .npy holds one",
+                                "save an .npz with one array per input")
+            arrays = {model_inputs[0].name: np.load(path, allow_pickle=False)}
+            label_array = None
+        else:
+            with np.load(path, allow_pickle=False) as npz:
+                arrays = {k: npz[k] for k in npz.files}
+            label_array = None
+            if labels is not None:
+                if labels not in arrays:
+                    raise DataError(f"cannot use {where}", f"it has no array '{labels}' for the labels",
+                                    f"arrays present: {', '.join(arrays)}")
+                label_array = arrays.pop(labels)
+            names = {s.name for s in model_inputs}
+            arrays = {k: v for k, v in arrays.items() if k in names}
+    except DataError:
+        raise
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise DataError(f"cannot read {where}", f"not a valid .npz/.npy file ({first_line(exc)})",
+                        "save it with numpy.savez(path, input_name=array)") from exc
+    check_against_model(arrays, model_inputs, where)
+    n = len(next(iter(arrays.values())))
+    if n == 0:
+        raise DataError(f"cannot use {where}", "it holds no samples")
+    if label_array is not None and len(label_array) != n:
+        raise DataError(f"cannot use {where}", f"{len(label_array)} labels for {n} samples")
+    return Dataset(arrays, label_array, str(path))
+
+
+def _index_bounds(model: LoadedModel) -> dict[str, int]:
+    """Upper bounds for integer inputs used as Gather indices (token ids -> embedding rows)."""
+    inits = {t.name: t for t in model.proto.graph.initializer}
+    bounds: dict[str, int] = {}
+    for node in model.proto.graph.node:
+        if node.op_type == "Gather" and len(node.input) > 1 and node.input[0] in inits:
+            bounds[node.input[1]] = int(inits[node.input[0]].dims[0])
+    return bounds
+
+
+def synthetic(model: LoadedModel, samples: int, seed: int = 0) -> Dataset:
+    """Seeded generated inputs: floats ~ N(0, 1); integer ids within embedding tables; masks of ones."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    bounds = _index_bounds(model)
+    arrays: dict[str, np.ndarray] = {}
+    for spec in model.inputs:
+        shape = tuple(d if isinstance(d, int) else 1 for d in spec.shape)
+        per_sample = shape[1:]
+        full = (samples * (shape[0] if shape else 1), *per_sample) if shape else (samples,)
+        if spec.dtype in _FLOAT_KINDS:
+            arrays[spec.name] = rng.standard_normal(full).astype(spec.dtype)
+        elif spec.dtype == "bool" or "mask" in spec.name.lower():
+            arrays[spec.name] = np.ones(full, dtype=spec.dtype)
+        else:
+            high = min(bounds.get(spec.name, 100), np.iinfo(spec.dtype).max)
+            arrays[spec.name] = rng.integers(0, high, size=full).astype(spec.dtype)
+    return Dataset(arrays, None, f"generated (seed {seed})")
+
+
+def save_npz(path: Path, arrays: Mapping[str, Any]) -> None:
+    """Write an .npz atomically."""
+    import os
+
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, path)

@@ -1,0 +1,312 @@
+"""Stage 1, load: read an ONNX model safely, check it, fix dynamic shapes and fingerprint it.
+
+ONNX is the one intermediate form: every later stage takes a :class:`LoadedModel`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import os
+import re
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from onnxsmith.errors import ModelError, UserInputError, first_line
+
+if TYPE_CHECKING:
+    import onnx
+
+Dim = int | str | None
+"""A dimension: an int when fixed, the symbol name (or ``None``) when dynamic."""
+
+_ONNX_DTYPES = {
+    1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32", 7: "int64", 9: "bool",
+    10: "float16", 11: "float64", 12: "uint32", 13: "uint64", 16: "bfloat16",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorSpec:
+    """Name, element type and shape of one model input or output."""
+
+    name: str
+    dtype: str
+    """numpy dtype name (``float32``, ``int64``...)."""
+    shape: tuple[Dim, ...]
+
+    @property
+    def dynamic_dims(self) -> list[int]:
+        return [i for i, d in enumerate(self.shape) if not isinstance(d, int)]
+
+    @property
+    def is_static(self) -> bool:
+        return not self.dynamic_dims
+
+    def shape_text(self) -> str:
+        return "x".join(str(d) if isinstance(d, int) else (d or "?") for d in self.shape) or "scalar"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> TensorSpec:
+        return cls(data["name"], data["dtype"], tuple(data["shape"]))
+
+
+def parse_shape_overrides(values: tuple[str, ...] | list[str]) -> dict[str, tuple[int, ...]]:
+    """Parse ``--shape NAME=1x3x224x224`` options."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for value in values:
+        name, sep, dims = value.rpartition("=")
+        if not sep or not name or not re.fullmatch(r"\d+(x\d+)*", dims):
+            raise UserInputError(f"invalid --shape '{value}'", "expected NAME=DIMxDIMx... with positive integers",
+                                 "for example --shape input=1x3x224x224")
+        shapes[name] = tuple(int(d) for d in dims.split("x"))
+        if 0 in shapes[name]:
+            raise UserInputError(f"invalid --shape '{value}'", "dimensions must be positive")
+    return shapes
+
+
+def _value_spec(value: onnx.ValueInfoProto) -> TensorSpec:
+    t = value.type.tensor_type
+    dims: list[Dim] = []
+    for d in t.shape.dim:
+        if d.HasField("dim_value") and d.dim_value > 0:
+            dims.append(int(d.dim_value))
+        else:
+            dims.append(d.dim_param or None)
+    return TensorSpec(value.name, _ONNX_DTYPES.get(t.elem_type, f"onnx:{t.elem_type}"), tuple(dims))
+
+
+def _check_external_data(model: onnx.ModelProto, base: Path) -> list[Path]:
+    """Reject external-data locations that leave the model directory or point at missing/short files."""
+    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
+
+    base = base.resolve()
+    files: list[Path] = []
+    for tensor in _get_all_tensors(model):
+        if not uses_external_data(tensor):
+            continue
+        info = ExternalDataInfo(tensor)
+        location = info.location or ""
+        where = f"tensor '{tensor.name}' stores its data in '{location}'"
+        if not location or os.path.isabs(location) or location.startswith(("/", "\\")) or ".." in Path(location).parts:
+            raise ModelError("unsafe external data", f"{where}, outside the model's directory",
+                             "external data files must sit beside the model, named by relative paths")
+        path = (base / location).resolve()
+        if base not in path.parents:
+            raise ModelError("unsafe external data", f"{where}, which resolves outside the model's directory "
+                             "(symbolic link?)", "copy the data file next to the model")
+        if not path.is_file():
+            raise ModelError("missing external data", f"{where}, which does not exist",
+                             "keep the data file next to the .onnx file")
+        size = path.stat().st_size
+        offset = int(info.offset or 0)
+        if info.length:
+            needed = offset + int(info.length)
+        else:
+            count = functools.reduce(lambda a, b: a * b, tensor.dims, 1)
+            import onnx.helper
+
+            itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+            needed = offset + count * itemsize
+        if size < needed:
+            raise ModelError("truncated external data", f"{where}, which has {size} bytes but needs {needed}",
+                             "copy the data file again; it is incomplete")
+        if path not in files:
+            files.append(path)
+    return files
+
+
+def _sha256_files(paths: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    """A checked ONNX model with static input shapes, ready for the optimize and compile stages."""
+
+    source: Path
+    """The file the user gave."""
+    proto: onnx.ModelProto
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    opset: int
+    fingerprint: str
+    """sha256 over the model file and its external data, in the order the graph names them."""
+    shape_overrides: dict[str, tuple[int, ...]]
+    notes: list[str] = dataclasses.field(default_factory=list)
+    _path: Path | None = None
+    _tmp: tempfile.TemporaryDirectory[str] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.source.stem
+
+    @property
+    def path(self) -> Path:
+        """A file on disk holding exactly this model (with fixed shapes); backends read this."""
+        if self._path is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="onnxsmith-model-")
+            self._path = save_model(self.proto, Path(self._tmp.name) / f"{self.name}.onnx")
+        return self._path
+
+    def input_spec(self, name: str) -> TensorSpec:
+        for spec in self.inputs:
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
+
+    def signature(self) -> dict[str, Any]:
+        return {"inputs": [s.to_json() for s in self.inputs], "outputs": [s.to_json() for s in self.outputs]}
+
+
+def save_model(proto: onnx.ModelProto, path: Path) -> Path:
+    """Save a model; models over 1.8 GB keep their weights in ``<name>.data`` beside it."""
+    import onnx
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if proto.ByteSize() > 1_800_000_000:
+        onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=path.name + ".data")
+    else:
+        onnx.save_model(proto, str(path))
+    return path
+
+
+def load_model(path: str | os.PathLike[str], shapes: Mapping[str, tuple[int, ...]] | None = None,
+               default_batch: int | None = 1, check: bool = True) -> LoadedModel:
+    """Load, check and shape-infer ``path``; ``shapes`` fixes dynamic input dimensions.
+
+    A dynamic first (batch) dimension left unset becomes ``default_batch`` with a note; any other dynamic
+    dimension without an override is an error naming it (pass ``default_batch=None`` to keep shapes dynamic).
+    """
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    source = Path(path)
+    if not source.is_file():
+        raise ModelError(f"cannot load model '{source}'", "file not found" if not source.exists() else "not a file")
+    with open(source, "rb") as f:
+        head = f.read(64)
+    if head[:1] in (b"{", b"<") or head.startswith((b"PK", b"\x89HDF", b"\x80\x02", b"GGUF")):
+        raise ModelError(f"cannot load model '{source}'", "this is not an ONNX file (it looks like JSON, XML, a zip, "
+                         "HDF5, a pickle or GGUF)", "export the model to ONNX first (torch.onnx.export)")
+    try:
+        proto = onnx.load_model(str(source), load_external_data=False)
+    except (DecodeError, ValueError, RuntimeError, OSError) as exc:
+        raise ModelError(f"cannot load model '{source}'", f"not a valid ONNX protobuf ({first_line(exc)})",
+                         "is the file truncated? re-export or copy it again") from exc
+    if not proto.graph.node and not proto.graph.output:
+        raise ModelError(f"cannot load model '{source}'", "it parsed as an empty graph; this is not an ONNX model",
+                         "check the file; export the model to ONNX first")
+    data_files = _check_external_data(proto, source.parent)
+    if data_files:
+        from onnx.external_data_helper import load_external_data_for_model
+
+        load_external_data_for_model(proto, str(source.parent))
+    fingerprint = _sha256_files([source, *data_files])
+    if check:
+        try:
+            if proto.ByteSize() < 2_000_000_000:
+                onnx.checker.check_model(proto)
+            else:
+                onnx.checker.check_model(str(source))
+        except onnx.checker.ValidationError as exc:
+            raise ModelError(f"invalid ONNX model '{source}'", f"the ONNX checker says: {first_line(exc)}",
+                             "fix the exporter or run onnx.checker.check_model for details") from exc
+    model = LoadedModel(source=source, proto=proto, inputs=(), outputs=(), opset=_opset(proto),
+                        fingerprint=fingerprint, shape_overrides=dict(shapes or {}))
+    _fix_shapes(model, dict(shapes or {}), default_batch)
+    return model
+
+
+def _opset(proto: onnx.ModelProto) -> int:
+    for imp in proto.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return int(imp.version)
+    return 0
+
+
+def _graph_inputs(proto: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    initializers = {t.name for t in proto.graph.initializer}
+    return [v for v in proto.graph.input if v.name not in initializers]
+
+
+def _fix_shapes(model: LoadedModel, shapes: dict[str, tuple[int, ...]], default_batch: int | None) -> None:
+    import onnx
+
+    proto = model.proto
+    graph_inputs = _graph_inputs(proto)
+    names = [v.name for v in graph_inputs]
+    for name in shapes:
+        if name not in names:
+            raise UserInputError(f"invalid --shape for '{name}'", f"the model has no input of that name",
+                                 f"inputs are: {', '.join(names)}")
+    changed = False
+    for value in graph_inputs:
+        spec = _value_spec(value)
+        dims = value.type.tensor_type.shape.dim
+        if value.name in shapes:
+            wanted = shapes[value.name]
+            if len(wanted) != len(spec.shape):
+                raise UserInputError(f"invalid --shape for '{value.name}'",
+                                     f"the input has rank {len(spec.shape)} ({spec.shape_text()}), "
+                                     f"the option gives {len(wanted)} dims")
+            for i, (have, want) in enumerate(zip(spec.shape, wanted)):
+                if isinstance(have, int) and have != want:
+                    raise UserInputError(f"invalid --shape for '{value.name}'",
+                                         f"dim {i} is fixed to {have} in the model, the option gives {want}")
+            for dim, want in zip(dims, wanted):
+                dim.Clear()
+                dim.dim_value = want
+            changed = True
+            continue
+        dynamic = spec.dynamic_dims
+        if not dynamic or default_batch is None:
+            continue
+        if dynamic == [0]:
+            dims[0].Clear()
+            dims[0].dim_value = default_batch
+            model.notes.append(f"input '{value.name}': dynamic batch dim '{spec.shape[0] or '?'}' set to "
+                               f"{default_batch} (use --shape to choose)")
+            changed = True
+            continue
+        names_text = ", ".join(f"{i} ('{spec.shape[i] or '?'}')" for i in dynamic)
+        example = "x".join(str(d) if isinstance(d, int) else "N" for d in spec.shape)
+        raise UserInputError(f"input '{value.name}' has dynamic dims {names_text}",
+                             "onnxsmith compiles for fixed shapes",
+                             f"give them with --shape {value.name}={example} (N = your size)")
+    if changed:
+        # Drop stale inferred shapes and re-infer with the fixed inputs.
+        del proto.graph.value_info[:]
+        for out in proto.graph.output:
+            for dim in out.type.tensor_type.shape.dim:
+                if not dim.HasField("dim_value"):
+                    dim.Clear()
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto, data_prop=True) if proto.ByteSize() < 2_000_000_000 else proto
+    except Exception as exc:  # shape inference is best-effort; backends infer again
+        model.notes.append(f"ONNX shape inference failed: {first_line(exc)}")
+        inferred = proto
+    model.proto = inferred
+    model.inputs = tuple(_value_spec(v) for v in _graph_inputs(inferred))
+    model.outputs = tuple(_value_spec(v) for v in inferred.graph.output)
+
+
+def require_static(model: LoadedModel) -> None:
+    """Raise a clear error when an input still has dynamic dims."""
+    for spec in model.inputs:
+        if not spec.is_static:
+            example = "x".join(str(d) if isinstance(d, int) else "N" for d in spec.shape)
+            raise UserInputError(f"input '{spec.name}' has dynamic dims {spec.dynamic_dims}",
+                                 "this step needs fixed shapes", f"give them with --shape {spec.name}={example}")

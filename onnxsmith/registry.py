@@ -1,0 +1,67 @@
+"""Backend discovery through the ``onnxsmith.compilers`` entry-point group.
+
+Built-in backends register exactly like third-party ones (see ``pyproject.toml``). Loading an entry point
+imports only the plugin's light module; whether the vendor library is usable is asked separately, so a
+backend whose library is missing shows up as *unavailable* with the reason and the pip extra to install.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from importlib.metadata import entry_points
+
+from onnxsmith.errors import MissingDependencyError, OnnxsmithError, UnsupportedError, first_line
+from onnxsmith.plugin import Compiler
+
+GROUP = "onnxsmith.compilers"
+
+
+@dataclasses.dataclass(frozen=True)
+class BackendStatus:
+    name: str
+    available: bool
+    version: str = ""
+    devices: tuple[str, ...] = ()
+    reason: str = ""
+    hint: str = ""
+    artifact_kind: str = ""
+
+
+@functools.lru_cache(maxsize=1)
+def _entry_points() -> dict[str, object]:
+    return {ep.name: ep for ep in entry_points(group=GROUP)}
+
+
+def backend_names() -> list[str]:
+    return sorted(_entry_points())
+
+
+@functools.lru_cache(maxsize=None)
+def get_backend(name: str) -> Compiler:
+    """The backend plugin ``name`` (its vendor library is not imported yet)."""
+    eps = _entry_points()
+    if name not in eps:
+        raise UnsupportedError(f"unknown backend '{name}'", f"installed backends: {', '.join(sorted(eps)) or 'none'}",
+                               "check the spelling, or install the plugin package that provides it")
+    try:
+        cls = eps[name].load()  # type: ignore[attr-defined]
+    except Exception as exc:  # a broken third-party plugin must not break the CLI
+        raise UnsupportedError(f"backend plugin '{name}' failed to load", first_line(exc),
+                               "reinstall the plugin, or run with --debug for the traceback") from exc
+    return cls()
+
+
+def backend_status(name: str, probe_devices: bool = True) -> BackendStatus:
+    """Whether a backend is usable here, and why not."""
+    try:
+        backend = get_backend(name)
+        backend.check_environment()
+        devices = tuple(backend.devices()) if probe_devices else ()
+        return BackendStatus(name, True, backend.version(), devices, artifact_kind=backend.artifact_kind)
+    except MissingDependencyError as exc:
+        return BackendStatus(name, False, reason=exc.what, hint=exc.hint)
+    except OnnxsmithError as exc:
+        return BackendStatus(name, False, reason=f"{exc.what}: {exc.why}" if exc.why else exc.what, hint=exc.hint)
+    except Exception as exc:  # vendor libraries fail in many ways (driver missing, ABI mismatch...)
+        return BackendStatus(name, False, reason=first_line(exc))

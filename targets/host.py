@@ -1,0 +1,108 @@
+"""Detect this machine as the ``host`` target: ISA features, core count and an estimated peak."""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import re
+from pathlib import Path
+
+from onnxsmith.targets import Peak, Requirements, Target
+
+# FLOP per cycle per core for fp32 FMA, by widest vector unit (2 FMA pipes; Zen 4 runs AVX-512 on 256-bit pipes).
+_FP32_FLOP_PER_CYCLE = {"amx": 64, "avx512": 64, "avx2": 32, "sse": 8, "sve": 32, "neon": 16}
+_FEATURES = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "avx_vnni", "amx_tile",
+             "amx_bf16", "amx_int8", "asimd", "asimddp", "sve", "sve2", "bf16", "i8mm")
+
+
+def _cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
+def _field(text: str, name: str) -> str:
+    match = re.search(rf"^{name}\s*:\s*(.*)$", text, re.MULTILINE)
+    return match.group(1).strip() if match else ""
+
+
+def cpu_flags() -> frozenset[str]:
+    text = _cpuinfo()
+    return frozenset((_field(text, "flags") or _field(text, "Features")).split())
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS
+        return os.cpu_count() or 1
+
+
+def _ghz(text: str) -> tuple[float, str]:
+    for path in ("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq",):
+        try:
+            return int(Path(path).read_text()) / 1e6, "cpufreq max"
+        except (OSError, ValueError):
+            pass
+    mhz = _field(text, "cpu MHz")
+    if mhz:
+        return float(mhz) / 1000, "/proc/cpuinfo cpu MHz"
+    return 2.5, "assumed 2.5 GHz"
+
+
+@functools.lru_cache(maxsize=1)
+def detect_host() -> Target:
+    """This machine as a :class:`Target`. Cached: detection reads /proc once per process."""
+    text = _cpuinfo()
+    arch = platform.machine().lower().replace("amd64", "x86_64").replace("arm64", "aarch64")
+    flags = cpu_flags()
+    cores = _cores()
+    ghz, ghz_source = _ghz(text)
+    features = tuple(f for f in _FEATURES if f in flags)
+    if arch == "x86_64":
+        width = "amx" if "amx_tile" in flags else "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "sse"
+        name = _field(text, "model name") or "x86-64 CPU"
+        backends = ("openvino", "onnxruntime", "tvm")
+        bf16 = "avx512_bf16" in flags or "amx_bf16" in flags
+        int8_mult = 4 if ("avx512_vnni" in flags or "avx_vnni" in flags or "amx_int8" in flags) else 2
+        mcpu = "native"
+    else:
+        width = "sve" if "sve" in flags else "neon"
+        name = _field(text, "model name") or f"{arch} CPU"
+        backends = ("tvm", "onnxruntime")
+        bf16 = "bf16" in flags
+        int8_mult = 4 if ("asimddp" in flags or "i8mm" in flags) else 2
+        mcpu = "native"
+    fp32 = cores * ghz * _FP32_FLOP_PER_CYCLE[width] / 1000
+    tflops = {"fp32": round(fp32, 3), "int8": round(fp32 * int8_mult, 3)}
+    precisions = ["fp32", "int8"]
+    if bf16:
+        tflops["bf16"] = round(fp32 * 2, 3)
+        precisions.insert(1, "bf16")
+    return Target(
+        id="host",
+        name=f"{name} ({cores} cores available)",
+        vendor="host",
+        kind="cpu",
+        backends=backends,
+        precisions=tuple(precisions),
+        peak=Peak(
+            tflops=tflops,
+            memory_bandwidth_gbps=0.0,
+            source=(f"estimated: {cores} cores x {ghz:.2f} GHz ({ghz_source}) x "
+                    f"{_FP32_FLOP_PER_CYCLE[width]} fp32 FLOP/cycle ({width}); int8 x{int8_mult}"
+                    + ("; bf16 x2" if bf16 else "") + "; memory bandwidth not measured"),
+        ),
+        requires=Requirements(arch=arch, cpu_flags=features, os=platform.system().lower()),
+        device_options={
+            "openvino": {"device": "CPU"},
+            "onnxruntime": {"providers": ["CPUExecutionProvider"]},
+            "tvm": {"kind": "llvm", "mcpu": mcpu, "num-cores": cores},
+        },
+        cores=cores,
+        description="This machine, detected at run time: " + (", ".join(features) or "no vector extensions found"),
+        source_file="(detected)",
+        detected=True,
+    )

@@ -1,0 +1,34 @@
+"""Shared fixtures: small ONNX models built with onnx.helper, an isolated cache, a CLI runner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import pytest
+
+from tests.models import make_cnn, make_mlp
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test session gets its own cache directory; tests never touch ~/.cache."""
+    root = tmp_path_factory.getbasetemp() / "cache"
+    monkeypatch.setenv("ONNXSMITH_CACHE_DIR", str(root))
+    return root
+
+
+@pytest.fixture
+def cnn_path(tmp_path: Path) -> Path:
+    """A tiny image classifier: 1x3x16x16 -> 1x10 (Conv, Relu, MaxPool, Gemm, Softmax)."""
+    path = tmp_path / "cnn.onnx"
+    onnx.save_model(make_cnn(), str(path))
+    return path
+
+
+@pytest.fixture
+def mlp_path(tmp_path: Path) -> Path:
+    """A dynamic-batch MLP: Nx32 -> Nx10."""
+    path = tmp_path / "mlp.onnx"
+    onnx.save_model(make_mlp(), str(path))
+    return path
