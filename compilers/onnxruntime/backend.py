@@ -43,6 +43,7 @@ def session_options(threads: int = 0, profile_file: str | None = None) -> Any:
     ort = _ort()
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
     if threads:
         opts.intra_op_num_threads = threads
     if profile_file:
@@ -193,6 +194,8 @@ class OnnxRuntimeCompiler:
         for extra in src.parent.glob(src.name + ".data"):
             shutil.copyfile(extra, workdir / extra.name)
         opts = session_options(int(request.options.get("threads", request.profile.threads or 0)))
+        # The saved file stays portable (extended level); sessions apply the hardware-specific layouts at load.
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         opts.optimized_model_filepath = str(workdir / "model.optimized.onnx")
         start = time.perf_counter()
         try:
@@ -207,7 +210,7 @@ class OnnxRuntimeCompiler:
         return Artifact(
             backend=self.name, backend_version=self.version(), device=providers[0], precision="fp32",
             precision_used="fp32", files=tuple(files),
-            options={"providers": providers, "graph_optimization_level": "ORT_ENABLE_ALL",
+            options={"providers": providers, "graph_optimization_level": "ORT_ENABLE_EXTENDED offline, ORT_ENABLE_ALL at load",
                      "threads": int(request.options.get("threads", request.profile.threads or 0))},
             metadata={"optimize_seconds": round(time.perf_counter() - start, 3)},
         )

@@ -1,0 +1,94 @@
+"""The ``onnxsmith`` command line. Each verb lives in its own module, imported only when it runs.
+
+The CLI only turns arguments into a call of a documented library function; errors become one line on stderr
+and an exit code (see :mod:`onnxsmith.errors`); ``--debug`` shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Any
+
+import click
+
+import onnxsmith
+
+# verb -> (module, function, one-line help); kept here so `--help` imports no command module.
+COMMANDS = {
+    "compile": ("compile", "compile_command", "Compile an ONNX model for a target into a bundle."),
+    "profile": ("profile", "profile_command", "Measure a bundle's latency, throughput and memory beside ONNX Runtime."),
+    "validate": ("validate", "validate_command", "Compare a bundle's outputs with ONNX Runtime fp32 on real inputs."),
+    "run": ("run", "run_command", "Run a bundle on inputs from an .npz and save the outputs."),
+    "inspect": ("inspect", "inspect_command", "Show a model's inputs, ops, parameters, FLOPs and backend support."),
+    "optimize": ("optimize", "optimize_command", "Walk the optimization ladder and keep the best measured artifact."),
+    "targets": ("targets", "targets_group", "List the hardware catalogue, or show one target."),
+    "profiles": ("targets", "profiles_command", "List the optimization presets."),
+    "doctor": ("doctor", "doctor_command", "Show which backends and devices are usable here, and why not."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module, attr, _ = COMMANDS[name]
+        return getattr(importlib.import_module(f"onnxsmith.cli.{module}"), attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, help_text) for name, (_, _, help_text) in COMMANDS.items()])
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(onnxsmith.__version__, prog_name="onnxsmith")
+@click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """onnxsmith: compile an ONNX model for a named hardware target, profile it and validate it.
+
+    \b
+    Exit codes: 0 ok, 1 internal error, 2 bad input, 3 missing dependency,
+    4 backend failure, 5 unsupported here, 6 check failed.
+    """
+    ctx.obj = {"debug": debug}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: run the CLI and map errors to one line and an exit code."""
+    from onnxsmith.errors import OnnxsmithError
+
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    try:
+        cli.main(args=args, prog_name="onnxsmith", standalone_mode=False)
+    except OnnxsmithError as exc:
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        click.echo(f"error: {exc.one_line()}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(2 if exc.exit_code == 2 else exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:  # a bug: one line unless --debug
+        if debug:
+            raise
+        click.echo(f"internal error: {type(exc).__name__}: {exc}. Hint: this is a bug in onnxsmith; run again "
+                   "with --debug and report the traceback.", err=True)
+        sys.exit(1)
+    sys.exit(0)
+
+
+def run_cli(args: list[str]) -> Any:  # pragma: no cover - convenience for scripts
+    return main(args)

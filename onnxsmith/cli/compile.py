@@ -1,0 +1,80 @@
+"""``onnxsmith compile``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from onnxsmith.cli.common import (backend_option, echo_err, json_option, parse_options, profile_option, shape_option,
+                                  target_option)
+
+
+def default_output(model: str, target: str, precision: str) -> Path:
+    return Path("out") / f"{Path(model).stem}-{Path(target).stem if target.endswith('.toml') else target.replace('/', '-')}-{precision}"
+
+
+@click.command("compile")
+@click.argument("model", type=click.Path(dir_okay=False))
+@target_option
+@backend_option
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16", "int8"]), default=None,
+              help="Arithmetic precision (default: the profile's).")
+@click.option("--calibration", type=click.Path(dir_okay=False), default=None,
+              help="Calibration .npz (one array per input, samples along axis 0); needed for int8.")
+@click.option("--output", "-o", type=click.Path(file_okay=False), default=None,
+              help="Bundle directory (default: out/<model>-<target>-<precision>).")
+@profile_option
+@shape_option
+@click.option("--option", "raw_options", multiple=True, metavar="KEY=VALUE",
+              help="Backend option, e.g. inference_precision=f32 (repeatable).")
+@click.option("--tune", is_flag=True, help="Tune kernels (TVM MetaSchedule); the tuning database is cached.")
+@click.option("--tune-trials", type=int, default=None, help="Tuning budget in measured candidates.")
+@click.option("--tune-minutes", type=float, default=None, help="Tuning budget in minutes.")
+@click.option("--no-cache", is_flag=True, help="Compile even when the cache has this artifact.")
+@json_option
+def compile_command(model: str, target_spec: str, backend: str | None, precision: str | None,
+                    calibration: str | None, output: str | None, profile_spec: str, shapes: tuple[str, ...],
+                    raw_options: tuple[str, ...], tune: bool, tune_trials: int | None, tune_minutes: float | None,
+                    no_cache: bool, as_json: bool) -> None:
+    """Compile an ONNX model for a target into a bundle."""
+    from onnxsmith.console import print_json, progress
+    from onnxsmith.data import load_data
+    from onnxsmith.model import load_model, parse_shape_overrides
+    from onnxsmith.profiles import load_profile
+    from onnxsmith.targets import load_target
+
+    options = parse_options(raw_options)
+    if tune or tune_trials or tune_minutes:
+        options["tune"] = "1"
+        if tune_trials:
+            options["tune_trials"] = str(tune_trials)
+        if tune_minutes:
+            options["tune_minutes"] = str(tune_minutes)
+    target = load_target(target_spec)
+    profile = load_profile(profile_spec)
+    loaded = load_model(model, parse_shape_overrides(shapes))
+    precision = precision or profile.precision
+    calib = load_data(calibration, loaded.inputs, what="calibration file") if calibration else None
+    out = Path(output) if output else default_output(model, target_spec, precision)
+    from onnxsmith.compile import compile_model
+
+    with progress(f"compiling {loaded.name} for {target.id} ({precision})", not as_json):
+        bundle = compile_model(loaded, target, profile=profile, output=out, backend=backend, precision=precision,
+                               calibration=calib, options=options, use_cache=not no_cache)
+    m = bundle.manifest
+    if as_json:
+        print_json({"bundle": str(bundle.path), **{k: m[k] for k in ("backend", "backend_version", "precision",
+                    "precision_used", "compile_seconds", "cache", "runs_here", "notes")}, "target": m["target"]["id"],
+                    "artifact": m["artifact"]})
+        return
+    hit = " (from cache)" if m["cache"]["hit"] else ""
+    click.echo(f"compiled {m['model']['name']} for {m['target']['id']} with {m['backend']} {m['backend_version']}: "
+               f"precision {m['precision_used']}, {m['compile_seconds'] or 0:.2f} s{hit}")
+    for note in m["notes"]:
+        echo_err(f"note: {note}")
+    if not m["runs_here"]["ok"]:
+        echo_err(f"note: this bundle cannot run on this machine: {m['runs_here']['reason']}. "
+                 f"{m['runs_here']['hint']}")
+    click.echo(f"bundle: {bundle.path}")
+    click.echo(f"report: {bundle.path / 'report.md'}")

@@ -1,0 +1,51 @@
+"""``onnxsmith doctor``."""
+
+from __future__ import annotations
+
+import click
+
+from onnxsmith.cli.common import json_option
+
+
+@click.command("doctor")
+@json_option
+def doctor_command(as_json: bool) -> None:
+    """Show which backends and devices are usable here, and why not."""
+    import dataclasses
+    import platform
+    import sys
+
+    from rich.table import Table
+
+    import onnxsmith
+    from onnxsmith.cache import cache_root
+    from onnxsmith.console import print_json, stdout_console
+    from onnxsmith.registry import backend_names, backend_status
+    from onnxsmith.targets.host import detect_host
+
+    host = detect_host()
+    statuses = [backend_status(name) for name in backend_names()]
+    data = {
+        "onnxsmith": onnxsmith.__version__,
+        "python": sys.version.split()[0],
+        "platform": f"{platform.system()} {platform.machine()}",
+        "host": {"name": host.name, "cores": host.cores, "cpu_features": list(host.requires.cpu_flags),
+                 "precisions": list(host.precisions), "peak_tflops": dict(host.peak.tflops)},
+        "cache": str(cache_root()),
+        "backends": [dataclasses.asdict(s) for s in statuses],
+    }
+    if as_json:
+        print_json(data)
+        return
+    out = stdout_console()
+    out.print(f"onnxsmith {data['onnxsmith']}, Python {data['python']}, {data['platform']}")
+    out.print(f"host: {host.name}; features: {', '.join(host.requires.cpu_flags) or '-'}; "
+              f"precisions: {', '.join(host.precisions)}")
+    out.print(f"cache: {data['cache']}")
+    table = Table(title="backends")
+    for col in ("backend", "usable", "version", "devices", "why not / fix"):
+        table.add_column(col)
+    for s in statuses:
+        table.add_row(s.name, "[green]yes[/green]" if s.available else "[red]no[/red]", s.version or "-",
+                      ", ".join(s.devices) or "-", f"{s.reason}" + (f" (hint: {s.hint})" if s.hint else ""))
+    out.print(table)

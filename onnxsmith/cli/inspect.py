@@ -1,0 +1,89 @@
+"""``onnxsmith inspect``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from onnxsmith.cli.common import json_option, shape_option, target_option
+
+
+def backend_support(model: Any, target: Any) -> list[dict[str, Any]]:
+    """For each backend the target lists: installed? compiles for it? runs here? ops it cannot convert."""
+    from onnxsmith.errors import OnnxsmithError, first_line
+    from onnxsmith.registry import backend_status, get_backend
+
+    rows = []
+    for name in target.backends:
+        status = backend_status(name, probe_devices=False)
+        row: dict[str, Any] = {"backend": name, "installed": status.available, "version": status.version,
+                               "supports_target": None, "runs_here": None, "unsupported_ops": None,
+                               "reason": status.reason}
+        if status.available:
+            backend = get_backend(name)
+            support = backend.supports(target)
+            runs = backend.runs_here(target)
+            row.update(supports_target=support.ok, runs_here=runs.ok,
+                       reason="; ".join(r for r in (support.reason, runs.reason) if r))
+            if support:
+                try:
+                    row["unsupported_ops"] = backend.unsupported_ops(model, target)
+                except OnnxsmithError as exc:
+                    row["reason"] = exc.one_line()
+                except Exception as exc:  # op-support probing is advisory
+                    row["reason"] = f"op support check failed: {first_line(exc)}"
+        rows.append(row)
+    return rows
+
+
+@click.command("inspect")
+@click.argument("model", type=click.Path(dir_okay=False))
+@target_option
+@shape_option
+@json_option
+def inspect_command(model: str, target_spec: str, shapes: tuple[str, ...], as_json: bool) -> None:
+    """Show a model's inputs, ops, parameters, FLOPs and backend support."""
+    from rich.table import Table
+
+    from onnxsmith.analysis import summarize
+    from onnxsmith.console import print_json, stdout_console
+    from onnxsmith.model import load_model, parse_shape_overrides
+    from onnxsmith.targets import load_target
+
+    loaded = load_model(model, parse_shape_overrides(shapes), default_batch=None)
+    target = load_target(target_spec)
+    info = summarize(loaded)
+    info["target"] = target.id
+    info["backends"] = backend_support(loaded, target) if all(s.is_static for s in loaded.inputs) else []
+    if as_json:
+        print_json(info)
+        return
+    out = stdout_console()
+    out.print(f"[bold]{info['name']}[/bold]  opset {info['opset']}, IR {info['ir_version']}, "
+              f"producer {info['producer'] or '-'}, sha256 {info['fingerprint'][:16]}")
+    io = Table(title="signature")
+    for col in ("", "name", "dtype", "shape"):
+        io.add_column(col)
+    for kind, specs in (("input", info["inputs"]), ("output", info["outputs"])):
+        for s in specs:
+            io.add_row(kind, s["name"], s["dtype"], "x".join(str(d) if d is not None else "?" for d in s["shape"]))
+    out.print(io)
+    out.print(f"{info['nodes']} nodes, {info['parameters']:,} parameters ({info['parameter_bytes'] / 1e6:.2f} MB), "
+              f"{info['flops'] / 1e9:.4f} GFLOP per inference (Conv/Gemm/MatMul)")
+    out.print("ops: " + ", ".join(f"{op} x{n}" for op, n in info["ops"].items()))
+    if info["dynamic_inputs"]:
+        out.print(f"[yellow]dynamic dims[/yellow]: {info['dynamic_inputs']} (fix with --shape NAME=DIMS)")
+    if info["backends"]:
+        table = Table(title=f"backend support for {target.id}")
+        for col in ("backend", "installed", "compiles for target", "runs here", "unsupported ops", "why not"):
+            table.add_column(col)
+        yes = {True: "yes", False: "no", None: "-"}
+        for row in info["backends"]:
+            ops = row["unsupported_ops"]
+            ops_text = "-" if ops is None else "none" if not ops else ", ".join(f"{k} ({len(v)})" for k, v in ops.items())
+            table.add_row(row["backend"], yes[row["installed"]], yes[row["supports_target"]], yes[row["runs_here"]],
+                          ops_text, row["reason"] or "")
+        out.print(table)
+    for note in info["notes"]:
+        out.print(f"note: {note}")

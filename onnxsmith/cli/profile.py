@@ -1,0 +1,76 @@
+"""``onnxsmith profile``."""
+
+from __future__ import annotations
+
+import click
+
+from onnxsmith.cli.common import json_option, profile_option
+
+
+@click.command("profile")
+@click.argument("bundle_path", metavar="BUNDLE", type=click.Path(file_okay=False))
+@profile_option
+@click.option("--input", "input_file", type=click.Path(dir_okay=False), default=None,
+              help="Time on the first batch of this .npz instead of generated inputs.")
+@click.option("--no-baseline", is_flag=True, help="Skip the ONNX Runtime fp32 baseline.")
+@click.option("--rpc", default=None, metavar="HOST:PORT", help="Profile on a remote device's RPC server (TVM).")
+@click.option("--iterations", type=int, default=None, help="Override the profile's minimum timed iterations.")
+@click.option("--seconds", type=float, default=None, help="Override the profile's minimum timed seconds.")
+@json_option
+def profile_command(bundle_path: str, profile_spec: str, input_file: str | None, no_baseline: bool,
+                    rpc: str | None, iterations: int | None, seconds: float | None, as_json: bool) -> None:
+    """Measure a bundle's latency, throughput and memory beside ONNX Runtime."""
+    import dataclasses
+
+    from onnxsmith.bundle import Bundle
+    from onnxsmith.console import print_json, progress
+    from onnxsmith.data import load_data
+    from onnxsmith.profiles import load_profile
+    from onnxsmith.profiling import profile_bundle
+    from onnxsmith.report import write_report
+
+    bundle = Bundle.open(bundle_path)
+    profile = load_profile(profile_spec)
+    if iterations or seconds is not None:
+        measure = dataclasses.replace(profile.measure, **{k: v for k, v in (("min_iterations", iterations),
+                                                                              ("min_seconds", seconds)) if v})
+        profile = dataclasses.replace(profile, measure=measure)
+    data = load_data(input_file, bundle.inputs, what="input file") if input_file else None
+    with progress("profiling", not as_json) as update:
+        result = profile_bundle(bundle, profile, baseline=not no_baseline, data=data, remote=rpc, progress=update)
+    record = result.to_json()
+    bundle.write_json("profile.json", record)
+    write_report(bundle)
+    if as_json:
+        print_json(record)
+        return
+    print_profile(record)
+    click.echo(f"profile: {bundle.path / 'profile.json'}")
+    click.echo(f"report: {bundle.path / 'report.md'}")
+
+
+def print_profile(record: dict) -> None:
+    from rich.table import Table
+
+    from onnxsmith.console import stdout_console
+
+    base = record.get("baseline") or {}
+    table = Table(title=f"{record['backend']} {record['precision_used']} on {record['target']} "
+                        f"(batch {record['batch']})")
+    table.add_column("metric")
+    table.add_column(record["backend"], justify="right")
+    table.add_column("onnxruntime fp32", justify="right")
+    table.add_column("ratio", justify="right")
+    for key in ("p50", "p90", "p95", "p99", "mean", "min", "max"):
+        ours, theirs = record["latency_ms"][key], (base.get("latency_ms") or {}).get(key)
+        table.add_row(f"latency {key} (ms)", f"{ours:.3f}", "-" if theirs is None else f"{theirs:.3f}",
+                      "-" if not theirs else f"{ours / theirs:.2f}x")
+    for key, label in (("throughput_per_s", "throughput (/s)"), ("parallel_throughput_per_s", "parallel throughput (/s)"),
+                       ("first_inference_ms", "first inference (ms)"), ("peak_rss_mb", "peak RSS (MB)")):
+        ours, theirs = record.get(key), base.get(key)
+        table.add_row(label, "-" if ours is None else f"{ours:.2f}", "-" if theirs is None else f"{theirs:.2f}",
+                      "-" if not (ours and theirs) else f"{ours / theirs:.2f}x")
+    stdout_console().print(table)
+    if record.get("efficiency") is not None:
+        click.echo(f"efficiency: {record['achieved_tflops'] * 1000:.2f} GFLOP/s = {record['efficiency'] * 100:.2f} % "
+                   f"of {record['peak_tflops']} TFLOP/s peak ({record['precision_used']})")

@@ -1,0 +1,55 @@
+"""``onnxsmith run``."""
+
+from __future__ import annotations
+
+import click
+
+from onnxsmith.cli.common import existing_file, json_option
+
+
+@click.command("run")
+@click.argument("bundle_path", metavar="BUNDLE", type=click.Path(file_okay=False))
+@click.option("--input", "input_file", required=True, type=click.Path(dir_okay=False),
+              help=".npz with one array per input: exactly the compiled shape, or N samples along axis 0.")
+@click.option("--output", "output_file", type=click.Path(dir_okay=False), default=None,
+              help="Where to save the outputs (.npz).")
+@json_option
+def run_command(bundle_path: str, input_file: str, output_file: str | None, as_json: bool) -> None:
+    """Run a bundle on inputs from an .npz and save the outputs."""
+    import time
+    from pathlib import Path
+
+    import numpy as np
+
+    from onnxsmith.bundle import Bundle
+    from onnxsmith.console import print_json
+    from onnxsmith.data import load_data, model_batch, save_npz
+    from onnxsmith.errors import DataError
+
+    bundle = Bundle.open(bundle_path)
+    existing_file(input_file, "input file")
+    specs = bundle.inputs
+    data = load_data(input_file, specs, what="input file")
+    batch = model_batch(specs[0]) if specs else 1
+    if len(data) % batch:
+        raise DataError(f"input file '{input_file}' does not fit the model",
+                        f"{len(data)} samples is not a multiple of the compiled batch {batch}")
+    outputs: dict[str, list[np.ndarray]] = {}
+    start = time.perf_counter()
+    with bundle:
+        for feeds in data.batches(batch):
+            for name, value in bundle.run(feeds).items():
+                outputs.setdefault(name, []).append(np.asarray(value))
+    seconds = time.perf_counter() - start
+    merged = {k: np.concatenate(v) for k, v in outputs.items()}
+    if output_file:
+        save_npz(Path(output_file), merged)
+    summary = {"bundle": str(bundle.path), "samples": len(data), "seconds": round(seconds, 4),
+               "outputs": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in merged.items()},
+               "output_file": output_file}
+    if as_json:
+        print_json(summary)
+        return
+    for name, info in summary["outputs"].items():
+        click.echo(f"{name}: {'x'.join(map(str, info['shape']))} {info['dtype']}")
+    click.echo(f"ran {len(data)} samples in {seconds:.3f} s" + (f"; outputs saved to {output_file}" if output_file else ""))

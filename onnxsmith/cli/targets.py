@@ -1,0 +1,108 @@
+"""``onnxsmith targets`` and ``onnxsmith profiles``."""
+
+from __future__ import annotations
+
+import click
+
+from onnxsmith.cli.common import json_option
+
+
+@click.group("targets", invoke_without_command=True)
+@json_option
+@click.pass_context
+def targets_group(ctx: click.Context, as_json: bool) -> None:
+    """List the hardware catalogue, or show one target."""
+    if ctx.invoked_subcommand:
+        return
+    from rich.table import Table
+
+    from onnxsmith.console import print_json, stdout_console
+    from onnxsmith.hostcheck import host_matches
+    from onnxsmith.targets import list_targets
+
+    targets = list_targets()
+    rows = []
+    for t in targets:
+        runs = host_matches(t) if t.kind == "cpu" else None
+        rows.append({"id": t.id, "name": t.name, "kind": t.kind, "backends": list(t.backends),
+                     "precisions": list(t.precisions), "peak_tflops": dict(t.peak.tflops),
+                     "memory_bandwidth_gbps": t.peak.memory_bandwidth_gbps,
+                     "cpu_runs_here": None if runs is None else runs.ok})
+    if as_json:
+        print_json(rows)
+        return
+    table = Table(title="onnxsmith targets")
+    for col in ("id", "name", "kind", "backends", "precisions", "peak fp32 TFLOP/s"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["id"], r["name"], r["kind"], ", ".join(r["backends"]), ", ".join(r["precisions"]),
+                      str(r["peak_tflops"].get("fp32", "-")))
+    stdout_console().print(table)
+    click.echo("details: onnxsmith targets show ID")
+
+
+@targets_group.command("show")
+@click.argument("target_id")
+@json_option
+def show_command(target_id: str, as_json: bool) -> None:
+    """Show one target's file, backends, options, peaks and whether it runs here."""
+    from onnxsmith.console import print_json
+    from onnxsmith.targets import load_target
+
+    target = load_target(target_id)
+    data = target.to_json()
+    runs = _runs_here(target)
+    data["runs_here"] = {"ok": runs[0], "reason": runs[1]}
+    if as_json:
+        print_json(data)
+        return
+    click.echo(f"{target.id}: {target.name} ({target.kind}, {target.vendor})")
+    if target.description:
+        click.echo(f"  {target.description}")
+    click.echo(f"  file: {target.source_file}")
+    click.echo(f"  backends (preference): {', '.join(target.backends)}")
+    click.echo(f"  precisions: {', '.join(target.precisions)}")
+    click.echo("  peak: " + ", ".join(f"{k} {v} T{'OP' if k == 'int8' else 'FLOP'}/s" for k, v in target.peak.tflops.items())
+               + f", memory {target.peak.memory_bandwidth_gbps} GB/s")
+    click.echo(f"  peak source: {target.peak.source}")
+    for backend, opts in target.device_options.items():
+        click.echo(f"  {backend}: " + ", ".join(f"{k}={v}" for k, v in opts.items()))
+    click.echo(f"  runs here: {'yes' if runs[0] else 'no: ' + runs[1]}")
+
+
+def _runs_here(target: object) -> tuple[bool, str]:
+    from onnxsmith.errors import OnnxsmithError
+    from onnxsmith.registry import backend_status, get_backend
+
+    reasons = []
+    for name in target.backends:  # type: ignore[attr-defined]
+        if not backend_status(name, probe_devices=False).available:
+            reasons.append(f"{name} not installed")
+            continue
+        try:
+            support = get_backend(name).runs_here(target)  # type: ignore[arg-type]
+        except OnnxsmithError as exc:
+            reasons.append(f"{name}: {exc.what}")
+            continue
+        if support:
+            return True, f"with {name}"
+        reasons.append(f"{name}: {support.reason}")
+    return False, "; ".join(reasons)
+
+
+@click.command("profiles")
+@json_option
+def profiles_command(as_json: bool) -> None:
+    """List the optimization presets."""
+    from onnxsmith.console import print_json
+    from onnxsmith.profiles import list_profiles
+
+    profiles = list_profiles()
+    if as_json:
+        print_json([p.to_json() for p in profiles])
+        return
+    for p in profiles:
+        click.echo(f"{p.name:<11} {p.description}")
+        click.echo(f"{'':<11} precision {p.precision}, ladder {'/'.join(p.ladder)}, batches "
+                   f"{'/'.join(map(str, p.batch_sizes))}, max accuracy drop {p.max_accuracy_drop * 100:g} %, "
+                   f"hint {p.performance_hint}")

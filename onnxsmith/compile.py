@@ -1,0 +1,184 @@
+"""Stage 3, compile: pick a backend for the target, compile through the cache, write the bundle."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+import shutil
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import onnxsmith
+from onnxsmith.bundle import FORMAT_VERSION, MANIFEST, Bundle, write_json
+from onnxsmith.cache import CompileCache, cache_key, private_dir, replace_dir, sha256_file
+from onnxsmith.errors import DataError, MissingDependencyError, UnsupportedError
+from onnxsmith.model import require_static
+from onnxsmith.plugin import Artifact, CompileRequest, Compiler, Support
+from onnxsmith.registry import backend_status, get_backend
+
+if TYPE_CHECKING:
+    from onnxsmith.data import Dataset
+    from onnxsmith.model import LoadedModel
+    from onnxsmith.profiles import Profile
+    from onnxsmith.targets import Target
+
+
+def choose_backend(target: Target, backend: str | None = None) -> Compiler:
+    """The explicit ``backend``, or the first of the target's preferences that is installed and supports it."""
+    if backend:
+        chosen = get_backend(backend)
+        chosen.check_environment()
+        support = chosen.supports(target)
+        if not support:
+            raise UnsupportedError(f"backend '{backend}' cannot compile for {target.id}", support.reason,
+                                   support.hint or f"the target's backends are: {', '.join(target.backends)}")
+        return chosen
+    skipped = []
+    for name in target.backends:
+        status = backend_status(name, probe_devices=False)
+        if not status.available:
+            skipped.append(f"{name} ({status.reason})")
+            continue
+        candidate = get_backend(name)
+        support = candidate.supports(target)
+        if support:
+            return candidate
+        skipped.append(f"{name} ({support.reason})")
+    raise MissingDependencyError(" / ".join(target.backends), target.backends[0],
+                                 f"no backend for {target.id} is usable here: {'; '.join(skipped)}")
+
+
+def _check_precision(backend: Compiler, target: Target, precision: str) -> None:
+    if precision not in target.precisions:
+        raise UnsupportedError(f"{target.id} does not support {precision}",
+                               f"its precisions are {', '.join(target.precisions)}",
+                               f"choose --precision {target.precisions[0]}")
+    offered = backend.precisions(target)
+    if precision not in offered:
+        raise UnsupportedError(f"backend '{backend.name}' cannot compile {precision} for {target.id}",
+                               f"it offers {', '.join(offered)}", "choose another --precision or --backend")
+
+
+def compile_key(model: LoadedModel, target: Target, backend: Compiler, precision: str, profile: Profile,
+                calibration: Dataset | None, options: Mapping[str, str]) -> str:
+    return cache_key({
+        "model": model.fingerprint,
+        "shapes": [s.to_json() for s in model.inputs],
+        "target": target.fingerprint(),
+        "backend": backend.name,
+        "backend_version": backend.version(),
+        "precision": precision,
+        "runtime": [profile.performance_hint, profile.streams, profile.threads],
+        "calibration": calibration.fingerprint() if calibration is not None else None,
+        "options": dict(sorted(options.items())),
+        "onnxsmith": onnxsmith.__version__,
+    })
+
+
+def compile_model(model: LoadedModel, target: Target, *, profile: Profile, output: str | os.PathLike[str],
+                  backend: str | None = None, precision: str | None = None, calibration: Dataset | None = None,
+                  options: Mapping[str, str] | None = None, use_cache: bool = True,
+                  notes: tuple[str, ...] = ()) -> Bundle:
+    """Compile ``model`` for ``target`` and write a bundle at ``output`` (replacing it atomically)."""
+    options = dict(options or {})
+    require_static(model)
+    chosen = choose_backend(target, backend)
+    precision = precision or profile.precision
+    _check_precision(chosen, target, precision)
+    if precision == "int8" and calibration is None:
+        raise DataError("int8 needs calibration data", "post-training quantization measures activation ranges "
+                        "on real inputs", "pass --calibration calib.npz (one array per model input)")
+    unsupported = chosen.unsupported_ops(model, target)
+    if unsupported:
+        first = next(iter(unsupported.items()))
+        raise UnsupportedError(f"backend '{chosen.name}' cannot convert op {first[0]}",
+                               f"node(s) {', '.join(first[1][:3])}" + (f" and {len(unsupported) - 1} other op "
+                               "type(s)" if len(unsupported) > 1 else ""),
+                               "run 'onnxsmith inspect' for the full list; try another --backend")
+    request = CompileRequest(model=model, target=target, precision=precision, profile=profile,
+                             calibration=calibration, options=options)
+    key = compile_key(model, target, chosen, precision, profile, calibration, options)
+
+    def build(workdir: Path) -> Artifact:
+        start = time.perf_counter()
+        artifact = chosen.compile(request, workdir)
+        seconds = round(time.perf_counter() - start, 3)
+        return dataclasses.replace(artifact, metadata={**artifact.metadata, "compile_seconds": seconds})
+
+    if use_cache:
+        artifact, entry, hit = CompileCache().get_or_build(key, build)
+        bundle = _write_bundle(model, target, chosen, artifact, entry, output, key, hit, profile, calibration, notes)
+    else:
+        with private_dir(Path(output).resolve().parent, "build") as workdir:
+            artifact = build(workdir)
+            bundle = _write_bundle(model, target, chosen, artifact, workdir, output, key, False, profile,
+                                   calibration, notes)
+    return bundle
+
+
+def _copy_tree_files(src: Path, names: list[str], dest: Path) -> None:
+    for name in names:
+        target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(src / name, target)  # cache entries are immutable: hard links save space and time
+        except OSError:
+            shutil.copy2(src / name, target)
+
+
+def _write_bundle(model: LoadedModel, target: Target, backend: Compiler, artifact: Artifact, source: Path,
+                  output: str | os.PathLike[str], key: str, hit: bool, profile: Profile,
+                  calibration: Dataset | None, notes: tuple[str, ...]) -> Bundle:
+    output = Path(output).resolve()
+    artifact_files = sorted(str(p.relative_to(source)) for p in source.rglob("*")
+                            if p.is_file() and p.name != "entry.json")
+    runs: Support = backend.runs_here(target)
+    with private_dir(output.parent, output.name) as tmp:
+        _copy_tree_files(source, artifact_files, tmp / "artifact")
+        ref_dir = tmp / "reference"
+        ref_dir.mkdir()
+        src_model = model.path
+        shutil.copyfile(src_model, ref_dir / "model.onnx")
+        if (src_model.parent / (src_model.name + ".data")).exists():
+            shutil.copyfile(src_model.parent / (src_model.name + ".data"), ref_dir / "model.onnx.data")
+        files = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+        manifest: dict[str, Any] = {
+            "format_version": FORMAT_VERSION,
+            "onnxsmith_version": onnxsmith.__version__,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "model": {
+                "name": model.name,
+                "source": str(model.source),
+                "fingerprint": model.fingerprint,
+                "opset": model.opset,
+                "signature": model.signature(),
+                "shape_overrides": {k: list(v) for k, v in model.shape_overrides.items()},
+                "notes": list(model.notes),
+            },
+            "target": target.to_json(),
+            "backend": backend.name,
+            "backend_version": artifact.backend_version,
+            "artifact_kind": backend.artifact_kind,
+            "artifact": artifact.to_json(),
+            "precision": artifact.precision,
+            "precision_used": artifact.precision_used,
+            "profile": profile.name,
+            "calibration": None if calibration is None else {
+                "source": calibration.source, "samples": len(calibration), "fingerprint": calibration.fingerprint()},
+            "runs_here": {"ok": runs.ok, "reason": runs.reason, "hint": runs.hint},
+            "cache": {"key": key, "hit": hit},
+            "compile_seconds": artifact.metadata.get("compile_seconds"),
+            "reference": "reference/model.onnx",
+            "notes": [*model.notes, *artifact.notes, *notes],
+            "files": files,
+        }
+        write_json(tmp / MANIFEST, manifest)
+        replace_dir(tmp, output)
+    bundle = Bundle.open(output, verify=False)
+    from onnxsmith.report import write_report
+
+    write_report(bundle)
+    return bundle

@@ -1,0 +1,48 @@
+"""Terminal output: rich tables and progress on stderr, plain JSON on stdout for ``--json``."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+
+def stderr_console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+def stdout_console() -> Any:
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+def print_json(data: Any) -> None:
+    from onnxsmith.bundle import _json_default
+
+    sys.stdout.write(json.dumps(data, indent=2, default=_json_default) + "\n")
+
+
+@contextlib.contextmanager
+def progress(title: str, enabled: bool = True) -> Iterator[Callable[[str], None]]:
+    """A spinner with elapsed time on stderr (only on a terminal); yields ``update(message)``."""
+    if not enabled or not sys.stderr.isatty():
+        yield lambda message: None
+        return
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                  console=stderr_console(), transient=True) as bar:
+        task = bar.add_task(title, total=None)
+        start = time.monotonic()
+
+        def update(message: str) -> None:
+            bar.update(task, description=message)
+
+        yield update
+        bar.update(task, description=f"{title} done in {time.monotonic() - start:.1f} s")

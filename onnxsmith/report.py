@@ -1,0 +1,193 @@
+"""Stage 5, report: ``report.md`` rebuilt from the bundle's manifest, profile.json and validation.json.
+
+Every figure here is read from those JSON files (the same record ``--json`` prints); nothing is measured here.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from onnxsmith.bundle import Bundle
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f} ms"
+
+
+def _ratio_word(ours: float, base: float, lower_is_better: bool = True) -> str:
+    if not base or not ours:
+        return ""
+    ratio = ours / base
+    better = ratio < 0.97 if lower_is_better else ratio > 1.03
+    worse = ratio > 1.03 if lower_is_better else ratio < 0.97
+    return f"{ratio:.2f}x " + ("(better)" if better else "(worse)" if worse else "(same)")
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def render_report(manifest: dict[str, Any], profile: dict[str, Any] | None,
+                  validation: dict[str, Any] | None) -> str:
+    art = manifest["artifact"]
+    target = manifest["target"]
+    lines = [
+        f"# onnxsmith report: {manifest['model']['name']} for {target['id']}",
+        "",
+        f"- **Model**: `{manifest['model']['source']}` (sha256 `{manifest['model']['fingerprint'][:16]}`, "
+        f"opset {manifest['model']['opset']})",
+        f"- **Target**: {target['name']} (`{target['id']}`)",
+        f"- **Backend**: {manifest['backend']} {manifest['backend_version']} on `{art['device']}`: "
+        f"{manifest['artifact_kind']}",
+        f"- **Precision**: requested {manifest['precision']}, **actually used {manifest['precision_used']}**",
+        f"- **Runs here**: " + ("yes" if manifest["runs_here"]["ok"] else f"no: {manifest['runs_here']['reason']}"),
+        f"- **Built**: {manifest['created']} by onnxsmith {manifest['onnxsmith_version']}, compile "
+        f"{manifest.get('compile_seconds') or 0:.2f} s" + (" (cache hit)" if manifest["cache"]["hit"] else ""),
+        "",
+        "## What changed",
+        "",
+        f"- The fp32 ONNX model was compiled by {manifest['backend']} into: "
+        + ", ".join(f"`{f}`" for f in art["files"]) + ".",
+    ]
+    if manifest["precision_used"] != "fp32":
+        lines.append(f"- Arithmetic precision changed from fp32 to **{manifest['precision_used']}**.")
+    if manifest.get("calibration"):
+        cal = manifest["calibration"]
+        lines.append(f"- Calibrated on {cal['samples']} samples from `{cal['source']}`.")
+    for key, value in (art.get("options") or {}).items():
+        lines.append(f"- Setting `{key}` = `{value}`.")
+    for note in manifest.get("notes", []):
+        lines.append(f"- Note: {note}")
+    lines += ["", "## Profile", ""]
+    if profile is None:
+        lines.append("Not profiled yet: run `onnxsmith profile BUNDLE`.")
+    else:
+        base = profile.get("baseline")
+        lat, blat = profile["latency_ms"], (base or {}).get("latency_ms", {})
+        lines += [
+            f"Measured on {profile['host']}" + (f" through RPC {profile['remote']}" if profile.get("remote") else "")
+            + f", batch {profile['batch']}, inputs: {profile['inputs']}; {lat['iterations']} timed iterations "
+            f"after {profile['measure']['warmup_iterations']} warm-up.",
+            "",
+            f"| metric | {manifest['backend']} ({profile['precision_used']}) | ONNX Runtime fp32 baseline | ratio |",
+            "|---|---|---|---|",
+        ]
+        for key in ("p50", "p90", "p99", "mean", "min", "max"):
+            ours, theirs = lat[key], blat.get(key)
+            lines.append(f"| latency {key} | {_ms(ours)} | {_ms(theirs)} | {_ratio_word(ours, theirs or 0)} |")
+        rows = [
+            ("throughput (1 request)", profile["throughput_per_s"], (base or {}).get("throughput_per_s"), "/s", False),
+            ("throughput (parallel)", profile.get("parallel_throughput_per_s"),
+             (base or {}).get("parallel_throughput_per_s"), "/s", False),
+            ("first inference", profile["first_inference_ms"], (base or {}).get("first_inference_ms"), " ms", True),
+            ("load time", profile["load_seconds"], (base or {}).get("load_seconds"), " s", True),
+            ("peak memory (RSS)", profile["peak_rss_mb"], (base or {}).get("peak_rss_mb"), " MB", True),
+        ]
+        for name, ours, theirs, unit, lower in rows:
+            o = "-" if ours is None else f"{ours:.2f}{unit}"
+            t = "-" if theirs is None else f"{theirs:.2f}{unit}"
+            lines.append(f"| {name} | {o} | {t} | {_ratio_word(ours or 0, theirs or 0, lower)} |")
+        lines.append(f"| artifact size | {_size(profile['artifact_size_bytes'])} | "
+                     f"{_size(os.path.getsize(manifest['_reference_path'])) if manifest.get('_reference_path') else '-'} | |")
+        lines.append("")
+        if profile.get("efficiency") is not None:
+            lines.append(f"Efficiency: {profile['flops'] / 1e9:.3f} GFLOP per inference at p50 = "
+                         f"{profile['achieved_tflops'] * 1000:.2f} GFLOP/s, "
+                         f"{profile['efficiency'] * 100:.2f} % of the target's {profile['peak_tflops']} TFLOP/s "
+                         f"peak for {profile['precision_used']} ({target['peak']['source']}).")
+        speed = profile.get("speedup_vs_baseline")
+        if speed is not None:
+            verdict = "faster than" if speed > 1.03 else "slower than" if speed < 0.97 else "as fast as"
+            lines.append(f"\n**Verdict**: p50 is {speed:.2f}x the baseline's speed ({verdict} ONNX Runtime fp32).")
+            if speed < 1 and art.get("metadata", {}).get("tuning") == "untuned":
+                lines.append("\n**Warning**: this artifact is untuned and slower than ONNX Runtime. Compile again "
+                             "with `--tune --tune-minutes N` before shipping it.")
+        if profile.get("layers"):
+            lines += ["", "Slowest layers (backend profiler):", "", "| layer | op | kernel | time |", "|---|---|---|---|"]
+            for layer in profile["layers"][:10]:
+                lines.append(f"| {layer['name'][:60]} | {layer['op_type']} | {layer['exec_type']} | "
+                             f"{layer['time_ms']:.3f} ms |")
+    lines += ["", "## Validation", ""]
+    if validation is None:
+        lines.append("Not validated yet: run `onnxsmith validate BUNDLE [--data val.npz --labels KEY]`.")
+    else:
+        v = validation
+        lines += [
+            f"Checked {v['samples']} examples from `{v['data']}` against ONNX Runtime fp32 on the original model "
+            f"(outputs: {v['output_checked']}).",
+            "",
+            f"- **{'PASSED' if v['passed'] else 'FAILED'}** (required: cosine >= {v['min_cosine_required']} on every "
+            f"sample)" + ("" if v["passed"] else ": " + "; ".join(v["failures"])),
+            f"- cosine min {v['cosine_min']:.6f}, mean {v['cosine_mean']:.6f}; max abs error "
+            f"{v['max_abs_error']:.3g}, max rel error {v['max_rel_error']:.3g}",
+        ]
+        if v.get("top1_agreement") is not None:
+            lines.append(f"- top-1 agreement {v['top1_agreement'] * 100:.2f} %, reference top-1 within top-5 "
+                         f"{v['top5_agreement'] * 100:.2f} %")
+        if v.get("accuracy") is not None:
+            drop = v["reference_accuracy"] - v["accuracy"]
+            lines.append(f"- accuracy {v['accuracy'] * 100:.2f} % vs reference {v['reference_accuracy'] * 100:.2f} % "
+                         f"({'drop' if drop > 0 else 'gain'} {abs(drop) * 100:.2f} points)")
+        if v.get("worst"):
+            lines += ["", "Worst examples (kept in the bundle):", "",
+                      "| sample | cosine | max abs error | label | prediction | reference | file |",
+                      "|---|---|---|---|---|---|---|"]
+            for w in v["worst"]:
+                lines.append(f"| {w['index']} | {w['cosine']:.6f} | {w['max_abs_error']:.3g} | "
+                             f"{'-' if w['label'] is None else w['label']} | "
+                             f"{'-' if w['prediction'] is None else w['prediction']} | "
+                             f"{'-' if w['reference_prediction'] is None else w['reference_prediction']} | "
+                             f"`{w['file']}` |")
+    lines += ["", "## Improved, worse, risky", ""]
+    lines += summarize_changes(manifest, profile, validation)
+    return "\n".join(lines) + "\n"
+
+
+def summarize_changes(manifest: dict[str, Any], profile: dict[str, Any] | None,
+                      validation: dict[str, Any] | None) -> list[str]:
+    out = []
+    if profile and profile.get("baseline"):
+        base = profile["baseline"]
+        checks = [("p50 latency", profile["latency_ms"]["p50"], base["latency_ms"]["p50"], True),
+                  ("p99 latency", profile["latency_ms"]["p99"], base["latency_ms"]["p99"], True),
+                  ("throughput", profile["throughput_per_s"], base["throughput_per_s"], False),
+                  ("peak memory", profile["peak_rss_mb"], base["peak_rss_mb"], True)]
+        for name, ours, theirs, lower in checks:
+            if not theirs:
+                continue
+            ratio = ours / theirs
+            improved = ratio < 0.97 if lower else ratio > 1.03
+            worse = ratio > 1.03 if lower else ratio < 0.97
+            word = "Improved" if improved else "Worse" if worse else "Unchanged"
+            out.append(f"- {word}: {name} {ours:.3f} vs {theirs:.3f} ({ratio:.2f}x the baseline)")
+    if validation:
+        if validation.get("accuracy") is not None and validation["reference_accuracy"] - validation["accuracy"] > 0:
+            out.append(f"- Worse: accuracy dropped {(validation['reference_accuracy'] - validation['accuracy']) * 100:.2f}"
+                       " points")
+        if not validation["passed"]:
+            out.append("- Risky: validation failed; see above.")
+        elif validation["cosine_min"] < 0.9999:
+            out.append(f"- Risky: outputs differ from fp32 (cosine min {validation['cosine_min']:.5f}); inspect the "
+                       "worst examples.")
+    if not manifest["runs_here"]["ok"]:
+        out.append(f"- Not measured here: {manifest['runs_here']['reason']}.")
+    return out or ["- Nothing measured yet."]
+
+
+def write_report(bundle: Bundle) -> str:
+    manifest = dict(bundle.manifest)
+    manifest["_reference_path"] = str(bundle.reference_model)
+    text = render_report(manifest, bundle.read_json("profile.json"), bundle.read_json("validation.json"))
+    path = bundle.path / "report.md"
+    tmp = path.with_name(f".report.md.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return text
