@@ -1,0 +1,47 @@
+# onnxsmith: `make run` (main job) and `make test` set everything up on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# Debian packages: the aarch64 cross toolchain and user-mode emulator (TVM ARM targets), Chromium (HTML report test).
+APT_PACKAGES := gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user chromium
+EXAMPLE := onnxsmith/examples/digits
+BUNDLE  ?= out/digits-host
+
+.PHONY: install run test test-all bench clean system-deps
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(MAKE) system-deps
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first, pinned: the CPU build; an unpinned torch would pull a multi-GB CUDA build.
+	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
+	$(BIN)/pip install -q -c constraints.txt -e '.[all,dev]'
+	touch $(STAMP)
+
+system-deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "note: missing Debian packages:$$missing (ARM and browser tests will skip)"; fi; \
+	fi
+
+run: install
+	$(BIN)/onnxsmith compile $(EXAMPLE)/digits_cnn.onnx --target host -o $(BUNDLE)
+	$(BIN)/onnxsmith profile $(BUNDLE)
+	$(BIN)/onnxsmith validate $(BUNDLE) --data $(EXAMPLE)/validation.npz --labels label
+	@echo "bundle: $(BUNDLE)  (report: $(BUNDLE)/report.md)"
+
+test: install
+	$(BIN)/python -m pytest -q -n 2
+
+test-all: install
+	$(BIN)/python -m pytest -q -n 2 -m ""
+
+bench: install
+	$(BIN)/python -m bench.run
+
+clean:
+	rm -rf out .bench

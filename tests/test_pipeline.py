@@ -1,0 +1,117 @@
+"""compile -> bundle -> profile -> validate -> report, with the ONNX Runtime backend (always installed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import onnxsmith
+from onnxsmith.compile import compile_model
+from onnxsmith.data import Dataset, synthetic
+from onnxsmith.errors import BundleError, DataError, UnsupportedError
+from onnxsmith.model import load_model
+from onnxsmith.profiles import load_profile
+from onnxsmith.profiling import profile_bundle
+from onnxsmith.targets import load_target
+from onnxsmith.validation import validate_bundle
+
+
+@pytest.fixture
+def bundle(cnn_path: Path, tmp_path: Path) -> onnxsmith.bundle.Bundle:
+    return compile_model(load_model(cnn_path), load_target("host"), profile=load_profile("quick"),
+                         output=tmp_path / "bundle", backend="onnxruntime")
+
+
+def test_bundle_has_manifest_checksums_and_report(bundle) -> None:
+    m = json.loads((bundle.path / "manifest.json").read_text())
+    assert m["backend"] == "onnxruntime" and m["precision_used"] == "fp32"
+    assert m["model"]["signature"]["inputs"][0]["shape"] == [1, 3, 16, 16]
+    assert set(m["files"]) >= {"artifact/model.optimized.onnx", "reference/model.onnx"}
+    assert all(len(d) == 64 for d in m["files"].values())
+    assert m["onnxsmith_version"] == onnxsmith.__version__
+    assert (bundle.path / "report.md").read_text().startswith("# onnxsmith report")
+
+
+def test_second_compile_is_a_cache_hit(cnn_path: Path, tmp_path: Path, bundle) -> None:
+    again = compile_model(load_model(cnn_path), load_target("host"), profile=load_profile("quick"),
+                          output=tmp_path / "again", backend="onnxruntime")
+    assert again.manifest["cache"]["hit"] is True
+    assert again.manifest["files"] == bundle.manifest["files"]
+
+
+def test_load_and_run_matches_reference(bundle, cnn_path: Path) -> None:
+    import onnxruntime as ort
+
+    x = np.random.default_rng(1).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    with onnxsmith.load(str(bundle.path)) as b:
+        got = b.run({"input": x})["probs"]
+    want = ort.InferenceSession(str(cnn_path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_wrong_shape_and_dtype_are_clear_errors(bundle) -> None:
+    b = onnxsmith.load(str(bundle.path))
+    with pytest.raises(DataError, match="wrong shape.*got 1x3x8x8"):
+        b.run({"input": np.zeros((1, 3, 8, 8), np.float32)})
+    with pytest.raises(DataError, match="wrong dtype"):
+        b.run({"input": np.zeros((1, 3, 16, 16), np.float64)})
+    with pytest.raises(DataError, match="missing input"):
+        b.run({})
+
+
+def test_modified_artifact_is_detected(bundle) -> None:
+    path = bundle.path / "artifact" / "model.optimized.onnx"
+    data = path.read_bytes()
+    path.unlink()  # the file may be a hard link into the cache: replace it instead of editing in place
+    path.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    with pytest.raises(BundleError, match="was modified"):
+        onnxsmith.load(str(bundle.path))
+
+
+def test_backend_version_mismatch_is_refused(bundle) -> None:
+    manifest = json.loads((bundle.path / "manifest.json").read_text())
+    manifest["backend_version"] = "0.0.1"
+    (bundle.path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="built with onnxruntime 0.0.1"):
+        onnxsmith.load(str(bundle.path)).load_runner()
+
+
+def test_profile_reports_percentiles_baseline_and_efficiency(bundle) -> None:
+    result = profile_bundle(bundle, load_profile("quick")).to_json()
+    lat = result["latency_ms"]
+    assert 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
+    assert lat["iterations"] >= 10
+    assert result["throughput_per_s"] > 0 and result["peak_rss_mb"] > 10
+    assert result["baseline"]["latency_ms"]["p50"] > 0
+    assert result["flops"] > 0 and 0 < result["efficiency"] < 5
+    assert result["artifact_size_bytes"] == (bundle.path / "artifact" / "model.optimized.onnx").stat().st_size
+    assert result["layers"] and result["layers"][0]["time_ms"] >= result["layers"][-1]["time_ms"]
+
+
+def test_validate_with_labels_keeps_worst_examples(bundle, cnn_path: Path) -> None:
+    data = synthetic(load_model(cnn_path), 20, seed=3)
+    labels = np.arange(20) % 10
+    result = validate_bundle(bundle, Dataset(data.arrays, labels, "test"), keep_worst=3)
+    assert result.passed and result.samples == 20
+    assert result.cosine_min > 0.9999 and result.top1_agreement == 1.0
+    assert result.accuracy == result.reference_accuracy
+    assert len(result.worst) == 3
+    with np.load(bundle.path / result.worst[0].file) as npz:
+        assert set(npz.files) == {"input.input", "artifact.probs", "reference.probs"}
+
+
+def test_int8_without_calibration_is_refused(cnn_path: Path, tmp_path: Path) -> None:
+    with pytest.raises((DataError, UnsupportedError)):
+        compile_model(load_model(cnn_path), load_target("host"), profile=load_profile("quick"),
+                      output=tmp_path / "x", backend="onnxruntime", precision="int8")
+
+
+def test_failed_compile_leaves_no_half_written_bundle(cnn_path: Path, tmp_path: Path) -> None:
+    with pytest.raises(UnsupportedError):
+        compile_model(load_model(cnn_path), load_target("host"), profile=load_profile("quick"),
+                      output=tmp_path / "x", backend="onnxruntime", options={"bogus": "1"})
+    assert not (tmp_path / "x").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
