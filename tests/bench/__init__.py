@@ -1,0 +1,1 @@
+"""Benchmarks (`make bench`): onnxsmith against the vendors' own tools, measured in the same run."""
