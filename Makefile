@@ -41,7 +41,7 @@ test-all: install
 	$(BIN)/python -m pytest -q -n 2 -m ""
 
 bench: install
-	$(BIN)/python -m bench.run
+	$(BIN)/python -m tests.bench.run
 
 clean:
 	rm -rf out .bench
