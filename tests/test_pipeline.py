@@ -11,7 +11,7 @@ import pytest
 import onnxsmith
 from onnxsmith.compile import compile_model
 from onnxsmith.data import Dataset, synthetic
-from onnxsmith.errors import BundleError, DataError, UnsupportedError
+from onnxsmith.errors import BundleError, DataError, UnsupportedError, UserInputError
 from onnxsmith.model import load_model
 from onnxsmith.profiles import load_profile
 from onnxsmith.profiling import profile_bundle
@@ -110,7 +110,7 @@ def test_int8_without_calibration_is_refused(cnn_path: Path, tmp_path: Path) -> 
 
 
 def test_failed_compile_leaves_no_half_written_bundle(cnn_path: Path, tmp_path: Path) -> None:
-    with pytest.raises(UnsupportedError):
+    with pytest.raises(UserInputError, match="unknown onnxruntime option 'bogus'"):
         compile_model(load_model(cnn_path), load_target("host"), profile=load_profile("quick"),
                       output=tmp_path / "x", backend="onnxruntime", options={"bogus": "1"})
     assert not (tmp_path / "x").exists()

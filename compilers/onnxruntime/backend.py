@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from onnxsmith.errors import BackendError, MissingDependencyError, UnsupportedError, first_line
+from onnxsmith.errors import BackendError, MissingDependencyError, UnsupportedError, UserInputError, first_line
 from onnxsmith.model import TensorSpec
 from onnxsmith.plugin import Artifact, CompileRequest, LayerTime, Support
 
@@ -188,7 +188,8 @@ class OnnxRuntimeCompiler:
                                    "run 'onnxsmith optimize' for fp16/int8 ONNX passes, or choose another backend")
         unknown = set(request.options) - {"threads"}
         if unknown:
-            raise UnsupportedError(f"unknown onnxruntime option '{sorted(unknown)[0]}'", "allowed: threads")
+            raise UserInputError(f"unknown onnxruntime option '{sorted(unknown)[0]}'", "allowed: threads",
+                                 "drop the --option, or choose the backend that takes it")
         src = request.model.path
         shutil.copyfile(src, workdir / "model.onnx")
         for extra in src.parent.glob(src.name + ".data"):

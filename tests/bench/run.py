@@ -70,12 +70,15 @@ def bench_openvino(results: dict) -> Path:
 
 
 def bench_benchmark_app(results: dict, bundle: Path) -> None:
+    # benchmark_app 2026.4 refuses .blob files ("Cannot set precision for a compiled model"), so it gets the IR
+    # with the exact properties onnxsmith compiled the blob with (openvino_config.json, -load_config format).
     artifact = bundle / "artifact"
-    blob = next(iter(sorted(artifact.glob("*.blob"))), None) or next(iter(sorted(artifact.glob("*.xml"))))
+    blob = artifact / "model.xml"
     ours, theirs = [], []
     for _ in range(ROUNDS):
         ours.append(onnxsmith_profile(bundle)["latency_ms"]["p50"])
-        text = sh(BIN / "benchmark_app", "-m", blob, "-d", "CPU", "-api", "sync", "-hint", "latency", "-t", "10")
+        text = sh(BIN / "benchmark_app", "-m", blob, "-load_config", artifact / "openvino_config.json", "-d", "CPU",
+                  "-api", "sync", "-hint", "latency", "-t", "10")
         match = re.search(r"Median:\s*([\d.]+)\s*ms", text)
         if not match:
             raise SystemExit(f"could not read benchmark_app's median:\n{text[-2000:]}")

@@ -1,0 +1,1 @@
+"""Backend plugin tests, one module per backend."""
