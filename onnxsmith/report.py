@@ -25,6 +25,13 @@ def _ratio_word(ours: float, base: float, lower_is_better: bool = True) -> str:
     return f"{ratio:.2f}x " + ("(better)" if better else "(worse)" if worse else "(same)")
 
 
+def _flop(n: float) -> str:
+    for unit, scale in (("GFLOP", 1e9), ("MFLOP", 1e6), ("kFLOP", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.3f} {unit}"
+    return f"{n:.0f} FLOP"
+
+
 def _size(n: int | None) -> str:
     if n is None:
         return "-"
@@ -99,7 +106,7 @@ def render_report(manifest: dict[str, Any], profile: dict[str, Any] | None,
                      f"{_size(os.path.getsize(manifest['_reference_path'])) if manifest.get('_reference_path') else '-'} | |")
         lines.append("")
         if profile.get("efficiency") is not None:
-            lines.append(f"Efficiency: {profile['flops'] / 1e9:.3f} GFLOP per inference at p50 = "
+            lines.append(f"Efficiency: {_flop(profile['flops'])} per inference at p50 = "
                          f"{profile['achieved_tflops'] * 1000:.2f} GFLOP/s, "
                          f"{profile['efficiency'] * 100:.2f} % of the target's {profile['peak_tflops']} TFLOP/s "
                          f"peak for {profile['precision_used']} ({target['peak']['source']}).")
