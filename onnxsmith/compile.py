@@ -88,7 +88,9 @@ def compile_model(model: LoadedModel, target: Target, *, profile: Profile, outpu
     chosen = choose_backend(target, backend)
     precision = precision or profile.precision
     _check_precision(chosen, target, precision)
-    if precision == "int8" and calibration is None:
+    needs_calibration = getattr(chosen, "needs_calibration", None)
+    needed = needs_calibration(precision, model) if needs_calibration else precision == "int8"
+    if needed and calibration is None:
         raise DataError("int8 needs calibration data", "post-training quantization measures activation ranges "
                         "on real inputs", "pass --calibration calib.npz (one array per model input)")
     unsupported = chosen.unsupported_ops(model, target)

@@ -176,7 +176,11 @@ class Compiler(Protocol):
         ...
 
     def compile(self, request: CompileRequest, workdir: Path) -> Artifact:
-        """Compile ``request.model`` into files under ``workdir`` (an empty directory)."""
+        """Compile ``request.model`` into files under ``workdir`` (an empty directory).
+
+        Optional extras the core uses when a backend defines them: ``needs_calibration(precision, model) -> bool``
+        (default: int8 needs calibration data) and ``load_remote(artifact, directory, target, address) -> Runner``
+        (``onnxsmith profile --rpc``)."""
         ...
 
     def load(self, artifact: Artifact, directory: Path, target: Target) -> Runner:

@@ -1,0 +1,88 @@
+"""Running a Core ML package with ``coremltools.models.MLModel.predict`` (macOS only)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from onnxsmith.compilers.coreml.backend import coremltools, quiet
+from onnxsmith.errors import BackendError, DataError, first_line
+from onnxsmith.model import TensorSpec
+from onnxsmith.plugin import LayerTime
+
+if TYPE_CHECKING:
+    import numpy as np
+
+_ARRAY_TYPES = {"FLOAT32": "float32", "FLOAT16": "float16", "DOUBLE": "float64", "INT32": "int32"}
+
+
+def feature_spec(feature: Any, name: str) -> TensorSpec:
+    """A Core ML multi-array feature as a :class:`TensorSpec` (named with the ONNX name)."""
+    from coremltools.proto import FeatureTypes_pb2
+
+    array = feature.type.multiArrayType
+    dtype = _ARRAY_TYPES.get(FeatureTypes_pb2.ArrayFeatureType.ArrayDataType.Name(array.dataType), "float32")
+    return TensorSpec(name, dtype, tuple(int(d) for d in array.shape))
+
+
+class CoreMLRunner:
+    """An ``MLModel`` loaded for the chosen compute units; feeds and outputs use the ONNX names."""
+
+    def __init__(self, package: Path, compute_units: str, io: Mapping[str, Mapping[str, str]]) -> None:
+        ct = coremltools()
+        try:
+            with quiet():
+                self.model = ct.models.MLModel(str(package), compute_units=getattr(ct.ComputeUnit,
+                                                                                    compute_units.upper()))
+        except Exception as exc:
+            raise BackendError(f"Core ML could not load '{package.name}'", first_line(exc),
+                               "this macOS may be older than the package's minimum deployment target") from exc
+        spec = self.model.get_spec()
+        in_map = dict(io.get("inputs", {})) or {f.name: f.name for f in spec.description.input}
+        out_map = dict(io.get("outputs", {})) or {f.name: f.name for f in spec.description.output}
+        by_name = {f.name: f for f in [*spec.description.input, *spec.description.output]}
+        self._inputs = in_map
+        self._outputs = out_map
+        self.inputs = tuple(feature_spec(by_name[cm], onnx) for onnx, cm in in_map.items())
+        self.outputs = tuple(feature_spec(by_name[cm], onnx) for onnx, cm in out_map.items())
+
+    def __enter__(self) -> CoreMLRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.model = None
+
+    def _prepare(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import numpy as np
+
+        prepared = {}
+        for spec in self.inputs:
+            if spec.name not in feeds:
+                raise DataError("input missing for the Core ML model", f"no array for input '{spec.name}'")
+            prepared[self._inputs[spec.name]] = np.ascontiguousarray(feeds[spec.name], dtype=np.dtype(spec.dtype))
+        return prepared
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import numpy as np
+
+        try:
+            result = self.model.predict(self._prepare(feeds))
+        except Exception as exc:
+            raise BackendError("Core ML prediction failed", first_line(exc)) from exc
+        return {onnx: np.asarray(result[cm]) for onnx, cm in self._outputs.items()}
+
+    def bind(self, feeds: Mapping[str, np.ndarray]) -> Callable[[], None]:
+        prepared = self._prepare(feeds)
+        model = self.model
+
+        def call() -> None:
+            model.predict(prepared)
+
+        return call
+
+    def parallel_throughput(self, feeds: Mapping[str, np.ndarray], seconds: float) -> tuple[float, int] | None:
+        return None  # MLModel.predict is synchronous; Core ML schedules across units itself
+
+    def layer_profile(self, feeds: Mapping[str, np.ndarray]) -> list[LayerTime] | None:
+        return None  # Core ML exposes no per-op timings (MLComputePlan gives only estimated relative costs)

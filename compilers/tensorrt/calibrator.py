@@ -1,0 +1,161 @@
+"""INT8 calibration data for TensorRT.
+
+:class:`CalibrationFeeder` turns a :class:`~onnxsmith.data.Dataset` into batches shaped exactly like the compiled
+network's inputs (plain numpy, no TensorRT). Two consumers use it:
+
+* :func:`make_entropy_calibrator` wraps it in TensorRT 10's legacy ``IInt8EntropyCalibrator2`` (implicit
+  quantization; deprecated in 10.1 and removed in TensorRT 11), copying each batch to the GPU with cuda-python.
+* :func:`onnxsmith.compilers.tensorrt.precision.quantize_qdq` feeds it to ONNX Runtime's static quantizer, which writes
+  Q/DQ nodes into the ONNX (explicit quantization, what TensorRT 11 requires).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from onnxsmith.errors import DataError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from onnxsmith.data import Dataset
+    from onnxsmith.model import TensorSpec
+
+
+class CalibrationFeeder:
+    """Batches of calibration samples, one contiguous array per network input, in the network's dtype."""
+
+    def __init__(self, dataset: Dataset, inputs: Sequence[TensorSpec], max_batches: int | None = None) -> None:
+        import numpy as np
+
+        if not inputs:
+            raise DataError("cannot calibrate", "the model has no inputs")
+        for spec in inputs:
+            if not spec.is_static:
+                raise DataError("cannot calibrate", f"input '{spec.name}' has dynamic dims {spec.dynamic_dims}",
+                                "calibrate a model loaded with fixed shapes (--shape)")
+        batches = {int(spec.shape[0]) if spec.shape else 1 for spec in inputs}
+        if len(batches) != 1:
+            raise DataError("cannot calibrate", f"inputs have different batch sizes {sorted(batches)}")
+        self.batch_size = batches.pop()
+        self.inputs = tuple(inputs)
+        missing = [s.name for s in inputs if s.name not in dataset.arrays]
+        if missing:
+            raise DataError("calibration data does not fit the model", f"no array for input(s) {', '.join(missing)}",
+                            f"save one array per model input, named {', '.join(s.name for s in inputs)}")
+        self._arrays: dict[str, np.ndarray] = {}
+        for spec in inputs:
+            arr = dataset.arrays[spec.name]
+            if tuple(arr.shape[1:]) != tuple(spec.shape[1:]):
+                raise DataError("calibration data does not fit the model",
+                                f"samples of '{spec.name}' have shape {'x'.join(map(str, arr.shape[1:]))}, the input "
+                                f"takes {'x'.join(map(str, spec.shape[1:]))} per sample")
+            self._arrays[spec.name] = np.asarray(arr, dtype=np.dtype(spec.dtype))
+        samples = len(dataset)
+        count = samples // self.batch_size
+        if count == 0:
+            raise DataError("too little calibration data", f"{samples} sample(s), the compiled batch is "
+                            f"{self.batch_size}", f"give at least {self.batch_size} samples")
+        self.num_batches = min(count, max_batches) if max_batches else count
+        self.dropped_samples = samples - self.num_batches * self.batch_size
+        self._next = 0
+
+    def reset(self) -> None:
+        self._next = 0
+
+    def batch(self, index: int) -> dict[str, np.ndarray]:
+        """Batch ``index`` as a feed dict (C-contiguous arrays)."""
+        import numpy as np
+
+        start = index * self.batch_size
+        return {name: np.ascontiguousarray(arr[start:start + self.batch_size]) for name, arr in self._arrays.items()}
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        for index in range(self.num_batches):
+            yield self.batch(index)
+
+    def next_batch(self, names: Sequence[str]) -> list[np.ndarray] | None:
+        """The next batch ordered as ``names`` asks (TensorRT's ``get_batch`` order), or ``None`` when done."""
+        if self._next >= self.num_batches:
+            return None
+        unknown = [n for n in names if n not in self._arrays]
+        if unknown:
+            raise DataError("calibration data does not fit the network",
+                            f"TensorRT asks for input(s) {', '.join(unknown)} which the data lacks")
+        feed = self.batch(self._next)
+        self._next += 1
+        return [feed[name] for name in names]
+
+
+def make_entropy_calibrator(trt: Any, feeder: CalibrationFeeder, cache_path: Path) -> Any:
+    """A TensorRT 10 ``IInt8EntropyCalibrator2`` that feeds ``feeder``'s batches from GPU buffers.
+
+    The cache file is read back on later builds of the same network (TensorRT skips calibration then) and written
+    after calibration; the caller deletes it when the inputs change. Call ``.free()`` after the build.
+    """
+    from onnxsmith.compilers.tensorrt import cuda
+
+    base = trt.IInt8EntropyCalibrator2
+
+    class EntropyCalibrator(base):  # type: ignore[misc, valid-type]
+        def __init__(self) -> None:
+            base.__init__(self)
+            self.feeder = feeder
+            self.buffers: dict[str, cuda.DeviceBuffer] = {}
+            self.batches_fed = 0
+            self.error: BaseException | None = None
+
+        def get_batch_size(self) -> int:
+            return 1  # explicit-batch networks: the batch is part of each input's shape
+
+        def get_batch(self, names: list[str]) -> list[int] | None:
+            try:
+                arrays = self.feeder.next_batch(names)
+                if arrays is None:
+                    return None
+                pointers = []
+                for name, array in zip(names, arrays, strict=True):
+                    buffer = self.buffers.get(name)
+                    if buffer is None or buffer.nbytes < array.nbytes:
+                        if buffer is not None:
+                            buffer.free()
+                        buffer = self.buffers[name] = cuda.DeviceBuffer(array.nbytes)
+                    buffer.copy_from_host(array)
+                    pointers.append(buffer.ptr)
+                self.batches_fed += 1
+                return pointers
+            except BaseException as exc:  # an exception must not cross into TensorRT's C++ caller
+                self.error = exc
+                return None
+
+        def read_calibration_cache(self) -> bytes | None:
+            return cache_path.read_bytes() if cache_path.is_file() and cache_path.stat().st_size else None
+
+        def write_calibration_cache(self, cache: Any) -> None:
+            cache_path.write_bytes(bytes(memoryview(cache)))
+
+        def free(self) -> None:
+            for buffer in self.buffers.values():
+                buffer.free()
+            self.buffers.clear()
+
+    return EntropyCalibrator()
+
+
+def ort_data_reader(feeder: CalibrationFeeder) -> Any:
+    """``feeder`` as an ONNX Runtime ``CalibrationDataReader``."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class FeederReader(CalibrationDataReader):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self._batches = iter(feeder)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self._batches, None)
+
+        def rewind(self) -> None:
+            self._batches = iter(feeder)
+
+    return FeederReader()

@@ -1,0 +1,136 @@
+"""TensorRT build options: ``--option KEY=VALUE`` and the target file's ``[device.tensorrt]`` table.
+
+Everything here is plain Python (no TensorRT import), so options are validated before any GPU work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from onnxsmith.errors import TargetError, UnsupportedError, UserInputError
+
+_CHOICES = {
+    "hardware_compatibility": ("none", "ampere_plus", "same_compute_capability"),
+    "typing": ("auto", "weak", "strong"),
+    "int8_method": ("auto", "qdq", "calibrator"),
+    "int8_fallback": ("fp16", "fp32"),
+    "calibration_method": ("entropy", "minmax", "percentile"),
+}
+_BOOLS = ("timing_cache", "tf32")
+_INTS = {"workspace_mb": (1, None), "builder_optimization_level": (0, 5), "device_id": (0, None),
+         "min_batch": (1, None), "opt_batch": (1, None), "max_batch": (1, None), "calibration_batches": (1, None)}
+_TARGET_ONLY = ("compute_capability",)
+ALLOWED = tuple(sorted([*_CHOICES, *_BOOLS, *_INTS]))
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildOptions:
+    """Validated TensorRT settings for one build."""
+
+    workspace_mb: int | None = None
+    """Builder workspace limit (``MemoryPoolType.WORKSPACE``); ``None``: TensorRT's default (all device memory)."""
+    builder_optimization_level: int | None = None
+    """0 (fast build) .. 5 (slowest build, most tactics); ``None`` leaves TensorRT's default (3)."""
+    hardware_compatibility: str = "none"
+    timing_cache: bool = True
+    tf32: bool = False
+    """Allow TF32 for fp32 convolutions and matrix multiplies (off: fp32 means fp32)."""
+    typing: str = "auto"
+    """``weak``: precision builder flags (TensorRT 10); ``strong``: types come from the ONNX (the only mode in 11)."""
+    int8_method: str = "auto"
+    int8_fallback: str = "fp16"
+    calibration_method: str = "entropy"
+    calibration_batches: int | None = None
+    device_id: int = 0
+    min_batch: int | None = None
+    opt_batch: int | None = None
+    max_batch: int | None = None
+    compute_capability: str = ""
+    """From the target file only: the compute capability the target GPU has (``9.0``)."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v not in (None, "")}
+
+
+def _parse_value(key: str, value: Any, where: str) -> Any:
+    text = str(value).strip().lower() if not isinstance(value, bool) else value
+    if key in _CHOICES:
+        if text not in _CHOICES[key]:
+            raise UnsupportedError(f"invalid tensorrt option {key}={value}{where}",
+                                   f"allowed values: {', '.join(_CHOICES[key])}")
+        return text
+    if key in _BOOLS:
+        if isinstance(text, bool):
+            return text
+        if text in ("1", "true", "on", "yes"):
+            return True
+        if text in ("0", "false", "off", "no"):
+            return False
+        raise UnsupportedError(f"invalid tensorrt option {key}={value}{where}", "expected on or off")
+    if key in _INTS:
+        low, high = _INTS[key]
+        try:
+            number = int(str(value))
+        except ValueError:
+            number = None
+        if number is None or number < low or (high is not None and number > high):
+            limit = f"between {low} and {high}" if high is not None else f"an integer >= {low}"
+            raise UnsupportedError(f"invalid tensorrt option {key}={value}{where}", f"expected {limit}")
+        return number
+    return str(value)
+
+
+def parse_options(options: Mapping[str, Any], target_options: Mapping[str, Any] | None = None,
+                  target_file: str = "") -> BuildOptions:
+    """Merge the target's ``[device.tensorrt]`` table with ``--option`` values (which win) and validate them."""
+    values: dict[str, Any] = {}
+    for key, value in (target_options or {}).items():
+        if key not in ALLOWED and key not in _TARGET_ONLY:
+            raise TargetError(f"invalid {target_file or 'target'}", f"key 'device.tensorrt.{key}' is not a TensorRT "
+                              f"option (allowed: {', '.join([*ALLOWED, *_TARGET_ONLY])})")
+        values[key] = _parse_value(key, value, f" in {target_file or 'the target file'}")
+    for key, value in options.items():
+        if key not in ALLOWED:
+            raise UnsupportedError(f"unknown tensorrt option '{key}'", f"allowed: {', '.join(ALLOWED)}")
+        values[key] = _parse_value(key, value, "")
+    opts = BuildOptions(**values)
+    if opts.max_batch is None and (opts.min_batch is not None or opts.opt_batch is not None):
+        raise UnsupportedError("invalid tensorrt batch range", "min_batch/opt_batch need max_batch",
+                               "give --option max_batch=N")
+    if opts.max_batch is not None:
+        low, best = opts.min_batch or 1, opts.opt_batch or opts.max_batch
+        if not low <= best <= opts.max_batch:
+            raise UnsupportedError("invalid tensorrt batch range",
+                                   f"need min_batch <= opt_batch <= max_batch, got {low}/{best}/{opts.max_batch}")
+    return opts
+
+
+def profile_shapes(inputs: Sequence[tuple[str, tuple[int, ...]]], opts: BuildOptions
+                   ) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
+    """Optimization-profile (min, opt, max) shapes for network inputs with dynamic (-1) dims.
+
+    Only a dynamic first (batch) dimension can be ranged, with ``min_batch``/``opt_batch``/``max_batch``; any
+    other dynamic dimension must be fixed when the model is loaded (``--shape``). Static inputs are left out.
+    """
+    shapes = {}
+    for name, shape in inputs:
+        dynamic = [i for i, d in enumerate(shape) if d < 0]
+        if not dynamic:
+            continue
+        if dynamic != [0]:
+            example = "x".join("N" if d < 0 else str(d) for d in shape)
+            raise UserInputError(f"input '{name}' has dynamic dims {dynamic}",
+                                 "a TensorRT profile here ranges only the batch dimension",
+                                 f"fix the others with --shape {name}={example}")
+        if opts.max_batch is None:
+            raise UserInputError(f"input '{name}' has a dynamic batch dimension",
+                                 "TensorRT needs an optimization profile with its range",
+                                 "give --option max_batch=N (optionally min_batch, opt_batch), or fix it with --shape")
+        low = opts.min_batch or 1
+        high = opts.max_batch
+        best = opts.opt_batch or high
+        rest = tuple(shape[1:])
+        shapes[name] = ((low, *rest), (best, *rest), (high, *rest))
+    return shapes

@@ -1,0 +1,226 @@
+"""Running a TensorRT engine: ``execute_async_v3`` on device buffers, per-layer timing through ``IProfiler``."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from onnxsmith.compilers.tensorrt import cuda
+from onnxsmith.compilers.tensorrt.engine import (
+    deserialize,
+    engine_information,
+    import_tensorrt,
+    layer_types,
+    make_logger,
+)
+
+from onnxsmith.errors import BackendError, DataError
+from onnxsmith.model import TensorSpec
+from onnxsmith.plugin import LayerTime
+
+if TYPE_CHECKING:
+    import numpy as np
+
+_DTYPES = {"FLOAT": "float32", "HALF": "float16", "INT8": "int8", "INT32": "int32", "INT64": "int64",
+           "BOOL": "bool", "UINT8": "uint8"}
+
+
+def numpy_dtype(trt_dtype: Any) -> str:
+    name = str(trt_dtype).split(".")[-1]
+    if name not in _DTYPES:
+        raise BackendError(f"TensorRT I/O tensor type {name} has no numpy equivalent here",
+                           "onnxsmith feeds and reads engine I/O as numpy arrays",
+                           "keep the model's inputs and outputs in float32/float16/int32/int64/bool")
+    return _DTYPES[name]
+
+
+class _Context:
+    """One execution context with its own stream and device buffers (one per parallel request)."""
+
+    def __init__(self, engine: Any, names: list[str], inputs: set[str], dtypes: dict[str, str]) -> None:
+        self.context = engine.create_execution_context()
+        if self.context is None:
+            raise BackendError("TensorRT could not create an execution context", "out of GPU memory?")
+        self.names, self.inputs, self.dtypes = names, inputs, dtypes
+        self.stream = cuda.Stream()
+        self.buffers: dict[str, cuda.DeviceBuffer] = {}
+        self.shapes: dict[str, tuple[int, ...]] = {}
+
+    def prepare(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Set input shapes, (re)allocate buffers, bind addresses; returns the contiguous host inputs."""
+        import numpy as np
+
+        host = {}
+        for name in self.names:
+            if name not in self.inputs:
+                continue
+            if name not in feeds:
+                raise DataError("input missing for the TensorRT engine", f"no array for input '{name}'")
+            array = np.ascontiguousarray(feeds[name], dtype=np.dtype(self.dtypes[name]))
+            host[name] = array
+            if self.shapes.get(name) != array.shape:
+                if not self.context.set_input_shape(name, array.shape):
+                    raise DataError(f"input '{name}' does not fit the engine",
+                                    f"shape {'x'.join(map(str, array.shape))} is outside its optimization profile")
+                self.shapes[name] = array.shape
+        for name in self.names:
+            shape = tuple(int(d) for d in self.context.get_tensor_shape(name))
+            if any(d < 0 for d in shape):
+                raise BackendError("TensorRT could not infer an output shape", f"tensor '{name}' has shape {shape}")
+            nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(self.dtypes[name]).itemsize
+            buffer = self.buffers.get(name)
+            if buffer is None or buffer.nbytes < nbytes:
+                if buffer is not None:
+                    buffer.free()
+                buffer = self.buffers[name] = cuda.DeviceBuffer(nbytes)
+            self.shapes[name] = shape
+            if not self.context.set_tensor_address(name, buffer.ptr):
+                raise BackendError("TensorRT rejected a device buffer", f"tensor '{name}'")
+        return host
+
+    def upload(self, host: Mapping[str, np.ndarray]) -> None:
+        for name, array in host.items():
+            self.buffers[name].copy_from_host(array, self.stream)
+
+    def enqueue(self) -> None:
+        if not self.context.execute_async_v3(self.stream.handle):
+            raise BackendError("TensorRT inference failed", "execute_async_v3 returned False",
+                               "run with --debug; TensorRT's log says why")
+
+    def download(self) -> dict[str, np.ndarray]:
+        import numpy as np
+
+        outputs = {}
+        for name in self.names:
+            if name in self.inputs:
+                continue
+            array = np.empty(self.shapes[name], dtype=np.dtype(self.dtypes[name]))
+            self.buffers[name].copy_to_host(array, self.stream)
+            outputs[name] = array
+        return outputs
+
+    def close(self) -> None:
+        self.stream.synchronize()
+        self.context = None
+        self.stream.destroy()
+        for buffer in self.buffers.values():
+            buffer.free()
+        self.buffers.clear()
+
+
+class TensorRTRunner:
+    """A deserialized engine on one GPU. ``run`` copies in and out; ``bind`` keeps data on the GPU."""
+
+    def __init__(self, engine_path: Path, device_id: int = 0, parallel_requests: int = 2) -> None:
+        self._trt = trt = import_tensorrt()
+        cuda.set_device(device_id)
+        self._logger = make_logger(trt)
+        self._runtime, self._engine = deserialize(trt, self._logger, engine_path.read_bytes())
+        self._parallel = max(2, parallel_requests)
+        engine = self._engine
+        self._names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        self._inputs = {n for n in self._names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT}
+        self._dtypes = {n: numpy_dtype(engine.get_tensor_dtype(n)) for n in self._names}
+
+        def spec(name: str) -> TensorSpec:
+            dims = tuple(int(d) if int(d) >= 0 else None for d in engine.get_tensor_shape(name))
+            return TensorSpec(name, self._dtypes[name], dims)
+
+        self.inputs = tuple(spec(n) for n in self._names if n in self._inputs)
+        self.outputs = tuple(spec(n) for n in self._names if n not in self._inputs)
+        self._main = self._new_context(quiet=True)
+        self._extra: list[_Context] = []
+
+    def _new_context(self, quiet: bool) -> _Context:
+        ctx = _Context(self._engine, self._names, self._inputs, self._dtypes)
+        if quiet and hasattr(ctx.context, "nvtx_verbosity"):
+            # Engines are built DETAILED for the inspector; detailed NVTX ranges would slow enqueueV3 down.
+            ctx.context.nvtx_verbosity = self._trt.ProfilingVerbosity.NONE
+        return ctx
+
+    def __enter__(self) -> TensorRTRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for ctx in [self._main, *self._extra]:
+            if ctx is not None:
+                ctx.close()
+        self._main, self._extra = None, []  # type: ignore[assignment]
+        self._engine = self._runtime = None
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        ctx = self._main
+        host = ctx.prepare(feeds)
+        ctx.upload(host)
+        ctx.enqueue()
+        outputs = ctx.download()
+        ctx.stream.synchronize()
+        return outputs
+
+    def bind(self, feeds: Mapping[str, np.ndarray]) -> Callable[[], None]:
+        ctx = self._main
+        ctx.upload(ctx.prepare(feeds))
+        ctx.stream.synchronize()
+
+        def call() -> None:
+            ctx.enqueue()
+            ctx.stream.synchronize()
+
+        return call
+
+    def parallel_throughput(self, feeds: Mapping[str, np.ndarray], seconds: float) -> tuple[float, int] | None:
+        """Inferences/s with several execution contexts, each on its own stream, kept busy together."""
+        while len(self._extra) < self._parallel:
+            self._extra.append(self._new_context(quiet=True))
+        contexts = self._extra[: self._parallel]
+        for ctx in contexts:
+            ctx.upload(ctx.prepare(feeds))
+            ctx.stream.synchronize()
+        for ctx in contexts:  # warm-up
+            ctx.enqueue()
+        for ctx in contexts:
+            ctx.stream.synchronize()
+        done = 0
+        start = time.perf_counter()
+        while True:
+            for ctx in contexts:
+                ctx.enqueue()
+            for ctx in contexts:
+                ctx.stream.synchronize()
+            done += len(contexts)
+            elapsed = time.perf_counter() - start
+            if elapsed >= seconds:
+                return done / elapsed, len(contexts)
+
+    def layer_profile(self, feeds: Mapping[str, np.ndarray]) -> list[LayerTime] | None:
+        """Mean per-layer GPU time over 10 runs, from TensorRT's ``IProfiler`` on a separate context."""
+        trt = self._trt
+        totals: dict[str, float] = {}
+
+        class Profiler(trt.IProfiler):  # type: ignore[misc, name-defined]
+            def __init__(self) -> None:
+                trt.IProfiler.__init__(self)
+
+            def report_layer_time(self, layer_name: str, ms: float) -> None:
+                totals[layer_name] = totals.get(layer_name, 0.0) + ms
+
+        ctx = self._new_context(quiet=False)
+        try:
+            ctx.upload(ctx.prepare(feeds))
+            ctx.enqueue()  # warm-up, not profiled
+            ctx.stream.synchronize()
+            profiler = Profiler()
+            ctx.context.profiler = profiler
+            ctx.context.enqueue_emits_profile = False
+            runs = 10
+            for _ in range(runs):
+                ctx.enqueue()
+                ctx.stream.synchronize()
+                ctx.context.report_to_profiler()
+        finally:
+            ctx.close()
+        kinds = layer_types(engine_information(trt, self._engine))
+        return sorted((LayerTime(name, kinds.get(name, ("", ""))[0], ms / runs, kinds.get(name, ("", ""))[1])
+                       for name, ms in totals.items()), key=lambda t: -t.time_ms)
