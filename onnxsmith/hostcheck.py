@@ -28,3 +28,38 @@ def host_matches(target: Target) -> Support:
         return Support(False, f"{target.id} code may use CPU features this machine lacks ({', '.join(missing)})",
                        "compile for 'host' or a target matching this CPU")
     return Support(True)
+
+
+def nvidia_gpu_names() -> list[str]:
+    """Names of the NVIDIA GPUs on this machine (``nvidia-smi``), empty without one."""
+    import shutil
+    import subprocess
+
+    if not shutil.which("nvidia-smi"):
+        return []
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [line.strip() for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else []
+
+
+def gpu_name_matches(wanted: str, name: str) -> bool:
+    """Whole-word match, so "L4" does not match "NVIDIA L40S"."""
+    import re
+
+    return bool(re.search(rf"(?<![\w-]){re.escape(wanted)}(?![\w-])", name, re.IGNORECASE))
+
+
+def gpu_matches(target: Target) -> Support:
+    """Whether this machine has the GPU ``target`` names in ``requires.gpu``."""
+    wanted = target.requires.gpu
+    names = nvidia_gpu_names()
+    if not names:
+        return Support(False, f"{target.id} needs an NVIDIA GPU and this machine has none",
+                       "run on a machine with the GPU, or profile on the device")
+    if wanted and not any(gpu_name_matches(wanted, n) for n in names):
+        return Support(False, f"{target.id} needs an NVIDIA {wanted}; this machine has {', '.join(names)}",
+                       "compile for the GPU you have (see 'onnxsmith targets')")
+    return Support(True)

@@ -170,6 +170,8 @@ def load_target(spec: str) -> Target:
     path = Path(spec)
     if path.suffix == ".toml" and path.is_file():
         return parse_target(read_toml(path), path)
-    close = [tid for tid in files if spec.split("/")[-1] in tid] or sorted(files)[:6]
+    import difflib
+
+    close = difflib.get_close_matches(spec, ["host", *files], n=5, cutoff=0.5) or ["host", *sorted(files)[:5]]
     raise TargetError(f"unknown target '{spec}'", "no catalogue entry or TOML file has that id",
-                      f"run 'onnxsmith targets' to list them; close: {', '.join(['host', *close][:6])}")
+                      f"run 'onnxsmith targets' to list them; close: {', '.join(close)}")

@@ -115,3 +115,12 @@ def test_failed_compile_leaves_no_half_written_bundle(cnn_path: Path, tmp_path: 
                       output=tmp_path / "x", backend="onnxruntime", options={"bogus": "1"})
     assert not (tmp_path / "x").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_gpu_name_match_is_whole_word() -> None:
+    from onnxsmith.hostcheck import gpu_name_matches
+
+    assert gpu_name_matches("H100", "NVIDIA H100 80GB HBM3")
+    assert gpu_name_matches("L4", "NVIDIA L4")
+    assert not gpu_name_matches("L4", "NVIDIA L40S")
+    assert not gpu_name_matches("A100", "NVIDIA A1000")

@@ -168,10 +168,18 @@ class OnnxRuntimeCompiler:
         from onnxsmith.hostcheck import host_matches
 
         if target.kind == "gpu":
+            import platform
+
+            from onnxsmith.hostcheck import gpu_matches
+
+            arch = platform.machine().lower().replace("amd64", "x86_64").replace("arm64", "aarch64")
+            if target.requires.arch and target.requires.arch != arch:
+                return Support(False, f"{target.id} is an {target.requires.arch} device and this machine is {arch}",
+                               "run the bundle on the device")
             if "CUDAExecutionProvider" not in available_providers():
                 return Support(False, "ONNX Runtime's CUDA provider is not available",
                                "pip install onnxruntime-gpu on a machine with an NVIDIA GPU")
-            return Support(True)
+            return gpu_matches(target)
         return host_matches(target)
 
     def precisions(self, target: Target) -> tuple[str, ...]:
