@@ -72,6 +72,10 @@ def test_errors_are_one_line_with_exit_codes(cnn_path: Path, tmp_path: Path,
     truncated.write_bytes(cnn_path.read_bytes()[:300])
     _assert_one_line_error(*cli(["inspect", str(truncated)], capsys), 2, "cannot load model")
     _assert_one_line_error(*cli(["compile", str(cnn_path), "-t", "nvidia/nope"], capsys), 2, "unknown target")
+    from tests.test_model import _external_model
+
+    escaping = _external_model(tmp_path / "ext" if (tmp_path / "ext").mkdir() is None else tmp_path, "../weights.bin")
+    _assert_one_line_error(*cli(["compile", str(escaping)], capsys), 2, "unsafe external data")
     _assert_one_line_error(*cli(["compile", str(cnn_path), "--precision", "int8", "--calibration",
                                  str(tmp_path / "missing.npz")], capsys), 2, "calibration file")
     bundle = tmp_path / "b"
