@@ -19,6 +19,9 @@ $(STAMP): pyproject.toml constraints.txt
 	# torch first, pinned: the CPU build; an unpinned torch would pull a multi-GB CUDA build.
 	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
 	$(BIN)/pip install -q -c constraints.txt -e '.[all,dev]'
+	# arm64 TVM runtime wheels (not installed here): run TVM aarch64 artifacts under qemu-user via RPC.
+	$(BIN)/pip download -q --only-binary=:all: --no-deps --platform manylinux_2_28_aarch64 --python-version 3.11 \
+	  -d $(VENV)/aarch64-wheels apache-tvm==0.27.0.post1 apache-tvm-ffi==0.1.14.post1
 	touch $(STAMP)
 
 system-deps:

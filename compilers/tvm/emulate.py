@@ -1,0 +1,137 @@
+"""An aarch64 TVM RPC server under qemu-aarch64: run cross-compiled artifacts without the device.
+
+It needs ``qemu-user`` and ``gcc-aarch64-linux-gnu`` (Debian), and the aarch64 TVM runtime libraries, taken from
+the aarch64 wheels of apache-tvm and apache-tvm-ffi (``make install`` downloads them into
+``.venv/aarch64-wheels``; ``$ONNXSMITH_TVM_AARCH64_WHEELS`` names another directory). Only
+``libtvm_runtime.so`` and ``libtvm_ffi.so`` are used: the server is the C program in ``native/rpc_server.c``,
+so no aarch64 Python is needed. The numbers it computes are the device's code run by an emulator; its timings
+mean nothing.
+
+``python -m onnxsmith.compilers.tvm.emulate [PORT]`` serves on 127.0.0.1 for ``onnxsmith profile --rpc``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import time
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from onnxsmith.errors import UnsupportedError
+
+SOURCE = Path(__file__).parent / "native" / "rpc_server.c"
+SYSROOT = Path("/usr/aarch64-linux-gnu")
+CROSS_CC = "aarch64-linux-gnu-gcc"
+LIBS = {"libtvm_runtime.so": ("apache_tvm-", "tvm/lib/libtvm_runtime.so"),
+        "libtvm_ffi.so": ("apache_tvm_ffi-", "tvm_ffi/lib/libtvm_ffi.so")}
+
+
+def wheels_dir() -> Path:
+    return Path(os.environ.get("ONNXSMITH_TVM_AARCH64_WHEELS") or Path(sys.prefix) / "aarch64-wheels")
+
+
+def missing() -> str:
+    """Why the emulated server cannot run here ('' when it can)."""
+    if shutil.which("qemu-aarch64") is None:
+        return "qemu-aarch64 is not installed (apt-get install qemu-user)"
+    if shutil.which(CROSS_CC) is None or not SYSROOT.is_dir():
+        return f"{CROSS_CC} is not installed (apt-get install gcc-aarch64-linux-gnu)"
+    for prefix, _ in LIBS.values():
+        if not any(wheels_dir().glob(f"{prefix}*aarch64*.whl")):
+            return (f"no aarch64 {prefix.rstrip('-')} wheel in {wheels_dir()} (pip download --only-binary=:all: "
+                    "--no-deps --platform manylinux_2_28_aarch64 apache-tvm==0.27.0.post1 "
+                    "apache-tvm-ffi==0.1.14.post1)")
+    return ""
+
+
+def server_binary() -> Path:
+    """The aarch64 RPC server with its two runtime libraries beside it (built once per TVM version and source)."""
+    reason = missing()
+    if reason:
+        raise UnsupportedError("cannot run the aarch64 TVM emulator", reason)
+    from onnxsmith.cache import cache_root
+    from onnxsmith.compilers.tvm.common import tvm_version
+
+    import hashlib
+
+    source_hash = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]
+    directory = cache_root() / "tvm-aarch64-runtime" / f"{tvm_version()}-{source_hash}"
+    binary = directory / "rpc_server"
+    if binary.is_file():
+        return binary
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, (prefix, member) in LIBS.items():
+        wheel = sorted(wheels_dir().glob(f"{prefix}*aarch64*.whl"))[-1]
+        with zipfile.ZipFile(wheel) as archive, archive.open(member) as src, open(directory / name, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    import tvm_ffi
+
+    include = Path(tvm_ffi.__file__).parent / "include"
+    tmp = directory / f".rpc_server.{os.getpid()}"
+    subprocess.run([CROSS_CC, "-O2", "-std=c11", "-D_GNU_SOURCE", f"-I{include}", str(SOURCE), f"-L{directory}",
+                    "-Wl,--no-as-needed", "-ltvm_runtime", "-ltvm_ffi", "-Wl,-rpath,$ORIGIN", "-o", str(tmp)],
+                   check=True, capture_output=True, text=True)
+    os.replace(tmp, binary)
+    return binary
+
+
+@contextlib.contextmanager
+def emulated_server(port: int = 0, timeout_s: float = 60) -> Iterator[str]:
+    """Start the aarch64 RPC server under qemu on 127.0.0.1; yields its ``HOST:PORT``; stops it on exit."""
+    import tempfile
+
+    binary = server_binary()
+    with tempfile.TemporaryDirectory(prefix="onnxsmith-qemu-rpc-") as work:
+        proc = subprocess.Popen(["qemu-aarch64", "-L", str(SYSROOT), str(binary), work, str(port), "127.0.0.1"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            address = _wait_for_address(proc, timeout_s)
+            yield address
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _wait_for_address(proc: subprocess.Popen[str], timeout_s: float) -> str:
+    import selectors
+
+    assert proc.stdout is not None
+    selector = selectors.DefaultSelector()
+    selector.register(proc.stdout, selectors.EVENT_READ)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if selector.select(timeout=0.5):
+            line = proc.stdout.readline()
+            if line.startswith("listening "):
+                return line.split()[1]
+        if proc.poll() is not None:
+            break
+    error = proc.stderr.read() if proc.stderr and proc.poll() is not None else "no answer"
+    raise UnsupportedError("the emulated aarch64 RPC server did not start", error.strip()[:300] or "no output")
+
+
+def main() -> None:
+    import signal
+
+    # Stop cleanly (and stop qemu) on Ctrl-C and on kill, also when started in the background.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    port = int(sys.argv[1]) if len(sys.argv) > 1 else 9090
+    with emulated_server(port) as address:
+        print(f"aarch64 TVM RPC server (qemu) at {address}; Ctrl-C stops it", flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            while True:
+                time.sleep(3600)
+
+
+if __name__ == "__main__":
+    main()
