@@ -1,0 +1,358 @@
+"""Calibration and validation data in every form ``optimize`` takes, as one :class:`~onnxsmith.data.Dataset`.
+
+``open_dataset(spec, model_inputs, labels)`` reads:
+
+- ``data.npz`` / ``data.npy``: as :func:`onnxsmith.data.load_data` (one array per input, samples along axis 0).
+- a folder of ``.npy`` files, either **one file per input** (``<input name>.npy``, samples along axis 0; used when
+  every model input has its file) or, for a one-input model, **one file per sample** (any other names, read in
+  sorted order, each shaped like the input without its batch dim, or with a leading 1). Labels: ``<labels>.npy``
+  in the folder when ``labels`` names it.
+- an image folder with a ``preprocess.toml`` inside it, or a ``.toml`` file whose ``root`` key names the image
+  folder (relative to the file). Images sit in one subfolder per class (the label is the folder's number when every
+  folder name is an integer, else its index in ``classes`` or in sorted order), or directly in the folder (no
+  labels). Keys: ``input`` (default: the only input), ``resize`` (shorter side, or ``[height, width]``), ``crop``
+  (centre crop, ``n`` or ``[height, width]``), ``mode`` (``RGB`` or ``L``), ``scale`` (default 1/255), ``mean`` /
+  ``std`` (per channel, after scaling), ``layout`` (``NCHW`` or ``NHWC``), ``classes``.
+- ``package.module:function``: a function returning a :class:`~onnxsmith.data.Dataset`, or an iterable of
+  batches, each a dict of arrays named after the inputs (samples along axis 0); with ``labels``, each batch's
+  array of that name is taken as labels. At most :data:`MAX_SAMPLES` samples are read.
+
+Every form is checked against the model's inputs with :func:`onnxsmith.data.check_against_model`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import sys
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from onnxsmith.data import Dataset, check_against_model, load_data
+from onnxsmith.errors import DataError, OnnxsmithError, first_line
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from onnxsmith.model import TensorSpec
+
+MAX_SAMPLES = 100_000
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+PREPROCESS_FILE = "preprocess.toml"
+_CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+def open_dataset(spec: str, model_inputs: tuple[TensorSpec, ...], labels: str | None = None,
+                 what: str = "data") -> Dataset:
+    """Read ``spec`` (a file, folder, TOML spec or ``module:function``) as a Dataset that fits ``model_inputs``."""
+    path = Path(spec)
+    if not path.exists() and _CALLABLE.match(spec):
+        return from_callable(spec, model_inputs, labels, what)
+    if not path.exists():
+        raise DataError(f"cannot read {what} '{spec}'", "no such file or folder, and not a module:function",
+                        "give an .npz, a folder of .npy files or images, a .toml preprocessing spec, or "
+                        "package.module:function")
+    if path.is_file() and path.suffix in (".npz", ".npy"):
+        return load_data(path, model_inputs, labels, what=f"{what} file")
+    if path.is_file() and path.suffix == ".toml":
+        return from_image_spec(path, model_inputs, what)
+    if path.is_dir():
+        if (path / PREPROCESS_FILE).is_file():
+            return from_image_spec(path / PREPROCESS_FILE, model_inputs, what)
+        if any(path.glob("*.npy")):
+            return from_npy_folder(path, model_inputs, labels, what)
+        if _find_images(path):
+            raise DataError(f"cannot read {what} folder '{path}'", "it holds images but no preprocessing spec",
+                            f"add {path / PREPROCESS_FILE} with e.g. resize = 256, crop = 224, mean = [0.485, "
+                            "0.456, 0.406], std = [0.229, 0.224, 0.225], layout = \"NCHW\"")
+        raise DataError(f"cannot read {what} folder '{path}'", "it holds no .npy files and no images")
+    raise DataError(f"cannot read {what} '{path}'", f"unknown file type '{path.suffix}'",
+                    "give an .npz, .npy, .toml, a folder, or package.module:function")
+
+
+def _finish(arrays: dict[str, np.ndarray], label_array: np.ndarray | None, model_inputs: tuple[TensorSpec, ...],
+            where: str, source: str) -> Dataset:
+    check_against_model(arrays, model_inputs, where)
+    n = len(next(iter(arrays.values())))
+    if n == 0:
+        raise DataError(f"cannot use {where}", "it holds no samples")
+    if label_array is not None and len(label_array) != n:
+        raise DataError(f"cannot use {where}", f"{len(label_array)} labels for {n} samples")
+    names = {s.name for s in model_inputs}
+    return Dataset({k: v for k, v in arrays.items() if k in names}, label_array, source)
+
+
+# --- a folder of .npy files ---------------------------------------------------------------------------------------
+
+def _load_npy(path: Path, where: str) -> np.ndarray:
+    import numpy as np
+
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataError(f"cannot read {where}", f"'{path.name}' is not a valid .npy file ({first_line(exc)})",
+                        "save it with numpy.save") from exc
+
+
+def from_npy_folder(folder: Path, model_inputs: tuple[TensorSpec, ...], labels: str | None = None,
+                    what: str = "data") -> Dataset:
+    """One ``<input>.npy`` per input (samples along axis 0), or one ``.npy`` per sample for a one-input model."""
+    import numpy as np
+
+    where = f"{what} folder '{folder}'"
+    files = {p.stem: p for p in sorted(folder.glob("*.npy"))}
+    label_array = None
+    if labels is not None:
+        if labels not in files:
+            raise DataError(f"cannot use {where}", f"it has no '{labels}.npy' for the labels",
+                            f"files present: {', '.join(sorted(files)) or 'none'}")
+        label_array = _load_npy(files.pop(labels), where)
+    names = [s.name for s in model_inputs]
+    if all(n in files for n in names):
+        arrays = {n: _load_npy(files[n], where) for n in names}
+        return _finish(arrays, label_array, model_inputs, where, str(folder))
+    if len(model_inputs) != 1:
+        missing = [n for n in names if n not in files]
+        raise DataError(f"cannot use {where}", f"no file for input(s) {', '.join(missing)}; with several inputs "
+                        "the folder must hold one <input name>.npy per input", f"save {', '.join(n + '.npy' for n in names)}")
+    spec = model_inputs[0]
+    if len(files) > MAX_SAMPLES:
+        raise DataError(f"cannot use {where}", f"{len(files)} sample files, more than the {MAX_SAMPLES} read")
+    samples = []
+    for name, path in files.items():
+        arr = _load_npy(path, where)
+        if arr.ndim == len(spec.shape) and arr.shape[:1] == (1,):
+            arr = arr[0]
+        if arr.ndim != len(spec.shape) - 1:
+            raise DataError(f"cannot use {where}", f"sample '{name}.npy' has shape {'x'.join(map(str, arr.shape))}; "
+                            f"one sample of input '{spec.name}' ({spec.shape_text()}) has {len(spec.shape) - 1} dims",
+                            f"save one sample per file, or name the file {spec.name}.npy to give all samples at once")
+        samples.append(arr)
+    shapes = {a.shape for a in samples}
+    if len(shapes) > 1:
+        raise DataError(f"cannot use {where}", f"sample files have different shapes: "
+                        f"{', '.join('x'.join(map(str, s)) for s in sorted(shapes))}")
+    return _finish({spec.name: np.stack(samples)}, label_array, model_inputs, where, f"{folder} ({len(samples)} files)")
+
+
+# --- module:function ----------------------------------------------------------------------------------------------
+
+def _import_function(spec: str, where: str) -> Any:
+    module_name, _, func_name = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name.split(".")[0] or str(Path.cwd()) in sys.path:
+            raise DataError(f"cannot import {where}", first_line(exc), "check the module name and PYTHONPATH") from exc
+        sys.path.insert(0, str(Path.cwd()))  # `module:function` names a file in the working directory
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc2:
+            raise DataError(f"cannot import {where}", first_line(exc2),
+                            "check the module name, or add its folder to PYTHONPATH") from exc2
+        finally:
+            sys.path.remove(str(Path.cwd()))
+    except Exception as exc:
+        raise DataError(f"cannot import {where}", f"importing '{module_name}' raised {first_line(exc)}") from exc
+    func = getattr(module, func_name, None)
+    if not callable(func):
+        raise DataError(f"cannot use {where}", f"module '{module_name}' has no function '{func_name}'")
+    return func
+
+
+def from_callable(spec: str, model_inputs: tuple[TensorSpec, ...], labels: str | None = None,
+                  what: str = "data") -> Dataset:
+    """Call ``module:function``; it returns a Dataset or an iterable of batches (dicts of arrays)."""
+    import numpy as np
+
+    where = f"{what} '{spec}'"
+    func = _import_function(spec, where)
+    try:
+        produced = func()
+    except OnnxsmithError:
+        raise
+    except Exception as exc:
+        raise DataError(f"cannot read {where}", f"the function raised {type(exc).__name__}: {first_line(exc)}") from exc
+    if isinstance(produced, Dataset):
+        return _finish(dict(produced.arrays), produced.labels, model_inputs, where, f"{spec} ({produced.source})")
+    if isinstance(produced, Mapping):
+        produced = [produced]
+    if not isinstance(produced, Iterable):
+        raise DataError(f"cannot use {where}", f"the function returned {type(produced).__name__}",
+                        "return a Dataset or an iterable of dicts mapping input names to arrays")
+    parts: dict[str, list[np.ndarray]] = {}
+    label_parts: list[np.ndarray] = []
+    count = 0
+    for index, batch in enumerate(produced):
+        if not isinstance(batch, Mapping):
+            raise DataError(f"cannot use {where}", f"batch {index} is a {type(batch).__name__}, not a dict of arrays",
+                            "yield dicts mapping input names to arrays (samples along axis 0)")
+        batch = {k: np.asarray(v) for k, v in batch.items()}
+        if labels is not None:
+            if labels not in batch:
+                raise DataError(f"cannot use {where}", f"batch {index} has no '{labels}' array for the labels",
+                                f"arrays present: {', '.join(batch)}")
+            label_parts.append(batch.pop(labels))
+        check_against_model(batch, model_inputs, f"{where} batch {index}")
+        for name, arr in batch.items():
+            parts.setdefault(name, []).append(arr)
+        count += len(next(iter(batch.values())))
+        if count >= MAX_SAMPLES:
+            break
+    if not parts:
+        raise DataError(f"cannot use {where}", "the function produced no batches")
+    arrays = {k: np.concatenate(v)[:MAX_SAMPLES] for k, v in parts.items()}
+    label_array = np.concatenate(label_parts)[:MAX_SAMPLES] if label_parts else None
+    return _finish(arrays, label_array, model_inputs, where, spec)
+
+
+# --- image folders ------------------------------------------------------------------------------------------------
+
+def _find_images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _pair(f: Any, key: str) -> tuple[int, int] | int | None:
+    value = f.get(key, (int, list), None)
+    if value is None:
+        return None
+    if isinstance(value, int):
+        if value <= 0:
+            raise f._fail(key, "must be positive")
+        return value
+    if len(value) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
+        raise f._fail(key, "must be a positive integer or [height, width]")
+    return (value[0], value[1])
+
+
+def _floats(f: Any, key: str, channels: int) -> tuple[float, ...] | None:
+    value = f.get(key, list, None)
+    if value is None:
+        return None
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value) or len(value) not in (1, channels):
+        raise f._fail(key, f"must be a list of 1 or {channels} numbers (one per channel)")
+    if key == "std" and any(v == 0 for v in value):
+        raise f._fail(key, "must not contain 0")
+    return tuple(float(v) for v in value)
+
+
+def from_image_spec(spec_file: Path, model_inputs: tuple[TensorSpec, ...], what: str = "data") -> Dataset:
+    """Read an image folder as preprocessed by the TOML spec ``spec_file``."""
+    import numpy as np
+
+    from onnxsmith.tomlutil import Fields, read_toml
+
+    try:
+        data = read_toml(spec_file)
+    except OnnxsmithError as exc:
+        raise DataError(exc.what, exc.why, exc.hint) from exc
+    f = Fields(data, spec_file)
+    try:
+        f.unknown({"root", "input", "resize", "crop", "mode", "scale", "mean", "std", "layout", "classes"})
+        root = spec_file.parent / f.get("root", str, ".")
+        names = [s.name for s in model_inputs]
+        input_name = f.get("input", str, names[0] if len(names) == 1 else ...)
+        if input_name not in names:
+            raise f._fail("input", f"names no model input (inputs: {', '.join(names)})")
+        spec = next(s for s in model_inputs if s.name == input_name)
+        layout = f.get("layout", str, "NCHW", choices=("NCHW", "NHWC"))
+        if len(spec.shape) != 4:
+            raise f._fail("input", f"names '{input_name}' of shape {spec.shape_text()}; image inputs are 4-D")
+        channel_dim = 1 if layout == "NCHW" else 3
+        channels = spec.shape[channel_dim]
+        if channels not in (1, 3):
+            raise f._fail("layout", f"puts the channels of {spec.shape_text()} at dim {channel_dim}, which is "
+                          f"{channels}; images have 1 or 3 channels")
+        mode = f.get("mode", str, "L" if channels == 1 else "RGB", choices=("L", "RGB"))
+        if (mode == "L") != (channels == 1):
+            raise f._fail("mode", f"is {mode} but input '{input_name}' has {channels} channel(s)")
+        resize = _pair(f, "resize")
+        crop = _pair(f, "crop")
+        scale = f.get("scale", float, 1 / 255)
+        mean = _floats(f, "mean", channels) or (0.0,)
+        std = _floats(f, "std", channels) or (1.0,)
+        classes = f.str_list("classes", ())
+    except OnnxsmithError as exc:
+        raise DataError(exc.what, exc.why, exc.hint) from exc
+    if len(model_inputs) != 1:
+        raise DataError(f"cannot use image spec '{spec_file}'", f"the model has {len(model_inputs)} inputs; an image "
+                        "folder feeds one", "give the data as .npz or module:function")
+    if not root.is_dir():
+        raise DataError(f"cannot use image spec '{spec_file}'", f"key 'root' names '{root}', which is not a folder")
+    images = _find_images(root)
+    if not images:
+        raise DataError(f"cannot use image folder '{root}'", f"no images ({', '.join(IMAGE_SUFFIXES)}) found")
+    if len(images) > MAX_SAMPLES:
+        images = images[:MAX_SAMPLES]
+    height, width = (spec.shape[2], spec.shape[3]) if layout == "NCHW" else (spec.shape[1], spec.shape[2])
+    if not isinstance(height, int) or not isinstance(width, int):
+        raise DataError(f"cannot use image spec '{spec_file}'", f"input '{input_name}' has dynamic spatial dims",
+                        "fix them with --shape")
+    label_array = _labels_for(images, root, classes, spec_file)
+    pixels = np.stack([_preprocess(p, mode, resize, crop, (height, width), spec_file) for p in images])
+    pixels = pixels * scale
+    pixels = (pixels - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)  # HWC broadcast
+    if layout == "NCHW":
+        pixels = pixels.transpose(0, 3, 1, 2)
+    dtype = spec.dtype if spec.dtype in ("float16", "float32", "float64") else "float32"
+    source = f"{root} ({len(images)} images, preprocessed by {spec_file.name})"
+    return _finish({input_name: np.ascontiguousarray(pixels.astype(dtype))}, label_array, model_inputs,
+                   f"image folder '{root}'", source)
+
+
+def _labels_for(images: list[Path], root: Path, classes: tuple[str, ...], spec_file: Path) -> np.ndarray | None:
+    import numpy as np
+
+    folders = [p.relative_to(root).parts[0] if len(p.relative_to(root).parts) > 1 else None for p in images]
+    if all(f is None for f in folders):
+        return None
+    if any(f is None for f in folders):
+        raise DataError(f"cannot use image folder '{root}'", "some images sit in class subfolders and some do not",
+                        "put every image in a subfolder named after its class")
+    names = sorted(set(folders))  # type: ignore[arg-type]
+    if classes:
+        unknown = [n for n in names if n not in classes]
+        if unknown:
+            raise DataError(f"cannot use image spec '{spec_file}'", f"subfolder '{unknown[0]}' is not in 'classes'")
+        index = {c: i for i, c in enumerate(classes)}
+    elif all(n.isdigit() for n in names):
+        index = {n: int(n) for n in names}
+    else:
+        index = {n: i for i, n in enumerate(names)}
+    return np.asarray([index[f] for f in folders], dtype=np.int64)  # type: ignore[index]
+
+
+def _preprocess(path: Path, mode: str, resize: tuple[int, int] | int | None, crop: tuple[int, int] | int | None,
+                size: tuple[int, int], spec_file: Path) -> np.ndarray:
+    """One image as a float32 HWC array: convert, resize, centre-crop, check the final size."""
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img = img.convert(mode)
+            if isinstance(resize, int):
+                w, h = img.size
+                s = resize / min(w, h)
+                img = img.resize((max(1, round(w * s)), max(1, round(h * s))), Image.BILINEAR)
+            elif resize is not None:
+                img = img.resize((resize[1], resize[0]), Image.BILINEAR)
+            if crop is not None:
+                ch, cw = (crop, crop) if isinstance(crop, int) else crop
+                w, h = img.size
+                if ch > h or cw > w:
+                    raise DataError(f"cannot preprocess '{path}'", f"crop {ch}x{cw} is larger than the image "
+                                    f"({h}x{w} after resizing)", f"raise 'resize' in {spec_file}")
+                left, top = (w - cw) // 2, (h - ch) // 2
+                img = img.crop((left, top, left + cw, top + ch))
+            arr = np.asarray(img, dtype=np.float32)
+    except (OSError, UnidentifiedImageError) as exc:
+        raise DataError(f"cannot read image '{path}'", first_line(exc)) from exc
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.shape[:2] != size:
+        raise DataError(f"image '{path}' does not fit the model", f"after preprocessing it is "
+                        f"{arr.shape[0]}x{arr.shape[1]}, the input takes {size[0]}x{size[1]}",
+                        f"set resize/crop in {spec_file} so the result is {size[0]}x{size[1]}")
+    return arr

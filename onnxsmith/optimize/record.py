@@ -1,0 +1,248 @@
+"""The optimization record: one :class:`Card` of :class:`Step` s, the single source of every figure in the card.
+
+``card.json``, ``card.md`` and ``card.html`` are all rendered from a :class:`Card`; ``Card.from_json`` reads the
+JSON back, so a card can be re-rendered without measuring again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+STATUSES = ("chosen", "rejected", "failed", "measured")
+"""``measured``: not yet judged; ``failed``: the step could not be built or measured (``reason`` says why)."""
+
+# Relative changes smaller than these are noise, not an improvement (timings on shared machines jitter).
+NOISE = {"latency_p50_ms": 0.03, "throughput_per_s": 0.03, "peak_memory_mb": 0.05, "size_bytes": 0.01}
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+    """One validation example kept because the step did worst on it."""
+
+    index: int
+    """Position in the validation data."""
+    cosine: float | None = None
+    max_abs_error: float | None = None
+    label: int | None = None
+    prediction: int | None = None
+    reference_prediction: int | None = None
+    npz: str | None = None
+    """Inputs and both outputs, relative to the card's directory."""
+    png: str | None = None
+    """The input rendered as an image (when it is one), relative to the card's directory."""
+
+    @property
+    def wrong(self) -> bool:
+        return self.label is not None and self.prediction is not None and self.prediction != self.label
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """One rung of the ladder: a measured artifact that changes one thing from its parent."""
+
+    name: str
+    parent: str | None
+    change: str
+    """What changed from the parent, in words (``precision fp32 -> int8 (QDQ, per-channel, MinMax)``)."""
+    backend: str
+    precision: str
+    batch: int = 1
+    latency_p50_ms: float | None = None
+    latency_p90_ms: float | None = None
+    latency_p99_ms: float | None = None
+    throughput_per_s: float | None = None
+    peak_memory_mb: float | None = None
+    size_bytes: int | None = None
+    accuracy: float | None = None
+    """Task accuracy on the labelled validation data (``None`` without labels)."""
+    agreement: float | None = None
+    """Top-1 agreement with the fp32 reference (classifier-like outputs only)."""
+    cosine_min: float | None = None
+    """Lowest cosine similarity to the fp32 reference over the checked samples."""
+    samples_checked: int = 0
+    checked: str = ""
+    """Which validation examples were checked (``all 360 samples of validation.npz``)."""
+    status: str = "measured"
+    reason: str = ""
+    """Why it was rejected or failed; for the chosen step, why it won."""
+    improved: tuple[str, ...] = ()
+    worse: tuple[str, ...] = ()
+    risky: tuple[str, ...] = ()
+    worst: tuple[Example, ...] = ()
+    pass_record: Mapping[str, Any] | None = None
+    """The :class:`~onnxsmith.optimize.passes.PassRecord` (as JSON) of the ONNX pass this step ran, if any."""
+    candidate: bool = True
+    """Whether this step may be chosen (batch-sweep steps only under a throughput objective)."""
+    bundle: str | None = None
+    notes: tuple[str, ...] = ()
+
+    @property
+    def measured(self) -> bool:
+        return self.status != "failed" and self.latency_p50_ms is not None
+
+    def quality(self, metric: str) -> float | None:
+        """The value of the constraint's metric: ``accuracy``, ``agreement`` or ``cosine_min``."""
+        return getattr(self, metric)
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        for key in ("improved", "worse", "risky", "notes"):
+            data[key] = list(data[key])
+        data["worst"] = [dataclasses.asdict(e) for e in self.worst]
+        data["pass_record"] = None if self.pass_record is None else dict(self.pass_record)
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Step:
+        values = {k: v for k, v in data.items() if k in _STEP_FIELDS}
+        for key in ("improved", "worse", "risky", "notes"):
+            values[key] = tuple(values.get(key, ()))
+        values["worst"] = tuple(Example(**e) for e in values.get("worst", ()))
+        return cls(**values)
+
+
+_STEP_FIELDS = {f.name for f in dataclasses.fields(Step)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Constraints:
+    """What a step must meet to be chosen."""
+
+    max_accuracy_drop: float
+    """Largest accepted drop of ``metric`` below the reference step, as a fraction (0.01 = 1 point of accuracy)."""
+    latency_budget_ms: float | None = None
+    """Largest accepted p50 latency."""
+    metric: str = "accuracy"
+    """``accuracy`` (labelled data), ``agreement`` (top-1 with fp32) or ``cosine_min``."""
+    objective: str = "latency"
+    """``latency`` (lowest p50 wins) or ``throughput`` (highest throughput wins)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Card:
+    """The whole optimization record of one model for one target."""
+
+    model: str
+    model_fingerprint: str
+    target: str
+    profile: str
+    constraints: Constraints
+    reference: str
+    """The step every accuracy drop is measured from (the ONNX Runtime fp32 baseline)."""
+    steps: tuple[Step, ...]
+    chosen: str | None = None
+    failure: str | None = None
+    """When nothing met the constraints: which constraint failed and by how much."""
+    validation: str = ""
+    """The validation data, in words."""
+    batching: Mapping[str, Any] | None = None
+    """The batch sweep and dynamic-batching simulation (:class:`~onnxsmith.optimize.batching.BatchingReport`)."""
+    bundle: str | None = None
+    """Where the chosen artifact's bundle was written."""
+    created: str = ""
+    host: str = ""
+    onnxsmith_version: str = ""
+    notes: tuple[str, ...] = ()
+
+    def step(self, name: str) -> Step:
+        for step in self.steps:
+            if step.name == name:
+                return step
+        raise KeyError(name)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model, "model_fingerprint": self.model_fingerprint, "target": self.target,
+            "profile": self.profile, "constraints": dataclasses.asdict(self.constraints),
+            "reference": self.reference, "chosen": self.chosen, "failure": self.failure,
+            "validation": self.validation, "bundle": self.bundle,
+            "steps": [s.to_json() for s in self.steps],
+            "batching": None if self.batching is None else dict(self.batching),
+            "created": self.created, "host": self.host, "onnxsmith_version": self.onnxsmith_version,
+            "notes": list(self.notes),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Card:
+        return cls(
+            model=data["model"], model_fingerprint=data.get("model_fingerprint", ""), target=data["target"],
+            profile=data.get("profile", ""), constraints=Constraints(**data["constraints"]),
+            reference=data["reference"], steps=tuple(Step.from_json(s) for s in data["steps"]),
+            chosen=data.get("chosen"), failure=data.get("failure"), validation=data.get("validation", ""),
+            batching=data.get("batching"), bundle=data.get("bundle"), created=data.get("created", ""),
+            host=data.get("host", ""), onnxsmith_version=data.get("onnxsmith_version", ""),
+            notes=tuple(data.get("notes", ())),
+        )
+
+
+def _relative(new: float, old: float) -> float:
+    return (new - old) / old if old else 0.0
+
+
+def compare(child: Step, parent: Step) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Which metrics ``child`` improved and which got worse against ``parent`` (changes within noise ignored)."""
+    improved: list[str] = []
+    worse: list[str] = []
+    lower_better = {"latency_p50_ms": "latency", "peak_memory_mb": "memory", "size_bytes": "size"}
+    for key, label in lower_better.items():
+        new, old = getattr(child, key), getattr(parent, key)
+        if new is None or old is None:
+            continue
+        change = _relative(float(new), float(old))
+        if change < -NOISE[key]:
+            improved.append(label)
+        elif change > NOISE[key]:
+            worse.append(label)
+    new_t, old_t = child.throughput_per_s, parent.throughput_per_s
+    if new_t is not None and old_t is not None:
+        change = _relative(new_t, old_t)
+        if change > NOISE["throughput_per_s"]:
+            improved.append("throughput")
+        elif change < -NOISE["throughput_per_s"]:
+            worse.append("throughput")
+    for key, label in (("accuracy", "accuracy"), ("agreement", "agreement with fp32")):
+        new, old = getattr(child, key), getattr(parent, key)
+        if new is None or old is None:
+            continue
+        if new > old + 1e-9:
+            improved.append(label)
+        elif new < old - 1e-9:
+            worse.append(label)
+    return tuple(improved), tuple(worse)
+
+
+def pareto_front(steps: Sequence[Step], metric: str) -> list[str]:
+    """Names of the measured steps no other step beats on both p50 latency (lower) and ``metric`` (higher)."""
+    points = [(s.name, float(s.latency_p50_ms), float(q)) for s in steps
+              if s.measured and s.latency_p50_ms is not None and (q := s.quality(metric)) is not None]
+    front = []
+    for name, lat, qual in points:
+        dominated = any((ol <= lat and oq >= qual) and (ol < lat or oq > qual) for _, ol, oq in points)
+        if not dominated:
+            front.append(name)
+    return front
+
+
+def fmt_ms(value: float | None) -> str:
+    return "–" if value is None else (f"{value:.3f}" if value < 1 else f"{value:.2f}" if value < 100 else f"{value:.0f}")
+
+
+def fmt_pct(value: float | None, digits: int = 2) -> str:
+    return "–" if value is None else f"{value * 100:.{digits}f} %"
+
+
+def fmt_bytes(value: int | None) -> str:
+    if value is None:
+        return "–"
+    size = float(value)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GB"
+
+
+def fmt_num(value: float | None, digits: int = 1) -> str:
+    return "–" if value is None else f"{value:,.{digits}f}"

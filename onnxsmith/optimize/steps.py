@@ -1,0 +1,204 @@
+"""Building and measuring one ladder step: ONNX passes -> compile -> profile -> compare with fp32.
+
+A :class:`Recipe` says how to build a step from the original model; :class:`StepRunner` builds it (caching pass
+outputs, so a chain shared by several steps runs once), compiles the bundle, profiles it in a fresh process and
+evaluates it on the validation data against the fp32 reference.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from onnxsmith.errors import OnnxsmithError, UserInputError, first_line
+from onnxsmith.optimize.record import Step
+
+if TYPE_CHECKING:
+    from onnxsmith.data import Dataset
+    from onnxsmith.model import LoadedModel
+    from onnxsmith.optimize.evaluate import Reference
+    from onnxsmith.profiles import Profile
+    from onnxsmith.targets import Target
+
+PassSpec = tuple[str, tuple[tuple[str, Any], ...]]
+"""A pass by name with its config as sorted (key, value) pairs (hashable, so chains can be cached)."""
+
+
+def pass_spec(name: str, **config: Any) -> PassSpec:
+    return (name, tuple(sorted(config.items())))
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """How to build one step from the original model."""
+
+    name: str
+    parent: str | None
+    change: str
+    backend: str
+    precision: str
+    """What the step computes in, as the card shows it (an int8 QDQ model on ONNX Runtime is ``int8``)."""
+    compile_precision: str
+    """What the backend is asked for (ONNX Runtime always compiles ``fp32``: the precision is in the ONNX)."""
+    passes: tuple[PassSpec, ...] = ()
+    batch: int = 1
+    candidate: bool = True
+
+
+def slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
+
+
+class StepRunner:
+    """Builds and measures recipes for one ladder run; every output lands under ``work``."""
+
+    def __init__(self, model: LoadedModel, target: Target, profile: Profile, data: Dataset,
+                 calibration: Dataset, reference: Reference, output: Path, keep_worst: int = 5,
+                 progress: Callable[[str], None] | None = None) -> None:
+        self.model = model
+        self.target = target
+        self.profile = profile
+        self.data = data
+        self.calibration = calibration
+        self.reference = reference
+        self.output = output
+        self.work = output / "steps"
+        self.keep_worst = keep_worst
+        self.progress = progress or (lambda message: None)
+        self._models: dict[tuple[tuple[PassSpec, ...], int], tuple[LoadedModel, dict[str, Any] | None]] = {}
+        self.recipes: dict[str, Recipe] = {}
+        """Every recipe measured so far, by step name."""
+
+    # --- the ONNX a recipe compiles -----------------------------------------------------------------------------
+    def base_model(self, batch: int) -> LoadedModel:
+        """The original model with batch ``batch`` (re-loaded with the batch dim set; it must be dynamic)."""
+        if batch == 1 or (self.model.inputs and self.model.inputs[0].shape[:1] == (batch,)):
+            return self.model
+        from onnxsmith.model import load_model
+
+        raw = load_model(self.model.source, default_batch=None, check=False)
+        shapes = {}
+        for spec in self.model.inputs:
+            first = raw.input_spec(spec.name).shape[:1]
+            if first and isinstance(first[0], int):
+                raise UserInputError(f"cannot sweep batch {batch}", f"input '{spec.name}' has its batch dim fixed "
+                                     f"to {first[0]} in the model", "export the model with a dynamic batch dim")
+            shapes[spec.name] = (batch, *(int(d) for d in spec.shape[1:]))  # type: ignore[arg-type]
+        return load_model(self.model.source, shapes)
+
+    def build(self, passes: tuple[PassSpec, ...], batch: int = 1) -> tuple[LoadedModel, dict[str, Any] | None]:
+        """The model after ``passes`` (cached by prefix), and the record of the last pass."""
+        key = (passes, batch)
+        if key in self._models:
+            return self._models[key]
+        if not passes:
+            result: tuple[LoadedModel, dict[str, Any] | None] = (self.base_model(batch), None)
+        else:
+            parent, _ = self.build(passes[:-1], batch)
+            name, config = passes[-1]
+            from onnxsmith.model import load_model, save_model
+            from onnxsmith.optimize.passes import get_pass
+
+            self.progress(f"pass {name}" + (f" (batch {batch})" if batch > 1 else ""))
+            done = get_pass(name, **dict(config)).run(parent, calibration=self.calibration)
+            digest = hashlib.sha256(repr(key).encode()).hexdigest()[:12]
+            path = save_model(done.model, self.output / ".models" / digest / f"{self.model.name}.onnx")
+            loaded = load_model(path)
+            result = (loaded, done.record.to_json())
+        self._models[key] = result
+        return result
+
+    # --- one step -----------------------------------------------------------------------------------------------
+    def measure(self, recipe: Recipe) -> Step:
+        """Build, compile, profile and evaluate ``recipe``; a failure becomes a ``failed`` step with the reason."""
+        self.recipes[recipe.name] = recipe
+        stage = "building the ONNX"
+        record = None
+        try:
+            model, record = self.build(recipe.passes, recipe.batch)
+            stage = "compiling"
+            bundle = self._compile(recipe, model)
+            stage = "profiling"
+            self.progress(f"profiling {recipe.name}")
+            from onnxsmith.profiling import profile_bundle
+
+            prof = profile_bundle(bundle, self.profile, baseline=False, data=self.data).to_json()
+            bundle.write_json("profile.json", prof)
+            from onnxsmith.report import write_report
+
+            write_report(bundle)
+            stage = "validating"
+            self.progress(f"validating {recipe.name}")
+            from onnxsmith.optimize.evaluate import evaluate
+
+            ev = evaluate(bundle, self.data, self.reference, self.output / "examples" / slug(recipe.name),
+                          self.output, self.keep_worst)
+        except OnnxsmithError as exc:
+            return self._failed(recipe, record, f"{stage} failed: {exc.one_line()}")
+        except Exception as exc:  # a vendor library raising something unwrapped must not end the whole ladder
+            return self._failed(recipe, record, f"{stage} failed: {type(exc).__name__}: {first_line(exc)}")
+        latency = prof["latency_ms"]
+        throughput = max(prof.get("throughput_per_s") or 0.0, prof.get("parallel_throughput_per_s") or 0.0)
+        notes = []
+        if (prof.get("parallel_throughput_per_s") or 0.0) > (prof.get("throughput_per_s") or 0.0):
+            notes.append(f"throughput with {prof.get('parallel_requests')} parallel requests "
+                         f"({prof['throughput_per_s']:,.1f}/s one at a time)")
+        if recipe.backend == "onnxruntime" and recipe.precision != "fp32":
+            notes.append(f"the bundle's manifest reads precision fp32 (ONNX Runtime runs the {recipe.precision} "
+                         "ONNX as given); its reference/model.onnx is the transformed model")
+        return Step(
+            name=recipe.name, parent=recipe.parent, change=recipe.change, backend=recipe.backend,
+            precision=recipe.precision if recipe.backend == "onnxruntime" else bundle.manifest["precision_used"],
+            batch=recipe.batch, latency_p50_ms=latency["p50"], latency_p90_ms=latency["p90"],
+            latency_p99_ms=latency["p99"], throughput_per_s=round(throughput, 3),
+            peak_memory_mb=prof.get("peak_rss_mb"), size_bytes=prof.get("artifact_size_bytes"),
+            accuracy=ev.accuracy, agreement=ev.agreement, cosine_min=round(ev.cosine_min, 8),
+            samples_checked=ev.samples, checked=ev.checked, worst=ev.worst, pass_record=record,
+            candidate=recipe.candidate, bundle=str(bundle.path.relative_to(self.output)), notes=tuple(notes),
+        )
+
+    def remeasure(self, step: Step) -> Step:
+        """Profile a measured step's bundle again; keep the faster of the two runs (all its figures), say so."""
+        from onnxsmith.bundle import Bundle
+        from onnxsmith.profiling import profile_bundle
+
+        if not step.bundle or not step.measured:
+            return step
+        self.progress(f"profiling {step.name} again")
+        bundle = Bundle.open(self.output / step.bundle, verify=False)
+        try:
+            prof = profile_bundle(bundle, self.profile, baseline=False, data=self.data).to_json()
+        except OnnxsmithError as exc:
+            return dataclasses.replace(step, notes=(*step.notes, f"second profile failed: {exc.one_line()}"))
+        first, second = float(step.latency_p50_ms or 0.0), float(prof["latency_ms"]["p50"])
+        note = (f"profiled twice (p50 {first:.4g} ms, then {second:.4g} ms); the faster run's figures are kept, "
+                "since load from other processes only slows a run down")
+        if second >= first:
+            return dataclasses.replace(step, notes=(*step.notes, note))
+        bundle.write_json("profile.json", prof)
+        latency = prof["latency_ms"]
+        throughput = max(prof.get("throughput_per_s") or 0.0, prof.get("parallel_throughput_per_s") or 0.0)
+        return dataclasses.replace(step, latency_p50_ms=latency["p50"], latency_p90_ms=latency["p90"],
+                                   latency_p99_ms=latency["p99"], throughput_per_s=round(throughput, 3),
+                                   peak_memory_mb=prof.get("peak_rss_mb"), notes=(*step.notes, note))
+
+    def _compile(self, recipe: Recipe, model: LoadedModel) -> Any:
+        from onnxsmith.compile import compile_model
+
+        self.progress(f"compiling {recipe.name} ({recipe.backend} {recipe.compile_precision})")
+        target_dir = self.work / slug(recipe.name)
+        return compile_model(model, self.target, profile=self.profile, output=target_dir, backend=recipe.backend,
+                             precision=recipe.compile_precision,
+                             calibration=self.calibration if recipe.compile_precision == "int8" else None,
+                             notes=(f"optimize step '{recipe.name}': {recipe.change}",))
+
+    def _failed(self, recipe: Recipe, record: dict[str, Any] | None, reason: str) -> Step:
+        self.progress(f"{recipe.name}: {reason}")
+        shutil.rmtree(self.work / slug(recipe.name), ignore_errors=True)
+        return Step(name=recipe.name, parent=recipe.parent, change=recipe.change, backend=recipe.backend,
+                    precision=recipe.precision, batch=recipe.batch, status="failed", reason=reason,
+                    pass_record=record, candidate=recipe.candidate)

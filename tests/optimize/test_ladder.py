@@ -1,0 +1,119 @@
+"""The ladder end to end on real models: measured steps, real validation accuracy, the chosen bundle, the card."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+import onnxsmith
+from onnxsmith.bundle import Bundle
+from onnxsmith.errors import UserInputError
+from onnxsmith.model import load_model
+from onnxsmith.optimize.datasets import open_dataset
+from onnxsmith.optimize.ladder import run_ladder
+from onnxsmith.profiles import load_profile
+from onnxsmith.targets import load_target
+from tests.models import make_cnn
+
+DIGITS = Path(onnxsmith.__file__).parent / "examples" / "digits"
+pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def digits_card(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
+    """The digits CNN through the ladder on ONNX Runtime only, quick profile, batch sweep 1 and 4."""
+    model = load_model(DIGITS / "digits_cnn.onnx")
+    data = open_dataset(str(DIGITS / "validation.npz"), model.inputs, labels="label")
+    calibration = open_dataset(str(DIGITS / "calibration.npz"), model.inputs)
+    profile = dataclasses.replace(load_profile("quick"), batch_sizes=(1, 4))
+    output = tmp_path_factory.mktemp("ladder") / "out"
+    card = run_ladder(model, load_target("host"), profile, data=data, calibration=calibration,
+                      max_accuracy_drop=0.01, latency_budget_ms=None, output=output, backends=["onnxruntime"])
+    return output, card
+
+
+def test_every_step_is_measured_on_the_real_validation_images(digits_card: tuple[Path, object]) -> None:
+    output, card = digits_card
+    names = [s.name for s in card.steps]  # type: ignore[attr-defined]
+    assert names[:3] == ["baseline", "simplify", "onnxruntime-int8"]
+    assert names[3:] == [f"{card.chosen}@b4"]  # type: ignore[attr-defined]
+    by = {s.name: s for s in card.steps}  # type: ignore[attr-defined]
+    for step in card.steps:  # type: ignore[attr-defined]
+        assert step.status in ("chosen", "rejected"), (step.name, step.reason)
+        assert step.samples_checked == 360 and "360 of 360 samples" in step.checked
+        assert step.latency_p50_ms > 0 and step.latency_p99_ms >= step.latency_p50_ms
+        assert step.size_bytes > 0 and step.peak_memory_mb > 0 and step.throughput_per_s > 0
+    assert by["baseline"].accuracy == pytest.approx(354 / 360)  # the README's figure, measured again here
+    assert by["baseline"].agreement == 1.0 and by["baseline"].cosine_min == pytest.approx(1.0)
+    int8 = by["onnxruntime-int8"]
+    assert int8.precision == "int8" and int8.parent == "simplify" and int8.size_bytes < by["simplify"].size_bytes / 2
+    assert int8.pass_record["name"] == "int8_qdq" and int8.pass_record["details"]["calibration"]["samples"] == 128
+    assert int8.cosine_min < 1.0 and 0.95 < int8.accuracy <= 1.0
+    assert by["simplify"].pass_record["tool"].startswith("onnxslim")
+    assert card.constraints.metric == "accuracy"  # type: ignore[attr-defined]
+    assert card.chosen in by and by[card.chosen].status == "chosen"  # type: ignore[attr-defined]
+    sweep = next(s for s in card.steps if s.name.endswith("@b4"))  # type: ignore[attr-defined]
+    assert sweep.batch == 4 and not sweep.candidate and "not a candidate" in sweep.reason
+
+
+def test_failure_examples_are_kept(digits_card: tuple[Path, object]) -> None:
+    output, card = digits_card
+    baseline = card.step("baseline")  # type: ignore[attr-defined]
+    assert len(baseline.worst) == 5
+    assert all(e.wrong for e in baseline.worst)  # fp32 gets 6 of 360 wrong: those come first
+    for example in baseline.worst:
+        with np.load(output / example.npz) as npz:
+            assert npz["input.image"].shape == (1, 1, 8, 8)
+            assert int(npz["label"][0]) == example.label
+            assert int(npz["artifact.logits"].argmax()) == example.prediction
+        assert (output / str(example.png)).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_chosen_bundle_card_and_batching(digits_card: tuple[Path, object]) -> None:
+    output, card = digits_card
+    bundle = Bundle.open(output / "bundle")  # checksums verified
+    chosen = card.step(card.chosen)  # type: ignore[attr-defined]
+    assert bundle.backend == chosen.backend and (output / "bundle" / "profile.json").is_file()
+    assert not (output / "steps").exists() and not (output / ".models").exists()
+    record = json.loads((output / "card.json").read_text())
+    assert record["chosen"] == card.chosen and len(record["steps"]) == 4  # type: ignore[attr-defined]
+    html = (output / "card.html").read_text()
+    assert all(f'data-step="{s.name}"' in html for s in card.steps)  # type: ignore[attr-defined]
+    batching = card.batching  # type: ignore[attr-defined]
+    assert [p["batch"] for p in batching["sweep"]["points"]] == [1, 4]
+    assert batching["best"] is not None and batching["settings"]
+
+
+def test_output_directory_is_not_clobbered(tmp_path: Path) -> None:
+    (tmp_path / "precious.txt").write_text("keep me")
+    model = load_model(DIGITS / "digits_cnn.onnx")
+    with pytest.raises(UserInputError, match="is not empty"):
+        run_ladder(model, load_target("host"), load_profile("quick"), data=None, calibration=None,
+                   max_accuracy_drop=0.01, latency_budget_ms=None, output=tmp_path)
+    assert (tmp_path / "precious.txt").read_text() == "keep me"
+
+
+def test_unreachable_budget_says_which_constraint_failed_and_pruning_is_measured(tmp_path: Path) -> None:
+    onnx.save_model(make_cnn(), str(tmp_path / "cnn.onnx"))
+    model = load_model(tmp_path / "cnn.onnx")
+    card = run_ladder(model, load_target("host"), load_profile("quick"), data=None, calibration=None,
+                      max_accuracy_drop=0.01, latency_budget_ms=1e-6, output=tmp_path / "out",
+                      backends=["onnxruntime"], prune=True)
+    assert card.chosen is None and card.bundle is None
+    assert card.failure is not None and card.failure.startswith("latency: the fastest step that meets the accuracy "
+                                                                "constraint")
+    assert "over the 0.000 ms budget" in card.failure
+    assert card.constraints.metric == "agreement"  # no labels: top-1 agreement with fp32
+    by = {s.name: s for s in card.steps}
+    assert {"prune-magnitude", "prune-2:4"} <= set(by)
+    prune = by["prune-magnitude"]
+    assert prune.pass_record["details"]["sparsity_pruned_weights"] == pytest.approx(0.5, abs=0.01)
+    assert any("faster with the sparse weights" in n for n in prune.notes)
+    assert any("no validation data" in n for n in card.notes)
+    assert "Nothing met the constraints: latency" in (tmp_path / "out" / "card.md").read_text()
+    assert not (tmp_path / "out" / "bundle").exists()
