@@ -7,7 +7,7 @@ import datetime
 import os
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -81,8 +81,13 @@ def compile_key(model: LoadedModel, target: Target, backend: Compiler, precision
 def compile_model(model: LoadedModel, target: Target, *, profile: Profile, output: str | os.PathLike[str],
                   backend: str | None = None, precision: str | None = None, calibration: Dataset | None = None,
                   options: Mapping[str, str] | None = None, use_cache: bool = True,
-                  notes: tuple[str, ...] = ()) -> Bundle:
-    """Compile ``model`` for ``target`` and write a bundle at ``output`` (replacing it atomically)."""
+                  notes: tuple[str, ...] = (), reference: LoadedModel | None = None,
+                  progress: Callable[[str], None] | None = None) -> Bundle:
+    """Compile ``model`` for ``target`` and write a bundle at ``output`` (replacing it atomically).
+
+    ``reference``: the model validation compares against (default ``model``). When ``model`` was transformed by an
+    ONNX pass (fp16, int8 QDQ, pruning), pass the original so the bundle keeps the fp32 model as its reference.
+    """
     options = dict(options or {})
     require_static(model)
     chosen = choose_backend(target, backend)
@@ -101,7 +106,7 @@ def compile_model(model: LoadedModel, target: Target, *, profile: Profile, outpu
                                "type(s)" if len(unsupported) > 1 else ""),
                                "run 'onnxsmith inspect' for the full list; try another --backend")
     request = CompileRequest(model=model, target=target, precision=precision, profile=profile,
-                             calibration=calibration, options=options)
+                             calibration=calibration, options=options, progress=progress)
     key = compile_key(model, target, chosen, precision, profile, calibration, options)
 
     def build(workdir: Path) -> Artifact:
@@ -112,12 +117,13 @@ def compile_model(model: LoadedModel, target: Target, *, profile: Profile, outpu
 
     if use_cache:
         artifact, entry, hit = CompileCache().get_or_build(key, build)
-        bundle = _write_bundle(model, target, chosen, artifact, entry, output, key, hit, profile, calibration, notes)
+        bundle = _write_bundle(model, target, chosen, artifact, entry, output, key, hit, profile, calibration, notes,
+                               reference)
     else:
         with private_dir(Path(output).resolve().parent, "build") as workdir:
             artifact = build(workdir)
             bundle = _write_bundle(model, target, chosen, artifact, workdir, output, key, False, profile,
-                                   calibration, notes)
+                                   calibration, notes, reference)
     return bundle
 
 
@@ -133,8 +139,10 @@ def _copy_tree_files(src: Path, names: list[str], dest: Path) -> None:
 
 def _write_bundle(model: LoadedModel, target: Target, backend: Compiler, artifact: Artifact, source: Path,
                   output: str | os.PathLike[str], key: str, hit: bool, profile: Profile,
-                  calibration: Dataset | None, notes: tuple[str, ...]) -> Bundle:
+                  calibration: Dataset | None, notes: tuple[str, ...],
+                  reference: LoadedModel | None = None) -> Bundle:
     output = Path(output).resolve()
+    reference = reference or model
     artifact_files = sorted(str(p.relative_to(source)) for p in source.rglob("*")
                             if p.is_file() and p.name != "entry.json")
     runs: Support = backend.runs_here(target)
@@ -142,7 +150,7 @@ def _write_bundle(model: LoadedModel, target: Target, backend: Compiler, artifac
         _copy_tree_files(source, artifact_files, tmp / "artifact")
         ref_dir = tmp / "reference"
         ref_dir.mkdir()
-        src_model = model.path
+        src_model = reference.path
         shutil.copyfile(src_model, ref_dir / "model.onnx")
         if (src_model.parent / (src_model.name + ".data")).exists():
             shutil.copyfile(src_model.parent / (src_model.name + ".data"), ref_dir / "model.onnx.data")
@@ -174,6 +182,7 @@ def _write_bundle(model: LoadedModel, target: Target, backend: Compiler, artifac
             "cache": {"key": key, "hit": hit},
             "compile_seconds": artifact.metadata.get("compile_seconds"),
             "reference": "reference/model.onnx",
+            "reference_fingerprint": reference.fingerprint,
             "notes": [*model.notes, *artifact.notes, *notes],
             "files": files,
         }

@@ -53,6 +53,8 @@ class CompileRequest:
     calibration: Dataset | None = None
     options: Mapping[str, str] = dataclasses.field(default_factory=dict)
     """Backend options given with ``--option KEY=VALUE``; backends reject keys they do not know."""
+    progress: Callable[[str], None] | None = dataclasses.field(default=None, compare=False, repr=False)
+    """Where a long stage (calibration, tuning) reports what it is doing: the CLI's spinner, or ``None``."""
 
 
 @dataclasses.dataclass(frozen=True)

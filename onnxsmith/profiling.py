@@ -97,8 +97,19 @@ def measure_runner(runner: Any, feeds: dict[str, np.ndarray], measure: Measure, 
 
 
 def _peak_rss_mb() -> float:
+    """Peak resident memory of this process in MB.
+
+    On Linux ``VmHWM`` (reset by exec); ``ru_maxrss`` is not used there because it survives fork + exec and so
+    reports the parent's peak when the parent (a ladder with several backends loaded) was larger.
+    """
     import resource
 
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return round(peak / (1024 * 1024) if platform.system() == "Darwin" else peak / 1024, 1)
 

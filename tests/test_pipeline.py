@@ -124,3 +124,32 @@ def test_gpu_name_match_is_whole_word() -> None:
     assert gpu_name_matches("L4", "NVIDIA L4")
     assert not gpu_name_matches("L4", "NVIDIA L40S")
     assert not gpu_name_matches("A100", "NVIDIA A1000")
+
+
+def test_transformed_model_keeps_the_original_as_reference(cnn_path: Path, tmp_path: Path) -> None:
+    """An int8 QDQ graph run by ONNX Runtime says it is int8, and validates against the fp32 original."""
+    from onnxsmith.optimize.passes import get_pass
+
+    original = load_model(cnn_path)
+    calibration = synthetic(original, 8)
+    done = get_pass("int8_qdq").run(original, calibration=calibration)
+    from onnxsmith.model import save_model
+
+    quantized = load_model(save_model(done.model, tmp_path / "q" / "cnn.onnx"))
+    bundle = compile_model(quantized, load_target("host"), profile=load_profile("quick"), output=tmp_path / "b",
+                           backend="onnxruntime", reference=original)
+    assert bundle.manifest["precision_used"] == "int8"
+    assert bundle.manifest["model"]["fingerprint"] == quantized.fingerprint
+    assert bundle.manifest["reference_fingerprint"] == original.fingerprint
+    assert load_model(bundle.path / "reference" / "model.onnx").fingerprint == load_model(original.path).fingerprint
+
+
+def test_profile_peak_memory_is_the_measuring_process_own(bundle) -> None:
+    """Peak RSS comes from the child's VmHWM, not the parent's (ru_maxrss survives fork + exec)."""
+    import resource
+
+    ballast = np.ones(300 * 1024 * 1024 // 8)  # grow this process by 300 MB before the child is spawned
+    parent_peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result = profile_bundle(bundle, load_profile("quick"), baseline=False).to_json()
+    del ballast
+    assert 0 < result["peak_rss_mb"] < parent_peak_mb - 100

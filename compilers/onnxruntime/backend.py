@@ -216,9 +216,12 @@ class OnnxRuntimeCompiler:
             (workdir / "model.onnx").unlink()
         files += [p.name for p in workdir.glob("*.data")]
         providers = providers_for(request.target)
+        used = graph_precision(request.model.proto)
+        notes = () if used == "fp32" else (f"the ONNX graph itself is {used} (an ONNX pass transformed it); ONNX "
+                                           "Runtime runs it as given",)
         return Artifact(
             backend=self.name, backend_version=self.version(), device=providers[0], precision="fp32",
-            precision_used="fp32", files=tuple(files),
+            precision_used=used, files=tuple(files), notes=notes,
             options={"providers": providers, "graph_optimization_level": "ORT_ENABLE_EXTENDED offline, ORT_ENABLE_ALL at load",
                      "threads": int(request.options.get("threads", request.profile.threads or 0))},
             metadata={"optimize_seconds": round(time.perf_counter() - start, 3)},
@@ -229,6 +232,27 @@ class OnnxRuntimeCompiler:
         have = available_providers()
         providers = [p for p in providers if p in have] or ["CPUExecutionProvider"]
         return OnnxRuntimeRunner(directory / artifact.files[0], providers, int(artifact.options.get("threads", 0)))
+
+
+_INT8_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger",
+             "DynamicQuantizeLinear"}
+
+
+def graph_precision(proto: Any) -> str:
+    """The compute precision an ONNX graph carries: ``int8`` (QDQ or integer ops), ``fp16`` (fp16 weights) or fp32.
+
+    Mixed graphs read ``int8+fp32`` / ``fp16+fp32`` when some weights stay fp32 (an fp16 overflow guard keeps ops
+    in fp32, a quantizer excludes some)."""
+    from onnx import TensorProto
+
+    ops = {node.op_type for node in proto.graph.node}
+    floats = [t.data_type for t in proto.graph.initializer
+              if t.data_type in (TensorProto.FLOAT, TensorProto.FLOAT16) and len(t.dims) >= 2]
+    if ops & _INT8_OPS:
+        return "int8"
+    if TensorProto.FLOAT16 in floats:
+        return "fp16+fp32" if TensorProto.FLOAT in floats else "fp16"
+    return "fp32"
 
 
 def reference_runner(model_path: Path, device: str = "cpu", threads: int = 0) -> OnnxRuntimeRunner:

@@ -59,9 +59,9 @@ def compile_command(model: str, target_spec: str, backend: str | None, precision
     out = Path(output) if output else default_output(model, target_spec, precision)
     from onnxsmith.compile import compile_model
 
-    with progress(f"compiling {loaded.name} for {target.id} ({precision})", not as_json):
+    with progress(f"compiling {loaded.name} for {target.id} ({precision})", not as_json) as update:
         bundle = compile_model(loaded, target, profile=profile, output=out, backend=backend, precision=precision,
-                               calibration=calib, options=options, use_cache=not no_cache)
+                               calibration=calib, options=options, use_cache=not no_cache, progress=update)
     m = bundle.manifest
     if as_json:
         print_json({"bundle": str(bundle.path), **{k: m[k] for k in ("backend", "backend_version", "precision",

@@ -30,11 +30,19 @@ def _fraction(value: str) -> float:
               "module:function).")
 @click.option("--labels", default=None, help="Key of the labels in --data.")
 @click.option("--calibration", "calibration_spec", default=None, help="Calibration data (same forms as --data).")
+@click.option("--backend", "-b", "backends", multiple=True, help="Only try these backends (repeatable; default: every "
+              "available backend the target lists).")
+@click.option("--prune/--no-prune", default=None, help="Add the pruning steps (default: the profile's setting).")
+@click.option("--arrival-rate", type=float, default=None, metavar="PER_S",
+              help="Request rate for the dynamic-batching simulation (default: derived from the measured throughput).")
+@click.option("--keep-steps", is_flag=True, help="Keep every step's bundle, not only the chosen one.")
 @click.option("--output", "-o", type=click.Path(file_okay=False), required=True, help="Output directory.")
 @json_option
 def optimize_command(model: str, target_spec: str, profile_spec: str, shapes: tuple[str, ...],
                      max_accuracy_drop: str | None, latency_budget: float | None, data_spec: str | None,
-                     labels: str | None, calibration_spec: str | None, output: str, as_json: bool) -> None:
+                     labels: str | None, calibration_spec: str | None, backends: tuple[str, ...],
+                     prune: bool | None, arrival_rate: float | None, keep_steps: bool, output: str,
+                     as_json: bool) -> None:
     """Walk the optimization ladder and keep the best measured artifact."""
     from pathlib import Path
 
@@ -52,16 +60,42 @@ def optimize_command(model: str, target_spec: str, profile_spec: str, shapes: tu
     data = open_dataset(data_spec, loaded.inputs, labels=labels) if data_spec else None
     calibration = open_dataset(calibration_spec, loaded.inputs) if calibration_spec else None
     drop = _fraction(max_accuracy_drop) if max_accuracy_drop is not None else profile.max_accuracy_drop
-    with progress(f"optimizing {loaded.name} for {target.id}", not as_json):
+    with progress(f"optimizing {loaded.name} for {target.id}", not as_json) as update:
         card = run_ladder(loaded, target, profile, data=data, calibration=calibration, max_accuracy_drop=drop,
-                          latency_budget_ms=latency_budget, output=Path(output))
+                          latency_budget_ms=latency_budget, output=Path(output), backends=backends or None,
+                          prune=prune, arrival_rate=arrival_rate, keep_steps=keep_steps, progress=update)
     record = card.to_json()
     if as_json:
         print_json(record)
     else:
-        chosen = record.get("chosen")
-        click.echo(f"chosen: {chosen or 'none'}")
-        click.echo(f"evidence card: {Path(output) / 'card.html'} (also card.md, card.json)")
+        _print_summary(record, Path(output))
     if not record.get("chosen"):
         raise CheckFailedError("no step met the constraints", record.get("failure", "see the evidence card"),
                                "relax --max-accuracy-drop or --latency-budget")
+
+
+def _print_summary(record: dict, output) -> None:
+    from rich.table import Table
+
+    from onnxsmith.console import stdout_console
+
+    metric = record["constraints"].get("metric", "accuracy")
+    table = Table(title=f"{record['model']} on {record['target']} ({metric})")
+    for column in ("step", "backend", "precision", "batch", "p50 ms", "p99 ms", "size MB", metric, "status"):
+        table.add_column(column, justify="right" if column in ("batch", "p50 ms", "p99 ms", "size MB") else "left")
+
+    def fmt(value, spec):
+        return "-" if value is None else format(value, spec)
+
+    for step in record["steps"]:
+        size = None if step.get("size_bytes") is None else step["size_bytes"] / 1e6
+        table.add_row(step["name"], step["backend"], step["precision"], str(step.get("batch", 1)),
+                      fmt(step.get("latency_p50_ms"), ".3f"), fmt(step.get("latency_p99_ms"), ".3f"),
+                      fmt(size, ".2f"), fmt(step.get(metric), ".4f"), step["status"])
+    console = stdout_console()
+    if not console.is_terminal:
+        console.width = 140  # logs and pipes: no wrapped cells
+    console.print(table)
+    chosen = record.get("chosen")
+    console.print(f"chosen: {chosen or 'none'}" + (f"  bundle: {record['bundle']}" if record.get("bundle") else ""))
+    console.print(f"evidence card: {output / 'card.html'} (also card.md, card.json)")

@@ -54,8 +54,13 @@ def _prepare_output(output: Path) -> None:
 
 
 def _usable_backends(target: Target, wanted: Sequence[str] | None, notes: list[str]) -> list[str]:
-    from onnxsmith.registry import backend_status, get_backend
+    from onnxsmith.registry import backend_names, backend_status, get_backend
 
+    known = backend_names()
+    for name in wanted or ():
+        if name not in known:
+            raise UserInputError(f"unknown backend '{name}'", f"installed backends: {', '.join(known)}",
+                                 "see 'onnxsmith doctor'")
     usable = []
     for name in wanted or target.backends:
         status = backend_status(name, probe_devices=False)
@@ -69,6 +74,10 @@ def _usable_backends(target: Target, wanted: Sequence[str] | None, notes: list[s
             notes.append(f"backend {name} skipped: {(runs or support).reason}")
             continue
         usable.append(name)
+    if wanted and not usable:
+        raise UnsupportedError(f"none of the requested backends ({', '.join(wanted)}) can run {target.id} here",
+                               "; ".join(n.removeprefix("backend ") for n in notes[-len(wanted):]),
+                               "see 'onnxsmith doctor'")
     return usable
 
 

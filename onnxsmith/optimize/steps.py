@@ -147,9 +147,6 @@ class StepRunner:
         if (prof.get("parallel_throughput_per_s") or 0.0) > (prof.get("throughput_per_s") or 0.0):
             notes.append(f"throughput with {prof.get('parallel_requests')} parallel requests "
                          f"({prof['throughput_per_s']:,.1f}/s one at a time)")
-        if recipe.backend == "onnxruntime" and recipe.precision != "fp32":
-            notes.append(f"the bundle's manifest reads precision fp32 (ONNX Runtime runs the {recipe.precision} "
-                         "ONNX as given); its reference/model.onnx is the transformed model")
         return Step(
             name=recipe.name, parent=recipe.parent, change=recipe.change, backend=recipe.backend,
             precision=recipe.precision if recipe.backend == "onnxruntime" else bundle.manifest["precision_used"],
@@ -194,7 +191,8 @@ class StepRunner:
         return compile_model(model, self.target, profile=self.profile, output=target_dir, backend=recipe.backend,
                              precision=recipe.compile_precision,
                              calibration=self.calibration if recipe.compile_precision == "int8" else None,
-                             notes=(f"optimize step '{recipe.name}': {recipe.change}",))
+                             notes=(f"optimize step '{recipe.name}': {recipe.change}",),
+                             reference=self.base_model(recipe.batch), progress=self.progress)
 
     def _failed(self, recipe: Recipe, record: dict[str, Any] | None, reason: str) -> Step:
         self.progress(f"{recipe.name}: {reason}")

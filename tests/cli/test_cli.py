@@ -117,3 +117,20 @@ def test_inspect_json(cnn_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
 def test_inspect_reports_dynamic_dims(mlp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = cli(["inspect", str(mlp_path), "--json"], capsys)
     assert code == 0 and json.loads(out)["dynamic_inputs"] == {"x": [0]}
+
+
+def test_optimize_cli_writes_card_and_bundle(cnn_path: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    out_dir = tmp_path / "opt"
+    code, out, err = cli(["optimize", str(cnn_path), "-b", "onnxruntime", "-p", "quick", "--max-accuracy-drop", "5%",
+                          "-o", str(out_dir), "--json"], capsys)
+    assert code == 0, err
+    card = json.loads(out)
+    names = [s["name"] for s in card["steps"]]
+    assert names[0] == "baseline" and card["chosen"] in names
+    assert all(s["backend"] == "onnxruntime" for s in card["steps"])
+    assert all(s["status"] == "failed" or s["latency_p50_ms"] > 0 for s in card["steps"])
+    assert {"card.md", "card.html", "card.json", "bundle"} <= {p.name for p in out_dir.iterdir()}
+    assert json.loads((out_dir / "bundle" / "manifest.json").read_text())["backend"] == "onnxruntime"
+    _assert_one_line_error(*cli(["optimize", str(cnn_path), "-b", "nosuch", "-o", str(tmp_path / "o2")], capsys), 2,
+                           "unknown backend 'nosuch'")
