@@ -74,6 +74,7 @@ def compile_key(model: LoadedModel, target: Target, backend: Compiler, precision
         "runtime": [profile.performance_hint, profile.streams, profile.threads],
         "calibration": calibration.fingerprint() if calibration is not None else None,
         "options": dict(sorted(options.items())),
+        "backend_state": backend.cache_token(target, options) if hasattr(backend, "cache_token") else "",
         "onnxsmith": onnxsmith.__version__,
     })
 

@@ -181,8 +181,9 @@ class Compiler(Protocol):
         """Compile ``request.model`` into files under ``workdir`` (an empty directory).
 
         Optional extras the core uses when a backend defines them: ``needs_calibration(precision, model) -> bool``
-        (default: int8 needs calibration data) and ``load_remote(artifact, directory, target, address) -> Runner``
-        (``onnxsmith profile --rpc``)."""
+        (default: int8 needs calibration data), ``load_remote(artifact, directory, target, address) -> Runner``
+        (``onnxsmith profile --rpc``) and ``cache_token(target, options) -> str`` (state outside the request that
+        changes the artifact, such as a tuning database; it joins the compile cache key)."""
         ...
 
     def load(self, artifact: Artifact, directory: Path, target: Target) -> Runner:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -74,6 +74,17 @@ class TVMCompiler:
                 sm = 0
             return ("fp32", "fp16") if sm >= 53 else ("fp32",)
         return ("fp32",)
+
+    def cache_token(self, target: Target, options: Mapping[str, str]) -> str:
+        """With tuning on, the artifact depends on the tuning database: its state joins the compile cache key, so a
+        compile after more tuning (here or by another model sharing kernels) is rebuilt, not served stale."""
+        from onnxsmith.compilers.tvm.tuning import TuneOptions, database_state
+
+        try:
+            enabled = TuneOptions.parse(options).enabled
+            return database_state(tvm_target(target)) if enabled else ""
+        except Exception:  # bad options or target: compile() reports them properly
+            return ""
 
     def unsupported_ops(self, model: LoadedModel, target: Target) -> dict[str, list[str]]:
         from onnxsmith.compilers.tvm.frontend import unsupported_ops

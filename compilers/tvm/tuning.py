@@ -1,7 +1,9 @@
 """MetaSchedule tuning with a trial and time budget, a progress callback and a database shared per target.
 
 Options (``--option KEY=VALUE``): ``tune=1`` turns tuning on; ``tune_trials=N`` (default 64 per task),
-``tune_minutes=M`` (default 30) and ``tune_trials_per_task=K`` bound it. The database lives under
+``tune_minutes=M`` (default 30) and ``tune_trials_per_task=K`` bound it. With ``tune_minutes`` alone the time is the
+budget (up to :data:`TIME_BOUND_TRIALS_PER_TASK` trials per kernel), so MetaSchedule's task scheduler spends the
+minutes where its cost model expects the largest gains. The database lives under
 ``cache_root()/tvm-tuning/<key>``, one directory per TVM version and target (its canonical JSON, CPU features
 included); inside it MetaSchedule keys records by workload (each fused kernel's structure), so a second compile of
 the same model, or of another model sharing kernels, reuses them and tunes only the kernels that have none.
@@ -34,6 +36,7 @@ from onnxsmith.compilers.tvm.targets import TVMTarget
 OPTIONS = ("tune", "tune_trials", "tune_minutes", "tune_trials_per_task")
 DEFAULT_MINUTES = 30.0
 DEFAULT_TRIALS_PER_TASK = 64
+TIME_BOUND_TRIALS_PER_TASK = 1000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +73,8 @@ class TuneOptions:
             raise UserInputError("tuning budget given without --option tune=1",
                                  "tune_trials/tune_minutes/tune_trials_per_task only apply when tuning",
                                  "add --option tune=1")
+        if minutes is not None and trials is None and per_task is None:
+            per_task = TIME_BOUND_TRIALS_PER_TASK  # only a time budget: let the time bound the search
         return cls(enabled, trials, DEFAULT_MINUTES if minutes is None else minutes, per_task)
 
     def to_json(self) -> dict[str, Any]:
@@ -128,6 +133,13 @@ def database_dir(tt: TVMTarget) -> Path:
     if not info.exists():
         info.write_text(json.dumps({"tvm": tvm_version(), "target": json.loads(canonical)}, indent=2) + "\n")
     return directory
+
+
+def database_state(tt: TVMTarget) -> str:
+    """A digest of the database's files (names, sizes, modification times): changes whenever records are added."""
+    directory = database_dir(tt)
+    parts = [f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in sorted(directory.glob("*.json"))]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
 @contextlib.contextmanager

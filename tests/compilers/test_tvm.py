@@ -351,8 +351,13 @@ def test_tuning_with_a_tiny_budget_records_and_reuses(backend: TVMCompiler, host
     if ffi_version() not in ("", "0.1.14.post1"):
         pytest.skip(f"apache-tvm-ffi {ffi_version()}: MetaSchedule needs 0.1.14.post1")
     model = load_model(_save(make_mlp(hidden=32), tmp_path, "mlp"))
-    first = _compile(backend, model, host, tmp_path / "first", tune="1", tune_trials="6", tune_trials_per_task="2")
+    tuned = {"tune": "1", "tune_trials": "6", "tune_trials_per_task": "2"}
+    token_before = backend.cache_token(host, tuned)
+    assert backend.cache_token(host, {}) == ""  # untuned artifacts do not depend on the database
+    first = _compile(backend, model, host, tmp_path / "first", **tuned)
     meta = first.metadata
+    # the compile cache key follows the database: a compile after tuning is not served a stale artifact
+    assert backend.cache_token(host, tuned) != token_before
     assert meta["tuning"] in ("tuned", "partially tuned"), first.notes
     assert meta["tuning_trials"] >= 1 and meta["tuning_tasks_with_records"] >= 1
     assert Path(meta["tuning_database"]).parent == _isolated_cache / "tvm-tuning"
