@@ -235,7 +235,12 @@ def _precision_steps(runner: StepRunner, target: Target, usable: list[str], ladd
                 parent = fp32_parent
                 change = f"backend onnxruntime -> {name}" + (f", precision fp32 -> {precision}"
                                                              if precision != "fp32" else "")
-            step = runner.measure(Recipe(f"{name}-{precision}", parent, change, name, precision, precision, chain))
+            options: tuple[tuple[str, str], ...] = ()
+            if name == "tvm" and target.kind != "gpu":
+                # CPU code is only competitive tuned: apply the records of earlier tuning runs (none are made here)
+                options = (("tune", "1"), ("tune_trials", "0"))
+            step = runner.measure(Recipe(f"{name}-{precision}", parent, change, name, precision, precision, chain,
+                                         options=options))
             steps.append(step)
             if precision == "fp32" and step.status != "failed":
                 measured_fp32[name] = step.name
@@ -251,7 +256,7 @@ def _prune_steps(runner: StepRunner, steps: list[Step], chain: tuple, notes: lis
     out = []
     for name, spec, words in PRUNE:
         step = runner.measure(Recipe(f"{name}", best.name, f"weights: {words}", best.backend, "fp32", "fp32",
-                                     (*chain, spec)))
+                                     (*chain, spec), options=runner.recipes[best.name].options))
         if step.measured and best.latency_p50_ms:
             gain = (best.latency_p50_ms - (step.latency_p50_ms or 0.0)) / best.latency_p50_ms
             verdict = (f"{best.backend} got faster with the sparse weights: p50 {best.latency_p50_ms:.3f} -> "

@@ -77,6 +77,8 @@ class Step:
     """Whether this step may be chosen (batch-sweep steps only under a throughput objective)."""
     bundle: str | None = None
     notes: tuple[str, ...] = ()
+    screened: bool = False
+    """Cut after a short probe (far slower than the fastest step): ``reason`` says why; not a candidate."""
 
     @property
     def measured(self) -> bool:

@@ -56,7 +56,7 @@ def select(steps: Sequence[Step], constraints: Constraints, reference: str) -> S
     meets_latency: list[Step] = []
     passing: list[Step] = []
     for step in steps:
-        if step.status == "failed" or not step.measured:
+        if step.status == "failed" or not step.measured or step.screened:
             continue
         problems = []
         drop = _drop(step, ref, metric)
@@ -84,6 +84,8 @@ def select(steps: Sequence[Step], constraints: Constraints, reference: str) -> S
     for step in steps:
         if step.status == "failed" or not step.measured:
             out.append(dataclasses.replace(step, status="failed", reason=step.reason or "not measured"))
+        elif step.screened:
+            out.append(dataclasses.replace(step, status="rejected"))
         elif chosen is not None and step.name == chosen.name:
             why = (f"highest throughput ({step.throughput_per_s or 0:,.1f}/s)" if constraints.objective == "throughput"
                    else f"lowest p50 latency ({fmt_ms(step.latency_p50_ms)} ms)")

@@ -47,6 +47,13 @@ class Recipe:
     passes: tuple[PassSpec, ...] = ()
     batch: int = 1
     candidate: bool = True
+    options: tuple[tuple[str, str], ...] = ()
+    """Backend options (``--option KEY=VALUE``) for the compile."""
+
+
+SCREEN_FACTOR = 5.0
+"""A step whose probe p50 is more than this many times the fastest step's so far is cut after the probe."""
+PROBE_RUNS = 3
 
 
 def slug(name: str) -> str:
@@ -72,6 +79,8 @@ class StepRunner:
         self._models: dict[tuple[tuple[PassSpec, ...], int], tuple[LoadedModel, dict[str, Any] | None]] = {}
         self.recipes: dict[str, Recipe] = {}
         """Every recipe measured so far, by step name."""
+        self.fastest: dict[int, tuple[str, float]] = {}
+        """Per batch size, the fastest fully measured step so far (name, p50 ms): the bar for the probe."""
 
     # --- the ONNX a recipe compiles -----------------------------------------------------------------------------
     def base_model(self, batch: int) -> LoadedModel:
@@ -123,10 +132,14 @@ class StepRunner:
             stage = "compiling"
             bundle = self._compile(recipe, model)
             stage = "profiling"
-            self.progress(f"profiling {recipe.name}")
             from onnxsmith.profiling import profile_bundle
 
-            prof = profile_bundle(bundle, self.profile, baseline=False, data=self.data).to_json()
+            screened = self._screen(recipe, bundle)
+            if screened is not None:
+                prof = screened[0]
+            else:
+                self.progress(f"profiling {recipe.name}")
+                prof = profile_bundle(bundle, self.profile, baseline=False, data=self.data).to_json()
             bundle.write_json("profile.json", prof)
             from onnxsmith.report import write_report
 
@@ -136,7 +149,7 @@ class StepRunner:
             from onnxsmith.optimize.evaluate import evaluate
 
             ev = evaluate(bundle, self.data, self.reference, self.output / "examples" / slug(recipe.name),
-                          self.output, self.keep_worst)
+                          self.output, self.keep_worst, max_seconds=30.0 if screened else 180.0)
         except OnnxsmithError as exc:
             return self._failed(recipe, record, f"{stage} failed: {exc.one_line()}")
         except Exception as exc:  # a vendor library raising something unwrapped must not end the whole ladder
@@ -147,7 +160,7 @@ class StepRunner:
         if (prof.get("parallel_throughput_per_s") or 0.0) > (prof.get("throughput_per_s") or 0.0):
             notes.append(f"throughput with {prof.get('parallel_requests')} parallel requests "
                          f"({prof['throughput_per_s']:,.1f}/s one at a time)")
-        return Step(
+        step = Step(
             name=recipe.name, parent=recipe.parent, change=recipe.change, backend=recipe.backend,
             precision=recipe.precision if recipe.backend == "onnxruntime" else bundle.manifest["precision_used"],
             batch=recipe.batch, latency_p50_ms=latency["p50"], latency_p90_ms=latency["p90"],
@@ -157,6 +170,43 @@ class StepRunner:
             samples_checked=ev.samples, checked=ev.checked, worst=ev.worst, pass_record=record,
             candidate=recipe.candidate, bundle=str(bundle.path.relative_to(self.output)), notes=tuple(notes),
         )
+        if screened is not None:
+            return dataclasses.replace(step, status="rejected", reason=screened[1], screened=True)
+        best = self.fastest.get(recipe.batch)
+        if best is None or latency["p50"] < best[1]:
+            self.fastest[recipe.batch] = (recipe.name, float(latency["p50"]))
+        return step
+
+    def _screen(self, recipe: Recipe, bundle: Any) -> tuple[dict[str, Any], str] | None:
+        """Time a few runs first; a step far slower than the fastest one so far is not profiled in full, and is
+        validated on what 30 s allow: ``(probe profile, why)``, or ``None`` to measure it fully.
+
+        Untuned TVM CPU code, for instance, runs ResNet-50 in seconds where ONNX Runtime takes tens of
+        milliseconds: a full profile and validation of it would cost many minutes to learn nothing.
+        """
+        from onnxsmith.optimize.record import fmt_ms
+        from onnxsmith.profiles import Measure
+        from onnxsmith.profiling import profile_bundle
+
+        bar = self.fastest.get(recipe.batch)
+        if bar is None:
+            return None
+        self.progress(f"probing {recipe.name}")
+        probe = dataclasses.replace(self.profile, measure=Measure(warmup_iterations=1, min_iterations=PROBE_RUNS,
+                                                                   min_seconds=0.0, max_seconds=60.0,
+                                                                   throughput_seconds=0.0))
+        prof = profile_bundle(bundle, probe, baseline=False, data=self.data).to_json()
+        p50 = float(prof["latency_ms"]["p50"])
+        if p50 <= SCREEN_FACTOR * bar[1]:
+            return None
+        why = (f"{p50 / bar[1]:.0f}x slower than {bar[0]} in a {PROBE_RUNS}-run probe (p50 {fmt_ms(p50)} ms vs "
+               f"{fmt_ms(bar[1])} ms): not profiled further")
+        tuning = bundle.manifest.get("artifact", {}).get("metadata", {}).get("tuning")
+        if recipe.backend == "tvm" and tuning in ("untuned", "partially tuned"):
+            why += (f"; its TVM code is {tuning}: tune once with 'onnxsmith compile MODEL --backend tvm --tune "
+                    "--tune-minutes 30' on this machine, and later ladders reuse the tuning records")
+        self.progress(f"{recipe.name}: {why}")
+        return prof, why
 
     def remeasure(self, step: Step) -> Step:
         """Profile a measured step's bundle again; keep the faster of the two runs (all its figures), say so."""
@@ -192,7 +242,8 @@ class StepRunner:
                              precision=recipe.compile_precision,
                              calibration=self.calibration if recipe.compile_precision == "int8" else None,
                              notes=(f"optimize step '{recipe.name}': {recipe.change}",),
-                             reference=self.base_model(recipe.batch), progress=self.progress)
+                             reference=self.base_model(recipe.batch), progress=self.progress,
+                             options=dict(recipe.options))
 
     def _failed(self, recipe: Recipe, record: dict[str, Any] | None, reason: str) -> Step:
         self.progress(f"{recipe.name}: {reason}")

@@ -117,3 +117,24 @@ def test_unreachable_budget_says_which_constraint_failed_and_pruning_is_measured
     assert any("no validation data" in n for n in card.notes)
     assert "Nothing met the constraints: latency" in (tmp_path / "out" / "card.md").read_text()
     assert not (tmp_path / "out" / "bundle").exists()
+
+
+def test_a_far_slower_step_is_cut_after_a_probe_but_still_validated(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the screening factor at 0 every step after the first is 'far slower': it is probed, not profiled in
+    full, validated on the real data, rejected with the reason, and never chosen."""
+    from onnxsmith.optimize import steps
+
+    monkeypatch.setattr(steps, "SCREEN_FACTOR", 0.0)
+    model = load_model(DIGITS / "digits_cnn.onnx")
+    data = open_dataset(str(DIGITS / "validation.npz"), model.inputs, labels="label")
+    profile = dataclasses.replace(load_profile("quick"), batch_sizes=(1,), ladder=("fp32",))
+    card = run_ladder(model, load_target("host"), profile, data=data, calibration=None, max_accuracy_drop=0.01,
+                      latency_budget_ms=None, output=tmp_path / "out", backends=["onnxruntime"])
+    by = {s.name: s for s in card.steps}
+    assert card.chosen == "baseline"
+    cut = by["simplify"]
+    assert cut.screened and cut.status == "rejected" and "probe" in cut.reason and "slower than baseline" in cut.reason
+    assert cut.latency_p50_ms > 0 and cut.accuracy == pytest.approx(by["baseline"].accuracy)
+    assert cut.samples_checked == 360
+    assert "probe" in (tmp_path / "out" / "card.md").read_text()
