@@ -47,6 +47,7 @@ def inspect_command(model: str, target_spec: str, shapes: tuple[str, ...], as_js
     from rich.table import Table
 
     from onnxsmith.analysis import summarize
+    from onnxsmith.report import _flop
     from onnxsmith.console import print_json, stdout_console
     from onnxsmith.model import load_model, parse_shape_overrides
     from onnxsmith.targets import load_target
@@ -55,7 +56,20 @@ def inspect_command(model: str, target_spec: str, shapes: tuple[str, ...], as_js
     target = load_target(target_spec)
     info = summarize(loaded)
     info["target"] = target.id
-    info["backends"] = backend_support(loaded, target) if all(s.is_static for s in loaded.inputs) else []
+    info["backends"] = []
+    if all(s.is_static for s in loaded.inputs):
+        info["backends"] = backend_support(loaded, target)
+    else:
+        from onnxsmith.errors import OnnxsmithError
+
+        try:  # a dynamic batch alone is fixed to 1 for the op-support probe (as compile does)
+            fixed = load_model(model, parse_shape_overrides(shapes))
+            info["backends"] = backend_support(fixed, target)
+            fixed_info = summarize(fixed)
+            info["flops"], info["flops_unknown_nodes"] = fixed_info["flops"], fixed_info["flops_unknown_nodes"]
+            info["notes"] = [*info["notes"], "FLOPs and backend support are for the batch dimension fixed to 1"]
+        except OnnxsmithError as exc:
+            info["notes"] = [*info["notes"], f"backend support not probed: {exc.one_line()}"]
     if as_json:
         print_json(info)
         return
@@ -70,7 +84,7 @@ def inspect_command(model: str, target_spec: str, shapes: tuple[str, ...], as_js
             io.add_row(kind, s["name"], s["dtype"], "x".join(str(d) if d is not None else "?" for d in s["shape"]))
     out.print(io)
     out.print(f"{info['nodes']} nodes, {info['parameters']:,} parameters ({info['parameter_bytes'] / 1e6:.2f} MB), "
-              f"{info['flops'] / 1e9:.4f} GFLOP per inference (Conv/Gemm/MatMul)")
+              f"{_flop(info['flops'])} per inference (Conv/Gemm/MatMul)")
     out.print("ops: " + ", ".join(f"{op} x{n}" for op, n in info["ops"].items()))
     if info["dynamic_inputs"]:
         out.print(f"[yellow]dynamic dims[/yellow]: {info['dynamic_inputs']} (fix with --shape NAME=DIMS)")

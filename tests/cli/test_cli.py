@@ -116,7 +116,12 @@ def test_inspect_json(cnn_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
 
 def test_inspect_reports_dynamic_dims(mlp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = cli(["inspect", str(mlp_path), "--json"], capsys)
-    assert code == 0 and json.loads(out)["dynamic_inputs"] == {"x": [0]}
+    info = json.loads(out)
+    assert code == 0 and info["dynamic_inputs"] == {"x": [0]}
+    # a dynamic batch alone is fixed to 1 for FLOPs and the per-backend op-support probe, and says so
+    assert info["flops"] > 0 and any(b["backend"] == "onnxruntime" and b["unsupported_ops"] == {}
+                                     for b in info["backends"])
+    assert any("batch dimension fixed to 1" in note for note in info["notes"])
 
 
 def test_optimize_cli_writes_card_and_bundle(cnn_path: Path, tmp_path: Path,
