@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -205,10 +206,22 @@ class TVMCompiler:
                                    "compile without --option tune=1")
         from onnxsmith.compilers.tvm.tuning import progress_printer, tune
 
+        relax = tvm().relax
+        prepack = tt.kind == "llvm"
         with target_obj:
-            mod = tvm().relax.pipeline.zero_pipeline()(mod)
+            mod = relax.pipeline.zero_pipeline()(mod)
+            if prepack:
+                # Weights are layout-free: MetaSchedule may pick a blocked layout for them (RewriteLayout), which
+                # is what makes tuned CPU convolutions competitive; the layout change is folded into the constant
+                # weights after tuning, so the library's interface stays the model's.
+                mod = relax.transform.AttachAttrLayoutFreeBuffers()(mod)
         cores = threads or int(tt.spec.get("num-cores", 0)) or (os.cpu_count() or 1)
         result = tune(mod, tt, options, cores, progress_printer(progress))
+        if prepack:
+            with target_obj:
+                result = dataclasses.replace(result, mod=tvm().transform.Sequential([
+                    relax.transform.SplitLayoutRewritePreproc(), relax.transform.LiftTransformParams(),
+                    relax.transform.FoldConstant()])(result.mod))
         notes += result.notes
         if result.state != "tuned":
             notes.append(f"tuning left {result.tasks - result.tasks_with_records} of {result.tasks} kernels without a "

@@ -246,13 +246,24 @@ def tune(mod: Any, tt: TVMTarget, options: TuneOptions, cores: int,
 
 def _record_json(record: Any, task_name: str) -> dict[str, Any]:
     """A record as JSON: the kernel, its structural hash, the schedule trace and the measured run times."""
-    return {"task": task_name, "workload_shash": str(_plain(record.workload.as_json())[0]), "record": _plain(record.as_json())}
+    from tvm.s_tir.meta_schedule import _ffi_api
+
+    # The raw FFI JSON, not ``record.as_json()``: that one raises on traces holding an IndexMap (the layout
+    # rewrites of CPU weight prepacking); :func:`_plain` writes such objects as their TVMScript text.
+    return {"task": task_name, "workload_shash": str(_plain(_ffi_api.WorkloadAsJSON(record.workload))[0]),
+            "record": _plain(_ffi_api.TuningRecordAsJSON(record))}
 
 
 def _plain(value: Any) -> Any:
     """FFI containers -> JSON-able Python values."""
-    if isinstance(value, (str, int, float, bool)) or value is None:
+    # A freshly measured trace holds IntImm/FloatImm and booleans where one read back from the database holds
+    # plain numbers: both must serialize alike, or the records' fingerprint changes when nothing did.
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, (str, int, float)) or value is None:
         return value
+    if isinstance(getattr(value, "value", None), (int, float)):
+        return _plain(value.value)
     if hasattr(value, "items"):
         return {str(k): _plain(v) for k, v in value.items()}
     if hasattr(value, "__iter__"):
@@ -267,7 +278,8 @@ def _search(ms: Any, tasks: list[Any], directory: Path, database: Any, target: A
 
     The gradient task scheduler first gives every task one batch without looking at results (round robin), so a
     callback alone cannot stop it in time: once the deadline passes, the builder answers every further batch with
-    "skipped" at once, and the callback ends all tasks at the first results it sees.
+    "skipped" at once, and the callback ends all tasks at the first results it sees (in the gradient phase the
+    scheduler then trips over the task it was joining: see the ``except`` below).
     """
     deadline = minutes * 60
     derived_object = tvm().ir.utils.derived_object
@@ -315,10 +327,17 @@ def _search(ms: Any, tasks: list[Any], directory: Path, database: Any, target: A
     try:
         ms.tune.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(directory), max_trials_global=budget,
                            max_trials_per_task=per_task, num_trials_per_iter=min(64, per_task),
-                           builder=DeadlineBuilder(), runner=ms.runner.LocalRunner(timeout_sec=60),
+                           builder=DeadlineBuilder(), runner=ms.runner.LocalRunner(
+                               timeout_sec=60, evaluator_config=ms.runner.EvaluatorConfig(
+                                   number=3, repeat=1, min_repeat_ms=40, enable_cpu_cache_flush=False)),
                            database=database, cost_model="xgb",
                            measure_callbacks=ms.MeasureCallback.create("default") + [Progress()])
     except Exception as exc:
+        if time.monotonic() - start >= deadline and "is_terminated" in str(exc):
+            # The deadline ended every task from the measure callback; the gradient-based scheduler then returns
+            # the task it was joining (now terminated) and its ICHECK(!task->is_terminated) fires. Every record
+            # measured so far is already committed to the database, so this is the budget's end, not a failure.
+            return
         raise BackendError("MetaSchedule tuning failed", vendor_why(exc),
                            f"read the logs in {directory / 'logs'}; compile without --option tune=1 meanwhile") from exc
 
