@@ -250,7 +250,7 @@ def _fix_shapes(model: LoadedModel, shapes: dict[str, tuple[int, ...]], default_
     names = [v.name for v in graph_inputs]
     for name in shapes:
         if name not in names:
-            raise UserInputError(f"invalid --shape for '{name}'", f"the model has no input of that name",
+            raise UserInputError(f"invalid --shape for '{name}'", "the model has no input of that name",
                                  f"inputs are: {', '.join(names)}")
     changed = False
     for value in graph_inputs:

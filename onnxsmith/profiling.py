@@ -143,8 +143,16 @@ def _measure_child(request: dict[str, Any]) -> dict[str, Any]:
         runner = bundle.load_runner()
     with runner:
         load_seconds = time.perf_counter() - start
-        result = measure_runner(runner, feeds, Measure(**request["measure"]), request["batch"])
+        measure = Measure(**request["measure"])
+        result = measure_runner(runner, feeds, measure, request["batch"])
         result["device"] = getattr(runner, "device_name", None)
+        if request.get("remote") and hasattr(runner, "device_latencies_ms"):
+            # Timed on the device (like tvmc and benchmark tools do): the RPC round trip is reported beside it.
+            samples = runner.device_latencies_ms(feeds, max(measure.min_iterations, 10))
+            stats = LatencyStats.from_samples(samples, sum(samples) / 1000)
+            result["rpc_round_trip_ms"] = result["latency_ms"]
+            result["latency_ms"] = dataclasses.asdict(stats)
+            result["throughput_per_s"] = round(request["batch"] * 1000 / stats.mean, 3)
     result["load_seconds"] = round(load_seconds, 3)
     result["peak_rss_mb"] = _peak_rss_mb()
     result["rss_before_load_mb"] = rss_before
@@ -213,13 +221,17 @@ class Measurement:
     parallel_throughput_per_s: float | None = None
     parallel_requests: int | None = None
     layers: list[dict[str, Any]] | None = None
+    rpc_round_trip_ms: LatencyStats | None = None
+    """Remote profiles: the latency seen through RPC (``latency_ms`` is then timed on the device itself)."""
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Measurement:
+        rpc = data.get("rpc_round_trip_ms")
         return cls(latency_ms=LatencyStats(**data["latency_ms"]), throughput_per_s=data["throughput_per_s"],
                    first_inference_ms=data["first_inference_ms"], load_seconds=data["load_seconds"],
                    peak_rss_mb=data["peak_rss_mb"], parallel_throughput_per_s=data.get("parallel_throughput_per_s"),
-                   parallel_requests=data.get("parallel_requests"), layers=data.get("layers"))
+                   parallel_requests=data.get("parallel_requests"), layers=data.get("layers"),
+                   rpc_round_trip_ms=None if rpc is None else LatencyStats(**rpc))
 
 
 @dataclasses.dataclass(frozen=True)

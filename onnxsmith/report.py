@@ -55,7 +55,7 @@ def render_report(manifest: dict[str, Any], profile: dict[str, Any] | None,
         f"- **Backend**: {manifest['backend']} {manifest['backend_version']} on `{art['device']}`: "
         f"{manifest['artifact_kind']}",
         f"- **Precision**: requested {manifest['precision']}, **actually used {manifest['precision_used']}**",
-        f"- **Runs here**: " + ("yes" if manifest["runs_here"]["ok"] else f"no: {manifest['runs_here']['reason']}"),
+        "- **Runs here**: " + ("yes" if manifest["runs_here"]["ok"] else f"no: {manifest['runs_here']['reason']}"),
         f"- **Built**: {manifest['created']} by onnxsmith {manifest['onnxsmith_version']}, compile "
         f"{manifest.get('compile_seconds') or 0:.2f} s" + (" (cache hit)" if manifest["cache"]["hit"] else ""),
         "",
@@ -80,7 +80,11 @@ def render_report(manifest: dict[str, Any], profile: dict[str, Any] | None,
         base = profile.get("baseline")
         lat, blat = profile["latency_ms"], (base or {}).get("latency_ms", {})
         lines += [
-            f"Measured on {profile['host']}" + (f" through RPC {profile['remote']}" if profile.get("remote") else "")
+            (f"Measured on the device behind RPC {profile['remote']} (latency timed on the device; through RPC "
+             f"the p50 is {_ms(profile['rpc_round_trip_ms']['p50'])}); the baseline ran on {profile['host']}, so "
+             "the ratio compares two machines" if profile.get("remote") and profile.get("rpc_round_trip_ms")
+             else f"Measured on {profile['host']}" + (f" through RPC {profile['remote']}" if profile.get("remote")
+                                                      else ""))
             + f", batch {profile['batch']}, inputs: {profile['inputs']}; {lat['iterations']} timed iterations "
             f"after {profile['measure']['warmup_iterations']} warm-up.",
             "",

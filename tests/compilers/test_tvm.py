@@ -17,7 +17,7 @@ from onnxsmith.model import LoadedModel, load_model
 from onnxsmith.plugin import Artifact, CompileRequest
 from onnxsmith.profiles import load_profile
 from onnxsmith.targets import Target, load_target, parse_target
-from tests.models import make_cnn, make_mlp
+from tests.models import cosine, make_cnn, make_mlp, ort_reference
 
 tvm = pytest.importorskip("tvm", reason="apache-tvm is not installed (pip install 'onnxsmith[tvm]')")
 
@@ -107,18 +107,6 @@ def _compile(backend: TVMCompiler, model: LoadedModel, target: Target, workdir: 
     return backend.compile(request, workdir)
 
 
-def _reference(model: LoadedModel, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    from onnxsmith.compilers.onnxruntime.backend import reference_runner
-
-    with reference_runner(model.path) as runner:
-        return runner.run(feeds)
-
-
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
-
-
 @pytest.fixture(scope="module")
 def cnn_host(backend: TVMCompiler, cnn: LoadedModel, host: Target,
              tmp_path_factory: pytest.TempPathFactory) -> tuple[Artifact, Path]:
@@ -197,7 +185,7 @@ def test_cnn_fp32_matches_onnxruntime_and_is_marked_untuned(backend: TVMCompiler
     with backend.load(artifact, workdir, host) as runner:
         assert [s.name for s in runner.inputs] == ["input"] and [s.name for s in runner.outputs] == ["probs"]
         out = runner.run({"input": images})["probs"]
-        np.testing.assert_allclose(out, _reference(cnn, {"input": images})["probs"], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(out, ort_reference(cnn, {"input": images})["probs"], rtol=1e-5, atol=1e-6)
         call = runner.bind({"input": images})
         for _ in range(3):
             call()
@@ -217,7 +205,7 @@ def test_small_encoder_export_validates(backend: TVMCompiler, host: Target, tmp_
     feeds = {"input_ids": rng.integers(0, 100, (1, 16)).astype(np.int64), "attention_mask": mask}
     with backend.load(artifact, tmp_path / "out", host) as runner:
         out = runner.run(feeds)["hidden"]
-    assert _cosine(out, _reference(model, feeds)["hidden"]) >= 0.9999
+    assert cosine(out, ort_reference(model, feeds)["hidden"]) >= 0.9999
 
 
 def test_options_are_checked(backend: TVMCompiler, cnn: LoadedModel, host: Target, tmp_path: Path) -> None:
@@ -242,7 +230,7 @@ def cnn_pi(backend: TVMCompiler, cnn: LoadedModel, tmp_path_factory: pytest.Temp
     if shutil.which("aarch64-linux-gnu-gcc") is None:
         pytest.skip("gcc-aarch64-linux-gnu is not installed (make system-deps)")
     workdir = tmp_path_factory.mktemp("cnn-pi")
-    return _compile(backend, cnn, parse_target(PI5, "test"), workdir), workdir
+    return _compile(backend, cnn, load_target("arm/raspberry-pi-5"), workdir), workdir
 
 
 @needs_cross
@@ -254,7 +242,7 @@ def test_aarch64_cross_build_is_an_aarch64_shared_object(backend: TVMCompiler, c
     assert int.from_bytes(head[18:20], "little") == 183  # EM_AARCH64
     assert artifact.metadata["library_arch"] == "aarch64" and artifact.metadata["cross_compiled"]
     assert artifact.metadata["target_canonical"]["mcpu"] == "cortex-a76"
-    pi = parse_target(PI5, "test")
+    pi = load_target("arm/raspberry-pi-5")
     assert not backend.runs_here(pi)
     with pytest.raises(UnsupportedError, match="aarch64"):
         backend.load(artifact, workdir, pi)
@@ -271,11 +259,43 @@ def test_aarch64_artifact_runs_under_qemu_over_rpc(backend: TVMCompiler, cnn: Lo
         pytest.skip(emulate.missing())
     artifact, workdir = cnn_pi
     with emulate.emulated_server() as address:
-        with backend.load_remote(artifact, workdir, parse_target(PI5, "test"), address) as runner:
+        with backend.load_remote(artifact, workdir, load_target("arm/raspberry-pi-5"), address) as runner:
             out = runner.run({"input": images})["probs"]
             runner.bind({"input": images})()
             assert len(runner.device_latencies_ms({"input": images}, 2)) == 2
-    np.testing.assert_allclose(out, _reference(cnn, {"input": images})["probs"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out, ort_reference(cnn, {"input": images})["probs"], rtol=1e-5, atol=1e-6)
+
+
+@needs_cross
+def test_cli_compiles_for_raspberry_pi_5_and_profiles_it_under_qemu(cnn: LoadedModel, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """The user's path: `compile --target arm/raspberry-pi-5` (TVM first) -> bundle -> `profile --rpc` on an
+    emulated arm64 device, with the ONNX Runtime baseline measured on this machine."""
+    import json
+
+    from onnxsmith.cli import main
+    from onnxsmith.compilers.tvm import emulate
+
+    bundle = tmp_path / "pi5"
+
+    def cli(args: list[str]) -> str:
+        with pytest.raises(SystemExit) as exc:
+            main(args)
+        out, err = capsys.readouterr()
+        assert exc.value.code in (0, None), err
+        return out
+
+    compiled = json.loads(cli(["compile", str(cnn.path), "--target", "arm/raspberry-pi-5", "-o", str(bundle),
+                               "--json"]))
+    assert compiled["backend"] == "tvm" and compiled["artifact"]["metadata"]["library_arch"] == "aarch64"
+    assert compiled["runs_here"]["ok"] is False and compiled["target"] == "arm/raspberry-pi-5"
+    if emulate.missing():
+        pytest.skip(emulate.missing())
+    with emulate.emulated_server() as address:
+        record = json.loads(cli(["profile", str(bundle), "--rpc", address, "-p", "quick", "--json"]))
+    assert record["latency_ms"]["p50"] > 0 and record["baseline"]["latency_ms"]["p50"] > 0
+    # timed on the device by TVM's time evaluator; the RPC round trip (network included) is reported beside it
+    assert record["rpc_round_trip_ms"]["p50"] > 0 and record["remote"] == address
 
 
 # --- RPC on this machine -------------------------------------------------------------------------------------
@@ -295,7 +315,7 @@ def test_remote_run_over_a_local_rpc_server(backend: TVMCompiler, cnn: LoadedMod
             assert "RPC" in runner.device_name
     finally:
         server.terminate()
-    np.testing.assert_allclose(out, _reference(cnn, {"input": images})["probs"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out, ort_reference(cnn, {"input": images})["probs"], rtol=1e-5, atol=1e-6)
     with pytest.raises(UserInputError, match="HOST:PORT"):
         backend.load_remote(artifact, workdir, host, "nowhere")
 
@@ -338,7 +358,7 @@ def test_cuda_artifact_runs_on_the_gpu(backend: TVMCompiler, cnn: LoadedModel, c
     artifact, workdir = cnn_cuda
     with backend.load(artifact, workdir, target) as runner:
         out = runner.run({"input": images})["probs"]
-    assert _cosine(out, _reference(cnn, {"input": images})["probs"]) >= 0.999
+    assert cosine(out, ort_reference(cnn, {"input": images})["probs"]) >= 0.999
 
 
 # --- MetaSchedule --------------------------------------------------------------------------------------------
@@ -364,7 +384,7 @@ def test_tuning_with_a_tiny_budget_records_and_reuses(backend: TVMCompiler, host
     assert len(meta["tuning_records_sha256"]) == 16 and "tuning_records.json" in first.files
     x = np.random.default_rng(2).standard_normal((1, 32)).astype(np.float32)
     with backend.load(first, tmp_path / "first", host) as runner:
-        np.testing.assert_allclose(runner.run({"x": x})["logits"], _reference(model, {"x": x})["logits"], rtol=1e-4,
+        np.testing.assert_allclose(runner.run({"x": x})["logits"], ort_reference(model, {"x": x})["logits"], rtol=1e-4,
                                    atol=1e-5)
     second = _compile(backend, model, host, tmp_path / "second", tune="1", tune_trials="6", tune_trials_per_task="2")
     if meta["tuning"] == "tuned":  # every kernel has a record: nothing left to tune, the same records apply
@@ -396,4 +416,4 @@ def test_bert_base_encoder_validates(backend: TVMCompiler, host: Target, tmp_pat
     feeds = {"input_ids": rng.integers(0, 30522, (1, 128)).astype(np.int64), "attention_mask": np.ones((1, 128), np.int64)}
     with backend.load(artifact, tmp_path / "out", host) as runner:
         out = runner.run(feeds)["hidden"]
-    assert _cosine(out, _reference(model, feeds)["hidden"]) >= 0.9999
+    assert cosine(out, ort_reference(model, feeds)["hidden"]) >= 0.9999
