@@ -119,13 +119,20 @@ def load_data(path: str | Path, model_inputs: tuple[TensorSpec, ...], labels: st
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise DataError(f"cannot read {where}", f"not a valid .npz/.npy file ({first_line(exc)})",
                         "save it with numpy.savez(path, input_name=array)") from exc
+    return make_dataset(arrays, label_array, model_inputs, where, str(path))
+
+
+def make_dataset(arrays: dict[str, np.ndarray], label_array: np.ndarray | None, model_inputs: tuple[TensorSpec, ...],
+                 where: str, source: str) -> Dataset:
+    """Check ``arrays`` against the model's inputs and the labels against the sample count; keep the inputs only."""
     check_against_model(arrays, model_inputs, where)
     n = len(next(iter(arrays.values())))
     if n == 0:
         raise DataError(f"cannot use {where}", "it holds no samples")
     if label_array is not None and len(label_array) != n:
         raise DataError(f"cannot use {where}", f"{len(label_array)} labels for {n} samples")
-    return Dataset(arrays, label_array, str(path))
+    names = {s.name for s in model_inputs}
+    return Dataset({k: v for k, v in arrays.items() if k in names}, label_array, source)
 
 
 def _index_bounds(model: LoadedModel) -> dict[str, int]:

@@ -66,3 +66,17 @@ def make_mlp(seed: int = 0, features: int = 32, hidden: int = 64, classes: int =
     model.ir_version = 8
     onnx.checker.check_model(model)
     return model
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine similarity of two arrays, flattened, in float64."""
+    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def ort_reference(model, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """ONNX Runtime fp32 outputs of a loaded model: what every backend is compared with."""
+    from onnxsmith.compilers.onnxruntime.backend import reference_runner
+
+    with reference_runner(model.path) as runner:
+        return runner.run(feeds)

@@ -29,7 +29,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from onnxsmith.data import Dataset, check_against_model, load_data
+from onnxsmith.data import Dataset, check_against_model, load_data, make_dataset
 from onnxsmith.errors import DataError, OnnxsmithError, first_line
 
 if TYPE_CHECKING:
@@ -71,18 +71,6 @@ def open_dataset(spec: str, model_inputs: tuple[TensorSpec, ...], labels: str | 
                     "give an .npz, .npy, .toml, a folder, or package.module:function")
 
 
-def _finish(arrays: dict[str, np.ndarray], label_array: np.ndarray | None, model_inputs: tuple[TensorSpec, ...],
-            where: str, source: str) -> Dataset:
-    check_against_model(arrays, model_inputs, where)
-    n = len(next(iter(arrays.values())))
-    if n == 0:
-        raise DataError(f"cannot use {where}", "it holds no samples")
-    if label_array is not None and len(label_array) != n:
-        raise DataError(f"cannot use {where}", f"{len(label_array)} labels for {n} samples")
-    names = {s.name for s in model_inputs}
-    return Dataset({k: v for k, v in arrays.items() if k in names}, label_array, source)
-
-
 # --- a folder of .npy files ---------------------------------------------------------------------------------------
 
 def _load_npy(path: Path, where: str) -> np.ndarray:
@@ -111,7 +99,7 @@ def from_npy_folder(folder: Path, model_inputs: tuple[TensorSpec, ...], labels: 
     names = [s.name for s in model_inputs]
     if all(n in files for n in names):
         arrays = {n: _load_npy(files[n], where) for n in names}
-        return _finish(arrays, label_array, model_inputs, where, str(folder))
+        return make_dataset(arrays, label_array, model_inputs, where, str(folder))
     if len(model_inputs) != 1:
         missing = [n for n in names if n not in files]
         raise DataError(f"cannot use {where}", f"no file for input(s) {', '.join(missing)}; with several inputs "
@@ -133,7 +121,7 @@ def from_npy_folder(folder: Path, model_inputs: tuple[TensorSpec, ...], labels: 
     if len(shapes) > 1:
         raise DataError(f"cannot use {where}", f"sample files have different shapes: "
                         f"{', '.join('x'.join(map(str, s)) for s in sorted(shapes))}")
-    return _finish({spec.name: np.stack(samples)}, label_array, model_inputs, where, f"{folder} ({len(samples)} files)")
+    return make_dataset({spec.name: np.stack(samples)}, label_array, model_inputs, where, f"{folder} ({len(samples)} files)")
 
 
 # --- module:function ----------------------------------------------------------------------------------------------
@@ -175,7 +163,7 @@ def from_callable(spec: str, model_inputs: tuple[TensorSpec, ...], labels: str |
     except Exception as exc:
         raise DataError(f"cannot read {where}", f"the function raised {type(exc).__name__}: {first_line(exc)}") from exc
     if isinstance(produced, Dataset):
-        return _finish(dict(produced.arrays), produced.labels, model_inputs, where, f"{spec} ({produced.source})")
+        return make_dataset(dict(produced.arrays), produced.labels, model_inputs, where, f"{spec} ({produced.source})")
     if isinstance(produced, Mapping):
         produced = [produced]
     if not isinstance(produced, Iterable):
@@ -204,7 +192,7 @@ def from_callable(spec: str, model_inputs: tuple[TensorSpec, ...], labels: str |
         raise DataError(f"cannot use {where}", "the function produced no batches")
     arrays = {k: np.concatenate(v)[:MAX_SAMPLES] for k, v in parts.items()}
     label_array = np.concatenate(label_parts)[:MAX_SAMPLES] if label_parts else None
-    return _finish(arrays, label_array, model_inputs, where, spec)
+    return make_dataset(arrays, label_array, model_inputs, where, spec)
 
 
 # --- image folders ------------------------------------------------------------------------------------------------
@@ -297,7 +285,7 @@ def from_image_spec(spec_file: Path, model_inputs: tuple[TensorSpec, ...], what:
         pixels = pixels.transpose(0, 3, 1, 2)
     dtype = spec.dtype if spec.dtype in ("float16", "float32", "float64") else "float32"
     source = f"{root} ({len(images)} images, preprocessed by {spec_file.name})"
-    return _finish({input_name: np.ascontiguousarray(pixels.astype(dtype))}, label_array, model_inputs,
+    return make_dataset({input_name: np.ascontiguousarray(pixels.astype(dtype))}, label_array, model_inputs,
                    f"image folder '{root}'", source)
 
 

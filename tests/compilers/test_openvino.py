@@ -16,7 +16,7 @@ from onnxsmith.model import LoadedModel, load_model
 from onnxsmith.plugin import Artifact, CompileRequest
 from onnxsmith.profiles import load_profile
 from onnxsmith.targets import Target, load_target, parse_target
-from tests.models import make_cnn, make_mlp
+from tests.models import cosine, make_cnn, make_mlp, ort_reference
 
 ov = pytest.importorskip("openvino", reason="openvino is not installed (pip install 'onnxsmith[openvino]')")
 
@@ -54,18 +54,6 @@ def _compile(backend: OpenVINOCompiler, model: LoadedModel, target: Target, work
     return backend.compile(request, workdir)
 
 
-def _reference(model: LoadedModel, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    from onnxsmith.compilers.onnxruntime.backend import reference_runner
-
-    with reference_runner(model.path) as runner:
-        return runner.run(feeds)
-
-
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
-
-
 @pytest.fixture(scope="module")
 def fp32(backend: OpenVINOCompiler, cnn: LoadedModel, host: Target,
          tmp_path_factory: pytest.TempPathFactory) -> tuple[Artifact, Path]:
@@ -89,7 +77,7 @@ def test_fp32_matches_onnxruntime_and_reads_back_f32(backend: OpenVINOCompiler, 
         assert [s.name for s in runner.inputs] == ["input"] and runner.inputs[0].shape == (1, 3, 16, 16)
         assert [s.name for s in runner.outputs] == ["probs"]
         got = runner.run(feeds)["probs"]
-    np.testing.assert_allclose(got, _reference(cnn, feeds)["probs"], atol=1e-4)
+    np.testing.assert_allclose(got, ort_reference(cnn, feeds)["probs"], atol=1e-4)
 
 
 def test_int8_inserts_fake_quantize_and_stays_close(backend: OpenVINOCompiler, cnn: LoadedModel, host: Target,
@@ -106,7 +94,7 @@ def test_int8_inserts_fake_quantize_and_stays_close(backend: OpenVINOCompiler, c
     assert "INFERENCE_PRECISION_HINT" not in artifact.options  # unquantized ops keep the device default
     feeds = {"input": images[32:33]}
     with backend.load(artifact, tmp_path / "int8", host) as q, backend.load(*fp32, host) as f:
-        assert _cosine(q.run(feeds)["probs"], f.run(feeds)["probs"]) > 0.99
+        assert cosine(q.run(feeds)["probs"], f.run(feeds)["probs"]) > 0.99
 
 
 def test_int8_without_calibration_is_refused(backend: OpenVINOCompiler, cnn: LoadedModel, host: Target,
@@ -162,7 +150,7 @@ def test_target_that_is_not_this_machine_gets_the_ir_only(backend: OpenVINOCompi
     feeds = {"input": images[:1]}
     with backend.load(artifact, tmp_path, other) as runner:  # the IR still compiles here
         assert runner.loaded_from == "IR" and runner.precision_used == "fp32"
-        np.testing.assert_allclose(runner.run(feeds)["probs"], _reference(cnn, feeds)["probs"], atol=1e-4)
+        np.testing.assert_allclose(runner.run(feeds)["probs"], ort_reference(cnn, feeds)["probs"], atol=1e-4)
 
 
 def test_missing_libraries_name_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,18 +11,13 @@ from onnxsmith.data import Dataset
 from onnxsmith.errors import DataError, UserInputError
 from onnxsmith.optimize.passes import PASSES, get_pass, ort_session
 from onnxsmith.optimize.prune import is_two_four
-from tests.models import make_cnn, make_mlp
+from tests.models import cosine, make_cnn, make_mlp
 
 ort = pytest.importorskip("onnxruntime")
 
 
 def _run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     return ort_session(model, optimize=True).run(None, feeds)
-
-
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
 def _cnn_data(n: int = 32, seed: int = 0) -> Dataset:
@@ -83,7 +78,7 @@ def test_fp16_keeps_io_fp32_and_stays_close() -> None:
     assert result.record.details["ops_kept_fp32"] == []
     assert result.record.details["overflow_guard"]["samples"] == 32
     x = _cnn_data(4, seed=5).arrays["input"][:1]
-    assert _cosine(_run(result.model, {"input": x})[0], _run(model, {"input": x})[0]) > 0.9999
+    assert cosine(_run(result.model, {"input": x})[0], _run(model, {"input": x})[0]) > 0.9999
 
 
 def _overflowing_model() -> onnx.ModelProto:
@@ -127,8 +122,8 @@ def test_fp16_overflow_guard_keeps_overflowing_ops_fp32() -> None:
     want = _run(model, {"x": x})[0]
     assert not np.isfinite(ReferenceEvaluator(unguarded.model).run(None, {"x": x})[0]).all()  # what the guard prevents
     got = ReferenceEvaluator(guarded.model).run(None, {"x": x})[0]
-    assert got.dtype == np.float32 and np.isfinite(got).all() and _cosine(got, want) > 0.999
-    assert _cosine(_run(guarded.model, {"x": x})[0], want) > 0.999
+    assert got.dtype == np.float32 and np.isfinite(got).all() and cosine(got, want) > 0.999
+    assert cosine(_run(guarded.model, {"x": x})[0], want) > 0.999
 
 
 def test_fp16_without_calibration_says_ranges_come_from_generated_inputs() -> None:
@@ -154,7 +149,7 @@ def test_int8_qdq_quantizes_with_each_calibration_method(method: str) -> None:
     x = _cnn_data(8, seed=9).arrays["input"]
     for i in range(4):
         got, want = _run(result.model, {"input": x[i:i + 1]})[0], _run(model, {"input": x[i:i + 1]})[0]
-        assert _cosine(got, want) > 0.98
+        assert cosine(got, want) > 0.98
 
 
 def test_int8_needs_calibration() -> None:
