@@ -79,13 +79,15 @@ def render_report(manifest: dict[str, Any], profile: dict[str, Any] | None,
     else:
         base = profile.get("baseline")
         lat, blat = profile["latency_ms"], (base or {}).get("latency_ms", {})
+        where = f"Measured on {profile['host']}"
+        if profile.get("rpc_round_trip_ms"):
+            where = (f"Measured on the device behind RPC {profile['remote']} (latency timed on the device; through "
+                     f"RPC the p50 is {_ms(profile['rpc_round_trip_ms']['p50'])}); the baseline ran on "
+                     f"{profile['host']}, so the ratio compares two machines")
+        elif profile.get("remote"):
+            where += f" through RPC {profile['remote']}"
         lines += [
-            (f"Measured on the device behind RPC {profile['remote']} (latency timed on the device; through RPC "
-             f"the p50 is {_ms(profile['rpc_round_trip_ms']['p50'])}); the baseline ran on {profile['host']}, so "
-             "the ratio compares two machines" if profile.get("remote") and profile.get("rpc_round_trip_ms")
-             else f"Measured on {profile['host']}" + (f" through RPC {profile['remote']}" if profile.get("remote")
-                                                      else ""))
-            + f", batch {profile['batch']}, inputs: {profile['inputs']}; {lat['iterations']} timed iterations "
+            f"{where}, batch {profile['batch']}, inputs: {profile['inputs']}; {lat['iterations']} timed iterations "
             f"after {profile['measure']['warmup_iterations']} warm-up.",
             "",
             f"| metric | {manifest['backend']} ({profile['precision_used']}) | ONNX Runtime fp32 baseline | ratio |",

@@ -269,11 +269,12 @@ def _prune_steps(runner: StepRunner, steps: list[Step], chain: tuple, notes: lis
 
 
 def _runoff(runner: StepRunner, steps: list[Step], constraints: Constraints, within: float = 0.25,
-            most: int = 4) -> list[Step]:
-    """Profile the leading candidates once more, in reverse order, and keep each one's faster run.
+            most: int = 4, rounds: int = 3) -> list[Step]:
+    """Profile the leading candidates again, head to head: ``rounds`` more runs each, in alternating order.
 
-    Timings on a shared machine only ever get slower from interference, so the better of two runs separated in
-    time is the fairer figure; only steps that meet the constraints and lie within ``within`` of the best take part.
+    Each step keeps its fastest run: timings on a shared machine only ever get slower from interference, and
+    alternating spreads drift over every leader. Candidates a few per cent apart are otherwise ranked by whichever
+    ran in a quiet moment. Only steps that meet the constraints and lie within ``within`` of the best take part.
     """
     if constraints.objective != "latency":
         return steps
@@ -288,8 +289,19 @@ def _runoff(runner: StepRunner, steps: list[Step], constraints: Constraints, wit
     leaders = sorted(leaders, key=lambda n: by[n].latency_p50_ms or 0.0)[:most]
     if len(leaders) < 2:
         return steps
-    again = {name: runner.remeasure(by[name]) for name in reversed(leaders)}
-    return [again.get(s.name, s) for s in steps]
+    runs = {name: [float(by[name].latency_p50_ms or 0.0)] for name in leaders}
+    for round_ in range(rounds):
+        for name in reversed(leaders) if round_ % 2 == 0 else leaders:
+            by[name], p50 = runner.remeasure(by[name])
+            if p50 is not None:
+                runs[name].append(p50)
+    for name in leaders:
+        others = ", ".join(n for n in leaders if n != name)
+        by[name] = dataclasses.replace(by[name], notes=(*by[name].notes, (
+            f"profiled {len(runs[name])} times, head to head with {others} in alternating order (p50 "
+            f"{', '.join(f'{v:.4g}' for v in runs[name])} ms); the fastest run's figures are kept, since load from "
+            "other processes only slows a run down")))
+    return [by.get(s.name, s) if s.name in runs else s for s in steps]
 
 
 def _batch_sweep(runner: StepRunner, steps: Sequence[Step], chosen: str, profile: Profile, constraints: Constraints,

@@ -48,8 +48,8 @@ def resnet_inputs() -> tuple[Path, Path]:
     return model, calib
 
 
-def onnxsmith_profile(bundle: Path, baseline: bool = False) -> dict:
-    args = [BIN / "onnxsmith", "profile", bundle, "--profile", "latency", "--json", "--seconds", "10"]
+def onnxsmith_profile(bundle: Path, baseline: bool = False, profile: str = "latency") -> dict:
+    args = [BIN / "onnxsmith", "profile", bundle, "--profile", profile, "--json", "--seconds", "10"]
     if not baseline:
         args.append("--no-baseline")
     return json.loads(sh(*args))
@@ -128,7 +128,8 @@ def bench_optimize(results: dict) -> None:
     times: dict[str, list[float]] = {name: [] for name in bundles}
     for round_ in range(ROUNDS):
         for name in bundles if round_ % 2 == 0 else reversed(bundles):
-            times[name].append(onnxsmith_profile(out / by[name]["bundle"])["latency_ms"]["p50"])
+            # the preset the ladder measured with (its runtime settings), for 10 s a run
+            times[name].append(onnxsmith_profile(out / by[name]["bundle"], profile=card["profile"])["latency_ms"]["p50"])
     medians = {name: statistics.median(v) for name, v in times.items()}
     best_label = min(names, key=lambda label: medians[names[label]])
     ratio = medians[chosen] / medians[names[best_label]]

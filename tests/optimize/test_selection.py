@@ -90,3 +90,30 @@ def test_card_json_round_trip(tmp_path: object) -> None:
                 constraints=Constraints(max_accuracy_drop=0.01), reference="baseline", steps=result.steps,
                 chosen=result.chosen, batching={"sweep": {"points": []}}, notes=("n",))
     assert Card.from_json(card.to_json()) == card
+
+
+class _Rerun:
+    """Plays back the p50 of further profile runs per step (the ladder's re-profiling, without the backends)."""
+
+    def __init__(self, runs: dict[str, list[float]]) -> None:
+        self.runs, self.order = runs, []
+
+    def remeasure(self, step: Step) -> tuple[Step, float]:
+        self.order.append(step.name)
+        p50 = self.runs[step.name].pop(0)
+        return (dataclasses.replace(step, latency_p50_ms=p50) if p50 < (step.latency_p50_ms or 0) else step), p50
+
+
+def test_close_leaders_are_profiled_head_to_head_and_the_faster_in_the_runoff_wins() -> None:
+    from onnxsmith.optimize.ladder import _runoff
+
+    # int8 looked 7 % faster than fp16 in one run taken at a quiet moment; three alternating runs each say otherwise
+    steps = [_step("baseline", 10.0, 0.95), _step("fp16", 4.3, 0.95), _step("int8", 4.0, 0.95)]
+    rerun = _Rerun({"int8": [4.4, 4.5, 4.4], "fp16": [3.9, 3.95, 4.0]})
+    again = _runoff(rerun, steps, Constraints(max_accuracy_drop=0.01))  # type: ignore[arg-type]
+    assert rerun.order == ["fp16", "int8", "int8", "fp16", "fp16", "int8"]  # alternating, the baseline left out
+    by = {s.name: s for s in again}
+    assert by["fp16"].latency_p50_ms == 3.9 and by["int8"].latency_p50_ms == 4.0
+    assert by["baseline"] is steps[0]
+    assert "profiled 4 times, head to head with int8" in by["fp16"].notes[-1]
+    assert select(again, Constraints(max_accuracy_drop=0.01), "baseline").chosen == "fp16"
