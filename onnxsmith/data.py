@@ -112,8 +112,6 @@ def load_data(path: str | Path, model_inputs: tuple[TensorSpec, ...], labels: st
                     raise DataError(f"cannot use {where}", f"it has no array '{labels}' for the labels",
                                     f"arrays present: {', '.join(arrays)}")
                 label_array = arrays.pop(labels)
-            names = {s.name for s in model_inputs}
-            arrays = {k: v for k, v in arrays.items() if k in names}
     except DataError:
         raise
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:

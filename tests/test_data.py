@@ -34,7 +34,7 @@ def test_mismatches_are_clear(cnn_path: Path, tmp_path: Path, array: np.ndarray,
 def test_missing_input_array_and_label_key(cnn_path: Path, tmp_path: Path) -> None:
     inputs = load_model(cnn_path).inputs
     np.savez(tmp_path / "d.npz", image=np.zeros((1, 3, 16, 16), np.float32))
-    with pytest.raises(DataError, match="no array for input"):
+    with pytest.raises(DataError, match=r"no array for input\(s\) input \(arrays present: image\)"):
         load_data(tmp_path / "d.npz", inputs)
     np.savez(tmp_path / "e.npz", input=np.zeros((1, 3, 16, 16), np.float32))
     with pytest.raises(DataError, match="no array 'label'"):
