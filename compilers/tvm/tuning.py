@@ -6,7 +6,8 @@ budget (up to :data:`TIME_BOUND_TRIALS_PER_TASK` trials per kernel), so MetaSche
 minutes where its cost model expects the largest gains. The database lives under
 ``cache_root()/tvm-tuning/<key>``, one directory per TVM version and target (its canonical JSON, CPU features
 included); inside it MetaSchedule keys records by workload (each fused kernel's structure), so a second compile of
-the same model, or of another model sharing kernels, reuses them and tunes only the kernels that have none.
+the same model, or of another model sharing kernels, reuses them and tunes only the kernels that have none;
+``tune_more=1`` searches every kernel again within the budget, its evolutionary search seeded with the best records.
 
 Why builds are done by :func:`build_candidate` (measured here): MetaSchedule's default builder imports
 ``tvm.s_tir.tensor_intrin`` in every worker, which takes 33 s on the 2-core development machine (22 s of it CUDA
@@ -33,7 +34,7 @@ from onnxsmith.errors import BackendError, UnsupportedError, UserInputError
 from onnxsmith.compilers.tvm.common import FFI_PIN, ffi_version, tvm, tvm_version, vendor_why
 from onnxsmith.compilers.tvm.targets import TVMTarget
 
-OPTIONS = ("tune", "tune_trials", "tune_minutes", "tune_trials_per_task")
+OPTIONS = ("tune", "tune_trials", "tune_minutes", "tune_trials_per_task", "tune_more")
 DEFAULT_MINUTES = 30.0
 DEFAULT_TRIALS_PER_TASK = 64
 TIME_BOUND_TRIALS_PER_TASK = 1000
@@ -48,6 +49,8 @@ class TuneOptions:
     """Total trials across all kernels; default :data:`DEFAULT_TRIALS_PER_TASK` per kernel to tune."""
     minutes: float = DEFAULT_MINUTES
     trials_per_task: int | None = None
+    more: bool = False
+    """Search every kernel again, starting from its best records, instead of reusing the kernels that have one."""
 
     @classmethod
     def parse(cls, options: Mapping[str, str]) -> TuneOptions:
@@ -63,19 +66,22 @@ class TuneOptions:
                                      f"for example --option {key}=" + ("64" if kind is int else "10"))
             return value
 
-        enabled_text = str(options.get("tune", "0")).strip().lower()
-        if enabled_text not in ("0", "1", "true", "false", "yes", "no", "on", "off"):
-            raise UserInputError(f"invalid --option tune={options['tune']}", "expected 1 or 0")
-        enabled = enabled_text in ("1", "true", "yes", "on")
+        def flag(key: str) -> bool:
+            text = str(options.get(key, "0")).strip().lower()
+            if text not in ("0", "1", "true", "false", "yes", "no", "on", "off"):
+                raise UserInputError(f"invalid --option {key}={options[key]}", "expected 1 or 0")
+            return text in ("1", "true", "yes", "on")
+
+        enabled, more = flag("tune"), flag("tune_more")
         trials, minutes, per_task = number("tune_trials", int), number("tune_minutes", float), \
             number("tune_trials_per_task", int)
-        if not enabled and any(v is not None for v in (trials, minutes, per_task)):
-            raise UserInputError("tuning budget given without --option tune=1",
-                                 "tune_trials/tune_minutes/tune_trials_per_task only apply when tuning",
+        if not enabled and (more or any(v is not None for v in (trials, minutes, per_task))):
+            raise UserInputError("tuning options given without --option tune=1",
+                                 "tune_trials/tune_minutes/tune_trials_per_task/tune_more only apply when tuning",
                                  "add --option tune=1")
         if minutes is not None and trials is None and per_task is None:
             per_task = TIME_BOUND_TRIALS_PER_TASK  # only a time budget: let the time bound the search
-        return cls(enabled, trials, DEFAULT_MINUTES if minutes is None else minutes, per_task)
+        return cls(enabled, trials, DEFAULT_MINUTES if minutes is None else minutes, per_task, more)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -212,7 +218,8 @@ def tune(mod: Any, tt: TVMTarget, options: TuneOptions, cores: int,
             tasks = ms.relax_integration.extract_tasks(mod, target)
         except Exception as exc:
             raise BackendError("MetaSchedule could not extract tuning tasks", vendor_why(exc)) from exc
-        todo = [t for t in tasks if database.query_tuning_record(t.dispatched[0], target, t.task_name) is None]
+        todo = tasks if options.more else [
+            t for t in tasks if database.query_tuning_record(t.dispatched[0], target, t.task_name) is None]
         counters = {"trials": 0, "build_errors": 0, "run_errors": 0}
         notes: list[str] = []
         if todo:
@@ -223,7 +230,9 @@ def tune(mod: Any, tt: TVMTarget, options: TuneOptions, cores: int,
                 _search(ms, todo, directory, database, target, cores, budget, per_task, options.minutes, counters,
                         progress, start)
         reused = len(tasks) - len(todo)
-        if reused:
+        if options.more:
+            notes.append(f"tuned every kernel further (tune_more), starting from the best records in {directory}")
+        elif reused:
             notes.append(f"reused tuning records for {reused} of {len(tasks)} kernels from {directory}")
         with target, database:
             tuned_mod = tvm().relax.transform.MetaScheduleApplyDatabase()(mod)

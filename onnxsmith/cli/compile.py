@@ -31,12 +31,14 @@ def default_output(model: str, target: str, precision: str) -> Path:
 @click.option("--tune", is_flag=True, help="Tune kernels (TVM MetaSchedule); the tuning database is cached.")
 @click.option("--tune-trials", type=int, default=None, help="Tuning budget in measured candidates.")
 @click.option("--tune-minutes", type=float, default=None, help="Tuning budget in minutes.")
+@click.option("--tune-more", is_flag=True,
+              help="Tune kernels that already have records further (default: reuse them as they are).")
 @click.option("--no-cache", is_flag=True, help="Compile even when the cache has this artifact.")
 @json_option
 def compile_command(model: str, target_spec: str, backend: str | None, precision: str | None,
                     calibration: str | None, output: str | None, profile_spec: str, shapes: tuple[str, ...],
                     raw_options: tuple[str, ...], tune: bool, tune_trials: int | None, tune_minutes: float | None,
-                    no_cache: bool, as_json: bool) -> None:
+                    tune_more: bool, no_cache: bool, as_json: bool) -> None:
     """Compile an ONNX model for a target into a bundle."""
     from onnxsmith.console import print_json, progress
     from onnxsmith.data import load_data
@@ -45,8 +47,10 @@ def compile_command(model: str, target_spec: str, backend: str | None, precision
     from onnxsmith.targets import load_target
 
     options = parse_options(raw_options)
-    if tune or tune_trials or tune_minutes:
+    if tune or tune_trials or tune_minutes or tune_more:
         options["tune"] = "1"
+        if tune_more:
+            options["tune_more"] = "1"
         if tune_trials:
             options["tune_trials"] = str(tune_trials)
         if tune_minutes:

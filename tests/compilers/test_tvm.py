@@ -215,6 +215,10 @@ def test_options_are_checked(backend: TVMCompiler, cnn: LoadedModel, host: Targe
         _compile(backend, cnn, host, tmp_path / "b", tune_trials="8")
     with pytest.raises(UserInputError, match="tune_minutes"):
         _compile(backend, cnn, host, tmp_path / "c", tune="1", tune_minutes="soon")
+    with pytest.raises(UserInputError, match="tuning options given without --option tune=1"):
+        _compile(backend, cnn, host, tmp_path / "e", tune_more="1")
+    with pytest.raises(UserInputError, match="invalid --option tune_more=again"):
+        _compile(backend, cnn, host, tmp_path / "f", tune="1", tune_more="again")
     with pytest.raises(UnsupportedError, match="fp16"):
         _compile(backend, cnn, host, tmp_path / "d", precision="fp16")
 
@@ -391,6 +395,14 @@ def test_tuning_with_a_tiny_budget_records_and_reuses(backend: TVMCompiler, host
         assert second.metadata["tuning_trials"] == 0
         assert second.metadata["tuning_records_sha256"] == meta["tuning_records_sha256"]
         assert any("reused tuning records" in note for note in second.notes)
+    # tune_more searches the kernels that have records again, seeded with them; the cache key follows the database
+    more = {**tuned, "tune_more": "1"}
+    token_before_more = backend.cache_token(host, more)
+    third = _compile(backend, model, host, tmp_path / "third", **more)
+    assert third.metadata["tuning_trials"] >= 1, third.notes
+    assert third.metadata["tuning_tasks_with_records"] >= meta["tuning_tasks_with_records"]
+    assert any("tuned every kernel further" in note for note in third.notes)
+    assert backend.cache_token(host, more) != token_before_more  # the next compile is not served the old artifact
 
 
 @pytest.mark.slow
