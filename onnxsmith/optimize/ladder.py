@@ -301,7 +301,7 @@ def _runoff(runner: StepRunner, steps: list[Step], constraints: Constraints, wit
             f"profiled {len(runs[name])} times, head to head with {others} in alternating order (p50 "
             f"{', '.join(f'{v:.4g}' for v in runs[name])} ms); the fastest run's figures are kept, since load from "
             "other processes only slows a run down")))
-    return [by.get(s.name, s) if s.name in runs else s for s in steps]
+    return [by[s.name] if s.name in runs else s for s in steps]
 
 
 def _batch_sweep(runner: StepRunner, steps: Sequence[Step], chosen: str, profile: Profile, constraints: Constraints,

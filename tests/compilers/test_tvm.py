@@ -277,26 +277,24 @@ def test_cli_compiles_for_raspberry_pi_5_and_profiles_it_under_qemu(cnn: LoadedM
     emulated arm64 device, with the ONNX Runtime baseline measured on this machine."""
     import json
 
-    from onnxsmith.cli import main
     from onnxsmith.compilers.tvm import emulate
+    from tests.cli.test_cli import cli
 
     bundle = tmp_path / "pi5"
 
-    def cli(args: list[str]) -> str:
-        with pytest.raises(SystemExit) as exc:
-            main(args)
-        out, err = capsys.readouterr()
-        assert exc.value.code in (0, None), err
+    def ok(args: list[str]) -> str:
+        code, out, err = cli(args, capsys)
+        assert code == 0, err
         return out
 
-    compiled = json.loads(cli(["compile", str(cnn.path), "--target", "arm/raspberry-pi-5", "-o", str(bundle),
-                               "--json"]))
+    compiled = json.loads(ok(["compile", str(cnn.path), "--target", "arm/raspberry-pi-5", "-o", str(bundle),
+                              "--json"]))
     assert compiled["backend"] == "tvm" and compiled["artifact"]["metadata"]["library_arch"] == "aarch64"
     assert compiled["runs_here"]["ok"] is False and compiled["target"] == "arm/raspberry-pi-5"
     if emulate.missing():
         pytest.skip(emulate.missing())
     with emulate.emulated_server() as address:
-        record = json.loads(cli(["profile", str(bundle), "--rpc", address, "-p", "quick", "--json"]))
+        record = json.loads(ok(["profile", str(bundle), "--rpc", address, "-p", "quick", "--json"]))
     assert record["latency_ms"]["p50"] > 0 and record["baseline"]["latency_ms"]["p50"] > 0
     # timed on the device by TVM's time evaluator; the RPC round trip (network included) is reported beside it
     assert record["rpc_round_trip_ms"]["p50"] > 0 and record["remote"] == address
