@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from onnxsmith.errors import BundleError, DataError
+from onnxsmith.errors import BundleError, DataError, first_line
 from onnxsmith.model import TensorSpec
 from onnxsmith.plugin import Artifact, Runner
 
@@ -31,14 +31,70 @@ if TYPE_CHECKING:
     from onnxsmith.targets import Target
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: ``manifest.sha256`` (and ``manifest.sig`` with a key) cover the manifest itself."""
+CHECKED_DIRS = ("artifact", "reference")
+"""Every file under these is listed in ``manifest.json`` with its sha256; nothing else may sit there."""
+
+
+def confined(root: Path, name: object, where: str) -> Path:
+    """``root / name`` for a manifest path: a relative POSIX path without '..', and no symbolic link on the way."""
+    if not isinstance(name, str) or not name or "\0" in name or name.startswith(("/", "\\")) or "\\" in name or ":" in name \
+            or os.path.isabs(name) or any(part in ("..", ".", "") for part in name.split("/")):
+        raise BundleError(f"{where} is unsafe", f"manifest.json names the path {name!r}, which leaves the bundle "
+                          "or is not a plain relative path", "compile the bundle again; never edit manifest.json")
+    path = root
+    for part in name.split("/"):
+        path = path / part
+        if path.is_symlink():
+            raise BundleError(f"{where} is unsafe", f"'{name}' goes through the symbolic link '{path.name}'",
+                              "copy the bundle with its files, not links (cp -r, not cp -s)")
+    return path
+
+
+def _check_manifest(manifest: Any, where: Path) -> None:
+    """The manifest's structure: required keys of the right types; artifact files and reference checksummed."""
+
+    def bad(why: str) -> BundleError:
+        return BundleError(f"bundle '{where}' has a damaged manifest.json", why, "compile the bundle again")
+
+    if not isinstance(manifest, dict):
+        raise bad("it is not a JSON object")
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise bad(f"'format_version' is {version!r}, not an integer")
+    if version > FORMAT_VERSION:
+        raise BundleError(f"bundle '{where}' was written by a newer onnxsmith",
+                          f"format {version} > {FORMAT_VERSION}", "upgrade onnxsmith")
+    for key, kind in (("files", dict), ("backend", str), ("backend_version", str), ("artifact", dict),
+                      ("model", dict), ("target", dict), ("reference", str), ("precision_used", str)):
+        if not isinstance(manifest.get(key), kind):
+            raise bad(f"'{key}' is missing or not a{'n object' if kind is dict else ' string'}")
+    files = manifest["files"]
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+        raise bad("'files' must map paths to sha256 strings")
+    artifact_files = manifest["artifact"].get("files")
+    if not isinstance(artifact_files, list) or not artifact_files or not all(isinstance(f, str) for f in artifact_files):
+        raise bad("'artifact.files' must be a non-empty list of paths")
+    for name in artifact_files:
+        if f"artifact/{name}" not in files:
+            raise BundleError(f"bundle '{where}' is unsafe", f"artifact file {name!r} has no sha256 in 'files'",
+                              "compile the bundle again; never edit manifest.json")
+    if manifest["reference"] not in files:
+        raise BundleError(f"bundle '{where}' is unsafe", f"the reference {manifest['reference']!r} has no sha256 in "
+                          "'files'", "compile the bundle again; never edit manifest.json")
+    signature = manifest["model"].get("signature")
+    if not isinstance(signature, dict) or not all(isinstance(signature.get(k), list) for k in ("inputs", "outputs")):
+        raise bad("'model.signature' must hold 'inputs' and 'outputs' lists")
+    if not isinstance(manifest["target"].get("id"), str):
+        raise bad("'target.id' is missing")
 
 
 def write_json(path: Path, data: Any) -> None:
     """Write JSON atomically (temp file + rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
+    tmp.write_text(json.dumps(data, indent=2, default=_json_default, allow_nan=False) + "\n")
     os.replace(tmp, path)
 
 
@@ -75,37 +131,68 @@ class Bundle:
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], verify: bool = True) -> Bundle:
-        path = Path(path)
+        given = Path(path)
+        path = given.resolve()
         manifest_path = path / MANIFEST
-        if not manifest_path.is_file():
-            raise BundleError(f"'{path}' is not an onnxsmith bundle", "it has no manifest.json",
+        if manifest_path.is_symlink() or not manifest_path.is_file():
+            raise BundleError(f"'{given}' is not an onnxsmith bundle", "it has no manifest.json" if not
+                              manifest_path.is_symlink() else "its manifest.json is a symbolic link",
                               "give the directory written by 'onnxsmith compile -o DIR'")
+        raw = manifest_path.read_bytes()
+        if verify:  # before any path in it is looked at
+            from onnxsmith.signing import verify_manifest
+
+            verify_manifest(path, raw)
         try:
-            manifest = json.loads(manifest_path.read_text())
-            manifest["files"], manifest["backend"]  # noqa: B018 - required keys
-        except (ValueError, KeyError, TypeError) as exc:
-            raise BundleError(f"bundle '{path}' has a damaged manifest.json", str(exc),
+            manifest = json.loads(raw)
+        except ValueError as exc:
+            raise BundleError(f"bundle '{given}' has a damaged manifest.json", first_line(exc),
                               "compile the bundle again") from exc
-        if manifest.get("format_version", 0) > FORMAT_VERSION:
-            raise BundleError(f"bundle '{path}' was written by a newer onnxsmith",
-                              f"format {manifest['format_version']} > {FORMAT_VERSION}", "upgrade onnxsmith")
+        _check_manifest(manifest, given)
         bundle = cls(path, manifest)
         if verify:
-            bundle.verify()
+            bundle.verify_files()
         return bundle
 
+    def resolve(self, name: str) -> Path:
+        """The file ``name`` (a manifest path) inside the bundle: relative, no '..', no symbolic link on the way."""
+        return confined(self.path, name, f"bundle '{self.path}'")
+
     def verify(self) -> None:
-        """Check every file against its sha256 in the manifest."""
+        """Check the manifest's own checksum (and signature, when a key is configured), then its files."""
+        from onnxsmith.signing import verify_manifest
+
+        verify_manifest(self.path, (self.path / MANIFEST).read_bytes())
+        self.verify_files()
+
+    def verify_files(self) -> None:
+        """Every file under ``artifact/`` and ``reference/`` against its sha256: all listed, none missing, none
+        extra, none a symbolic link."""
         from onnxsmith.cache import sha256_file
 
-        for name, digest in self.manifest["files"].items():
-            file = self.path / name
+        listed = self.manifest["files"]
+        for name, digest in listed.items():
+            file = self.resolve(name)
             if not file.is_file():
                 raise BundleError(f"bundle '{self.path}' is incomplete", f"'{name}' is missing",
                                   "copy the whole bundle directory, or compile again")
             if sha256_file(file) != digest:
                 raise BundleError(f"bundle '{self.path}' was modified", f"'{name}' does not match its sha256 in "
                                   "manifest.json", "compile the bundle again; never edit artifact files by hand")
+        for top in CHECKED_DIRS:
+            root = self.path / top
+            if root.is_symlink():
+                raise BundleError(f"bundle '{self.path}' is unsafe", f"'{top}/' is a symbolic link",
+                                  "copy the bundle with its files, not links (cp -r, not cp -s)")
+            for file in sorted(root.rglob("*")) if root.is_dir() else ():
+                rel = file.relative_to(self.path).as_posix()
+                if file.is_symlink():
+                    raise BundleError(f"bundle '{self.path}' is unsafe", f"'{rel}' is a symbolic link",
+                                      "copy the bundle with its files, not links (cp -r, not cp -s)")
+                if file.is_file() and rel not in listed:
+                    raise BundleError(f"bundle '{self.path}' was modified", f"'{rel}' is not listed in "
+                                      "manifest.json, and a backend could load it unchecked",
+                                      "remove it, or compile the bundle again")
 
     # --- what it is --------------------------------------------------------------------------------------------
     @property
@@ -118,7 +205,7 @@ class Bundle:
 
     @property
     def reference_model(self) -> Path:
-        return self.path / self.manifest["reference"]
+        return self.resolve(self.manifest["reference"])
 
     @property
     def backend(self) -> str:
@@ -136,7 +223,7 @@ class Bundle:
         return target_from_json(self.manifest["target"])
 
     def artifact_size(self) -> int:
-        return sum((self.path / name).stat().st_size for name in self.manifest["files"] if name.startswith("artifact/"))
+        return sum(self.resolve(name).stat().st_size for name in self.manifest["files"] if name.startswith("artifact/"))
 
     def read_json(self, name: str) -> dict[str, Any] | None:
         path = self.path / name

@@ -16,8 +16,10 @@ from onnxsmith.bundle import FORMAT_VERSION, MANIFEST, Bundle, write_json
 from onnxsmith.cache import CompileCache, cache_key, private_dir, replace_dir, sha256_file
 from onnxsmith.errors import DataError, MissingDependencyError, UnsupportedError
 from onnxsmith.model import require_static
+from onnxsmith.outdir import check_output_dir
 from onnxsmith.plugin import Artifact, CompileRequest, Compiler, Support
 from onnxsmith.registry import backend_status, get_backend
+from onnxsmith.signing import seal
 
 if TYPE_CHECKING:
     from onnxsmith.data import Dataset
@@ -62,6 +64,16 @@ def _check_precision(backend: Compiler, target: Target, precision: str) -> None:
                                f"it offers {', '.join(offered)}", "choose another --precision or --backend")
 
 
+def protected_inputs(*items: LoadedModel | Dataset | None) -> list[Path]:
+    """The files an output directory must never contain: models with their external data, data files."""
+    paths: list[Path] = []
+    for item in items:
+        if item is None:
+            continue
+        paths += [item.source, *item.data_files] if hasattr(item, "proto") else list(item.files)  # type: ignore[union-attr]
+    return paths
+
+
 def compile_key(model: LoadedModel, target: Target, backend: Compiler, precision: str, profile: Profile,
                 calibration: Dataset | None, options: Mapping[str, str]) -> str:
     return cache_key({
@@ -83,13 +95,18 @@ def compile_model(model: LoadedModel, target: Target, *, profile: Profile, outpu
                   backend: str | None = None, precision: str | None = None, calibration: Dataset | None = None,
                   options: Mapping[str, str] | None = None, use_cache: bool = True,
                   notes: tuple[str, ...] = (), reference: LoadedModel | None = None,
-                  progress: Callable[[str], None] | None = None) -> Bundle:
+                  progress: Callable[[str], None] | None = None, force: bool = False) -> Bundle:
     """Compile ``model`` for ``target`` and write a bundle at ``output`` (replacing it atomically).
+
+    ``output`` may be new, empty or a previous bundle; anything else is refused unless ``force`` (see
+    :func:`onnxsmith.outdir.check_output_dir`), and a directory holding the model, its data, the calibration data
+    or the cache is always refused.
 
     ``reference``: the model validation compares against (default ``model``). When ``model`` was transformed by an
     ONNX pass (fp16, int8 QDQ, pruning), pass the original so the bundle keeps the fp32 model as its reference.
     """
     options = dict(options or {})
+    output = check_output_dir(output, "bundle", protected_inputs(model, reference, calibration), force=force)
     require_static(model)
     chosen = choose_backend(target, backend)
     precision = precision or profile.precision
@@ -188,6 +205,7 @@ def _write_bundle(model: LoadedModel, target: Target, backend: Compiler, artifac
             "files": files,
         }
         write_json(tmp / MANIFEST, manifest)
+        seal(tmp, (tmp / MANIFEST).read_bytes())
         replace_dir(tmp, output)
     bundle = Bundle.open(output, verify=False)
     from onnxsmith.report import write_report

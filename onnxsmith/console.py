@@ -25,7 +25,7 @@ def stdout_console() -> Any:
 def print_json(data: Any) -> None:
     from onnxsmith.bundle import _json_default
 
-    sys.stdout.write(json.dumps(data, indent=2, default=_json_default) + "\n")
+    sys.stdout.write(json.dumps(data, indent=2, default=_json_default, allow_nan=False) + "\n")
 
 
 @contextlib.contextmanager

@@ -30,6 +30,8 @@ class Dataset:
     arrays: dict[str, np.ndarray]
     labels: np.ndarray | None = None
     source: str = "generated"
+    files: tuple[Path, ...] = ()
+    """The files or folders the samples were read from (an output directory must never contain them)."""
 
     def __len__(self) -> int:
         return len(next(iter(self.arrays.values())))
@@ -51,7 +53,7 @@ class Dataset:
 
     def subset(self, count: int) -> Dataset:
         return Dataset({k: v[:count] for k, v in self.arrays.items()},
-                       None if self.labels is None else self.labels[:count], self.source)
+                       None if self.labels is None else self.labels[:count], self.source, self.files)
 
 
 def model_batch(spec: TensorSpec) -> int:
@@ -87,8 +89,24 @@ def check_against_model(arrays: Mapping[str, np.ndarray], model_inputs: tuple[Te
         raise DataError(f"{where} does not fit the model", f"inputs have different sample counts {sorted(counts)}")
 
 
+def check_finite(arrays: Mapping[str, np.ndarray], model_inputs: tuple[TensorSpec, ...], where: str) -> None:
+    """Name the first float input array holding NaN or infinity, and where."""
+    import numpy as np
+
+    for spec in model_inputs:
+        arr = arrays[spec.name]
+        if not np.issubdtype(arr.dtype, np.floating):
+            continue
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            count = int(bad.sum())
+            first = int(np.argwhere(bad)[0][0]) if arr.ndim else 0
+            raise DataError(f"{where} holds NaN or infinite values", f"array '{spec.name}' has {count} of them, the "
+                            f"first in sample {first}", "clean the data (numpy.nan_to_num, or drop those samples)")
+
+
 def load_data(path: str | Path, model_inputs: tuple[TensorSpec, ...], labels: str | None = None,
-              what: str = "data file") -> Dataset:
+              what: str = "data file", finite: bool = True) -> Dataset:
     """Read an ``.npz`` (or ``.npy`` for a one-input model) and check it against the model's inputs."""
     import numpy as np
 
@@ -117,20 +135,25 @@ def load_data(path: str | Path, model_inputs: tuple[TensorSpec, ...], labels: st
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise DataError(f"cannot read {where}", f"not a valid .npz/.npy file ({first_line(exc)})",
                         "save it with numpy.savez(path, input_name=array)") from exc
-    return make_dataset(arrays, label_array, model_inputs, where, str(path))
+    return make_dataset(arrays, label_array, model_inputs, where, str(path), files=(path,), finite=finite)
 
 
 def make_dataset(arrays: dict[str, np.ndarray], label_array: np.ndarray | None, model_inputs: tuple[TensorSpec, ...],
-                 where: str, source: str) -> Dataset:
-    """Check ``arrays`` against the model's inputs and the labels against the sample count; keep the inputs only."""
+                 where: str, source: str, files: tuple[Path, ...] = (), finite: bool = True) -> Dataset:
+    """Check ``arrays`` against the model's inputs and the labels against the sample count; keep the inputs only.
+
+    ``finite``: refuse NaN or infinite values in float inputs (calibration and validation data; ``run`` may feed
+    them on purpose)."""
     check_against_model(arrays, model_inputs, where)
+    if finite:
+        check_finite(arrays, model_inputs, where)
     n = len(next(iter(arrays.values())))
     if n == 0:
         raise DataError(f"cannot use {where}", "it holds no samples")
     if label_array is not None and len(label_array) != n:
         raise DataError(f"cannot use {where}", f"{len(label_array)} labels for {n} samples")
     names = {s.name for s in model_inputs}
-    return Dataset({k: v for k, v in arrays.items() if k in names}, label_array, source)
+    return Dataset({k: v for k, v in arrays.items() if k in names}, label_array, source, tuple(files))
 
 
 def _index_bounds(model: LoadedModel) -> dict[str, int]:

@@ -145,6 +145,8 @@ class LoadedModel:
     """sha256 over the model file and its external data, in the order the graph names them."""
     shape_overrides: dict[str, tuple[int, ...]]
     notes: list[str] = dataclasses.field(default_factory=list)
+    data_files: tuple[Path, ...] = ()
+    """The external-data files the model's tensors were read from (resolved, inside the model's folder)."""
     _path: Path | None = None
     _tmp: tempfile.TemporaryDirectory[str] | None = None
 
@@ -225,7 +227,7 @@ def load_model(path: str | os.PathLike[str], shapes: Mapping[str, tuple[int, ...
             raise ModelError(f"invalid ONNX model '{source}'", f"the ONNX checker says: {first_line(exc)}",
                              "fix the exporter or run onnx.checker.check_model for details") from exc
     model = LoadedModel(source=source, proto=proto, inputs=(), outputs=(), opset=_opset(proto),
-                        fingerprint=fingerprint, shape_overrides=dict(shapes or {}))
+                        fingerprint=fingerprint, shape_overrides=dict(shapes or {}), data_files=tuple(data_files))
     _fix_shapes(model, dict(shapes or {}), default_batch)
     return model
 

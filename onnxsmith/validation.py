@@ -53,6 +53,10 @@ class ValidationResult:
     worst: tuple[WorstExample, ...]
     per_output: dict[str, dict[str, float]]
     precision_used: str
+    nonfinite_outputs: int = 0
+    """Output values that are NaN or infinite where the reference is finite (any makes validation fail)."""
+    reference_nonfinite: int = 0
+    """Output values the fp32 reference itself gives as NaN or infinite (left out of the comparison)."""
 
     @property
     def accuracy_drop(self) -> float | None:
@@ -80,8 +84,13 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.dot(a64, b64) / (na * nb))
 
 
-def _classifier_like(spec_shape: tuple[Any, ...], arr: np.ndarray) -> bool:
-    return arr.ndim == 2 and arr.shape[1] >= 2
+def check_min_cosine(value: float | None) -> None:
+    """A required cosine is a finite number in [-1, 1]: NaN would make every comparison pass."""
+    import math
+
+    if value is not None and (not math.isfinite(value) or not -1.0 <= value <= 1.0):
+        raise DataError(f"invalid minimum cosine {value}", "a cosine similarity is a number from -1 to 1",
+                        "for example --min-cosine 0.999")
 
 
 def validate_bundle(bundle: Bundle, data: Dataset | None = None, *, samples: int = 64, seed: int = 0,
@@ -106,6 +115,7 @@ def validate_bundle(bundle: Bundle, data: Dataset | None = None, *, samples: int
     if len(data) < batch:
         raise DataError("not enough validation samples", f"{len(data)} samples, the compiled batch is {batch}")
     precision = bundle.manifest["precision_used"]
+    check_min_cosine(min_cosine)
     threshold = min_cosine if min_cosine is not None else DEFAULT_MIN_COSINE.get(precision.split("+")[0], 0.98)
     own_runner = runner is None
     runner = runner or bundle.load_runner()
@@ -116,6 +126,7 @@ def validate_bundle(bundle: Bundle, data: Dataset | None = None, *, samples: int
     per_output: dict[str, dict[str, float]] = {n: {"max_abs_error": 0.0, "max_rel_error": 0.0, "cosine_min": 1.0}
                                                for n in names}
     abs_sum, abs_count = 0.0, 0
+    nonfinite, reference_nonfinite, first_nonfinite = 0, 0, None
     try:
         if own_runner:
             runner.__enter__()
@@ -130,10 +141,20 @@ def validate_bundle(bundle: Bundle, data: Dataset | None = None, *, samples: int
                     w = np.asarray(want[name])[i].astype(np.float64)
                     if g.shape != w.shape:
                         raise DataError(f"output '{name}' differs in shape", f"artifact {g.shape}, reference {w.shape}")
-                    diff = np.abs(g - w)
+                    # NaN/Inf: where the reference is finite and the artifact is not, the sample fails (a NaN
+                    # would otherwise compare as "no error"); where the reference itself is not finite, the
+                    # position is left out of the figures and counted.
+                    g_ok, w_ok = np.isfinite(g), np.isfinite(w)
+                    broken = int((w_ok & ~g_ok).sum())
+                    reference_nonfinite += int((~w_ok).sum())
+                    both = g_ok & w_ok
+                    diff = np.abs(g[both] - w[both])
                     max_abs = float(diff.max()) if diff.size else 0.0
-                    rel = float((diff / np.maximum(np.abs(w), 1e-6)).max()) if diff.size else 0.0
-                    cos = _cosine(g, w)
+                    rel = float((diff / np.maximum(np.abs(w[both]), 1e-6)).max()) if diff.size else 0.0
+                    cos = 0.0 if broken else _cosine(np.where(w_ok, g, 0.0), np.where(w_ok, w, 0.0))
+                    if broken:
+                        nonfinite += broken
+                        first_nonfinite = index if first_nonfinite is None else first_nonfinite
                     stats = per_output[name]
                     stats["max_abs_error"] = max(stats["max_abs_error"], max_abs)
                     stats["max_rel_error"] = max(stats["max_rel_error"], rel)
@@ -172,7 +193,9 @@ def validate_bundle(bundle: Bundle, data: Dataset | None = None, *, samples: int
     rows.sort(key=lambda r: r["cosine"])
     worst = []
     examples_dir = bundle.path / "examples"
-    if examples_dir.exists():
+    if examples_dir.is_symlink():  # never follow a link out of the bundle
+        examples_dir.unlink()
+    elif examples_dir.exists():
         import shutil
 
         shutil.rmtree(examples_dir)
@@ -188,6 +211,9 @@ def validate_bundle(bundle: Bundle, data: Dataset | None = None, *, samples: int
                                   row.get("label"), row.get("pred"), row.get("ref_pred")))
     cosines = [r["cosine"] for r in rows]
     failures = []
+    if nonfinite:
+        failures.append(f"{nonfinite} output value(s) are NaN or infinite where the reference is finite (first on "
+                        f"sample {first_nonfinite})")
     if min(cosines) < threshold:
         failures.append(f"cosine similarity {min(cosines):.6f} on sample {rows[0]['index']} is below the "
                         f"{threshold} required for {precision}")
@@ -199,5 +225,6 @@ def validate_bundle(bundle: Bundle, data: Dataset | None = None, *, samples: int
         cosine_min=round(min(cosines), 8), cosine_mean=round(sum(cosines) / len(cosines), 8),
         top1_agreement=top1, top5_agreement=top5, accuracy=accuracy, reference_accuracy=ref_accuracy,
         min_cosine_required=threshold, passed=not failures, failures=tuple(failures), worst=tuple(worst),
-        per_output=per_output, precision_used=precision,
+        per_output=per_output, precision_used=precision, nonfinite_outputs=nonfinite,
+        reference_nonfinite=reference_nonfinite,
     )

@@ -75,6 +75,9 @@ def test_backend_version_mismatch_is_refused(bundle) -> None:
     manifest = json.loads((bundle.path / "manifest.json").read_text())
     manifest["backend_version"] = "0.0.1"
     (bundle.path / "manifest.json").write_text(json.dumps(manifest))
+    from onnxsmith.signing import seal
+
+    seal(bundle.path, (bundle.path / "manifest.json").read_bytes())  # as if built with that version
     with pytest.raises(BundleError, match="built with onnxruntime 0.0.1"):
         onnxsmith.load(str(bundle.path)).load_runner()
 

@@ -34,11 +34,13 @@ def default_output(model: str, target: str, precision: str) -> Path:
 @click.option("--tune-more", is_flag=True,
               help="Tune kernels that already have records further (default: reuse them as they are).")
 @click.option("--no-cache", is_flag=True, help="Compile even when the cache has this artifact.")
+@click.option("--force", is_flag=True, help="Replace a non-empty -o that is not an onnxsmith bundle (never one "
+              "holding the model, data or cache).")
 @json_option
 def compile_command(model: str, target_spec: str, backend: str | None, precision: str | None,
                     calibration: str | None, output: str | None, profile_spec: str, shapes: tuple[str, ...],
                     raw_options: tuple[str, ...], tune: bool, tune_trials: int | None, tune_minutes: float | None,
-                    tune_more: bool, no_cache: bool, as_json: bool) -> None:
+                    tune_more: bool, no_cache: bool, force: bool, as_json: bool) -> None:
     """Compile an ONNX model for a target into a bundle."""
     from onnxsmith.console import print_json, progress
     from onnxsmith.data import load_data
@@ -65,7 +67,8 @@ def compile_command(model: str, target_spec: str, backend: str | None, precision
 
     with progress(f"compiling {loaded.name} for {target.id} ({precision})", not as_json) as update:
         bundle = compile_model(loaded, target, profile=profile, output=out, backend=backend, precision=precision,
-                               calibration=calib, options=options, use_cache=not no_cache, progress=update)
+                               calibration=calib, options=options, use_cache=not no_cache, progress=update,
+                               force=force)
     m = bundle.manifest
     if as_json:
         print_json({"bundle": str(bundle.path), **{k: m[k] for k in ("backend", "backend_version", "precision",

@@ -37,12 +37,13 @@ def _fraction(value: str) -> float:
               help="Request rate for the dynamic-batching simulation (default: derived from the measured throughput).")
 @click.option("--keep-steps", is_flag=True, help="Keep every step's bundle, not only the chosen one.")
 @click.option("--output", "-o", type=click.Path(file_okay=False), required=True, help="Output directory.")
+@click.option("--force", is_flag=True, help="Write into a non-empty -o that holds no previous optimize result.")
 @json_option
 def optimize_command(model: str, target_spec: str, profile_spec: str, shapes: tuple[str, ...],
                      max_accuracy_drop: str | None, latency_budget: float | None, data_spec: str | None,
                      labels: str | None, calibration_spec: str | None, backends: tuple[str, ...],
                      prune: bool | None, arrival_rate: float | None, keep_steps: bool, output: str,
-                     as_json: bool) -> None:
+                     force: bool, as_json: bool) -> None:
     """Walk the optimization ladder and keep the best measured artifact."""
     from pathlib import Path
 
@@ -63,7 +64,8 @@ def optimize_command(model: str, target_spec: str, profile_spec: str, shapes: tu
     with progress(f"optimizing {loaded.name} for {target.id}", not as_json) as update:
         card = run_ladder(loaded, target, profile, data=data, calibration=calibration, max_accuracy_drop=drop,
                           latency_budget_ms=latency_budget, output=Path(output), backends=backends or None,
-                          prune=prune, arrival_rate=arrival_rate, keep_steps=keep_steps, progress=update)
+                          prune=prune, arrival_rate=arrival_rate, keep_steps=keep_steps, progress=update,
+                          force=force)
     record = card.to_json()
     if as_json:
         print_json(record)

@@ -29,7 +29,7 @@ def run_command(bundle_path: str, input_file: str, output_file: str | None, as_j
     bundle = Bundle.open(bundle_path)
     existing_file(input_file, "input file")
     specs = bundle.inputs
-    data = load_data(input_file, specs, what="input file")
+    data = load_data(input_file, specs, what="input file", finite=False)
     batch = model_batch(specs[0]) if specs else 1
     if len(data) % batch:
         raise DataError(f"input file '{input_file}' does not fit the model",

@@ -40,7 +40,7 @@ def write_card(card: Card, directory: str | Path) -> dict[str, Path]:
             files[name] = directory / FILES_DIR / f"{name}.svg"
             _write(files[name], svg)
     files["json"] = directory / "card.json"
-    _write(files["json"], json.dumps(card.to_json(), indent=2) + "\n")
+    _write(files["json"], json.dumps(card.to_json(), indent=2, allow_nan=False) + "\n")
     files["md"] = directory / "card.md"
     _write(files["md"], render_markdown(card, {k: f"{FILES_DIR}/{k}.svg" for k, v in plots.items() if v}))
     files["html"] = directory / "card.html"

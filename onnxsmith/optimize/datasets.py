@@ -99,7 +99,7 @@ def from_npy_folder(folder: Path, model_inputs: tuple[TensorSpec, ...], labels: 
     names = [s.name for s in model_inputs]
     if all(n in files for n in names):
         arrays = {n: _load_npy(files[n], where) for n in names}
-        return make_dataset(arrays, label_array, model_inputs, where, str(folder))
+        return make_dataset(arrays, label_array, model_inputs, where, str(folder), files=(folder,))
     if len(model_inputs) != 1:
         missing = [n for n in names if n not in files]
         raise DataError(f"cannot use {where}", f"no file for input(s) {', '.join(missing)}; with several inputs "
@@ -121,7 +121,8 @@ def from_npy_folder(folder: Path, model_inputs: tuple[TensorSpec, ...], labels: 
     if len(shapes) > 1:
         raise DataError(f"cannot use {where}", f"sample files have different shapes: "
                         f"{', '.join('x'.join(map(str, s)) for s in sorted(shapes))}")
-    return make_dataset({spec.name: np.stack(samples)}, label_array, model_inputs, where, f"{folder} ({len(samples)} files)")
+    return make_dataset({spec.name: np.stack(samples)}, label_array, model_inputs, where,
+                        f"{folder} ({len(samples)} files)", files=(folder,))
 
 
 # --- module:function ----------------------------------------------------------------------------------------------
@@ -286,7 +287,7 @@ def from_image_spec(spec_file: Path, model_inputs: tuple[TensorSpec, ...], what:
     dtype = spec.dtype if spec.dtype in ("float16", "float32", "float64") else "float32"
     source = f"{root} ({len(images)} images, preprocessed by {spec_file.name})"
     return make_dataset({input_name: np.ascontiguousarray(pixels.astype(dtype))}, label_array, model_inputs,
-                   f"image folder '{root}'", source)
+                        f"image folder '{root}'", source, files=(spec_file, root))
 
 
 def _labels_for(images: list[Path], root: Path, classes: tuple[str, ...], spec_file: Path) -> np.ndarray | None:

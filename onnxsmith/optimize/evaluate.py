@@ -50,10 +50,24 @@ def _cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
     a64 = a.reshape(len(a), -1).astype(np.float64)
     b64 = b.reshape(len(b), -1).astype(np.float64)
+    # NaN/Inf where the reference is finite breaks the row (cosine 0); where the reference is not finite, the
+    # position is left out.
+    a_ok, b_ok = np.isfinite(a64), np.isfinite(b64)
+    broken = (b_ok & ~a_ok).any(axis=1)
+    a64, b64 = np.where(a_ok & b_ok, a64, 0.0), np.where(a_ok & b_ok, b64, 0.0)
     na, nb = np.linalg.norm(a64, axis=1), np.linalg.norm(b64, axis=1)
     dot = (a64 * b64).sum(axis=1)
     out = np.where((na == 0) & (nb == 0), 1.0, dot / np.maximum(na * nb, 1e-300))
-    return np.where((na == 0) ^ (nb == 0), 0.0, out)
+    return np.where(broken | ((na == 0) ^ (nb == 0)), 0.0, out)
+
+
+def _max_abs(a: np.ndarray, b: np.ndarray) -> float:
+    """Largest absolute difference over the positions where both are finite."""
+    import numpy as np
+
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    both = np.isfinite(a64) & np.isfinite(b64)
+    return float(np.abs(a64[both] - b64[both]).max(initial=0.0))
 
 
 def _run_all(runner: Any, data: Dataset, batch: int, names: list[str], max_seconds: float | None = None
@@ -148,9 +162,7 @@ def evaluate(bundle: Bundle, data: Dataset, reference: Reference, examples_dir: 
             png_rel = str((examples_dir / f"worst-{rank:02d}.png").relative_to(rel_to))
         worst.append(Example(
             index=index, cosine=round(float(cosines[index]), 8),
-            max_abs_error=round(max(float(np.abs(got[k][index].astype(np.float64)
-                                                 - reference.outputs[k][index].astype(np.float64)).max(initial=0.0))
-                                    for k in names), 8),
+            max_abs_error=round(max(_max_abs(got[k][index], reference.outputs[k][index]) for k in names), 8),
             label=None if labels is None else int(labels[index]),
             prediction=None if preds is None else int(preds[index]),
             reference_prediction=None if ref_preds is None else int(ref_preds[index]),

@@ -40,14 +40,13 @@ _OWN_FILES = ("card.json", "card.md", "card.html")
 _OWN_DIRS = ("card_files", "steps", "examples", "bundle", ".models")
 
 
-def _prepare_output(output: Path) -> None:
-    """``output`` must be new, empty, or a previous optimize output (whose parts are replaced)."""
-    if output.exists() and not output.is_dir():
-        raise UserInputError(f"cannot write to '{output}'", "it is a file", "give a directory with -o")
-    if output.is_dir() and any(output.iterdir()):
-        if not (output / "card.json").is_file():
-            raise UserInputError(f"output directory '{output}' is not empty", "it does not hold a previous "
-                                 "optimize result, so nothing is overwritten", "choose a new or empty directory")
+def _prepare_output(output: Path, protected: Sequence[Path], force: bool) -> None:
+    """``output`` must be new, empty, or a previous optimize output (whose parts are replaced); see
+    :func:`onnxsmith.outdir.check_output_dir` for what is refused."""
+    from onnxsmith.outdir import check_output_dir
+
+    check_output_dir(output, "optimize", protected, force=force)
+    if (output / "card.json").is_file():
         for name in _OWN_DIRS:
             shutil.rmtree(output / name, ignore_errors=True)
     output.mkdir(parents=True, exist_ok=True)
@@ -115,8 +114,11 @@ def run_ladder(model: LoadedModel, target: Target, profile: Profile, *, data: Da
                calibration: Dataset | None, max_accuracy_drop: float, latency_budget_ms: float | None,
                output: Path, backends: Sequence[str] | None = None, prune: bool | None = None,
                arrival_rate: float | None = None, keep_worst: int = 5, keep_steps: bool = False,
-               progress: Callable[[str], None] | None = None) -> Card:
-    """Walk the ladder for ``model`` on ``target``; write the card and the chosen bundle under ``output``."""
+               progress: Callable[[str], None] | None = None, force: bool = False) -> Card:
+    """Walk the ladder for ``model`` on ``target``; write the card and the chosen bundle under ``output``.
+
+    ``output`` is refused when it holds anything but a previous optimize result (unless ``force``), or when it
+    contains the model, the data or the cache (always)."""
     from onnxsmith.data import check_against_model, synthetic
     from onnxsmith.model import require_static
     from onnxsmith.optimize.card import write_card
@@ -124,7 +126,9 @@ def run_ladder(model: LoadedModel, target: Target, profile: Profile, *, data: Da
 
     output = Path(output)
     require_static(model)
-    _prepare_output(output)
+    from onnxsmith.compile import protected_inputs
+
+    _prepare_output(output, protected_inputs(model, data, calibration), force)
     say = progress or (lambda message: None)
     notes: list[str] = []
     if data is None:
