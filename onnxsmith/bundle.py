@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from onnxsmith.errors import BundleError, DataError, first_line
 from onnxsmith.model import TensorSpec
-from onnxsmith.plugin import Artifact, Runner
+from onnxsmith.plugin import Artifact, Runner, backend_call
 
 if TYPE_CHECKING:
     import numpy as np
@@ -241,7 +241,7 @@ class Bundle:
         backend = get_backend(self.backend)
         backend.check_environment()
         have, built = backend.version(), self.manifest["backend_version"]
-        if have != built and not self.manifest["artifact"].get("metadata", {}).get("portable_across_versions"):
+        if have != built and not backend.portable_across_versions(self.artifact):
             raise BundleError(f"bundle '{self.path}' was built with {self.backend} {built}",
                               f"{have} is installed, and compiled artifacts are version-specific",
                               f"install {self.backend}=={built}, or compile the bundle again")
@@ -251,7 +251,8 @@ class Bundle:
 
             raise UnsupportedError(f"bundle for {self.manifest['target']['id']} cannot run here", runs.reason,
                                    runs.hint)
-        return backend.load(self.artifact, self.artifact_dir, self.target())
+        with backend_call(self.backend, "load the artifact"):
+            return backend.load(self.artifact, self.artifact_dir, self.target())
 
     def check_inputs(self, feeds: Mapping[str, np.ndarray]) -> None:
         """One-line errors for missing, misnamed, mis-shaped or mis-typed inputs."""
@@ -280,7 +281,8 @@ class Bundle:
         if self._runner is None:
             self._runner = self.load_runner()
             self._runner.__enter__()
-        return self._runner.run(inputs)
+        with backend_call(self.backend, "run"):
+            return self._runner.run(inputs)
 
     def close(self) -> None:
         if self._runner is not None:

@@ -17,7 +17,8 @@ from onnxsmith.cache import CompileCache, cache_key, private_dir, replace_dir, s
 from onnxsmith.errors import DataError, MissingDependencyError, UnsupportedError
 from onnxsmith.model import require_static
 from onnxsmith.outdir import check_output_dir
-from onnxsmith.plugin import Artifact, CompileRequest, Compiler, Support
+from onnxsmith.options import parse_backend_options
+from onnxsmith.plugin import Artifact, CompileRequest, Compiler, Support, backend_call
 from onnxsmith.registry import backend_status, get_backend
 from onnxsmith.signing import seal
 
@@ -74,8 +75,34 @@ def protected_inputs(*items: LoadedModel | Dataset | None) -> list[Path]:
     return paths
 
 
+def checked_request(backend: Compiler, request: CompileRequest) -> CompileRequest:
+    """Everything the core checks before it calls ``backend.compile`` (the plugin contract lists it): static
+    inputs, the backend supports the target, the precision is the target's and the backend's, calibration data where
+    the backend needs it, no unsupported op; returns the request with its options parsed against the backend's
+    declaration."""
+    model, target, precision = request.model, request.target, request.precision
+    require_static(model)
+    support = backend.supports(target)
+    if not support:
+        raise UnsupportedError(f"backend '{backend.name}' cannot compile for {target.id}", support.reason,
+                               support.hint or f"the target's backends are: {', '.join(target.backends)}")
+    _check_precision(backend, target, precision)
+    options = parse_backend_options(backend, request.options)
+    if backend.needs_calibration(precision, model) and request.calibration is None:
+        raise DataError(f"{precision} needs calibration data", "post-training quantization measures activation "
+                        "ranges on real inputs", "pass --calibration calib.npz (one array per model input)")
+    unsupported = backend.unsupported_ops(model, target)
+    if unsupported:
+        first = next(iter(unsupported.items()))
+        raise UnsupportedError(f"backend '{backend.name}' cannot convert op {first[0]}",
+                               f"node(s) {', '.join(first[1][:3])}" + (f" and {len(unsupported) - 1} other op "
+                               "type(s)" if len(unsupported) > 1 else ""),
+                               "run 'onnxsmith inspect' for the full list; try another --backend")
+    return dataclasses.replace(request, options=options)
+
+
 def compile_key(model: LoadedModel, target: Target, backend: Compiler, precision: str, profile: Profile,
-                calibration: Dataset | None, options: Mapping[str, str]) -> str:
+                calibration: Dataset | None, options: Mapping[str, Any]) -> str:
     return cache_key({
         "model": model.fingerprint,
         "shapes": [s.to_json() for s in model.inputs],
@@ -86,14 +113,14 @@ def compile_key(model: LoadedModel, target: Target, backend: Compiler, precision
         "runtime": [profile.performance_hint, profile.streams, profile.threads],
         "calibration": calibration.fingerprint() if calibration is not None else None,
         "options": dict(sorted(options.items())),
-        "backend_state": backend.cache_token(target, options) if hasattr(backend, "cache_token") else "",
+        "backend_state": backend.cache_token(target, options),
         "onnxsmith": onnxsmith.__version__,
     })
 
 
 def compile_model(model: LoadedModel, target: Target, *, profile: Profile, output: str | os.PathLike[str],
                   backend: str | None = None, precision: str | None = None, calibration: Dataset | None = None,
-                  options: Mapping[str, str] | None = None, use_cache: bool = True,
+                  options: Mapping[str, Any] | None = None, use_cache: bool = True,
                   notes: tuple[str, ...] = (), reference: LoadedModel | None = None,
                   progress: Callable[[str], None] | None = None, force: bool = False) -> Bundle:
     """Compile ``model`` for ``target`` and write a bundle at ``output`` (replacing it atomically).
@@ -105,31 +132,18 @@ def compile_model(model: LoadedModel, target: Target, *, profile: Profile, outpu
     ``reference``: the model validation compares against (default ``model``). When ``model`` was transformed by an
     ONNX pass (fp16, int8 QDQ, pruning), pass the original so the bundle keeps the fp32 model as its reference.
     """
-    options = dict(options or {})
     output = check_output_dir(output, "bundle", protected_inputs(model, reference, calibration), force=force)
-    require_static(model)
     chosen = choose_backend(target, backend)
-    precision = precision or profile.precision
-    _check_precision(chosen, target, precision)
-    needs_calibration = getattr(chosen, "needs_calibration", None)
-    needed = needs_calibration(precision, model) if needs_calibration else precision == "int8"
-    if needed and calibration is None:
-        raise DataError("int8 needs calibration data", "post-training quantization measures activation ranges "
-                        "on real inputs", "pass --calibration calib.npz (one array per model input)")
-    unsupported = chosen.unsupported_ops(model, target)
-    if unsupported:
-        first = next(iter(unsupported.items()))
-        raise UnsupportedError(f"backend '{chosen.name}' cannot convert op {first[0]}",
-                               f"node(s) {', '.join(first[1][:3])}" + (f" and {len(unsupported) - 1} other op "
-                               "type(s)" if len(unsupported) > 1 else ""),
-                               "run 'onnxsmith inspect' for the full list; try another --backend")
-    request = CompileRequest(model=model, target=target, precision=precision, profile=profile,
-                             calibration=calibration, options=options, progress=progress)
+    request = checked_request(chosen, CompileRequest(
+        model=model, target=target, precision=precision or profile.precision, profile=profile,
+        calibration=calibration, options=dict(options or {}), progress=progress))
+    precision, options = request.precision, request.options
     key = compile_key(model, target, chosen, precision, profile, calibration, options)
 
     def build(workdir: Path) -> Artifact:
         start = time.perf_counter()
-        artifact = chosen.compile(request, workdir)
+        with backend_call(chosen.name, "compile"):
+            artifact = chosen.compile(request, workdir)
         seconds = round(time.perf_counter() - start, 3)
         return dataclasses.replace(artifact, metadata={**artifact.metadata, "compile_seconds": seconds})
 

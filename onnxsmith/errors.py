@@ -68,11 +68,11 @@ class MissingDependencyError(OnnxsmithError):
 
     exit_code = 3
 
-    def __init__(self, package: str, extra: str, why: str = "") -> None:
+    def __init__(self, package: str, extra: str, why: str = "", hint: str = "") -> None:
         super().__init__(
             f"{package} is not installed",
             why or f"the '{extra}' backend needs it",
-            f"pip install 'onnxsmith[{extra}]'",
+            hint or (f"pip install 'onnxsmith[{extra}]'" if extra else f"pip install {package}"),
         )
         self.package = package
         self.extra = extra

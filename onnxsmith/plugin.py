@@ -1,15 +1,27 @@
-"""The backend plugin contract.
+"""The backend plugin contract: two base classes, :class:`Compiler` and :class:`Runner`.
 
-A backend is one folder under ``compilers/`` (or a third-party package) that exposes a class implementing
-:class:`Compiler`, registered under the ``onnxsmith.compilers`` entry-point group::
+A backend is one folder under ``compilers/`` (or a third-party package) with a :class:`Compiler` subclass,
+registered under the ``onnxsmith.compilers`` entry-point group (the entry-point name must equal ``name``)::
 
     [project.entry-points."onnxsmith.compilers"]
     openvino = "onnxsmith.compilers.openvino:OpenVINOCompiler"
 
-The core owns timing, validation, caching, bundles and reports; a backend only compiles an ONNX file into
-artifact files and loads those files into a :class:`Runner`. Backend modules import their vendor library
-inside methods, never at module top level, and raise :class:`~onnxsmith.errors.MissingDependencyError` when
-it is absent.
+The core owns timing, validation, caching, bundles and reports; a backend only compiles an ONNX file into artifact
+files and loads those files into a :class:`Runner`. Required methods raise ``NotImplementedError`` here; optional
+hooks are ordinary methods with documented defaults. A subclass that defines a public name the contract does not
+know (a misspelt hook such as ``cache_tokn``) is refused when it is defined, so a typo can never silently fall back
+to a default. Backend modules import their vendor library inside methods (:meth:`Compiler.vendor_import`), never at
+module top level.
+
+What the core has checked before it calls :meth:`Compiler.compile`, so a backend need not check again: the backend
+is installed (:meth:`~Compiler.check_environment`) and :meth:`~Compiler.supports` the target; the precision is one of
+the target's and of :meth:`~Compiler.precisions`; calibration data is present when :meth:`~Compiler.needs_calibration`;
+:meth:`~Compiler.unsupported_ops` is empty; the model's inputs are static; ``request.options`` holds only declared
+options (:attr:`Compiler.options`), each parsed to its declared type.
+
+Errors: raise :mod:`onnxsmith.errors` exceptions (``UserInputError`` exit 2, ``MissingDependencyError`` 3,
+``BackendError`` 4, ``UnsupportedError`` 5). Any other exception escaping ``compile``, ``load`` or a runner's ``run``
+becomes a ``BackendError`` naming the backend (exit 4), with the original as ``__cause__``.
 """
 
 from __future__ import annotations
@@ -17,10 +29,15 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+import contextlib
+import importlib
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     import numpy as np
+
+    from onnxsmith.options import Option
 
     from onnxsmith.data import Dataset
     from onnxsmith.model import LoadedModel, TensorSpec
@@ -51,8 +68,9 @@ class CompileRequest:
     precision: str
     profile: Profile
     calibration: Dataset | None = None
-    options: Mapping[str, str] = dataclasses.field(default_factory=dict)
-    """Backend options given with ``--option KEY=VALUE``; backends reject keys they do not know."""
+    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    """Backend options given with ``--option KEY=VALUE``, checked against :attr:`Compiler.options` and parsed to
+    their declared types by the core (:func:`onnxsmith.options.parse_backend_options`)."""
     progress: Callable[[str], None] | None = dataclasses.field(default=None, compare=False, repr=False)
     """Where a long stage (calibration, tuning) reports what it is doing: the CLI's spinner, or ``None``."""
 
@@ -107,85 +125,214 @@ class LayerTime:
     """The kernel or implementation the backend chose (e.g. ``jit_avx512_FP32``)."""
 
 
-@runtime_checkable
-class Runner(Protocol):
-    """A loaded artifact, ready to run. Used as a context manager."""
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One ladder step a backend proposes for a precision: the options to compile with and what changes."""
 
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
+    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    change: str = ""
+    """Words for the evidence card, e.g. ``NNCF, same calibration set``."""
 
-    def __enter__(self) -> Runner: ...
 
-    def __exit__(self, *exc: object) -> None: ...
+_RUNNER_NAMES = frozenset({"inputs", "outputs", "device_name", "run", "bind", "parallel_throughput",
+                           "layer_profile", "device_latencies_ms", "close"})
+_COMPILER_NAMES = frozenset({"name", "extra", "install_hint", "artifact_kind", "options", "check_environment",
+                             "version", "devices", "supports", "runs_here", "precisions", "unsupported_ops",
+                             "needs_calibration", "cache_token", "compile", "load", "load_remote", "ladder_variants",
+                             "onnx_pass_precisions", "slow_artifact_advice", "portable_across_versions",
+                             "vendor_import", "install_command"})
+
+
+def _check_names(cls: type, known: frozenset[str], kind: str) -> None:
+    unknown = sorted(n for n in vars(cls) if not n.startswith("_") and n not in known)
+    if unknown:
+        raise TypeError(f"{cls.__module__}.{cls.__qualname__} defines {', '.join(map(repr, unknown))}, which the "
+                        f"{kind} contract does not know (a misspelt hook would silently never be called); rename "
+                        f"helpers with a leading underscore. Known names: {', '.join(sorted(known))}")
+
+
+class Runner:
+    """A loaded artifact, ready to run; used as a context manager (``__exit__`` calls :meth:`close`).
+
+    Required: :attr:`inputs`, :attr:`outputs`, :meth:`run`. Everything else has a default."""
+
+    inputs: tuple[TensorSpec, ...] = ()
+    outputs: tuple[TensorSpec, ...] = ()
+    device_name: str | None = None
+    """The device it really runs on, as the runtime names it (e.g. the CPU's brand string), when known."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _check_names(cls, _RUNNER_NAMES, "Runner")
+
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the runtime's resources (default: nothing to release)."""
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one inference; outputs keyed by the model's output names."""
-        ...
+        raise NotImplementedError
 
     def bind(self, feeds: Mapping[str, np.ndarray]) -> Callable[[], None]:
         """Bind inputs once and return a call that runs one inference and waits for it.
 
         The profiler times this call, so it must do the work a deployed application does per request and no
-        more (no input conversion, no output copies beyond what the runtime needs)."""
-        ...
+        more (no input conversion, no output copies beyond what the runtime needs). Default: ``run(feeds)``."""
+        def call() -> None:
+            self.run(feeds)
+
+        return call
 
     def parallel_throughput(self, feeds: Mapping[str, np.ndarray], seconds: float) -> tuple[float, int] | None:
         """Inferences per second with the backend's own parallel requests/streams, and the number of requests
-        used; ``None`` when the backend has no parallel execution."""
-        ...
+        used; ``None`` (default) when the backend has no parallel execution."""
+        return None
 
     def layer_profile(self, feeds: Mapping[str, np.ndarray]) -> list[LayerTime] | None:
-        """Per-layer timings from the backend's profiler for one inference, or ``None``."""
-        ...
+        """Per-layer timings from the backend's profiler for one inference; ``None`` (default) when it has none."""
+        return None
+
+    def device_latencies_ms(self, feeds: Mapping[str, np.ndarray], iterations: int) -> list[float] | None:
+        """Latencies timed on a remote device itself (RPC runners); ``None`` (default) for local runners."""
+        return None
 
 
-class Compiler(Protocol):
-    """What every backend implements. Instances are cheap: constructing one imports no vendor library."""
+class Compiler:
+    """What every backend implements. Instances are cheap: constructing one imports no vendor library, and the
+    constructor takes no arguments.
 
-    name: str
-    """Backend id, the same everywhere: ``openvino``, ``tvm``, ``tensorrt``, ``coreml``, ``onnxruntime``."""
-    extra: str
-    """The pip extra that installs the vendor library: ``pip install 'onnxsmith[<extra>]'``."""
-    artifact_kind: str
+    Required: :attr:`name`, :attr:`artifact_kind`, :meth:`check_environment`, :meth:`version`, :meth:`devices`,
+    :meth:`supports`, :meth:`runs_here`, :meth:`precisions`, :meth:`compile`, :meth:`load`. Everything else is an
+    optional hook with a default."""
+
+    name: ClassVar[str] = ""
+    """Backend id, the same everywhere (and equal to the entry-point name)."""
+    extra: ClassVar[str] = ""
+    """For backends shipped with onnxsmith: the pip extra that installs the vendor library."""
+    install_hint: ClassVar[str] = ""
+    """For third-party backends: how to install what is missing (e.g. ``pip install my-backend``)."""
+    artifact_kind: ClassVar[str] = ""
     """What the artifact is, for manifests: e.g. ``OpenVINO IR + compiled blob``."""
+    options: ClassVar[tuple[Option, ...]] = ()
+    """The ``--option KEY=VALUE`` settings this backend takes (see :class:`onnxsmith.options.Option`)."""
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _check_names(cls, _COMPILER_NAMES, "Compiler")
+        names = [o.name for o in cls.options]
+        if len(set(names)) != len(names):
+            raise TypeError(f"{cls.__qualname__}.options declares an option twice: {names}")
+
+    # --- required ---------------------------------------------------------------------------------------------
     def check_environment(self) -> None:
         """Raise :class:`MissingDependencyError` (or :class:`UnsupportedError`) when unusable here."""
-        ...
+        raise NotImplementedError
 
     def version(self) -> str:
-        """The vendor library's version; part of every cache key and checked when a bundle is loaded."""
-        ...
+        """Part of every cache key and checked when a bundle is loaded: the vendor library's version, and the
+        plugin's own version for third-party plugins (e.g. ``"2.1+myplugin-0.3"``), or a changed plugin would be
+        served stale cache entries."""
+        raise NotImplementedError
 
     def devices(self) -> list[str]:
         """Devices this backend can run on, on this machine (e.g. ``["CPU"]``)."""
-        ...
+        raise NotImplementedError
 
     def supports(self, target: Target) -> Support:
         """Whether this backend can compile for ``target`` at all (not whether it can run here)."""
-        ...
+        raise NotImplementedError
 
     def runs_here(self, target: Target) -> Support:
         """Whether an artifact for ``target`` can be loaded and run on this machine."""
-        ...
+        raise NotImplementedError
 
     def precisions(self, target: Target) -> tuple[str, ...]:
         """Precisions this backend offers for ``target``."""
-        ...
-
-    def unsupported_ops(self, model: LoadedModel, target: Target) -> dict[str, list[str]]:
-        """Op type -> node names this backend cannot convert (empty when all convert)."""
-        ...
+        raise NotImplementedError
 
     def compile(self, request: CompileRequest, workdir: Path) -> Artifact:
-        """Compile ``request.model`` into files under ``workdir`` (an empty directory).
-
-        Optional extras the core uses when a backend defines them: ``needs_calibration(precision, model) -> bool``
-        (default: int8 needs calibration data), ``load_remote(artifact, directory, target, address) -> Runner``
-        (``onnxsmith profile --rpc``) and ``cache_token(target, options) -> str`` (state outside the request that
-        changes the artifact, such as a tuning database; it joins the compile cache key)."""
-        ...
+        """Compile ``request.model`` (read it from ``request.model.path``) into files under ``workdir``, an empty
+        private directory. The module docstring lists what the core checked before this call."""
+        raise NotImplementedError
 
     def load(self, artifact: Artifact, directory: Path, target: Target) -> Runner:
-        """Load an artifact previously written under ``directory``."""
-        ...
+        """Load an artifact: ``directory`` is the bundle's ``artifact/`` folder holding exactly
+        ``artifact.files`` (checksums verified by the core before this call)."""
+        raise NotImplementedError
+
+    # --- optional hooks -----------------------------------------------------------------------------------------
+    def unsupported_ops(self, model: LoadedModel, target: Target) -> dict[str, list[str]]:
+        """Op type -> node names this backend cannot convert. Default: none."""
+        return {}
+
+    def needs_calibration(self, precision: str, model: LoadedModel) -> bool:
+        """Whether compiling ``precision`` needs calibration data. Default: int8 does."""
+        return precision == "int8"
+
+    def cache_token(self, target: Target, options: Mapping[str, Any]) -> str:
+        """State outside the request that changes the artifact (e.g. a tuning database); it joins the compile cache
+        key. Default: none."""
+        return ""
+
+    def load_remote(self, artifact: Artifact, directory: Path, target: Target, address: str) -> Runner:
+        """Load the artifact on a remote device (``onnxsmith profile --rpc``). Default: not possible."""
+        from onnxsmith.errors import UnsupportedError
+
+        raise UnsupportedError(f"backend '{self.name}' cannot profile remotely", "it has no RPC runner",
+                               "profile on the device itself")
+
+    def ladder_variants(self, target: Target, precision: str) -> list[Variant]:
+        """The steps ``optimize`` tries for ``precision`` with this backend. Default: one, with no options."""
+        return [Variant()]
+
+    def onnx_pass_precisions(self, target: Target) -> dict[str, str]:
+        """Precisions this backend reaches by running an ONNX graph an onnxsmith pass transformed, not natively:
+        precision -> pass name (``fp16``, ``int8_qdq``). Default: none."""
+        return {}
+
+    def slow_artifact_advice(self, artifact: Artifact) -> str:
+        """What to do when this artifact is slower than the ONNX Runtime baseline (e.g. tune it). Default: none."""
+        return ""
+
+    def portable_across_versions(self, artifact: Artifact) -> bool:
+        """Whether an artifact built by another version of the vendor library still loads. Default: no."""
+        return False
+
+    # --- helpers ------------------------------------------------------------------------------------------------
+    def install_command(self) -> str:
+        """How to install what this backend needs: :attr:`install_hint`, else the onnxsmith extra."""
+        if self.install_hint:
+            return self.install_hint
+        return f"pip install 'onnxsmith[{self.extra}]'" if self.extra else "pip install onnxsmith"
+
+    def vendor_import(self, module: str, package: str | None = None, why: str = "") -> Any:
+        """Import a vendor module lazily; a missing one raises :class:`MissingDependencyError` with this backend's
+        install hint."""
+        from onnxsmith.errors import MissingDependencyError
+
+        try:
+            return importlib.import_module(module)
+        except ImportError as exc:
+            raise MissingDependencyError(package or module.split(".")[0], self.extra or self.name,
+                                         why or f"the '{self.name}' backend needs it",
+                                         hint=self.install_command()) from exc
+
+
+@contextlib.contextmanager
+def backend_call(backend: str, what: str) -> Iterator[None]:
+    """Run a call into a backend: onnxsmith errors pass through; anything else (a vendor or plugin exception)
+    becomes a :class:`BackendError` naming the backend, with the original as ``__cause__``."""
+    from onnxsmith.errors import BackendError, OnnxsmithError, first_line
+
+    try:
+        yield
+    except (OnnxsmithError, KeyboardInterrupt, SystemExit, MemoryError):
+        raise
+    except Exception as exc:
+        raise BackendError(f"backend '{backend}' failed to {what}", f"{type(exc).__name__}: {first_line(exc)}",
+                           "run with --debug for the traceback; report it to the backend's authors") from exc

@@ -127,7 +127,7 @@ def _measure_child(request: dict[str, Any]) -> dict[str, Any]:
     rss_before = _peak_rss_mb()
     start = time.perf_counter()
     if request["kind"] == "baseline":
-        from onnxsmith.compilers.onnxruntime.backend import reference_runner
+        from onnxsmith.reference import reference_runner
 
         device = "cuda" if bundle.target().kind == "gpu" else "cpu"
         runner = reference_runner(bundle.reference_model, device)
@@ -135,9 +135,6 @@ def _measure_child(request: dict[str, Any]) -> dict[str, Any]:
         from onnxsmith.registry import get_backend
 
         backend = get_backend(bundle.backend)
-        if not hasattr(backend, "load_remote"):
-            raise BackendError(f"backend '{bundle.backend}' cannot profile remotely", "it has no RPC runner",
-                               "profile on the device itself")
         runner = backend.load_remote(bundle.artifact, bundle.artifact_dir, bundle.target(), request["remote"])
     else:
         runner = bundle.load_runner()
@@ -145,10 +142,10 @@ def _measure_child(request: dict[str, Any]) -> dict[str, Any]:
         load_seconds = time.perf_counter() - start
         measure = Measure(**request["measure"])
         result = measure_runner(runner, feeds, measure, request["batch"])
-        result["device"] = getattr(runner, "device_name", None)
-        if request.get("remote") and hasattr(runner, "device_latencies_ms"):
+        result["device"] = runner.device_name
+        samples = runner.device_latencies_ms(feeds, max(measure.min_iterations, 10)) if request.get("remote") else None
+        if samples:
             # Timed on the device (like tvmc and benchmark tools do): the RPC round trip is reported beside it.
-            samples = runner.device_latencies_ms(feeds, max(measure.min_iterations, 10))
             stats = LatencyStats.from_samples(samples, sum(samples) / 1000)
             result["rpc_round_trip_ms"] = result["latency_ms"]
             result["latency_ms"] = dataclasses.asdict(stats)

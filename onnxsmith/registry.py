@@ -8,10 +8,11 @@ backend whose library is missing shows up as *unavailable* with the reason and t
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 from importlib.metadata import entry_points
 
-from onnxsmith.errors import MissingDependencyError, OnnxsmithError, UnsupportedError, first_line
+from onnxsmith.errors import BackendError, MissingDependencyError, OnnxsmithError, UserInputError, first_line
 from onnxsmith.plugin import Compiler
 
 GROUP = "onnxsmith.compilers"
@@ -33,23 +34,46 @@ def _entry_points() -> dict[str, object]:
     return {ep.name: ep for ep in entry_points(group=GROUP)}
 
 
+def refresh() -> None:
+    """Forget discovered plugins (after installing or removing one in this process, e.g. in tests)."""
+    _entry_points.cache_clear()
+    get_backend.cache_clear()
+
+
 def backend_names() -> list[str]:
     return sorted(_entry_points())
 
 
 @functools.lru_cache(maxsize=None)
 def get_backend(name: str) -> Compiler:
-    """The backend plugin ``name`` (its vendor library is not imported yet)."""
+    """The backend plugin ``name`` (its vendor library is not imported yet).
+
+    Checked at load: the class subclasses :class:`~onnxsmith.plugin.Compiler` (whose definition already refused
+    unknown, e.g. misspelt, hook names), its ``name`` equals the entry-point name, and it constructs without
+    arguments. A plugin that fails any of these is a :class:`BackendError` naming it (exit 4)."""
     eps = _entry_points()
     if name not in eps:
-        raise UnsupportedError(f"unknown backend '{name}'", f"installed backends: {', '.join(sorted(eps)) or 'none'}",
-                               "check the spelling, or install the plugin package that provides it")
+        close = difflib.get_close_matches(name, eps, n=1)
+        raise UserInputError(f"unknown backend '{name}'", f"installed backends: {', '.join(sorted(eps)) or 'none'}",
+                             f"did you mean '{close[0]}'?" if close else
+                             "check the spelling, or install the plugin package that provides it")
+    where = f"backend plugin '{name}' ({getattr(eps[name], 'value', '?')})"
     try:
         cls = eps[name].load()  # type: ignore[attr-defined]
     except Exception as exc:  # a broken third-party plugin must not break the CLI
-        raise UnsupportedError(f"backend plugin '{name}' failed to load", first_line(exc),
-                               "reinstall the plugin, or run with --debug for the traceback") from exc
-    return cls()
+        raise BackendError(f"{where} failed to load", first_line(exc),
+                           "reinstall the plugin, or run with --debug for the traceback") from exc
+    if not (isinstance(cls, type) and issubclass(cls, Compiler)):
+        raise BackendError(f"{where} is not a backend", "the entry point must name a subclass of "
+                           "onnxsmith.plugin.Compiler", "see the README's 'Writing a backend'")
+    if cls.name != name:
+        raise BackendError(f"{where} is misnamed", f"its class says name = {cls.name!r}, its entry point "
+                           f"{name!r}; bundles record the name and are loaded by it", "make the two equal")
+    try:
+        return cls()
+    except Exception as exc:
+        raise BackendError(f"{where} cannot be constructed", f"{type(exc).__name__}: {first_line(exc)}",
+                           "a backend's constructor takes no arguments and imports no vendor library") from exc
 
 
 def backend_status(name: str, probe_devices: bool = True) -> BackendStatus:

@@ -120,13 +120,11 @@ def render_report(manifest: dict[str, Any], profile: dict[str, Any] | None,
         if speed is not None:
             verdict = "faster than" if speed > 1.03 else "slower than" if speed < 0.97 else "as fast as"
             lines.append(f"\n**Verdict**: p50 is {speed:.2f}x the baseline's speed ({verdict} ONNX Runtime fp32).")
-            tuning = art.get("metadata", {}).get("tuning")
-            if speed < 1 and tuning in ("untuned", "partially tuned"):
+            advice = _slow_advice(manifest) if speed < 1 else ""
+            if advice:
                 p50, base_p50 = profile["latency_ms"]["p50"], base["latency_ms"]["p50"]
-                lines.append(f"\n**Warning**: this artifact is {tuning}: its p50 is {p50 / base_p50:.1f}x ONNX "
-                             f"Runtime fp32's ({p50:.3f} ms vs {base_p50:.3f} ms), measured in this run. Do not ship "
-                             "it as is: compile again on the target machine with `onnxsmith compile MODEL --backend "
-                             "tvm --tune --tune-minutes 30` (tuning records are cached and reused).")
+                lines.append(f"\n**Warning**: its p50 is {p50 / base_p50:.1f}x ONNX Runtime fp32's ({p50:.3f} ms "
+                             f"vs {base_p50:.3f} ms), measured in this run; {advice}.")
         if profile.get("layers"):
             lines += ["", "Slowest layers (backend profiler):", "", "| layer | op | kernel | time |", "|---|---|---|---|"]
             for layer in profile["layers"][:10]:
@@ -208,3 +206,15 @@ def write_report(bundle: Bundle) -> str:
     tmp.write_text(text)
     os.replace(tmp, path)
     return text
+
+
+def _slow_advice(manifest: dict[str, Any]) -> str:
+    """The backend's own advice for an artifact slower than the baseline ("" when it has none or is not here)."""
+    from onnxsmith.errors import OnnxsmithError
+    from onnxsmith.plugin import Artifact
+    from onnxsmith.registry import get_backend
+
+    try:
+        return get_backend(manifest["backend"]).slow_artifact_advice(Artifact.from_json(manifest["artifact"]))
+    except OnnxsmithError:
+        return ""

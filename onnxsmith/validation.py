@@ -98,7 +98,7 @@ def validate_bundle(bundle: Bundle, data: Dataset | None = None, *, samples: int
     """Compare the bundle's outputs with ONNX Runtime fp32 on ``data`` (or seeded generated inputs)."""
     import numpy as np
 
-    from onnxsmith.compilers.onnxruntime.backend import reference_runner
+    from onnxsmith.reference import reference_runner
     from onnxsmith.data import model_batch, save_npz, synthetic
     from onnxsmith.model import load_model
 

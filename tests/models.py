@@ -76,7 +76,7 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 def ort_reference(model, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """ONNX Runtime fp32 outputs of a loaded model: what every backend is compared with."""
-    from onnxsmith.compilers.onnxruntime.backend import reference_runner
+    from onnxsmith.reference import reference_runner
 
     with reference_runner(model.path) as runner:
         return runner.run(feeds)

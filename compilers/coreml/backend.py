@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from onnxsmith.errors import BackendError, MissingDependencyError, TargetError, UnsupportedError, first_line
-from onnxsmith.plugin import Artifact, CompileRequest, Support
+from onnxsmith.options import Option
+from onnxsmith.plugin import Artifact, CompileRequest, Compiler, Support
 
 if TYPE_CHECKING:
     from onnxsmith.compilers.coreml.runner import CoreMLRunner
@@ -161,12 +162,20 @@ def precision_from_summary(summary: Mapping[str, Any]) -> str:
     return "+".join(parts) or "unknown"
 
 
-class CoreMLCompiler:
+class CoreMLCompiler(Compiler):
     """Core ML backend: an ML Program package for Apple devices (CPU, GPU, Neural Engine)."""
 
     name = "coreml"
     extra = "coreml"
     artifact_kind = "Core ML ML Program (.mlpackage)"
+    options = (
+        Option("compute_units", str, "all", "Core ML compute units", choices=COMPUTE_UNITS),
+        Option("minimum_deployment_target", str, "ios17", "oldest OS the package runs on", choices=DEPLOYMENT_TARGETS),
+        Option("weight_threshold", int, 2048, "int8: weights with fewer elements stay float", minimum=0),
+        Option("granularity", str, "per_channel", "int8 weight quantization granularity",
+               choices=("per_channel", "per_tensor")),
+        Option("fp32_ops", list, (), "fp16: ONNX op types kept in fp32 (comma-separated)"),
+    )
 
     def check_environment(self) -> None:
         onnx2coreml()

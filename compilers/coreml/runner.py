@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from onnxsmith.compilers.coreml.backend import coremltools, quiet
 from onnxsmith.errors import BackendError, DataError, first_line
 from onnxsmith.model import TensorSpec
-from onnxsmith.plugin import LayerTime
+from onnxsmith.plugin import LayerTime, Runner
 
 if TYPE_CHECKING:
     import numpy as np
@@ -26,7 +26,7 @@ def feature_spec(feature: Any, name: str) -> TensorSpec:
     return TensorSpec(name, dtype, tuple(int(d) for d in array.shape))
 
 
-class CoreMLRunner:
+class CoreMLRunner(Runner):
     """An ``MLModel`` loaded for the chosen compute units; feeds and outputs use the ONNX names."""
 
     def __init__(self, package: Path, compute_units: str, io: Mapping[str, Mapping[str, str]]) -> None:

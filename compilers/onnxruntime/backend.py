@@ -8,9 +8,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from onnxsmith.errors import BackendError, MissingDependencyError, UnsupportedError, UserInputError, first_line
-from onnxsmith.model import TensorSpec
-from onnxsmith.plugin import Artifact, CompileRequest, LayerTime, Support
+from onnxsmith.errors import BackendError, first_line
+from onnxsmith.options import Option
+from onnxsmith.plugin import Artifact, CompileRequest, Compiler, Support
+from onnxsmith.reference import OnnxRuntimeRunner, available_providers, import_ort, session_options
 
 if TYPE_CHECKING:
     import numpy as np
@@ -21,37 +22,6 @@ if TYPE_CHECKING:
 _PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 
 
-def _ort() -> Any:
-    try:
-        import onnxruntime
-    except ImportError as exc:
-        raise MissingDependencyError("onnxruntime", "onnxruntime") from exc
-    return onnxruntime
-
-
-def available_providers() -> list[str]:
-    ort = _ort()
-    if hasattr(ort, "preload_dlls") and "CUDAExecutionProvider" in ort.get_available_providers():
-        try:
-            ort.preload_dlls()
-        except Exception:  # the CUDA provider then fails to load, and is reported so below
-            pass
-    return list(ort.get_available_providers())
-
-
-def session_options(threads: int = 0, profile_file: str | None = None) -> Any:
-    ort = _ort()
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3
-    if threads:
-        opts.intra_op_num_threads = threads
-    if profile_file:
-        opts.enable_profiling = True
-        opts.profile_file_prefix = profile_file
-    return opts
-
-
 def providers_for(target: Target) -> list[str]:
     wanted = list(target.options_for("onnxruntime").get("providers", []))
     if not wanted:
@@ -59,101 +29,20 @@ def providers_for(target: Target) -> list[str]:
     return wanted
 
 
-class OnnxRuntimeRunner:
-    """An ONNX Runtime session with I/O binding for the timed loop."""
-
-    def __init__(self, model_path: Path, providers: list[str], threads: int = 0) -> None:
-        ort = _ort()
-        self._path = model_path
-        self._providers = providers
-        self._threads = threads
-        try:
-            self.session = ort.InferenceSession(str(model_path), session_options(threads), providers=providers)
-        except Exception as exc:
-            raise BackendError(f"ONNX Runtime could not load '{model_path.name}'", first_line(exc)) from exc
-        self.providers = self.session.get_providers()
-        self.inputs = tuple(_spec(i) for i in self.session.get_inputs())
-        self.outputs = tuple(_spec(o) for o in self.session.get_outputs())
-        self._names = [o.name for o in self.outputs]
-
-    def __enter__(self) -> OnnxRuntimeRunner:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.session = None
-
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        try:
-            results = self.session.run(self._names, dict(feeds))
-        except Exception as exc:
-            raise BackendError("ONNX Runtime inference failed", first_line(exc)) from exc
-        return dict(zip(self._names, results))
-
-    def bind(self, feeds: Mapping[str, np.ndarray]) -> Callable[[], None]:
-        binding = self.session.io_binding()
-        device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
-        ort = _ort()
-        for name, value in feeds.items():
-            if device == "cuda":
-                binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(value, "cuda", 0))
-            else:
-                binding.bind_cpu_input(name, value)
-        for name in self._names:
-            binding.bind_output(name, device)
-        session = self.session
-
-        def call() -> None:
-            session.run_with_iobinding(binding)
-            binding.synchronize_outputs()
-
-        return call
-
-    def parallel_throughput(self, feeds: Mapping[str, np.ndarray], seconds: float) -> tuple[float, int] | None:
-        return None  # one session uses every intra-op thread already; no request-level parallelism
-
-    def layer_profile(self, feeds: Mapping[str, np.ndarray]) -> list[LayerTime] | None:
-        import json
-        import os
-        import tempfile
-
-        ort = _ort()
-        with tempfile.TemporaryDirectory() as tmp:
-            opts = session_options(self._threads, os.path.join(tmp, "ort"))
-            session = ort.InferenceSession(str(self._path), opts, providers=self._providers)
-            for _ in range(3):
-                session.run(None, dict(feeds))
-            events = json.loads(Path(session.end_profiling()).read_text())
-        times: dict[str, LayerTime] = {}
-        for event in events:
-            if event.get("cat") != "Node" or not event.get("name", "").endswith("_kernel_time"):
-                continue
-            name = event["name"][: -len("_kernel_time")]
-            args = event.get("args", {})
-            prev = times.get(name)
-            dur = event.get("dur", 0) / 1000 / 3
-            times[name] = LayerTime(name, args.get("op_name", ""), (prev.time_ms if prev else 0) + dur,
-                                    args.get("provider", ""))
-        return sorted(times.values(), key=lambda t: -t.time_ms)
-
-
-def _spec(arg: Any) -> TensorSpec:
-    dtype = arg.type.replace("tensor(", "").rstrip(")")
-    dtype = {"float": "float32", "double": "float64", "float16": "float16"}.get(dtype, dtype)
-    return TensorSpec(arg.name, dtype, tuple(d if isinstance(d, int) else None for d in arg.shape))
-
-
-class OnnxRuntimeCompiler:
+class OnnxRuntimeCompiler(Compiler):
     """ONNX Runtime backend: optimizes the graph offline and runs it with the CPU or CUDA provider."""
 
     name = "onnxruntime"
     extra = "onnxruntime"
     artifact_kind = "ONNX model (optimized offline by ONNX Runtime)"
+    options = (Option("threads", int, None, "intra-op threads (default: the profile's runtime.threads, else ONNX "
+                      "Runtime's choice)", minimum=1),)
 
     def check_environment(self) -> None:
-        _ort()
+        import_ort()
 
     def version(self) -> str:
-        return str(_ort().__version__)
+        return str(import_ort().__version__)
 
     def devices(self) -> list[str]:
         providers = available_providers()
@@ -185,19 +74,13 @@ class OnnxRuntimeCompiler:
     def precisions(self, target: Target) -> tuple[str, ...]:
         return ("fp32",)
 
-    def unsupported_ops(self, model: LoadedModel, target: Target) -> dict[str, list[str]]:
-        return {}
+    def onnx_pass_precisions(self, target: Target) -> dict[str, str]:
+        """fp16 and int8 come from onnxsmith's ONNX passes (float16 conversion, QDQ quantization); ONNX Runtime
+        runs the transformed graph as given."""
+        return {"fp16": "fp16", "int8": "int8_qdq"}
 
     def compile(self, request: CompileRequest, workdir: Path) -> Artifact:
-        ort = _ort()
-        if request.precision != "fp32":
-            raise UnsupportedError(f"onnxruntime backend cannot compile {request.precision}",
-                                   "it runs the ONNX graph as given",
-                                   "run 'onnxsmith optimize' for fp16/int8 ONNX passes, or choose another backend")
-        unknown = set(request.options) - {"threads"}
-        if unknown:
-            raise UserInputError(f"unknown onnxruntime option '{sorted(unknown)[0]}'", "allowed: threads",
-                                 "drop the --option, or choose the backend that takes it")
+        ort = import_ort()
         src = request.model.path
         shutil.copyfile(src, workdir / "model.onnx")
         for extra in src.parent.glob(src.name + ".data"):
@@ -253,9 +136,3 @@ def graph_precision(proto: Any) -> str:
     if TensorProto.FLOAT16 in floats:
         return "fp16+fp32" if TensorProto.FLOAT in floats else "fp16"
     return "fp32"
-
-
-def reference_runner(model_path: Path, device: str = "cpu", threads: int = 0) -> OnnxRuntimeRunner:
-    """ONNX Runtime fp32 on the original model: the reference for validation and the profile baseline."""
-    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
-    return OnnxRuntimeRunner(model_path, providers, threads)

@@ -12,9 +12,9 @@ from onnxsmith.compilers.openvino.common import (
     CAPABILITY, capabilities, core, device_available, device_for, full_device_name, inference_precision, ov,
     read_property, require_device, supported_properties, valid_device_name, vendor_why,
 )
-from onnxsmith.compilers.openvino.config import filter_supported, settings_for
+from onnxsmith.compilers.openvino.config import OPTIONS, filter_supported, settings_for
 from onnxsmith.errors import BackendError, UnsupportedError
-from onnxsmith.plugin import PRECISIONS, Artifact, CompileRequest, Support
+from onnxsmith.plugin import PRECISIONS, Artifact, CompileRequest, Compiler, Support, Variant
 
 if TYPE_CHECKING:
     from onnxsmith.compilers.openvino.runner import OpenVINORunner
@@ -31,12 +31,16 @@ _STATIC_PRECISIONS = {"gpu": ("fp32", "fp16", "int8"), "npu": ("fp16", "int8")}
 _HINTS = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
 
 
-class OpenVINOCompiler:
+class OpenVINOCompiler(Compiler):
     """OpenVINO backend: Intel/AMD x86 CPUs, Intel GPUs and NPUs; int8 through NNCF post-training quantization."""
 
     name = "openvino"
     extra = "openvino"
     artifact_kind = "OpenVINO IR (model.xml/.bin) + compiled blob for the device (model.blob)"
+    options = OPTIONS
+
+    def ladder_variants(self, target: Target, precision: str) -> list[Variant]:
+        return [Variant(change="NNCF, same calibration set" if precision == "int8" else "")]
 
     def check_environment(self) -> None:
         ov()

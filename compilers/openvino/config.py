@@ -12,18 +12,23 @@ from typing import TYPE_CHECKING
 
 from onnxsmith.compilers.openvino.common import PRECISION_HINTS
 from onnxsmith.errors import UserInputError
+from onnxsmith.options import Option
 
 if TYPE_CHECKING:
     from onnxsmith.plugin import CompileRequest
 
-OPTIONS = {
-    "inference_precision": "precision of the ops NNCF left unquantized (int8 only): fp32, bf16 or fp16",
-    "performance_hint": "latency or throughput (default: the profile's runtime.performance_hint)",
-    "num_streams": "parallel streams, a positive integer (default: the profile's runtime.streams)",
-    "num_threads": "inference threads, a positive integer (default: the profile's runtime.threads)",
-    "subset_size": "int8: calibration batches NNCF uses (default: all of them, at most 300)",
-    "model_type": "int8: 'transformer' for NNCF's transformer scheme (default: generic)",
-}
+OPTIONS = (
+    Option("inference_precision", str, None, "precision of the ops NNCF left unquantized (int8 only)",
+           choices=("fp32", "f32", "bf16", "fp16", "f16")),
+    Option("performance_hint", str, None, "default: the profile's runtime.performance_hint",
+           choices=("latency", "throughput")),
+    Option("num_streams", int, None, "parallel streams (default: the profile's runtime.streams)", minimum=1),
+    Option("num_threads", int, None, "inference threads (default: the profile's runtime.threads)", minimum=1),
+    Option("subset_size", int, None, "int8: calibration batches NNCF uses (default: all of them, at most 300)",
+           minimum=1),
+    Option("model_type", str, None, "int8: 'transformer' for NNCF's transformer scheme (default: generic)",
+           choices=("transformer",)),
+)
 _PRECISION_WORDS = {"fp32": "fp32", "f32": "fp32", "bf16": "bf16", "fp16": "fp16", "f16": "fp16"}
 
 
@@ -41,45 +46,15 @@ class CompileSettings:
     notes: tuple[str, ...] = ()
 
 
-def _positive_int(key: str, value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if number < 1:
-        raise UserInputError(f"invalid openvino option {key}={value}", "expected a positive integer",
-                             f"for example --option {key}=2")
-    return number
-
-
-def _choice(key: str, value: str, choices: tuple[str, ...]) -> str:
-    word = value.strip().lower()
-    if word not in choices:
-        raise UserInputError(f"invalid openvino option {key}={value}", f"expected one of {', '.join(choices)}")
-    return word
-
-
-def check_options(options: Mapping[str, str]) -> None:
-    """Reject keys the OpenVINO backend does not know."""
-    unknown = sorted(set(options) - set(OPTIONS))
-    if unknown:
-        raise UserInputError(f"unknown openvino option '{unknown[0]}'", f"allowed: {', '.join(OPTIONS)}",
-                             "for example --option num_threads=4 (see onnxsmith.compilers.openvino.config.OPTIONS)")
-
-
 def settings_for(request: CompileRequest, device: str, detected_host: bool) -> CompileSettings:
     """The properties for ``request`` on ``device`` (before filtering by what the device supports)."""
-    options = dict(request.options)
-    check_options(options)
+    options = dict(request.options)  # declared in OPTIONS; the core has parsed and range-checked each value
     profile, precision = request.profile, request.precision
     props: dict[str, str] = {}
     notes: list[str] = []
 
     if "inference_precision" in options:
-        chosen = _PRECISION_WORDS.get(options["inference_precision"].strip().lower())
-        if chosen is None:
-            raise UserInputError(f"invalid openvino option inference_precision={options['inference_precision']}",
-                                 "expected fp32, bf16 or fp16")
+        chosen = _PRECISION_WORDS[options["inference_precision"]]
         if precision != "int8" and chosen != precision:
             raise UserInputError(f"openvino option inference_precision={options['inference_precision']} "
                                  f"contradicts --precision {precision}",
@@ -93,12 +68,12 @@ def settings_for(request: CompileRequest, device: str, detected_host: bool) -> C
 
     hint = profile.performance_hint
     if "performance_hint" in options:
-        hint = _choice("performance_hint", options["performance_hint"], ("latency", "throughput"))
+        hint = options["performance_hint"]
     props["PERFORMANCE_HINT"] = hint.upper()
 
     streams = profile.streams
     if "num_streams" in options:
-        streams = _positive_int("num_streams", options["num_streams"])
+        streams = options["num_streams"]
     if streams > 0:
         props["NUM_STREAMS"] = str(streams)
 
@@ -106,7 +81,7 @@ def settings_for(request: CompileRequest, device: str, detected_host: bool) -> C
     if device == "CPU":
         threads, threads_source = profile.threads, "profile runtime.threads"
         if "num_threads" in options:
-            threads, threads_source = _positive_int("num_threads", options["num_threads"]), "option num_threads"
+            threads, threads_source = options["num_threads"], "option num_threads"
         if threads <= 0 and request.target.cores > 0 and not detected_host:
             threads, threads_source = request.target.cores, "target cores"
         if threads > 0:
@@ -118,8 +93,8 @@ def settings_for(request: CompileRequest, device: str, detected_host: bool) -> C
     elif "num_threads" in options:
         notes.append(f"option num_threads ignored: OpenVINO's {device} device has no thread setting")
 
-    subset = _positive_int("subset_size", options["subset_size"]) if "subset_size" in options else 0
-    model_type = _choice("model_type", options["model_type"], ("transformer",)) if "model_type" in options else ""
+    subset = options.get("subset_size") or 0
+    model_type = options.get("model_type") or ""
     if precision != "int8" and ("subset_size" in options or "model_type" in options):
         notes.append("options subset_size/model_type only apply to int8 and were ignored")
     return CompileSettings(props, subset, model_type, threads_source, tuple(notes))

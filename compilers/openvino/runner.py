@@ -12,7 +12,7 @@ from onnxsmith.compilers.openvino.common import (
 )
 from onnxsmith.errors import BackendError, DataError
 from onnxsmith.model import TensorSpec
-from onnxsmith.plugin import LayerTime
+from onnxsmith.plugin import LayerTime, Runner
 
 if TYPE_CHECKING:
     import numpy as np
@@ -43,7 +43,7 @@ def _match_ports(ports: list[Any], names: list[str]) -> list[tuple[str, Any]]:
     return pairs
 
 
-class OpenVINORunner:
+class OpenVINORunner(Runner):
     """A compiled OpenVINO model ready to run (imported from the blob, or compiled from the IR)."""
 
     def __init__(self, compiled: Any, device: str, properties: Mapping[str, str], ir_path: Path,

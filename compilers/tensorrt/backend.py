@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from onnxsmith.compilers.tensorrt.gpu import GpuInfo, gpu, matches, nvidia_gpus
-from onnxsmith.compilers.tensorrt.options import BuildOptions, parse_options
+from onnxsmith.compilers.tensorrt.options import DECLARED, BuildOptions, parse_options
 
 from onnxsmith.errors import BundleError, DataError, MissingDependencyError, UnsupportedError
-from onnxsmith.plugin import Artifact, CompileRequest, Support
+from onnxsmith.plugin import Artifact, CompileRequest, Compiler, Support
 
 if TYPE_CHECKING:
     import onnx
@@ -31,12 +31,13 @@ def _trt() -> Any:
     return import_tensorrt()
 
 
-class TensorRTCompiler:
+class TensorRTCompiler(Compiler):
     """TensorRT backend: builds an engine on the GPU it will run on (NVIDIA GPUs only)."""
 
     name = "tensorrt"
     extra = "tensorrt"
     artifact_kind = "TensorRT engine (specific to the GPU architecture and TensorRT version) + layer report"
+    options = DECLARED
 
     def check_environment(self) -> None:
         _trt()

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from onnxsmith.errors import TargetError, UnsupportedError, UserInputError
+from onnxsmith.options import Option
 
 _CHOICES = {
     "hardware_compatibility": ("none", "ampere_plus", "same_compute_capability"),
@@ -23,6 +24,28 @@ _INTS = {"workspace_mb": (1, None), "builder_optimization_level": (0, 5), "devic
          "min_batch": (1, None), "opt_batch": (1, None), "max_batch": (1, None), "calibration_batches": (1, None)}
 _TARGET_ONLY = ("compute_capability",)
 ALLOWED = tuple(sorted([*_CHOICES, *_BOOLS, *_INTS]))
+_HELP = {
+    "hardware_compatibility": "engine portability across GPU architectures",
+    "typing": "weak: precision builder flags (TensorRT 10); strong: types from the ONNX (the only mode in 11)",
+    "int8_method": "explicit Q/DQ quantization, or TensorRT's calibrator",
+    "int8_fallback": "precision of the layers int8 does not cover",
+    "calibration_method": "TensorRT calibrator's statistic",
+    "timing_cache": "reuse kernel timings across builds (cached per GPU and TensorRT version)",
+    "tf32": "allow TF32 for fp32 convolutions and matrix multiplies",
+    "workspace_mb": "builder workspace limit in MiB (default: TensorRT's, all device memory)",
+    "builder_optimization_level": "0 (fast build) .. 5 (slowest build, most tactics); TensorRT's default 3",
+    "device_id": "CUDA device index",
+    "min_batch": "optimization profile: smallest batch",
+    "opt_batch": "optimization profile: batch tuned for",
+    "max_batch": "optimization profile: largest batch",
+    "calibration_batches": "calibrator: batches read",
+}
+DECLARED = tuple(
+    Option(key, str, None, _HELP[key], choices=_CHOICES[key]) if key in _CHOICES else
+    Option(key, bool, None, _HELP[key]) if key in _BOOLS else
+    Option(key, int, None, _HELP[key], minimum=_INTS[key][0], maximum=_INTS[key][1])
+    for key in ALLOWED)
+"""The ``--option`` declaration the core checks values against (:class:`onnxsmith.options.Option`)."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,7 +18,7 @@ from onnxsmith.compilers.tensorrt.engine import (
 
 from onnxsmith.errors import BackendError, DataError
 from onnxsmith.model import TensorSpec
-from onnxsmith.plugin import LayerTime
+from onnxsmith.plugin import LayerTime, Runner
 
 if TYPE_CHECKING:
     import numpy as np
@@ -110,7 +110,7 @@ class _Context:
         self.buffers.clear()
 
 
-class TensorRTRunner:
+class TensorRTRunner(Runner):
     """A deserialized engine on one GPU. ``run`` copies in and out; ``bind`` keeps data on the GPU."""
 
     def __init__(self, engine_path: Path, device_id: int = 0, parallel_requests: int = 2) -> None:

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from onnxsmith.errors import BackendError, BundleError, UnsupportedError, UserInputError
-from onnxsmith.plugin import Artifact, CompileRequest, Support
+from onnxsmith.options import Option
+from onnxsmith.plugin import Artifact, CompileRequest, Compiler, Support, Variant
 
 from onnxsmith.compilers.tvm.common import IO_FILE, LIBRARY, TUNING_FILE, ffi_version, tvm, tvm_version, vendor_why
 from onnxsmith.compilers.tvm.targets import TVMTarget, check_cross_compiler, cuda_sm, machine_arch, tvm_target
@@ -22,16 +23,41 @@ if TYPE_CHECKING:
     from onnxsmith.model import LoadedModel
     from onnxsmith.targets import Target
 
-OPTIONS = ("threads",)
+OPTIONS = (
+    Option("threads", int, None, "threads of the TVM runtime's pool (default: the profile's runtime.threads)",
+           minimum=1),
+    Option("tune", bool, False, "tune kernels with MetaSchedule; the tuning database is cached per target "
+           "(compile --tune)"),
+    Option("tune_trials", int, None, "tuning budget in measured candidates (0: apply existing records only)",
+           minimum=0),
+    Option("tune_minutes", float, None, "tuning budget in minutes (default 30)", minimum=0),
+    Option("tune_trials_per_task", int, None, "candidates measured per kernel", minimum=1),
+    Option("tune_more", bool, False, "tune kernels that already have records further, seeded with the best ones"),
+)
 _ELF_MACHINES = {62: "x86_64", 183: "aarch64", 40: "arm"}
 
 
-class TVMCompiler:
+class TVMCompiler(Compiler):
     """Apache TVM backend: generic and Arm CPUs (llvm, cross-compiled), NVIDIA GPUs without TensorRT (CUDA)."""
 
     name = "tvm"
     extra = "tvm"
     artifact_kind = "TVM Relax VM shared library (model.so) + I/O spec (io.json)"
+    options = OPTIONS
+
+    def ladder_variants(self, target: Target, precision: str) -> list[Variant]:
+        if target.kind == "gpu":
+            return [Variant()]
+        # CPU code is only competitive tuned: apply the records of earlier tuning runs (none are made here)
+        return [Variant(options={"tune": True, "tune_trials": 0}, change="earlier tuning records applied")]
+
+    def slow_artifact_advice(self, artifact: Artifact) -> str:
+        tuning = artifact.metadata.get("tuning")
+        if tuning not in ("untuned", "partially tuned"):
+            return ""
+        return (f"its TVM code is {tuning}: compile again on the target machine with 'onnxsmith compile MODEL "
+                "--backend tvm --tune --tune-minutes 30' (tuning records are cached and reused by later compiles "
+                "and ladders)")
 
     def check_environment(self) -> None:
         tvm()
@@ -94,21 +120,9 @@ class TVMCompiler:
 
     def compile(self, request: CompileRequest, workdir: Path) -> Artifact:
         from onnxsmith.compilers.tvm.frontend import import_model
-        from onnxsmith.compilers.tvm.tuning import OPTIONS as TUNE_OPTIONS
         from onnxsmith.compilers.tvm.tuning import TuneOptions
 
         target = request.target
-        support = self.supports(target)
-        if not support:
-            raise UnsupportedError(f"TVM cannot compile for {target.id}", support.reason, support.hint)
-        unknown = sorted(set(request.options) - set(OPTIONS) - set(TUNE_OPTIONS))
-        if unknown:
-            raise UserInputError(f"unknown tvm option '{unknown[0]}'", f"allowed: {', '.join(OPTIONS + TUNE_OPTIONS)}",
-                                 "drop the --option, or choose the backend that takes it")
-        offered = self.precisions(target)
-        if request.precision not in offered:
-            raise UnsupportedError(f"TVM cannot compile {request.precision} for {target.id}",
-                                   f"it offers {', '.join(offered)} there", f"choose --precision {offered[0]}")
         tune_options = TuneOptions.parse(request.options)
         threads = _int_option(request.options, "threads", request.profile.threads or 0)
         tt = tvm_target(target)

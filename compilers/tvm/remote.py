@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from onnxsmith.errors import BackendError, UserInputError
+from onnxsmith.plugin import Runner
 
 from onnxsmith.compilers.tvm.common import LIBRARY, tvm, vendor_why
 from onnxsmith.compilers.tvm.runner import check_feeds, outputs_to_numpy, specs
@@ -37,7 +38,7 @@ def parse_address(address: str) -> tuple[str, int]:
     return match.group(1), int(match.group(2))
 
 
-class RemoteRunner:
+class RemoteRunner(Runner):
     """The Relax VM on an RPC server; inputs go over once in ``bind``, outputs come back in ``run``."""
 
     def __init__(self, library: Path, io: Mapping[str, Any], address: str) -> None:

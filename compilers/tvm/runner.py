@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from onnxsmith.errors import BackendError, DataError
 from onnxsmith.model import TensorSpec
-from onnxsmith.plugin import LayerTime
+from onnxsmith.plugin import LayerTime, Runner
 
 from onnxsmith.compilers.tvm.common import tvm, vendor_why
 
@@ -45,7 +45,7 @@ def check_feeds(feeds: Mapping[str, np.ndarray], inputs: tuple[TensorSpec, ...])
                             f"{spec.shape_text()}", "compile again with --shape, or feed the compiled shape")
 
 
-class TVMRunner:
+class TVMRunner(Runner):
     """The Relax VM over ``model.so``; ``bind`` saves ``main`` with device tensors so a call does no conversion."""
 
     def __init__(self, library: Path, io: Mapping[str, Any], threads: int = 0, tuned: str = "untuned") -> None:

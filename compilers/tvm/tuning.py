@@ -34,7 +34,6 @@ from onnxsmith.errors import BackendError, UnsupportedError, UserInputError
 from onnxsmith.compilers.tvm.common import FFI_PIN, ffi_version, tvm, tvm_version, vendor_why
 from onnxsmith.compilers.tvm.targets import TVMTarget
 
-OPTIONS = ("tune", "tune_trials", "tune_minutes", "tune_trials_per_task", "tune_more")
 DEFAULT_MINUTES = 30.0
 DEFAULT_TRIALS_PER_TASK = 64
 TIME_BOUND_TRIALS_PER_TASK = 1000

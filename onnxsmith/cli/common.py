@@ -16,20 +16,17 @@ target_option = click.option("--target", "-t", "target_spec", default="host", sh
 profile_option = click.option("--profile", "-p", "profile_spec", default="balanced", show_default=True,
                               help="Optimization preset name or path to a profile .toml.")
 backend_option = click.option("--backend", "-b", default=None,
-                              help="Override the target's backend preference (openvino, tvm, tensorrt, coreml, "
-                                   "onnxruntime).")
+                              help="Override the target's backend preference (a backend id from 'onnxsmith "
+                                   "doctor').")
 shape_option = click.option("--shape", "shapes", multiple=True, metavar="NAME=DIMS",
                             help="Fix an input's dims, e.g. --shape input=1x3x224x224 (repeatable).")
 
 
 def parse_options(values: tuple[str, ...]) -> dict[str, str]:
-    options = {}
-    for value in values:
-        key, sep, val = value.partition("=")
-        if not sep or not key:
-            raise UserInputError(f"invalid --option '{value}'", "expected KEY=VALUE")
-        options[key.strip()] = val.strip()
-    return options
+    """``--option KEY=VALUE`` strings as a dict; the core checks them against the backend's declared options."""
+    from onnxsmith.options import split_option_args
+
+    return split_option_args(values)
 
 
 def existing_file(path: str, what: str) -> Path:

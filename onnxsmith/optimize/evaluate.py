@@ -94,7 +94,7 @@ def reference_outputs(model: LoadedModel, data: Dataset) -> Reference:
     """Run ONNX Runtime fp32 on ``model`` over every validation sample."""
     import numpy as np
 
-    from onnxsmith.compilers.onnxruntime.backend import reference_runner
+    from onnxsmith.reference import reference_runner
     from onnxsmith.data import model_batch
 
     batch = model_batch(model.inputs[0]) if model.inputs else 1

@@ -31,8 +31,8 @@ if TYPE_CHECKING:
     from onnxsmith.targets import Target
 
 SIMPLIFY = pass_spec("simplify")
-ORT_PASSES = {"fp16": pass_spec("fp16"), "int8": pass_spec("int8_qdq")}
-"""Precisions ONNX Runtime reaches through an ONNX pass (it compiles whatever the ONNX holds)."""
+BASELINE_BACKEND = "onnxruntime"
+"""The reference engine of the core (ONNX Runtime fp32 on the original model): the ladder's first step."""
 PRUNE = (("prune-magnitude", pass_spec("prune", method="magnitude", sparsity=0.5), "magnitude pruning to 50 % "
           "sparsity (unstructured)"),
          ("prune-2:4", pass_spec("prune", method="2:4"), "2:4 structured pruning (50 % sparsity)"))
@@ -155,7 +155,7 @@ def run_ladder(model: LoadedModel, target: Target, profile: Profile, *, data: Da
     steps: list[Step] = []
 
     baseline = runner.measure(Recipe("baseline", None, "ONNX Runtime fp32 on the original model (the reference)",
-                                     "onnxruntime", "fp32", "fp32"))
+                                     BASELINE_BACKEND, "fp32", "fp32"))
     if baseline.status == "failed":
         raise UnsupportedError("the ONNX Runtime fp32 baseline failed", baseline.reason,
                                "check the model with 'onnxsmith inspect'")
@@ -164,7 +164,7 @@ def run_ladder(model: LoadedModel, target: Target, profile: Profile, *, data: Da
     fp32_parent = "baseline"
     if profile.simplify:
         simplified = runner.measure(Recipe("simplify", "baseline", "graph simplified (onnxslim: constant folding, "
-                                           "dead nodes, fusions)", "onnxruntime", "fp32", "fp32", (SIMPLIFY,)))
+                                           "dead nodes, fusions)", BASELINE_BACKEND, "fp32", "fp32", (SIMPLIFY,)))
         steps.append(simplified)
         if simplified.status != "failed" and (simplified.cosine_min or 0) >= 0.9999:
             chain, fp32_parent = (SIMPLIFY,), "simplify"
@@ -212,42 +212,39 @@ def _precision_steps(runner: StepRunner, target: Target, usable: list[str], ladd
     from onnxsmith.registry import get_backend
 
     steps: list[Step] = []
-    measured_fp32: dict[str, str] = {"onnxruntime": fp32_parent}
+    measured_fp32: dict[str, str] = {BASELINE_BACKEND: fp32_parent}
     for precision in ladder:
         for name in usable:
-            if name == "onnxruntime":
-                if precision == "fp32":
-                    continue  # the baseline/simplify step is ONNX Runtime fp32
-                if precision not in ORT_PASSES:
-                    notes.append(f"onnxruntime {precision} skipped: no ONNX pass produces {precision}")
-                    continue
+            backend = get_backend(name)
+            passes = backend.onnx_pass_precisions(target)
+            if name == BASELINE_BACKEND and precision == "fp32":
+                continue  # the baseline/simplify step is the reference engine at fp32
+            if precision in passes:
+                spec = pass_spec(passes[precision])
                 steps.append(runner.measure(Recipe(
-                    f"onnxruntime-{precision}", fp32_parent, f"precision fp32 -> {precision} by the "
-                    f"{ORT_PASSES[precision][0]} ONNX pass", "onnxruntime", precision, "fp32",
-                    (*chain, ORT_PASSES[precision]))))
+                    f"{name}-{precision}", fp32_parent, f"precision fp32 -> {precision} by the {spec[0]} ONNX pass"
+                    + ("" if name == BASELINE_BACKEND else f" ({name})"), name, precision, "fp32", (*chain, spec))))
                 continue
-            offered = get_backend(name).precisions(target)
+            offered = backend.precisions(target)
             if precision not in offered:
-                notes.append(f"{name} {precision} skipped: {name} offers {', '.join(offered)} for {target.id}")
+                notes.append(f"{name} {precision} skipped: {name} offers {', '.join(offered)} for {target.id}"
+                             + (f" and no ONNX pass produces {precision}" if passes else ""))
                 continue
-            parent = measured_fp32.get(name)
-            if parent is not None and precision != "fp32":
-                change = f"precision fp32 -> {precision} ({name}" + (", NNCF, same calibration set)"
-                                                                      if precision == "int8" and name == "openvino"
-                                                                      else ")")
-            else:
-                parent = fp32_parent
-                change = f"backend onnxruntime -> {name}" + (f", precision fp32 -> {precision}"
-                                                             if precision != "fp32" else "")
-            options: tuple[tuple[str, str], ...] = ()
-            if name == "tvm" and target.kind != "gpu":
-                # CPU code is only competitive tuned: apply the records of earlier tuning runs (none are made here)
-                options = (("tune", "1"), ("tune_trials", "0"))
-            step = runner.measure(Recipe(f"{name}-{precision}", parent, change, name, precision, precision, chain,
-                                         options=options))
-            steps.append(step)
-            if precision == "fp32" and step.status != "failed":
-                measured_fp32[name] = step.name
+            for index, variant in enumerate(backend.ladder_variants(target, precision)):
+                parent = measured_fp32.get(name)
+                detail = f", {variant.change}" if variant.change else ""
+                if parent is not None and precision != "fp32":
+                    change = f"precision fp32 -> {precision} ({name}{detail})"
+                else:
+                    parent = fp32_parent
+                    change = f"backend {BASELINE_BACKEND} -> {name}" + (f", precision fp32 -> {precision}"
+                                                                          if precision != "fp32" else "") + detail
+                step_name = f"{name}-{precision}" + (f"-{index + 1}" if index else "")
+                step = runner.measure(Recipe(step_name, parent, change, name, precision, precision, chain,
+                                             options=tuple(sorted(variant.options.items()))))
+                steps.append(step)
+                if precision == "fp32" and step.status != "failed" and name not in measured_fp32:
+                    measured_fp32[name] = step.name
     return steps
 
 

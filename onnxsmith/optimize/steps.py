@@ -162,7 +162,7 @@ class StepRunner:
                          f"({prof['throughput_per_s']:,.1f}/s one at a time)")
         step = Step(
             name=recipe.name, parent=recipe.parent, change=recipe.change, backend=recipe.backend,
-            precision=recipe.precision if recipe.backend == "onnxruntime" else bundle.manifest["precision_used"],
+            precision=bundle.manifest["precision_used"],
             batch=recipe.batch, latency_p50_ms=latency["p50"], latency_p90_ms=latency["p90"],
             latency_p99_ms=latency["p99"], throughput_per_s=round(throughput, 3),
             peak_memory_mb=prof.get("peak_rss_mb"), size_bytes=prof.get("artifact_size_bytes"),
@@ -201,10 +201,11 @@ class StepRunner:
             return None
         why = (f"{p50 / bar[1]:.0f}x slower than {bar[0]} in a {PROBE_RUNS}-run probe (p50 {fmt_ms(p50)} ms vs "
                f"{fmt_ms(bar[1])} ms): not profiled further")
-        tuning = bundle.manifest.get("artifact", {}).get("metadata", {}).get("tuning")
-        if recipe.backend == "tvm" and tuning in ("untuned", "partially tuned"):
-            why += (f"; its TVM code is {tuning}: tune once with 'onnxsmith compile MODEL --backend tvm --tune "
-                    "--tune-minutes 30' on this machine, and later ladders reuse the tuning records")
+        from onnxsmith.registry import get_backend
+
+        advice = get_backend(recipe.backend).slow_artifact_advice(bundle.artifact)
+        if advice:
+            why += f"; {advice}"
         self.progress(f"{recipe.name}: {why}")
         return prof, why
 
@@ -225,6 +226,9 @@ class StepRunner:
         if latency["p50"] >= float(step.latency_p50_ms or 0.0):
             return step, latency["p50"]
         bundle.write_json("profile.json", prof)
+        from onnxsmith.report import write_report
+
+        write_report(bundle)  # the report always shows the record it sits beside
         throughput = max(prof.get("throughput_per_s") or 0.0, prof.get("parallel_throughput_per_s") or 0.0)
         return dataclasses.replace(step, latency_p50_ms=latency["p50"], latency_p90_ms=latency["p90"],
                                    latency_p99_ms=latency["p99"], throughput_per_s=round(throughput, 3),

@@ -42,7 +42,9 @@ def compile_to(path: Path, precision: str, workdir: Path, target: Target | None 
     workdir.mkdir(parents=True, exist_ok=True)
     request = CompileRequest(load_model(path), target or apple_target(), precision, load_profile("quick"),
                              options=options)
-    return CoreMLCompiler().compile(request, workdir), workdir
+    from onnxsmith.compile import checked_request
+
+    return CoreMLCompiler().compile(checked_request(CoreMLCompiler(), request), workdir), workdir
 
 
 @pytest.fixture(scope="module")

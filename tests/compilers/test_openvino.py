@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import sys
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from onnx import TensorProto, helper
 from onnxsmith.data import Dataset
 from onnxsmith.errors import DataError, MissingDependencyError, UnsupportedError, UserInputError
 from onnxsmith.model import LoadedModel, load_model
+from onnxsmith.compile import checked_request
 from onnxsmith.plugin import Artifact, CompileRequest
 from onnxsmith.profiles import load_profile
 from onnxsmith.targets import Target, load_target, parse_target
@@ -51,7 +54,7 @@ def _compile(backend: OpenVINOCompiler, model: LoadedModel, target: Target, work
     workdir.mkdir(parents=True, exist_ok=True)
     request = CompileRequest(model=model, target=target, precision=precision, profile=load_profile("quick"),
                              calibration=calibration, options=options)
-    return backend.compile(request, workdir)
+    return backend.compile(checked_request(backend, request), workdir)
 
 
 @pytest.fixture(scope="module")
@@ -111,9 +114,14 @@ def test_bf16_follows_the_device_capabilities(backend: OpenVINOCompiler, cnn: Lo
         assert artifact.metadata["read_back"]["INFERENCE_PRECISION_HINT"] == "bf16"
         assert "bf16" in backend.precisions(host)
     else:
-        with pytest.raises(UnsupportedError, match="BF16") as info:
-            _compile(backend, cnn, host, tmp_path, "bf16")
+        with pytest.raises(UnsupportedError, match="bf16") as info:
+            _compile(backend, cnn, host, tmp_path, "bf16")  # the core: the detected host does not list bf16
         assert info.value.hint
+        # and the backend's own guard, for a target file that lists bf16 on a device without it
+        request = CompileRequest(model=cnn, target=dataclasses.replace(host, precisions=(*host.precisions, "bf16")),
+                                 precision="bf16", profile=load_profile("quick"))
+        with pytest.raises(UnsupportedError, match="BF16"):
+            backend.compile(request, tmp_path)
         assert "bf16" not in backend.precisions(host)
 
 
@@ -191,8 +199,10 @@ def test_absent_or_unknown_device_is_refused(backend: OpenVINOCompiler, cnn: Loa
 def test_unknown_option_is_refused(backend: OpenVINOCompiler, cnn: LoadedModel, host: Target, tmp_path: Path) -> None:
     with pytest.raises(UserInputError, match="unknown openvino option 'turbo'"):
         _compile(backend, cnn, host, tmp_path, turbo="1")
-    with pytest.raises(UserInputError, match="positive integer"):
+    with pytest.raises(UserInputError, match="num_streams=many: expected an integer"):
         _compile(backend, cnn, host, tmp_path, num_streams="many")
+    with pytest.raises(UserInputError, match="expected >= 1"):
+        _compile(backend, cnn, host, tmp_path, num_streams="0")
 
 
 def test_options_are_applied_and_read_back(backend: OpenVINOCompiler, host: Target, tmp_path: Path) -> None:

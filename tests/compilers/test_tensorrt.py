@@ -318,8 +318,10 @@ def _compile(model_path: Path, target: Target, precision: str, tmp: Path, calibr
     model = load_model(model_path)
     workdir = tmp / f"{model_path.stem}-{precision}"
     workdir.mkdir()
+    from onnxsmith.compile import checked_request
+
     request = CompileRequest(model, target, precision, load_profile("quick"), calibration, options)
-    return model, TensorRTCompiler().compile(request, workdir), workdir
+    return model, TensorRTCompiler().compile(checked_request(TensorRTCompiler(), request), workdir), workdir
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])

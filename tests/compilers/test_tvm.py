@@ -14,6 +14,7 @@ from onnx import TensorProto, helper
 
 from onnxsmith.errors import TargetError, UnsupportedError, UserInputError
 from onnxsmith.model import LoadedModel, load_model
+from onnxsmith.compile import checked_request
 from onnxsmith.plugin import Artifact, CompileRequest
 from onnxsmith.profiles import load_profile
 from onnxsmith.targets import Target, load_target, parse_target
@@ -104,7 +105,7 @@ def _compile(backend: TVMCompiler, model: LoadedModel, target: Target, workdir: 
     workdir.mkdir(parents=True, exist_ok=True)
     request = CompileRequest(model=model, target=target, precision=precision, profile=load_profile("quick"),
                              options=options)
-    return backend.compile(request, workdir)
+    return backend.compile(checked_request(backend, request), workdir)
 
 
 @pytest.fixture(scope="module")
@@ -217,7 +218,7 @@ def test_options_are_checked(backend: TVMCompiler, cnn: LoadedModel, host: Targe
         _compile(backend, cnn, host, tmp_path / "c", tune="1", tune_minutes="soon")
     with pytest.raises(UserInputError, match="tuning options given without --option tune=1"):
         _compile(backend, cnn, host, tmp_path / "e", tune_more="1")
-    with pytest.raises(UserInputError, match="invalid --option tune_more=again"):
+    with pytest.raises(UserInputError, match="invalid tvm --option tune_more=again"):
         _compile(backend, cnn, host, tmp_path / "f", tune="1", tune_more="again")
     with pytest.raises(UnsupportedError, match="fp16"):
         _compile(backend, cnn, host, tmp_path / "d", precision="fp16")
