@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import onnxsmith
 from onnxsmith.bundle import FORMAT_VERSION, MANIFEST, Bundle, write_json
 from onnxsmith.cache import CompileCache, cache_key, private_dir, replace_dir, sha256_file
-from onnxsmith.errors import DataError, MissingDependencyError, UnsupportedError
+from onnxsmith.errors import DataError, MissingDependencyError, OnnxsmithError, UnsupportedError
 from onnxsmith.model import require_static
 from onnxsmith.outdir import check_output_dir
 from onnxsmith.options import parse_backend_options
@@ -50,8 +50,13 @@ def choose_backend(target: Target, backend: str | None = None) -> Compiler:
         if support:
             return candidate
         skipped.append(f"{name} ({support.reason})")
-    raise MissingDependencyError(" / ".join(target.backends), target.backends[0],
-                                 f"no backend for {target.id} is usable here: {'; '.join(skipped)}")
+    first = target.backends[0]
+    try:
+        hint = get_backend(first).install_command()
+    except OnnxsmithError:
+        hint = ""
+    raise MissingDependencyError(" / ".join(target.backends), first,
+                                 f"no backend for {target.id} is usable here: {'; '.join(skipped)}", hint=hint)
 
 
 def _check_precision(backend: Compiler, target: Target, precision: str) -> None:

@@ -71,7 +71,7 @@ class MissingDependencyError(OnnxsmithError):
     def __init__(self, package: str, extra: str, why: str = "", hint: str = "") -> None:
         super().__init__(
             f"{package} is not installed",
-            why or f"the '{extra}' backend needs it",
+            why or (f"the '{extra}' backend needs it" if extra else "onnxsmith needs it"),
             hint or (f"pip install 'onnxsmith[{extra}]'" if extra else f"pip install {package}"),
         )
         self.package = package

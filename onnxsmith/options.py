@@ -126,6 +126,6 @@ def parse_backend_options(backend: Compiler, raw: Mapping[str, Any], where: str 
             raise UserInputError(f"unknown {backend.name} option '{key}'",
                                  f"{backend.name} takes {', '.join(declared) or 'no options'}",
                                  f"did you mean '{close[0]}'?" if close else
-                                 f"see 'onnxsmith doctor' for each backend's options")
+                                 "see 'onnxsmith doctor' for each backend's options")
         parsed[key] = declared[key].parse(value, f"{backend.name} {where}")
     return parsed

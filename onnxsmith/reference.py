@@ -24,7 +24,7 @@ def import_ort() -> Any:
     try:
         import onnxruntime
     except ImportError as exc:
-        raise MissingDependencyError("onnxruntime", "onnxruntime") from exc
+        raise MissingDependencyError("onnxruntime", "") from exc
     return onnxruntime
 
 

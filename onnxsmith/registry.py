@@ -27,6 +27,8 @@ class BackendStatus:
     reason: str = ""
     hint: str = ""
     artifact_kind: str = ""
+    options: tuple[dict[str, object], ...] = ()
+    """The backend's declared ``--option`` settings (:meth:`onnxsmith.options.Option.to_json`)."""
 
 
 @functools.lru_cache(maxsize=1)
@@ -77,15 +79,22 @@ def get_backend(name: str) -> Compiler:
 
 
 def backend_status(name: str, probe_devices: bool = True) -> BackendStatus:
-    """Whether a backend is usable here, and why not."""
+    """Whether a backend is usable here, and why not (with the backend's own install hint)."""
     try:
         backend = get_backend(name)
-        backend.check_environment()
-        devices = tuple(backend.devices()) if probe_devices else ()
-        return BackendStatus(name, True, backend.version(), devices, artifact_kind=backend.artifact_kind)
-    except MissingDependencyError as exc:
-        return BackendStatus(name, False, reason=exc.what, hint=exc.hint)
     except OnnxsmithError as exc:
         return BackendStatus(name, False, reason=f"{exc.what}: {exc.why}" if exc.why else exc.what, hint=exc.hint)
+    options = tuple(o.to_json() for o in backend.options)
+    base = {"artifact_kind": backend.artifact_kind, "options": options}
+    try:
+        backend.check_environment()
+        devices = tuple(backend.devices()) if probe_devices else ()
+        return BackendStatus(name, True, backend.version(), devices, **base)  # type: ignore[arg-type]
+    except MissingDependencyError as exc:
+        return BackendStatus(name, False, reason=exc.what, hint=exc.hint, **base)  # type: ignore[arg-type]
+    except OnnxsmithError as exc:
+        return BackendStatus(name, False, reason=f"{exc.what}: {exc.why}" if exc.why else exc.what, hint=exc.hint,
+                             **base)  # type: ignore[arg-type]
     except Exception as exc:  # vendor libraries fail in many ways (driver missing, ABI mismatch...)
-        return BackendStatus(name, False, reason=first_line(exc))
+        return BackendStatus(name, False, reason=first_line(exc), hint=backend.install_command(),
+                             **base)  # type: ignore[arg-type]

@@ -18,7 +18,6 @@ from onnxsmith.errors import TargetError
 from onnxsmith.tomlutil import Fields, read_toml
 
 CATALOGUE = Path(__file__).parent
-BACKENDS = ("tensorrt", "openvino", "coreml", "tvm", "onnxruntime")
 KINDS = ("cpu", "gpu", "npu", "soc")
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 
@@ -112,10 +111,14 @@ def parse_target(data: Mapping[str, Any], path: Path | str, target_id: str | Non
     req = f.table("requires")
     req.unknown({"arch", "cpu_flags", "os", "gpu"})
     device = f.table("device")
-    backends = f.str_list("backends", choices=BACKENDS)
+    from onnxsmith.registry import backend_names
+
+    registered = tuple(backend_names())  # built-in and third-party plugins alike
+    backends = f.str_list("backends", choices=registered)
     for name in device.data:
-        if name not in BACKENDS:
-            raise TargetError(f"invalid {path}", f"key 'device.{name}' is not a backend id ({', '.join(BACKENDS)})")
+        if name not in registered:
+            raise TargetError(f"invalid {path}", f"key 'device.{name}' names no installed backend "
+                              f"({', '.join(registered)})", "install the backend's plugin, or fix the name")
         device.table(name)
     file_id = f.get("id", str)
     if target_id is not None and file_id != target_id:

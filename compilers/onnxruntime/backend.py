@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,9 +13,6 @@ from onnxsmith.plugin import Artifact, CompileRequest, Compiler, Support
 from onnxsmith.reference import OnnxRuntimeRunner, available_providers, import_ort, session_options
 
 if TYPE_CHECKING:
-    import numpy as np
-
-    from onnxsmith.model import LoadedModel
     from onnxsmith.targets import Target
 
 _PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}

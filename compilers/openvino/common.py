@@ -55,7 +55,13 @@ def vendor_why(exc: BaseException, limit: int = 300) -> str:
 
 def device_for(target: Target) -> str:
     """The OpenVINO device named by the target (``device`` under ``[device.openvino]``), else one by kind."""
-    return str(target.options_for("openvino").get("device", DEVICE_KINDS.get(target.kind, "CPU")))
+    device = target.options_for("openvino").get("device", DEVICE_KINDS.get(target.kind, "CPU"))
+    if not isinstance(device, str):
+        from onnxsmith.errors import TargetError
+
+        raise TargetError(f"invalid {target.source_file or target.id}", f"key 'device.openvino.device' is "
+                          f"{device!r}, not a string", "set device = \"CPU\", \"GPU\" or \"NPU\"")
+    return device
 
 
 def valid_device_name(device: str) -> bool:

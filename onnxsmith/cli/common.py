@@ -8,7 +8,6 @@ from typing import Any
 
 import click
 
-from onnxsmith.errors import UserInputError
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 target_option = click.option("--target", "-t", "target_spec", default="host", show_default=True,

@@ -45,7 +45,19 @@ def doctor_command(as_json: bool) -> None:
     table = Table(title="backends")
     for col in ("backend", "usable", "version", "devices", "why not / fix"):
         table.add_column(col)
-    for s in statuses:
-        table.add_row(s.name, "[green]yes[/green]" if s.available else "[red]no[/red]", s.version or "-",
-                      ", ".join(s.devices) or "-", f"{s.reason}" + (f" (hint: {s.hint})" if s.hint else ""))
+    from rich.markup import escape
+
+    for s in statuses:  # escape: "pip install 'onnxsmith[openvino]'" is not rich markup
+        table.add_row(s.name, "[green]yes[/green]" if s.available else "[red]no[/red]", escape(s.version or "-"),
+                      escape(", ".join(s.devices) or "-"), escape(s.reason + (f" (hint: {s.hint})" if s.hint else "")))
     out.print(table)
+    from onnxsmith.options import Option
+
+    for s in statuses:
+        if s.options:
+            out.print(f"{s.name} options (--option KEY=VALUE):")
+            for o in s.options:
+                option = Option(str(o["name"]), {"int": int, "float": float, "bool": bool, "list": list}.get(
+                    str(o["type"]), str), o["default"], str(o["help"]), tuple(o["choices"]),  # type: ignore[arg-type]
+                    o["minimum"], o["maximum"])  # type: ignore[arg-type]
+                out.print(f"  {escape(option.describe())}")

@@ -176,7 +176,7 @@ class Fp16Pass(Pass):
         try:
             from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
         except ImportError as exc:
-            raise MissingDependencyError("onnxruntime", "onnxruntime",
+            raise MissingDependencyError("onnxruntime", "",
                                          "the fp16 pass uses onnxruntime.transformers.float16") from exc
         notes = []
         _name_nodes(model)

@@ -204,7 +204,7 @@ def ort_session(model: onnx.ModelProto, optimize: bool = False) -> Any:
     try:
         import onnxruntime as ort
     except ImportError as exc:
-        raise MissingDependencyError("onnxruntime", "onnxruntime") from exc
+        raise MissingDependencyError("onnxruntime", "") from exc
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     if not optimize:

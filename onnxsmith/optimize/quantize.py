@@ -55,7 +55,7 @@ def _quantization() -> Any:
     try:
         from onnxruntime import quantization
     except ImportError as exc:
-        raise MissingDependencyError("onnxruntime", "onnxruntime", "int8 QDQ uses onnxruntime.quantization") from exc
+        raise MissingDependencyError("onnxruntime", "", "int8 QDQ uses onnxruntime.quantization") from exc
     return quantization
 
 

@@ -59,7 +59,7 @@ def _ort_basic(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
     try:
         import onnxruntime as ort
     except ImportError as exc:
-        raise MissingDependencyError("onnxruntime", "onnxruntime") from exc
+        raise MissingDependencyError("onnxruntime", "") from exc
     with tempfile.TemporaryDirectory(prefix="onnxsmith-simplify-") as tmp:
         out = Path(tmp) / "basic.onnx"
         opts = ort.SessionOptions()
