@@ -6,6 +6,7 @@ import platform
 
 from onnxsmith.plugin import Support
 from onnxsmith.targets import Target
+from onnxsmith.units import machine_arch
 
 
 def host_matches(target: Target) -> Support:
@@ -13,7 +14,7 @@ def host_matches(target: Target) -> Support:
     from onnxsmith.targets.host import cpu_flags
 
     req = target.requires
-    arch = platform.machine().lower().replace("amd64", "x86_64").replace("arm64", "aarch64")
+    arch = machine_arch()
     system = platform.system().lower()
     if req.arch and req.arch != arch:
         return Support(False, f"{target.id} is an {req.arch} device and this machine is {arch}",

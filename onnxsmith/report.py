@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
+from onnxsmith.units import fmt_bytes
+
 if TYPE_CHECKING:
     from onnxsmith.bundle import Bundle
 
@@ -30,16 +32,6 @@ def _flop(n: float) -> str:
         if n >= scale:
             return f"{n / scale:.3f} {unit}"
     return f"{n:.0f} FLOP"
-
-
-def _size(n: int | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return str(n)
 
 
 def render_report(manifest: dict[str, Any], profile: dict[str, Any] | None,
@@ -108,8 +100,8 @@ def render_report(manifest: dict[str, Any], profile: dict[str, Any] | None,
             o = "-" if ours is None else f"{ours:.2f}{unit}"
             t = "-" if theirs is None else f"{theirs:.2f}{unit}"
             lines.append(f"| {name} | {o} | {t} | {_ratio_word(ours or 0, theirs or 0, lower)} |")
-        lines.append(f"| artifact size | {_size(profile['artifact_size_bytes'])} | "
-                     f"{_size(os.path.getsize(manifest['_reference_path'])) if manifest.get('_reference_path') else '-'} | |")
+        lines.append(f"| artifact size | {fmt_bytes(profile['artifact_size_bytes'])} | "
+                     f"{fmt_bytes(os.path.getsize(manifest['_reference_path'])) if manifest.get('_reference_path') else '-'} | |")
         lines.append("")
         if profile.get("efficiency") is not None:
             lines.append(f"Efficiency: {_flop(profile['flops'])} per inference at p50 = "

@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 from onnxsmith.targets import Peak, Requirements, Target
+from onnxsmith.units import machine_arch
 
 # FLOP per cycle per core for fp32 FMA, by widest vector unit (2 FMA pipes; Zen 4 runs AVX-512 on 256-bit pipes).
 _FP32_FLOP_PER_CYCLE = {"amx": 64, "avx512": 64, "avx2": 32, "sse": 8, "sve": 32, "neon": 16}
@@ -56,7 +57,7 @@ def _ghz(text: str) -> tuple[float, str]:
 def detect_host() -> Target:
     """This machine as a :class:`Target`. Cached: detection reads /proc once per process."""
     text = _cpuinfo()
-    arch = platform.machine().lower().replace("amd64", "x86_64").replace("arm64", "aarch64")
+    arch = machine_arch()
     flags = cpu_flags()
     cores = _cores()
     ghz, ghz_source = _ghz(text)

@@ -162,3 +162,29 @@ def test_profile_peak_memory_is_the_measuring_process_own(bundle) -> None:
     result = profile_bundle(bundle, load_profile("quick"), baseline=False).to_json()
     del ballast
     assert 0 < result["peak_rss_mb"] < parent_peak_mb - 100
+
+
+def test_validate_and_the_ladder_agree_on_the_same_bundle(cnn_path: Path, tmp_path: Path) -> None:
+    """One comparison engine: `validate` and `optimize`'s evaluation give the same cosine, agreement and worst
+    examples for one int8 bundle on one labelled data set."""
+    from onnxsmith.model import save_model
+    from onnxsmith.optimize.evaluate import evaluate, reference_outputs
+    from onnxsmith.optimize.passes import get_pass
+
+    original = load_model(cnn_path)
+    quantized = load_model(save_model(get_pass("int8_qdq").run(original, calibration=synthetic(original, 8)).model,
+                                      tmp_path / "q" / "cnn.onnx"))
+    bundle = compile_model(quantized, load_target("host"), profile=load_profile("quick"), output=tmp_path / "b",
+                           backend="onnxruntime", reference=original)
+    data = synthetic(original, 40, seed=5)
+    data = Dataset(data.arrays, np.arange(40) % 10, "labelled")
+    validated = validate_bundle(bundle, data, keep_worst=4, min_cosine=0.5)
+    evaluated = evaluate(bundle, data, reference_outputs(original, data), tmp_path / "ex", tmp_path, keep_worst=4)
+    assert validated.samples == evaluated.samples == 40
+    assert validated.cosine_min == pytest.approx(evaluated.cosine_min, abs=1e-8) and validated.cosine_min < 0.99999
+    assert validated.top1_agreement == evaluated.agreement and validated.accuracy == evaluated.accuracy
+    assert [w.index for w in validated.worst] == [w.index for w in evaluated.worst]
+    assert [w.cosine for w in validated.worst] == [w.cosine for w in evaluated.worst]
+    for mine, theirs in zip(validated.worst, evaluated.worst):
+        with np.load(bundle.path / mine.file) as a, np.load(tmp_path / theirs.npz) as b:
+            assert set(a.files) == set(b.files) and all(np.array_equal(a[k], b[k]) for k in a.files)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from onnxsmith.errors import BackendError, MissingDependencyError, TargetError, UnsupportedError, first_line
 from onnxsmith.options import Option
 from onnxsmith.plugin import Artifact, CompileRequest, Compiler, Support
+from onnxsmith.units import machine_arch
 
 if TYPE_CHECKING:
     from onnxsmith.compilers.coreml.runner import CoreMLRunner
@@ -201,7 +202,7 @@ class CoreMLCompiler(Compiler):
         if platform.system() != "Darwin":
             return Support(False, f"Core ML predicts only on macOS (and iOS); this machine runs {platform.system()}",
                            "copy the bundle to a Mac and profile it there")
-        arch = platform.machine().lower().replace("arm64", "aarch64")
+        arch = machine_arch()
         if target.requires.arch and target.requires.arch != arch:
             return Support(False, f"{target.id} is an {target.requires.arch} device and this Mac is {arch}",
                            "run it on the device")

@@ -53,11 +53,10 @@ class OnnxRuntimeCompiler(Compiler):
         from onnxsmith.hostcheck import host_matches
 
         if target.kind == "gpu":
-            import platform
-
             from onnxsmith.hostcheck import gpu_matches
+            from onnxsmith.units import machine_arch
 
-            arch = platform.machine().lower().replace("amd64", "x86_64").replace("arm64", "aarch64")
+            arch = machine_arch()
             if target.requires.arch and target.requires.arch != arch:
                 return Support(False, f"{target.id} is an {target.requires.arch} device and this machine is {arch}",
                                "run the bundle on the device")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -14,6 +13,7 @@ from onnxsmith.compilers.tensorrt.options import DECLARED, BuildOptions, parse_o
 
 from onnxsmith.errors import BundleError, DataError, MissingDependencyError, UnsupportedError
 from onnxsmith.plugin import Artifact, CompileRequest, Compiler, Support
+from onnxsmith.units import machine_arch
 
 if TYPE_CHECKING:
     import onnx
@@ -59,7 +59,7 @@ class TensorRTCompiler(Compiler):
         if not supported:
             return supported
         req = target.requires
-        arch = platform.machine().lower().replace("amd64", "x86_64").replace("arm64", "aarch64")
+        arch = machine_arch()
         if req.arch and req.arch != arch:
             return Support(False, f"{target.id} is an {req.arch} device and this machine is {arch}",
                            "copy the bundle to the device and run it there")

@@ -54,10 +54,6 @@ def count_qdq(model: onnx.ModelProto) -> dict[str, int]:
     return {op: counts.get(op, 0) for op in QDQ_OPS}
 
 
-def has_qdq(model: onnx.ModelProto) -> bool:
-    return any(count_qdq(model).values())
-
-
 def sort_nodes(graph: onnx.GraphProto) -> None:
     """Put ``graph``'s nodes in topological order (the float16 converter appends its input casts at the end)."""
     nodes = list(graph.node)

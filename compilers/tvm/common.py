@@ -16,7 +16,7 @@ TUNING_FILE = "tuning_records.json"
 """The MetaSchedule records applied to this artifact (one JSON line each), for reproducing the build."""
 
 FFI_PIN = "0.1.14.post1"
-"""apache-tvm-ffi release MetaSchedule works with (FACTS: newer ones segfault when serializing modules)."""
+"""apache-tvm-ffi release MetaSchedule works with (measured: newer ones segfault when serializing modules)."""
 
 _NOISE = re.compile(r"^(Traceback|File \"|\s*\^|During handling|The above exception)")
 

@@ -1,6 +1,6 @@
 """Import path: ONNX (fixed shapes) -> onnxslim -> Relax, naming unsupported ops and failing nodes.
 
-FACTS: the Relax ONNX frontend fails on raw BERT-style exports ("shape_of expects a tensor input") until the graph
+Measured here: the Relax ONNX frontend fails on raw BERT-style exports ("shape_of expects a tensor input") until the graph
 is simplified with fixed shapes, so every model goes through ``onnxslim.slim`` first (constant folding, shape
 arithmetic removed, fusions). When slimming fails the original graph is imported and the report says so.
 """

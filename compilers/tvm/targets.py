@@ -46,7 +46,7 @@ class TVMTarget:
     """What TVM compiles for: the target dict, how the library is linked, and where it runs."""
 
     spec: Mapping[str, Any]
-    """The dict given to ``tvm.target.Target`` (JSON form: FACTS says the string form raises)."""
+    """The dict given to ``tvm.target.Target`` (JSON form: the string form raises in TVM 0.27)."""
     kind: str
     """``llvm`` or ``cuda``."""
     cc: str | None

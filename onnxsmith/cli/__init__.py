@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib
 import sys
-from typing import Any
 
 import click
 
@@ -88,7 +87,3 @@ def main(argv: list[str] | None = None) -> None:
                    "with --debug and report the traceback.", err=True)
         sys.exit(1)
     sys.exit(0)
-
-
-def run_cli(args: list[str]) -> Any:  # pragma: no cover - convenience for scripts
-    return main(args)

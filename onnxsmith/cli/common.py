@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -40,10 +38,3 @@ def existing_file(path: str, what: str) -> Path:
 
 def echo_err(message: str) -> None:
     click.echo(message, err=True)
-
-
-def with_progress(title: str, enabled: bool, fn: Callable[[Callable[[str], None]], Any]) -> Any:
-    from onnxsmith.console import progress
-
-    with progress(title, enabled) as update:
-        return fn(update)

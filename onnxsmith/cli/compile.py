@@ -14,7 +14,20 @@ def default_output(model: str, target: str, precision: str) -> Path:
     return Path("out") / f"{Path(model).stem}-{Path(target).stem if target.endswith('.toml') else target.replace('/', '-')}-{precision}"
 
 
-@click.command("compile")
+class _CompileCommand(click.Command):
+    """``compile --help`` ends with every installed backend's declared options (read when help is shown)."""
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        from onnxsmith.cli.targets import backend_options
+        from onnxsmith.registry import backend_names
+
+        with formatter.section("Backend options (--option KEY=VALUE)"):
+            for name, options in backend_options(backend_names()).items():
+                if options:
+                    formatter.write_dl([(name, "; ".join(o.describe() for o in options))])
+
+
+@click.command("compile", cls=_CompileCommand)
 @click.argument("model", type=click.Path(dir_okay=False))
 @target_option
 @backend_option
@@ -27,12 +40,12 @@ def default_output(model: str, target: str, precision: str) -> Path:
 @profile_option
 @shape_option
 @click.option("--option", "raw_options", multiple=True, metavar="KEY=VALUE",
-              help="Backend option, e.g. inference_precision=f32 (repeatable).")
-@click.option("--tune", is_flag=True, help="Tune kernels (TVM MetaSchedule); the tuning database is cached.")
-@click.option("--tune-trials", type=int, default=None, help="Tuning budget in measured candidates.")
-@click.option("--tune-minutes", type=float, default=None, help="Tuning budget in minutes.")
-@click.option("--tune-more", is_flag=True,
-              help="Tune kernels that already have records further (default: reuse them as they are).")
+              help="Backend option, checked against the backend's declaration (listed below; repeatable).")
+@click.option("--tune", is_flag=True, help="Shorthand for --option tune=1 (backends that declare 'tune', e.g. TVM's "
+              "MetaSchedule).")
+@click.option("--tune-trials", type=int, default=None, help="Shorthand for --option tune_trials=N (implies --tune).")
+@click.option("--tune-minutes", type=float, default=None, help="Shorthand for --option tune_minutes=M (implies --tune).")
+@click.option("--tune-more", is_flag=True, help="Shorthand for --option tune_more=1 (implies --tune).")
 @click.option("--no-cache", is_flag=True, help="Compile even when the cache has this artifact.")
 @click.option("--force", is_flag=True, help="Replace a non-empty -o that is not an onnxsmith bundle (never one "
               "holding the model, data or cache).")

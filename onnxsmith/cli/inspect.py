@@ -51,6 +51,7 @@ def inspect_command(model: str, target_spec: str, shapes: tuple[str, ...], as_js
     from onnxsmith.console import print_json, stdout_console
     from onnxsmith.model import load_model, parse_shape_overrides
     from onnxsmith.targets import load_target
+    from onnxsmith.units import fmt_bytes
 
     loaded = load_model(model, parse_shape_overrides(shapes), default_batch=None)
     target = load_target(target_spec)
@@ -83,7 +84,7 @@ def inspect_command(model: str, target_spec: str, shapes: tuple[str, ...], as_js
         for s in specs:
             io.add_row(kind, s["name"], s["dtype"], "x".join(str(d) if d is not None else "?" for d in s["shape"]))
     out.print(io)
-    out.print(f"{info['nodes']} nodes, {info['parameters']:,} parameters ({info['parameter_bytes'] / 1e6:.2f} MB), "
+    out.print(f"{info['nodes']} nodes, {info['parameters']:,} parameters ({fmt_bytes(info['parameter_bytes'])}), "
               f"{_flop(info['flops'])} per inference (Conv/Gemm/MatMul)")
     out.print("ops: " + ", ".join(f"{op} x{n}" for op, n in info["ops"].items()))
     if info["dynamic_inputs"]:

@@ -80,20 +80,20 @@ def _print_summary(record: dict, output) -> None:
     from rich.table import Table
 
     from onnxsmith.console import stdout_console
+    from onnxsmith.units import fmt_bytes
 
     metric = record["constraints"].get("metric", "accuracy")
     table = Table(title=f"{record['model']} on {record['target']} ({metric})")
-    for column in ("step", "backend", "precision", "batch", "p50 ms", "p99 ms", "size MB", metric, "status"):
-        table.add_column(column, justify="right" if column in ("batch", "p50 ms", "p99 ms", "size MB") else "left")
+    for column in ("step", "backend", "precision", "batch", "p50 ms", "p99 ms", "size", metric, "status"):
+        table.add_column(column, justify="right" if column in ("batch", "p50 ms", "p99 ms", "size") else "left")
 
     def fmt(value, spec):
         return "-" if value is None else format(value, spec)
 
     for step in record["steps"]:
-        size = None if step.get("size_bytes") is None else step["size_bytes"] / 1e6
         table.add_row(step["name"], step["backend"], step["precision"], str(step.get("batch", 1)),
                       fmt(step.get("latency_p50_ms"), ".3f"), fmt(step.get("latency_p99_ms"), ".3f"),
-                      fmt(size, ".2f"), fmt(step.get(metric), ".4f"), step["status"])
+                      fmt_bytes(step.get("size_bytes")), fmt(step.get(metric), ".4f"), step["status"])
     console = stdout_console()
     if not console.is_terminal:
         console.width = 140  # logs and pipes: no wrapped cells

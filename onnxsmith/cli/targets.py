@@ -53,6 +53,8 @@ def show_command(target_id: str, as_json: bool) -> None:
     data = target.to_json()
     runs = _runs_here(target)
     data["runs_here"] = {"ok": runs[0], "reason": runs[1]}
+    options = backend_options(target.backends)
+    data["backend_options"] = {name: [o.to_json() for o in opts] for name, opts in options.items()}
     if as_json:
         print_json(data)
         return
@@ -68,6 +70,24 @@ def show_command(target_id: str, as_json: bool) -> None:
     for backend, opts in target.device_options.items():
         click.echo(f"  {backend}: " + ", ".join(f"{k}={v}" for k, v in opts.items()))
     click.echo(f"  runs here: {'yes' if runs[0] else 'no: ' + runs[1]}")
+    for name, opts in options.items():
+        click.echo(f"  {name} --option KEY=VALUE:")
+        for option in opts:
+            click.echo(f"    {option.describe()}")
+
+
+def backend_options(names: tuple[str, ...] | list[str]) -> dict[str, tuple]:
+    """Each loadable backend's declared options (no vendor library is imported)."""
+    from onnxsmith.errors import OnnxsmithError
+    from onnxsmith.registry import get_backend
+
+    out = {}
+    for name in names:
+        try:
+            out[name] = tuple(get_backend(name).options)
+        except OnnxsmithError:
+            continue
+    return out
 
 
 def _runs_here(target: object) -> tuple[bool, str]:

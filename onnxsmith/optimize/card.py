@@ -15,7 +15,8 @@ from typing import Any
 
 from onnxsmith.optimize.card_style import CSS
 from onnxsmith.optimize.plots import METRIC_LABELS, latency_accuracy_svg, throughput_batch_svg
-from onnxsmith.optimize.record import Card, Step, fmt_bytes, fmt_ms, fmt_num, fmt_pct
+from onnxsmith.optimize.record import Card, Step, fmt_ms, fmt_num, fmt_pct
+from onnxsmith.units import fmt_bytes
 
 FILES_DIR = "card_files"
 

@@ -40,7 +40,6 @@ class Evaluation:
     samples: int
     checked: str
     worst: tuple[Example, ...]
-    lowest_cosine_index: int
 
 
 def reference_outputs(model: LoadedModel, data: Dataset) -> Reference:
@@ -95,4 +94,4 @@ def evaluate(bundle: Bundle, data: Dataset, reference: Reference, examples_dir: 
     elif n < len(data):
         checked += f"; the last {len(data) - n} do not fill a batch of {batch}"
     return Evaluation(result.accuracy, result.top1_agreement, result.cosine_min, result.cosine_mean, n, checked,
-                      worst, int(result.cosine.argmin()))
+                      worst)

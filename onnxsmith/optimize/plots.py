@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from onnxsmith.optimize.record import Card, Step, pareto_front
+from onnxsmith.optimize.record import Card, pareto_front
 
 if TYPE_CHECKING:
     import numpy as np
@@ -158,6 +158,3 @@ def input_png(array: np.ndarray, min_size: int = 96) -> bytes | None:
     return buf.getvalue()
 
 
-def example_steps(steps: Sequence[Step]) -> list[Step]:
-    """Steps that kept failure examples."""
-    return [s for s in steps if s.worst]

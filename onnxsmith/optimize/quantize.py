@@ -26,8 +26,6 @@ if TYPE_CHECKING:
     from onnxsmith.data import Dataset
 
 METHODS = ("minmax", "entropy", "percentile")
-QUANTIZABLE = ("Conv", "MatMul", "Gemm", "ConvTranspose", "Add", "Mul", "MaxPool", "AveragePool",
-               "GlobalAveragePool", "Relu", "Clip", "Concat", "Resize", "Softmax", "Gather", "Transpose", "Reshape")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -235,16 +235,5 @@ def fmt_pct(value: float | None, digits: int = 2) -> str:
     return "–" if value is None else f"{value * 100:.{digits}f} %"
 
 
-def fmt_bytes(value: int | None) -> str:
-    if value is None:
-        return "–"
-    size = float(value)
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} GB"
-
-
 def fmt_num(value: float | None, digits: int = 1) -> str:
     return "–" if value is None else f"{value:,.{digits}f}"
