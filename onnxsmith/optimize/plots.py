@@ -16,7 +16,12 @@ _COLORS = {"chosen": "#1a7f37", "rejected": "#8c959f", "measured": "#0969da", "f
 
 
 def _pyplot(salt: str) -> Any:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError as exc:
+        from onnxsmith.errors import MissingDependencyError
+
+        raise MissingDependencyError("matplotlib", "optimize", "the evidence card's plots need it") from exc
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
@@ -141,8 +146,11 @@ def image_like(array: np.ndarray) -> np.ndarray | None:
 def input_png(array: np.ndarray, min_size: int = 96) -> bytes | None:
     """One input sample rendered as a PNG (min-max scaled, upscaled with nearest neighbours), or ``None``."""
     import numpy as np
-    from PIL import Image
 
+    try:
+        from PIL import Image
+    except ImportError:  # pictures of the worst examples are optional: the .npz files hold the data
+        return None
     image = image_like(array)
     if image is None:
         return None
