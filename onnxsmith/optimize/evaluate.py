@@ -40,6 +40,8 @@ class Evaluation:
     samples: int
     checked: str
     worst: tuple[Example, ...]
+    partial: bool = False
+    """Stopped at the time cap before every sample was checked."""
 
 
 def reference_outputs(model: LoadedModel, data: Dataset) -> Reference:
@@ -89,9 +91,10 @@ def evaluate(bundle: Bundle, data: Dataset, reference: Reference, examples_dir: 
         npz=str(e["npz"].relative_to(rel_to)), png=None if e["png"] is None else str(e["png"].relative_to(rel_to)))
         for e in saved)
     checked = f"{n} of {len(data)} samples of {data.source}" + (" (with labels)" if data.labels is not None else "")
-    if n < len(data) - len(data) % batch:
+    partial = n < len(data) - len(data) % batch
+    if partial:
         checked += f"; stopped after {max_seconds:g} s: the step is too slow to check every sample"
     elif n < len(data):
         checked += f"; the last {len(data) - n} do not fill a batch of {batch}"
     return Evaluation(result.accuracy, result.top1_agreement, result.cosine_min, result.cosine_mean, n, checked,
-                      worst)
+                      worst, partial)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import onnxsmith
 from onnxsmith.errors import UnsupportedError, UserInputError
-from onnxsmith.optimize.record import Card, Constraints, Step, compare
+from onnxsmith.optimize.record import Card, Constraints, Step, Verdict, compare
 from onnxsmith.optimize.selection import select
 from onnxsmith.optimize.steps import Recipe, StepRunner, pass_spec
 
@@ -89,7 +89,7 @@ def _risky(step: Step) -> tuple[str, ...]:
     if step.agreement is not None and step.agreement < 1.0:
         out.append(f"top-1 differs from fp32 on {round((1 - step.agreement) * step.samples_checked)} of "
                    f"{step.samples_checked} samples")
-    if "stopped after" in step.checked:
+    if step.partial_check:
         out.append(f"checked on {step.samples_checked} samples only (time cap): its accuracy is on a subset")
     if step.samples_checked and step.samples_checked < 100:
         out.append(f"only {step.samples_checked} samples checked")
@@ -282,7 +282,7 @@ def _runoff(runner: StepRunner, steps: list[Step], constraints: Constraints, wit
     by = {s.name: s for s in steps}
     best = by[selection.chosen].latency_p50_ms or 0.0
     leaders = [s.name for s in selection.steps
-               if s.name == selection.chosen or (s.status == "rejected" and s.reason.startswith(("slower than", "as fast"))
+               if s.name == selection.chosen or (s.verdict == Verdict.LOST.value
                                                  and (s.latency_p50_ms or 0.0) <= best * (1 + within))]
     leaders = sorted(leaders, key=lambda n: by[n].latency_p50_ms or 0.0)[:most]
     if len(leaders) < 2:

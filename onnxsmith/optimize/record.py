@@ -7,6 +7,7 @@ JSON back, so a card can be re-rendered without measuring again.
 from __future__ import annotations
 
 import dataclasses
+import enum
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -36,6 +37,22 @@ class Example:
     @property
     def wrong(self) -> bool:
         return self.label is not None and self.prediction is not None and self.prediction != self.label
+
+
+class Verdict(str, enum.Enum):
+    """Why a step ended where it did, as a code the ladder decides by (``Step.reason`` is the prose shown)."""
+
+    NONE = ""
+    CHOSEN = "chosen"
+    LOST = "lost"
+    """Meets every constraint; another step is better by the objective."""
+    CONSTRAINT = "constraint"
+    """Misses the accuracy constraint or the latency budget."""
+    NOT_CANDIDATE = "not_candidate"
+    """A batch-sweep step under the latency objective."""
+    SCREENED = "screened"
+    """Cut after a short probe: far slower than the best step so far."""
+    FAILED = "failed"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +95,10 @@ class Step:
     bundle: str | None = None
     notes: tuple[str, ...] = ()
     screened: bool = False
+    verdict: str = Verdict.NONE.value
+    """A :class:`Verdict` value, set by the selection."""
+    partial_check: bool = False
+    """Validated on a subset only: the evaluation hit its time cap."""
     """Cut after a short probe (far slower than the fastest step): ``reason`` says why; not a candidate."""
 
     @property

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from onnxsmith.optimize.record import Constraints, Step, fmt_ms, fmt_pct
+from onnxsmith.optimize.record import Constraints, Step, fmt_ms, fmt_pct, Verdict
 
 _EPS = 1e-9
 
@@ -83,20 +83,22 @@ def select(steps: Sequence[Step], constraints: Constraints, reference: str) -> S
     out = []
     for step in steps:
         if step.status == "failed" or not step.measured:
-            out.append(dataclasses.replace(step, status="failed", reason=step.reason or "not measured"))
+            out.append(dataclasses.replace(step, status="failed", reason=step.reason or "not measured",
+                                           verdict=Verdict.FAILED.value))
         elif step.screened:
-            out.append(dataclasses.replace(step, status="rejected"))
+            out.append(dataclasses.replace(step, status="rejected", verdict=Verdict.SCREENED.value))
         elif chosen is not None and step.name == chosen.name:
             why = (f"highest throughput ({step.throughput_per_s or 0:,.1f}/s)" if constraints.objective == "throughput"
                    else f"lowest p50 latency ({fmt_ms(step.latency_p50_ms)} ms)")
             drop = _drop(step, ref, metric)
             out.append(dataclasses.replace(step, status="chosen", reason=f"{why} among the steps that meet the "
-                                           f"constraints ({metric} drop {fmt_pct(drop)})"))
+                                           f"constraints ({metric} drop {fmt_pct(drop)})", verdict=Verdict.CHOSEN.value))
         elif step.name in verdicts:
-            out.append(dataclasses.replace(step, status="rejected", reason=verdicts[step.name]))
+            code = Verdict.NOT_CANDIDATE if not step.candidate else Verdict.CONSTRAINT
+            out.append(dataclasses.replace(step, status="rejected", reason=verdicts[step.name], verdict=code.value))
         else:
             assert chosen is not None
-            out.append(dataclasses.replace(step, status="rejected",
+            out.append(dataclasses.replace(step, status="rejected", verdict=Verdict.LOST.value,
                                            reason=_why_lost(step, chosen, constraints.objective)))
     failure = None if chosen else _failure(steps, ref, constraints, meets_accuracy, meets_latency)
     return Selection(tuple(out), chosen.name if chosen else None, failure)

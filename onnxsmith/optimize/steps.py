@@ -168,6 +168,7 @@ class StepRunner:
             peak_memory_mb=prof.get("peak_rss_mb"), size_bytes=prof.get("artifact_size_bytes"),
             accuracy=ev.accuracy, agreement=ev.agreement, cosine_min=round(ev.cosine_min, 8),
             samples_checked=ev.samples, checked=ev.checked, worst=ev.worst, pass_record=record,
+            partial_check=ev.partial,
             candidate=recipe.candidate, bundle=str(bundle.path.relative_to(self.output)), notes=tuple(notes),
         )
         if screened is not None:
