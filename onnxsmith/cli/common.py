@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import click
 
+from onnxsmith.datasets import FORMS
 from onnxsmith.errors import UserInputError
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
@@ -22,6 +22,12 @@ shape_option = click.option("--shape", "shapes", multiple=True, metavar="NAME=DI
                             help="Fix an input's dims, e.g. --shape input=1x3x224x224 (repeatable).")
 
 
+def data_option(flag: str, dest: str, role: str, required: bool = False) -> Callable[[Any], Any]:
+    """A data option: every verb takes the same forms, read by :func:`onnxsmith.datasets.open_dataset`."""
+    return click.option(flag, dest, default=None, required=required, metavar="DATA",
+                        help=f"{role}: {FORMS}. At most $ONNXSMITH_MAX_DATA_BYTES (default 4GiB) is loaded.")
+
+
 def parse_options(values: tuple[str, ...]) -> dict[str, str]:
     options = {}
     for value in values:
@@ -30,16 +36,6 @@ def parse_options(values: tuple[str, ...]) -> dict[str, str]:
             raise UserInputError(f"invalid --option '{value}'", "expected KEY=VALUE")
         options[key.strip()] = val.strip()
     return options
-
-
-def existing_file(path: str, what: str) -> Path:
-    from onnxsmith.errors import DataError
-
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"cannot read {what} '{path}'", "file not found" if not p.exists() else "not a file",
-                        "check the path")
-    return p
 
 
 def echo_err(message: str) -> None:
