@@ -201,6 +201,9 @@ def _parse_header(fp: IO[bytes], name: str, available: int, file_name: str, wher
     else:  # 3.0 (utf-8 field names) has no public reader
         shape, fortran_order, dtype = npformat._read_array_header(fp, version)
     header = ArrayHeader(name, tuple(int(d) for d in shape), dtype, bool(fortran_order))
+    if any(d < 0 for d in header.shape):
+        raise DataError(f"cannot read {where}", f"the header of '{file_name}' declares a negative dimension "
+                        f"{header.shape}", "the file is forged or corrupt: save it again with numpy.save")
     if dtype.hasobject:
         raise DataError(f"cannot read {where}", f"'{file_name}' holds Python objects ({dtype}), which are not read "
                         "(loading them could run code)", "save numeric arrays")

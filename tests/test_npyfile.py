@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import struct
 import subprocess
 import sys
@@ -101,15 +102,16 @@ def test_a_tiny_npz_claiming_1e12_elements_is_refused_at_once(cnn_path: Path, tm
 
 
 def _run_measured(args: list[str], env: dict[str, str] | None = None) -> dict:
-    """Run the CLI in a fresh process; its exit code, stderr, seconds in main() and peak RSS (ru_maxrss, MB)."""
-    code = ("import io, json, resource, sys, time, contextlib\nfrom onnxsmith.cli import main\n"
+    """Run the CLI in a fresh process; its exit code, stderr, seconds in main() and peak RSS (VmHWM, MB)."""
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec, so it would report the forking pytest worker's
+    code = ("import io, json, sys, time, contextlib\nfrom onnxsmith.cli import main\n"
+            "def peak_mb():\n    for line in open('/proc/self/status'):\n        if line.startswith('VmHWM:'):\n"
+            "            return int(line.split()[1]) / 1024\n"
             "err = io.StringIO()\nstart = time.perf_counter()\n"
             "with contextlib.redirect_stderr(err):\n    try:\n        main(sys.argv[1:])\n"
             "    except SystemExit as exc:\n        status = exc.code or 0\n"
             "print(json.dumps({'code': status, 'err': err.getvalue(), 'seconds': time.perf_counter() - start,"
-            " 'peak_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))\n")
-    import os
-
+            " 'peak_mb': peak_mb()}))\n")
     proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120,
                           env={**os.environ, **(env or {})})
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -168,6 +170,9 @@ def test_object_arrays_truncated_members_and_bad_caps_are_refused(tmp_path: Path
     assert max_bytes() == DEFAULT_MAX_BYTES == 4 * 2**30
     monkeypatch.setenv(MAX_BYTES_VARIABLE, "1.5GB")
     assert max_bytes() == 1_500_000_000
+    (tmp_path / "neg.npy").write_bytes(_npy_header((-1, 3, 16, 16)) + bytes(64))
+    with pytest.raises(DataError, match=r"declares a negative dimension \(-1, 3, 16, 16\)"):
+        open_dataset(tmp_path / "neg.npy", CNN)
     np.save(tmp_path / "good.npy", data)
     assert len(open_dataset(tmp_path / "good.npy", CNN)) == 4
     monkeypatch.setenv(MAX_BYTES_VARIABLE, "lots")
