@@ -93,24 +93,25 @@ def test_a_tiny_npz_claiming_1e12_elements_is_refused_at_once(cnn_path: Path, tm
     assert forged.stat().st_size < 300
     for args in (["compile", str(cnn_path), "-b", "onnxruntime", "-o", str(tmp_path / "b"), "--calibration"],
                  ["validate", str(tmp_path / "b"), "--data"], ["run", str(tmp_path / "b"), "--input"]):
-        start = time.perf_counter()
+        start = time.process_time()  # CPU time: wall time varies with the machine's load
         _assert_one_line_error(*cli([*args, str(forged)], capsys), 2,
                                "declares 1000000000000 float32 (3725.3 GiB) but the file holds 16 B of data")
-        assert time.perf_counter() - start < 2
+        assert time.process_time() - start < 2
         if args[0] == "compile":  # the later verbs need the bundle
             assert cli(args[:-1], capsys)[0] == 0
 
 
 def _run_measured(args: list[str], env: dict[str, str] | None = None) -> dict:
-    """Run the CLI in a fresh process; its exit code, stderr, seconds in main() and peak RSS (VmHWM, MB)."""
+    """Run the CLI in a fresh process; its exit code, stderr, CPU seconds in main() (wall time varies with the
+    machine's load) and peak RSS (VmHWM, MB)."""
     # VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec, so it would report the forking pytest worker's
     code = ("import io, json, sys, time, contextlib\nfrom onnxsmith.cli import main\n"
             "def peak_mb():\n    for line in open('/proc/self/status'):\n        if line.startswith('VmHWM:'):\n"
             "            return int(line.split()[1]) / 1024\n"
-            "err = io.StringIO()\nstart = time.perf_counter()\n"
+            "err = io.StringIO()\nstart = time.process_time()\n"
             "with contextlib.redirect_stderr(err):\n    try:\n        main(sys.argv[1:])\n"
             "    except SystemExit as exc:\n        status = exc.code or 0\n"
-            "print(json.dumps({'code': status, 'err': err.getvalue(), 'seconds': time.perf_counter() - start,"
+            "print(json.dumps({'code': status, 'err': err.getvalue(), 'cpu_seconds': time.process_time() - start,"
             " 'peak_mb': peak_mb()}))\n")
     proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120,
                           env={**os.environ, **(env or {})})
@@ -127,7 +128,7 @@ def test_a_zip_bomb_over_the_cap_is_refused_without_decompressing(bomb: Path, bu
     result = _run_measured(["run", str(bundle), "--input", str(bomb)], {MAX_BYTES_VARIABLE: "256MiB"})
     assert result["code"] == 2 and len(result["err"].strip().splitlines()) == 1, result
     assert "is too large: loading it takes 1.4 GiB" in result["err"] and "256.0 MiB cap" in result["err"]
-    assert result["seconds"] < 5 and result["peak_mb"] < 300, result  # the array alone is 1.5 GB
+    assert result["cpu_seconds"] < 3 and result["peak_mb"] < 300, result  # the array alone is 1.5 GB
 
 
 def test_a_zip_bomb_of_the_wrong_shape_is_refused_before_decompressing(cnn_path: Path, tmp_path: Path) -> None:
@@ -135,7 +136,7 @@ def test_a_zip_bomb_of_the_wrong_shape_is_refused_before_decompressing(cnn_path:
     result = _run_measured(["compile", str(cnn_path), "-b", "onnxruntime", "-o", str(tmp_path / "c"),
                             "--calibration", str(odd)])
     assert result["code"] == 2 and "array 'input' has shape 500000x3x16x17" in result["err"], result
-    assert result["seconds"] < 5 and result["peak_mb"] < 300, result  # decompressing: 1.5 GB, seconds
+    assert result["cpu_seconds"] < 3 and result["peak_mb"] < 300, result  # decompressing: 1.5 GB, seconds
     assert not (tmp_path / "c").exists()
 
 
