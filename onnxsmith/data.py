@@ -1,19 +1,18 @@
 """Input, calibration and validation data: one :class:`Dataset` abstraction for every stage.
 
-A data file is an ``.npz`` with one array per model input, named after it, samples along the first axis.
-Other keys (labels...) are ignored unless named with ``labels=``. A single ``.npy`` works for one-input models.
+Data is read by :func:`onnxsmith.datasets.open_dataset` (``.npz``, ``.npy``, folders of ``.npy``, image folders,
+``module:function``); this module holds the Dataset, the checks against the model's inputs and generated inputs.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from onnxsmith.errors import DataError, first_line
+from onnxsmith.errors import DataError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -41,9 +40,9 @@ class Dataset:
         for name in sorted(self.arrays):
             arr = self.arrays[name]
             digest.update(f"{name}:{arr.dtype}:{arr.shape}".encode())
-            digest.update(arr.tobytes())
+            digest.update(_contiguous(arr))  # the bytes tobytes() gives, without a copy of a C-order array
         if self.labels is not None:
-            digest.update(self.labels.tobytes())
+            digest.update(_contiguous(self.labels))
         return digest.hexdigest()[:16]
 
     def batches(self, batch: int = 1) -> Iterator[dict[str, np.ndarray]]:
@@ -54,6 +53,12 @@ class Dataset:
     def subset(self, count: int) -> Dataset:
         return Dataset({k: v[:count] for k, v in self.arrays.items()},
                        None if self.labels is None else self.labels[:count], self.source, self.files)
+
+
+def _contiguous(arr: np.ndarray) -> memoryview:
+    import numpy as np
+
+    return memoryview(np.ascontiguousarray(arr)).cast("B")
 
 
 def model_batch(spec: TensorSpec) -> int:
@@ -103,39 +108,6 @@ def check_finite(arrays: Mapping[str, np.ndarray], model_inputs: tuple[TensorSpe
             first = int(np.argwhere(bad)[0][0]) if arr.ndim else 0
             raise DataError(f"{where} holds NaN or infinite values", f"array '{spec.name}' has {count} of them, the "
                             f"first in sample {first}", "clean the data (numpy.nan_to_num, or drop those samples)")
-
-
-def load_data(path: str | Path, model_inputs: tuple[TensorSpec, ...], labels: str | None = None,
-              what: str = "data file", finite: bool = True) -> Dataset:
-    """Read an ``.npz`` (or ``.npy`` for a one-input model) and check it against the model's inputs."""
-    import numpy as np
-
-    path = Path(path)
-    where = f"{what} '{path}'"
-    if not path.exists():
-        raise DataError(f"cannot read {where}", "file not found", "check the path")
-    try:
-        if path.suffix == ".npy":
-            if len(model_inputs) != 1:
-                raise DataError(f"cannot use {where}", f"the model has {len(model_inputs)} inputs; a .npy holds one",
-                                "save an .npz with one array per input")
-            arrays = {model_inputs[0].name: np.load(path, allow_pickle=False)}
-            label_array = None
-        else:
-            with np.load(path, allow_pickle=False) as npz:
-                arrays = {k: npz[k] for k in npz.files}
-            label_array = None
-            if labels is not None:
-                if labels not in arrays:
-                    raise DataError(f"cannot use {where}", f"it has no array '{labels}' for the labels",
-                                    f"arrays present: {', '.join(arrays)}")
-                label_array = arrays.pop(labels)
-    except DataError:
-        raise
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise DataError(f"cannot read {where}", f"not a valid .npz/.npy file ({first_line(exc)})",
-                        "save it with numpy.savez(path, input_name=array)") from exc
-    return make_dataset(arrays, label_array, model_inputs, where, str(path), files=(path,), finite=finite)
 
 
 def make_dataset(arrays: dict[str, np.ndarray], label_array: np.ndarray | None, model_inputs: tuple[TensorSpec, ...],

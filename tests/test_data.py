@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from onnxsmith.data import load_data, synthetic
+from onnxsmith.data import synthetic
+from onnxsmith.datasets import open_dataset
 from onnxsmith.errors import DataError
 from onnxsmith.model import load_model
 
@@ -15,7 +16,7 @@ from onnxsmith.model import load_model
 def test_npz_with_labels(cnn_path: Path, tmp_path: Path) -> None:
     model = load_model(cnn_path)
     np.savez(tmp_path / "d.npz", input=np.zeros((5, 3, 16, 16), np.float32), label=np.arange(5), extra=np.ones(2))
-    data = load_data(tmp_path / "d.npz", model.inputs, labels="label")
+    data = open_dataset(tmp_path / "d.npz", model.inputs, labels="label")
     assert len(data) == 5 and list(data.arrays) == ["input"] and data.labels.tolist() == [0, 1, 2, 3, 4]
     assert [b["input"].shape for b in data.batches(1)][:2] == [(1, 3, 16, 16)] * 2
 
@@ -28,25 +29,25 @@ def test_npz_with_labels(cnn_path: Path, tmp_path: Path) -> None:
 def test_mismatches_are_clear(cnn_path: Path, tmp_path: Path, array: np.ndarray, message: str) -> None:
     np.savez(tmp_path / "d.npz", input=array)
     with pytest.raises(DataError, match=message):
-        load_data(tmp_path / "d.npz", load_model(cnn_path).inputs)
+        open_dataset(tmp_path / "d.npz", load_model(cnn_path).inputs)
 
 
 def test_missing_input_array_and_label_key(cnn_path: Path, tmp_path: Path) -> None:
     inputs = load_model(cnn_path).inputs
     np.savez(tmp_path / "d.npz", image=np.zeros((1, 3, 16, 16), np.float32))
     with pytest.raises(DataError, match=r"no array for input\(s\) input \(arrays present: image\)"):
-        load_data(tmp_path / "d.npz", inputs)
+        open_dataset(tmp_path / "d.npz", inputs)
     np.savez(tmp_path / "e.npz", input=np.zeros((1, 3, 16, 16), np.float32))
     with pytest.raises(DataError, match="no array 'label'"):
-        load_data(tmp_path / "e.npz", inputs, labels="label")
+        open_dataset(tmp_path / "e.npz", inputs, labels="label")
 
 
 def test_not_an_npz(cnn_path: Path, tmp_path: Path) -> None:
     (tmp_path / "d.npz").write_text("nope")
     with pytest.raises(DataError, match="not a valid"):
-        load_data(tmp_path / "d.npz", load_model(cnn_path).inputs)
-    with pytest.raises(DataError, match="file not found"):
-        load_data(tmp_path / "none.npz", load_model(cnn_path).inputs)
+        open_dataset(tmp_path / "d.npz", load_model(cnn_path).inputs)
+    with pytest.raises(DataError, match="no such file or folder"):
+        open_dataset(tmp_path / "none.npz", load_model(cnn_path).inputs)
 
 
 def test_synthetic_is_seeded_and_respects_embedding_bounds(tmp_path: Path) -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Callable
+from typing import Any
 
 import click
 
+from onnxsmith.datasets import FORMS
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 target_option = click.option("--target", "-t", "target_spec", default="host", show_default=True,
@@ -19,21 +21,17 @@ shape_option = click.option("--shape", "shapes", multiple=True, metavar="NAME=DI
                             help="Fix an input's dims, e.g. --shape input=1x3x224x224 (repeatable).")
 
 
+def data_option(flag: str, dest: str, role: str, required: bool = False) -> Callable[[Any], Any]:
+    """A data option: every verb takes the same forms, read by :func:`onnxsmith.datasets.open_dataset`."""
+    return click.option(flag, dest, default=None, required=required, metavar="DATA",
+                        help=f"{role}: {FORMS}. At most $ONNXSMITH_MAX_DATA_BYTES (default 4GiB) is loaded.")
+
+
 def parse_options(values: tuple[str, ...]) -> dict[str, str]:
     """``--option KEY=VALUE`` strings as a dict; the core checks them against the backend's declared options."""
     from onnxsmith.options import split_option_args
 
     return split_option_args(values)
-
-
-def existing_file(path: str, what: str) -> Path:
-    from onnxsmith.errors import DataError
-
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"cannot read {what} '{path}'", "file not found" if not p.exists() else "not a file",
-                        "check the path")
-    return p
 
 
 def echo_err(message: str) -> None:

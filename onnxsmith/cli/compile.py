@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from onnxsmith.cli.common import (backend_option, echo_err, json_option, parse_options, profile_option, shape_option,
-                                  target_option)
+from onnxsmith.cli.common import (backend_option, data_option, echo_err, json_option, parse_options, profile_option,
+                                  shape_option, target_option)
 
 
 def default_output(model: str, target: str, precision: str) -> Path:
@@ -33,8 +33,7 @@ class _CompileCommand(click.Command):
 @backend_option
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16", "int8"]), default=None,
               help="Arithmetic precision (default: the profile's).")
-@click.option("--calibration", type=click.Path(dir_okay=False), default=None,
-              help="Calibration .npz (one array per input, samples along axis 0); needed for int8.")
+@data_option("--calibration", "calibration", "Calibration data, needed for int8")
 @click.option("--output", "-o", type=click.Path(file_okay=False), default=None,
               help="Bundle directory (default: out/<model>-<target>-<precision>).")
 @profile_option
@@ -56,7 +55,7 @@ def compile_command(model: str, target_spec: str, backend: str | None, precision
                     tune_more: bool, no_cache: bool, force: bool, as_json: bool) -> None:
     """Compile an ONNX model for a target into a bundle."""
     from onnxsmith.console import print_json, progress
-    from onnxsmith.data import load_data
+    from onnxsmith.datasets import open_dataset
     from onnxsmith.model import load_model, parse_shape_overrides
     from onnxsmith.profiles import load_profile
     from onnxsmith.targets import load_target
@@ -74,7 +73,7 @@ def compile_command(model: str, target_spec: str, backend: str | None, precision
     profile = load_profile(profile_spec)
     loaded = load_model(model, parse_shape_overrides(shapes))
     precision = precision or profile.precision
-    calib = load_data(calibration, loaded.inputs, what="calibration file") if calibration else None
+    calib = open_dataset(calibration, loaded.inputs, what="calibration data") if calibration else None
     out = Path(output) if output else default_output(model, target_spec, precision)
     from onnxsmith.compile import compile_model
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from onnxsmith.cli.common import json_option, profile_option, shape_option, target_option
+from onnxsmith.cli.common import data_option, json_option, profile_option, shape_option, target_option
 
 
 def _fraction(value: str) -> float:
@@ -26,10 +26,10 @@ def _fraction(value: str) -> float:
 @click.option("--max-accuracy-drop", default=None, help="Largest accepted accuracy drop, e.g. 1% or 0.01 "
               "(default: the profile's).")
 @click.option("--latency-budget", type=float, default=None, metavar="MS", help="Reject steps whose p50 exceeds this.")
-@click.option("--data", "data_spec", default=None, help="Validation data (.npz, folder of .npy, image folder, or "
-              "module:function).")
-@click.option("--labels", default=None, help="Key of the labels in --data.")
-@click.option("--calibration", "calibration_spec", default=None, help="Calibration data (same forms as --data).")
+@data_option("--data", "data_spec", "Validation data")
+@click.option("--labels", default=None, help="Key of the labels in --data (<labels>.npy in a folder); an image "
+              "folder's class subfolders are its labels.")
+@data_option("--calibration", "calibration_spec", "Calibration data (default: the first validation samples)")
 @click.option("--backend", "-b", "backends", multiple=True, help="Only try these backends (repeatable; default: every "
               "available backend the target lists).")
 @click.option("--prune/--no-prune", default=None, help="Add the pruning steps (default: the profile's setting).")
@@ -50,7 +50,7 @@ def optimize_command(model: str, target_spec: str, profile_spec: str, shapes: tu
     from onnxsmith.console import print_json, progress
     from onnxsmith.errors import CheckFailedError
     from onnxsmith.model import load_model, parse_shape_overrides
-    from onnxsmith.optimize.datasets import open_dataset
+    from onnxsmith.datasets import open_dataset
     from onnxsmith.optimize.ladder import run_ladder
     from onnxsmith.profiles import load_profile
     from onnxsmith.targets import load_target
@@ -58,8 +58,8 @@ def optimize_command(model: str, target_spec: str, profile_spec: str, shapes: tu
     target = load_target(target_spec)
     profile = load_profile(profile_spec)
     loaded = load_model(model, parse_shape_overrides(shapes))
-    data = open_dataset(data_spec, loaded.inputs, labels=labels) if data_spec else None
-    calibration = open_dataset(calibration_spec, loaded.inputs) if calibration_spec else None
+    data = open_dataset(data_spec, loaded.inputs, labels=labels, what="validation data") if data_spec else None
+    calibration = open_dataset(calibration_spec, loaded.inputs, what="calibration data") if calibration_spec else None
     drop = _fraction(max_accuracy_drop) if max_accuracy_drop is not None else profile.max_accuracy_drop
     with progress(f"optimizing {loaded.name} for {target.id}", not as_json) as update:
         card = run_ladder(loaded, target, profile, data=data, calibration=calibration, max_accuracy_drop=drop,

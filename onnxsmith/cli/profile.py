@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import click
 
-from onnxsmith.cli.common import json_option, profile_option
+from onnxsmith.cli.common import data_option, json_option, profile_option
 
 
 @click.command("profile")
 @click.argument("bundle_path", metavar="BUNDLE", type=click.Path(file_okay=False))
 @profile_option
-@click.option("--input", "input_file", type=click.Path(dir_okay=False), default=None,
-              help="Time on the first batch of this .npz instead of generated inputs.")
+@data_option("--input", "input_file", "Time on the first batch of these inputs instead of generated ones (only "
+             "that batch is read)")
 @click.option("--no-baseline", is_flag=True, help="Skip the ONNX Runtime fp32 baseline.")
 @click.option("--rpc", default=None, metavar="HOST:PORT", help="Profile on a remote device's RPC server (TVM).")
 @click.option("--iterations", type=int, default=None, help="Override the profile's minimum timed iterations.")
@@ -24,7 +24,8 @@ def profile_command(bundle_path: str, profile_spec: str, input_file: str | None,
 
     from onnxsmith.bundle import Bundle
     from onnxsmith.console import print_json, progress
-    from onnxsmith.data import load_data
+    from onnxsmith.data import model_batch
+    from onnxsmith.datasets import open_dataset
     from onnxsmith.profiles import load_profile
     from onnxsmith.profiling import profile_bundle
     from onnxsmith.report import write_report
@@ -35,7 +36,8 @@ def profile_command(bundle_path: str, profile_spec: str, input_file: str | None,
         measure = dataclasses.replace(profile.measure, **{k: v for k, v in (("min_iterations", iterations),
                                                                               ("min_seconds", seconds)) if v})
         profile = dataclasses.replace(profile, measure=measure)
-    data = load_data(input_file, bundle.inputs, what="input file") if input_file else None
+    batch = model_batch(bundle.inputs[0]) if bundle.inputs else 1
+    data = open_dataset(input_file, bundle.inputs, what="input data", limit=batch) if input_file else None
     with progress("profiling", not as_json) as update:
         result = profile_bundle(bundle, profile, baseline=not no_baseline, data=data, remote=rpc, progress=update)
     record = result.to_json()

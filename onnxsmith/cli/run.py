@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import click
 
-from onnxsmith.cli.common import existing_file, json_option
+from onnxsmith.cli.common import data_option, json_option
 
 
 @click.command("run")
 @click.argument("bundle_path", metavar="BUNDLE", type=click.Path(file_okay=False))
-@click.option("--input", "input_file", required=True, type=click.Path(dir_okay=False),
-              help=".npz with one array per input: exactly the compiled shape, or N samples along axis 0.")
+@data_option("--input", "input_file", "Inputs, exactly the compiled shape or N samples along axis 0 (NaN allowed)",
+             required=True)
 @click.option("--output", "output_file", type=click.Path(dir_okay=False), default=None,
               help="Where to save the outputs (.npz).")
 @json_option
 def run_command(bundle_path: str, input_file: str, output_file: str | None, as_json: bool) -> None:
-    """Run a bundle on inputs from an .npz and save the outputs."""
+    """Run a bundle on inputs (.npz, .npy folder, images...) and save the outputs."""
     import time
     from pathlib import Path
 
@@ -23,16 +23,16 @@ def run_command(bundle_path: str, input_file: str, output_file: str | None, as_j
 
     from onnxsmith.bundle import Bundle
     from onnxsmith.console import print_json
-    from onnxsmith.data import load_data, model_batch, save_npz
+    from onnxsmith.data import model_batch, save_npz
+    from onnxsmith.datasets import open_dataset
     from onnxsmith.errors import DataError
 
     bundle = Bundle.open(bundle_path)
-    existing_file(input_file, "input file")
     specs = bundle.inputs
-    data = load_data(input_file, specs, what="input file", finite=False)
+    data = open_dataset(input_file, specs, what="input data", finite=False)
     batch = model_batch(specs[0]) if specs else 1
     if len(data) % batch:
-        raise DataError(f"input file '{input_file}' does not fit the model",
+        raise DataError(f"input data '{input_file}' does not fit the model",
                         f"{len(data)} samples is not a multiple of the compiled batch {batch}")
     outputs: dict[str, list[np.ndarray]] = {}
     start = time.perf_counter()

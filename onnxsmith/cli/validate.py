@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import click
 
-from onnxsmith.cli.common import json_option
+from onnxsmith.cli.common import data_option, json_option
 
 
 @click.command("validate")
 @click.argument("bundle_path", metavar="BUNDLE", type=click.Path(file_okay=False))
-@click.option("--data", "data_file", type=click.Path(dir_okay=False), default=None,
-              help="Validation .npz (one array per input); default: seeded generated inputs.")
-@click.option("--labels", default=None, help="Key of the label array in --data, for task accuracy.")
+@data_option("--data", "data_file", "Validation data (default: seeded generated inputs)")
+@click.option("--labels", default=None, help="Key of the label array in --data (<labels>.npy in a folder), for task "
+              "accuracy; an image folder's class subfolders are its labels.")
 @click.option("--samples", type=int, default=64, show_default=True,
-              help="Samples to check (all of --data when it has labels).")
+              help="Samples to check (all of --data when it has labels); only those are read.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for generated inputs.")
 @click.option("--keep-worst", type=int, default=5, show_default=True, help="Worst examples kept in the bundle.")
 @click.option("--min-cosine", type=float, default=None, help="Required cosine similarity (default by precision).")
@@ -23,7 +23,7 @@ def validate_command(bundle_path: str, data_file: str | None, labels: str | None
     """Compare a bundle's outputs with ONNX Runtime fp32 on real inputs."""
     from onnxsmith.bundle import Bundle
     from onnxsmith.console import print_json, progress
-    from onnxsmith.data import load_data
+    from onnxsmith.datasets import open_dataset
     from onnxsmith.errors import CheckFailedError, UserInputError
     from onnxsmith.report import write_report
     from onnxsmith.validation import validate_bundle
@@ -31,7 +31,8 @@ def validate_command(bundle_path: str, data_file: str | None, labels: str | None
     if labels and not data_file:
         raise UserInputError("--labels needs --data", "labels name an array inside the data file")
     bundle = Bundle.open(bundle_path)
-    data = load_data(data_file, bundle.inputs, labels=labels, what="validation data") if data_file else None
+    data = open_dataset(data_file, bundle.inputs, labels=labels, what="validation data",
+                        limit=None if labels else samples) if data_file else None
     with progress("validating", not as_json):
         result = validate_bundle(bundle, data, samples=samples, seed=seed, keep_worst=keep_worst,
                                  min_cosine=min_cosine)

@@ -2,7 +2,6 @@
 
 Modules, in the order data flows:
 
-- ``datasets``: calibration/validation data in every form (``open_dataset``).
 - ``passes`` (base, catalogue) with ``simplify``, ``fp16``, ``quantize`` (int8 QDQ) and ``prune``.
 - ``steps`` (build, compile, profile and evaluate one step) and ``evaluate`` (comparison with fp32).
 - ``ladder``: ``run_ladder``, the whole walk; ``selection``: the choice under the constraints.

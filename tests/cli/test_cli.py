@@ -77,7 +77,7 @@ def test_errors_are_one_line_with_exit_codes(cnn_path: Path, tmp_path: Path,
     escaping = _external_model(tmp_path / "ext" if (tmp_path / "ext").mkdir() is None else tmp_path, "../weights.bin")
     _assert_one_line_error(*cli(["compile", str(escaping)], capsys), 2, "unsafe external data")
     _assert_one_line_error(*cli(["compile", str(cnn_path), "--precision", "int8", "--calibration",
-                                 str(tmp_path / "missing.npz")], capsys), 2, "calibration file")
+                                 str(tmp_path / "missing.npz")], capsys), 2, "calibration data")
     bundle = tmp_path / "b"
     cli(["compile", str(cnn_path), "-b", "onnxruntime", "-o", str(bundle)], capsys)
     np.savez(tmp_path / "bad.npz", input=np.zeros((1, 3, 8, 8), np.float32))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import onnxsmith
-from onnxsmith.data import load_data
+from onnxsmith.datasets import open_dataset
 from onnxsmith.model import load_model
 
 DIGITS = Path(onnxsmith.__file__).parent / "examples" / "digits"
@@ -47,13 +47,13 @@ def test_model_loads_with_dynamic_batch() -> None:
 
 def test_data_fits_the_model() -> None:
     model = load_model(DIGITS / "digits_cnn.onnx")
-    validation = load_data(DIGITS / "validation.npz", model.inputs, labels="label", what="validation data")
+    validation = open_dataset(DIGITS / "validation.npz", model.inputs, labels="label", what="validation data")
     assert len(validation) == 360 and validation.labels is not None
     assert validation.labels.dtype == np.int64 and set(validation.labels.tolist()) == set(range(10))
     assert all(35 <= n <= 37 for n in np.bincount(validation.labels))  # stratified split
     images = validation.arrays["image"]
     assert images.dtype == np.float32 and images.min() >= 0.0 and images.max() <= 1.0
-    calibration = load_data(DIGITS / "calibration.npz", model.inputs, what="calibration data")
+    calibration = open_dataset(DIGITS / "calibration.npz", model.inputs, what="calibration data")
     assert len(calibration) == 200 and calibration.labels is None
     # Calibration comes from the training split: no image of it is in the validation set.
     val_rows = {row.tobytes() for row in images}
@@ -62,7 +62,7 @@ def test_data_fits_the_model() -> None:
 
 def test_onnxruntime_accuracy_on_validation() -> None:
     model = load_model(DIGITS / "digits_cnn.onnx", default_batch=None)
-    validation = load_data(DIGITS / "validation.npz", model.inputs, labels="label")
+    validation = open_dataset(DIGITS / "validation.npz", model.inputs, labels="label")
     accuracy = _onnxruntime_accuracy(DIGITS / "digits_cnn.onnx", validation.arrays["image"], validation.labels)
     assert accuracy >= MIN_ACCURACY
     assert accuracy == pytest.approx(MEASURED_ACCURACY, abs=0.002)  # the file is fixed: so is its accuracy
@@ -73,7 +73,7 @@ def test_batch_one_model_agrees_with_batched_run() -> None:
     import onnxruntime as ort
 
     model = load_model(DIGITS / "digits_cnn.onnx")  # batch fixed to 1
-    validation = load_data(DIGITS / "validation.npz", model.inputs, labels="label")
+    validation = open_dataset(DIGITS / "validation.npz", model.inputs, labels="label")
     session = ort.InferenceSession(str(model.path), providers=["CPUExecutionProvider"])
     single = np.concatenate([session.run(["logits"], feed)[0] for feed in validation.subset(32).batches(1)])
     full = ort.InferenceSession(str(DIGITS / "digits_cnn.onnx"), providers=["CPUExecutionProvider"])

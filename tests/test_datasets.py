@@ -1,4 +1,4 @@
-"""Every data form ``optimize`` reads, and the errors for data that does not fit the model."""
+"""Every data form the data layer reads, and the errors for data that does not fit the model."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from PIL import Image
 
 from onnxsmith.errors import DataError
 from onnxsmith.model import TensorSpec
-from onnxsmith.optimize.datasets import open_dataset
+from onnxsmith.datasets import open_dataset
 
 IMAGE = (TensorSpec("image", "float32", (1, 1, 8, 8)),)
 RGB = (TensorSpec("input", "float32", (1, 3, 6, 6)),)
@@ -23,7 +23,7 @@ def _images(n: int, shape: tuple[int, ...] = (1, 8, 8)) -> np.ndarray:
     return np.random.default_rng(0).random((n, *shape)).astype(np.float32)
 
 
-def test_npz_and_npy_go_through_load_data(tmp_path: Path) -> None:
+def test_npz_and_npy(tmp_path: Path) -> None:
     np.savez(tmp_path / "v.npz", image=_images(5), label=np.arange(5))
     data = open_dataset(str(tmp_path / "v.npz"), IMAGE, labels="label")
     assert len(data) == 5 and data.labels is not None and list(data.labels) == [0, 1, 2, 3, 4]

@@ -1,8 +1,8 @@
-"""Calibration and validation data in every form ``optimize`` takes, as one :class:`~onnxsmith.data.Dataset`.
+"""The data layer: every verb's data option (``compile --calibration``, ``validate --data``, ``run --input``,
+``profile --input``, ``optimize --data/--calibration``) is read by :func:`open_dataset`, in one of these forms:
 
-``open_dataset(spec, model_inputs, labels)`` reads:
-
-- ``data.npz`` / ``data.npy``: as :func:`onnxsmith.data.load_data` (one array per input, samples along axis 0).
+- ``data.npz``: one array per model input, named after it, samples along axis 0; other keys are ignored unless named
+  by ``labels``. ``data.npy``: the same for a one-input model.
 - a folder of ``.npy`` files, either **one file per input** (``<input name>.npy``, samples along axis 0; used when
   every model input has its file) or, for a one-input model, **one file per sample** (any other names, read in
   sorted order, each shaped like the input without its batch dim, or with a leading 1). Labels: ``<labels>.npy``
@@ -17,7 +17,12 @@
   batches, each a dict of arrays named after the inputs (samples along axis 0); with ``labels``, each batch's
   array of that name is taken as labels. At most :data:`MAX_SAMPLES` samples are read.
 
-Every form is checked against the model's inputs with :func:`onnxsmith.data.check_against_model`.
+``.npy`` data is read header first (:mod:`onnxsmith.npyfile`): shapes and dtypes are checked against the model and
+the bytes to load against a cap (4 GiB, ``$ONNXSMITH_MAX_DATA_BYTES``) before anything is decompressed; image
+folders are checked against the cap before any image is decoded. ``limit`` reads only the first samples when the data
+has no labels (``validate --samples``, ``profile``'s first batch). Every form is then checked against the model's
+inputs with :func:`onnxsmith.data.check_against_model` and, unless ``finite=False`` (``run``), refused when a float
+input holds NaN or infinity.
 """
 
 from __future__ import annotations
@@ -29,8 +34,10 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from onnxsmith.data import Dataset, check_against_model, load_data, make_dataset
+from onnxsmith.data import Dataset, check_against_model, make_dataset
 from onnxsmith.errors import DataError, OnnxsmithError, first_line
+from onnxsmith.npyfile import MAX_BYTES_VARIABLE, ArrayFiles, ArrayHeader, check_budget, max_bytes
+from onnxsmith.units import fmt_bytes
 
 if TYPE_CHECKING:
     import numpy as np
@@ -40,89 +47,139 @@ if TYPE_CHECKING:
 MAX_SAMPLES = 100_000
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 PREPROCESS_FILE = "preprocess.toml"
+FORMS = ("an .npz (one array per input, samples along axis 0), a .npy (one-input model), a folder of .npy files, "
+         "an image folder with preprocess.toml (or its .toml spec), or package.module:function")
+"""The forms every data option takes, as the CLI's help states them."""
+_GIVE = "give an .npz, a .npy, a folder of .npy files or images, a .toml preprocessing spec, or package.module:function"
 _CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
-def open_dataset(spec: str, model_inputs: tuple[TensorSpec, ...], labels: str | None = None,
-                 what: str = "data") -> Dataset:
-    """Read ``spec`` (a file, folder, TOML spec or ``module:function``) as a Dataset that fits ``model_inputs``."""
+def open_dataset(spec: str | Path, model_inputs: tuple[TensorSpec, ...], labels: str | None = None,
+                 what: str = "data", *, finite: bool = True, limit: int | None = None) -> Dataset:
+    """Read ``spec`` (a file, folder, TOML spec or ``module:function``) as a Dataset that fits ``model_inputs``.
+
+    ``what`` names the data in messages (``calibration data``); ``finite=False`` lets NaN/Inf through (``run``);
+    ``limit`` reads at most that many samples when the data has no labels."""
+    spec = str(spec)
+    if limit is not None and limit <= 0:
+        limit = None
     path = Path(spec)
     if not path.exists() and _CALLABLE.match(spec):
-        return from_callable(spec, model_inputs, labels, what)
+        return from_callable(spec, model_inputs, labels, what, finite=finite, limit=limit)
     if not path.exists():
         raise DataError(f"cannot read {what} '{spec}'", "no such file or folder, and not a module:function",
-                        "give an .npz, a folder of .npy files or images, a .toml preprocessing spec, or "
-                        "package.module:function")
+                        _GIVE)
     if path.is_file() and path.suffix in (".npz", ".npy"):
-        return load_data(path, model_inputs, labels, what=f"{what} file")
+        return from_array_file(path, model_inputs, labels, what, finite=finite, limit=limit)
     if path.is_file() and path.suffix == ".toml":
-        return from_image_spec(path, model_inputs, what)
+        return from_image_spec(path, model_inputs, what, finite=finite, limit=limit)
     if path.is_dir():
         if (path / PREPROCESS_FILE).is_file():
-            return from_image_spec(path / PREPROCESS_FILE, model_inputs, what)
+            return from_image_spec(path / PREPROCESS_FILE, model_inputs, what, finite=finite, limit=limit)
         if any(path.glob("*.npy")):
-            return from_npy_folder(path, model_inputs, labels, what)
+            return from_npy_folder(path, model_inputs, labels, what, finite=finite, limit=limit)
         if _find_images(path):
             raise DataError(f"cannot read {what} folder '{path}'", "it holds images but no preprocessing spec",
                             f"add {path / PREPROCESS_FILE} with e.g. resize = 256, crop = 224, mean = [0.485, "
                             "0.456, 0.406], std = [0.229, 0.224, 0.225], layout = \"NCHW\"")
-        raise DataError(f"cannot read {what} folder '{path}'", "it holds no .npy files and no images")
-    raise DataError(f"cannot read {what} '{path}'", f"unknown file type '{path.suffix}'",
-                    "give an .npz, .npy, .toml, a folder, or package.module:function")
+        raise DataError(f"cannot read {what} folder '{path}'", "it holds no .npy files and no images",
+                        _GIVE)
+    raise DataError(f"cannot read {what} '{path}'", f"unknown file type '{path.suffix}'", _GIVE)
 
 
-# --- a folder of .npy files ---------------------------------------------------------------------------------------
+# --- .npz, .npy and folders of .npy: header first -----------------------------------------------------------------
 
-def _load_npy(path: Path, where: str) -> np.ndarray:
-    import numpy as np
+def _rows(header: ArrayHeader, spec: TensorSpec, limit: int | None) -> int | None:
+    """Rows to read for ``limit`` samples; an array shaped exactly like a static input is one feed, read whole."""
+    if limit is None or not header.shape or header.shape == tuple(spec.shape) or header.shape[0] <= limit:
+        return None
+    return limit
 
-    try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as exc:
-        raise DataError(f"cannot read {where}", f"'{path.name}' is not a valid .npy file ({first_line(exc)})",
-                        "save it with numpy.save") from exc
+
+def _read_inputs(source: ArrayFiles, model_inputs: tuple[TensorSpec, ...], labels: str | None, where: str,
+                 limit: int | None, label_hint: str) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """Check the headers against the model and the byte cap, then read the inputs (and labels) only."""
+    label_header = None
+    if labels is not None:
+        if labels not in source:
+            raise DataError(f"cannot use {where}", f"it has no {label_hint.format(labels)} for the labels",
+                            f"arrays present: {', '.join(source.names) or 'none'}")
+        label_header = source.header(labels)
+    # headers stand in for the arrays (shape, ndim, dtype); other keys are listed by name, never read
+    present: dict[str, Any] = dict.fromkeys(n for n in source.names if n != labels)
+    present.update({s.name: source.header(s.name) for s in model_inputs if s.name in present})
+    check_against_model(present, model_inputs, where)
+    rows = {s.name: None if label_header is not None else _rows(source.header(s.name), s, limit) for s in model_inputs}
+    parts = [(source.header(n), r) for n, r in rows.items()]
+    check_budget(parts + ([(label_header, None)] if label_header is not None else []), where)
+    arrays = {n: source.read(n, r) for n, r in rows.items()}
+    return arrays, None if labels is None else source.read(labels)
+
+
+def from_array_file(path: Path, model_inputs: tuple[TensorSpec, ...], labels: str | None = None,
+                    what: str = "data", *, finite: bool = True, limit: int | None = None) -> Dataset:
+    """An ``.npz`` (one array per input) or an ``.npy`` (one-input model), read header first."""
+    where = f"{what} '{path}'"
+    if path.suffix == ".npy":
+        if len(model_inputs) != 1:
+            raise DataError(f"cannot use {where}", f"the model has {len(model_inputs)} inputs; a .npy holds one",
+                            "save an .npz with one array per input")
+        if labels is not None:
+            raise DataError(f"cannot use {where}", f"a .npy holds no '{labels}' array for the labels",
+                            "save an .npz with the inputs and the labels")
+        source = ArrayFiles.files({model_inputs[0].name: path}, where)
+    else:
+        source = ArrayFiles.npz(path, where)
+    with source:
+        arrays, label_array = _read_inputs(source, model_inputs, labels, where, limit, "array '{}'")
+    return make_dataset(arrays, label_array, model_inputs, where, str(path), files=(path,), finite=finite)
 
 
 def from_npy_folder(folder: Path, model_inputs: tuple[TensorSpec, ...], labels: str | None = None,
-                    what: str = "data") -> Dataset:
+                    what: str = "data", *, finite: bool = True, limit: int | None = None) -> Dataset:
     """One ``<input>.npy`` per input (samples along axis 0), or one ``.npy`` per sample for a one-input model."""
     import numpy as np
 
     where = f"{what} folder '{folder}'"
     files = {p.stem: p for p in sorted(folder.glob("*.npy"))}
-    label_array = None
-    if labels is not None:
-        if labels not in files:
-            raise DataError(f"cannot use {where}", f"it has no '{labels}.npy' for the labels",
-                            f"files present: {', '.join(sorted(files)) or 'none'}")
-        label_array = _load_npy(files.pop(labels), where)
     names = [s.name for s in model_inputs]
+    if labels is not None and labels not in files:
+        raise DataError(f"cannot use {where}", f"it has no '{labels}.npy' for the labels",
+                        f"files present: {', '.join(sorted(files)) or 'none'}")
     if all(n in files for n in names):
-        arrays = {n: _load_npy(files[n], where) for n in names}
-        return make_dataset(arrays, label_array, model_inputs, where, str(folder), files=(folder,))
+        arrays, label_array = _read_inputs(ArrayFiles.files(files, where), model_inputs, labels, where, limit,
+                                           "'{}.npy'")
+        return make_dataset(arrays, label_array, model_inputs, where, str(folder), files=(folder,), finite=finite)
     if len(model_inputs) != 1:
         missing = [n for n in names if n not in files]
         raise DataError(f"cannot use {where}", f"no file for input(s) {', '.join(missing)}; with several inputs "
                         "the folder must hold one <input name>.npy per input", f"save {', '.join(n + '.npy' for n in names)}")
     spec = model_inputs[0]
+    source = ArrayFiles.files(files, where)
+    label_array = None
+    if labels is not None:
+        check_budget([(source.header(labels), None)], where)
+        label_array = source.read(labels)
+        del files[labels]
     if len(files) > MAX_SAMPLES:
         raise DataError(f"cannot use {where}", f"{len(files)} sample files, more than the {MAX_SAMPLES} read")
-    samples = []
-    for name, path in files.items():
-        arr = _load_npy(path, where)
-        if arr.ndim == len(spec.shape) and arr.shape[:1] == (1,):
-            arr = arr[0]
-        if arr.ndim != len(spec.shape) - 1:
-            raise DataError(f"cannot use {where}", f"sample '{name}.npy' has shape {'x'.join(map(str, arr.shape))}; "
+    chosen = list(files)[:limit] if limit is not None and label_array is None else list(files)
+    headers = source.headers(chosen)
+    for name, header in headers.items():
+        one = header.shape[1:] if header.ndim == len(spec.shape) and header.shape[:1] == (1,) else header.shape
+        if len(one) != len(spec.shape) - 1:
+            raise DataError(f"cannot use {where}", f"sample '{name}.npy' has shape {'x'.join(map(str, header.shape))}; "
                             f"one sample of input '{spec.name}' ({spec.shape_text()}) has {len(spec.shape) - 1} dims",
                             f"save one sample per file, or name the file {spec.name}.npy to give all samples at once")
-        samples.append(arr)
-    shapes = {a.shape for a in samples}
+    shapes = {h.shape[1:] if h.ndim == len(spec.shape) else h.shape for h in headers.values()}
     if len(shapes) > 1:
         raise DataError(f"cannot use {where}", f"sample files have different shapes: "
                         f"{', '.join('x'.join(map(str, s)) for s in sorted(shapes))}")
+    check_budget([(h, None) for h in headers.values()], where)
+    samples = [source.read(name) for name in chosen]
+    samples = [a[0] if a.ndim == len(spec.shape) else a for a in samples]
     return make_dataset({spec.name: np.stack(samples)}, label_array, model_inputs, where,
-                        f"{folder} ({len(samples)} files)", files=(folder,))
+                        f"{folder} ({len(samples)} files)", files=(folder,), finite=finite)
 
 
 # --- module:function ----------------------------------------------------------------------------------------------
@@ -151,11 +208,16 @@ def _import_function(spec: str, where: str) -> Any:
 
 
 def from_callable(spec: str, model_inputs: tuple[TensorSpec, ...], labels: str | None = None,
-                  what: str = "data") -> Dataset:
-    """Call ``module:function``; it returns a Dataset or an iterable of batches (dicts of arrays)."""
+                  what: str = "data", *, finite: bool = True, limit: int | None = None) -> Dataset:
+    """Call ``module:function``; it returns a Dataset or an iterable of batches (dicts of arrays).
+
+    Batches are taken until ``limit`` samples (without labels) or :data:`MAX_SAMPLES`, and while their bytes stay
+    under the cap."""
     import numpy as np
 
     where = f"{what} '{spec}'"
+    most = limit if limit is not None and labels is None else MAX_SAMPLES
+    cap = max_bytes()
     func = _import_function(spec, where)
     try:
         produced = func()
@@ -164,7 +226,10 @@ def from_callable(spec: str, model_inputs: tuple[TensorSpec, ...], labels: str |
     except Exception as exc:
         raise DataError(f"cannot read {where}", f"the function raised {type(exc).__name__}: {first_line(exc)}") from exc
     if isinstance(produced, Dataset):
-        return make_dataset(dict(produced.arrays), produced.labels, model_inputs, where, f"{spec} ({produced.source})")
+        if produced.labels is None and len(produced) > most:
+            produced = produced.subset(most)
+        return make_dataset(dict(produced.arrays), produced.labels, model_inputs, where, f"{spec} ({produced.source})",
+                            finite=finite)
     if isinstance(produced, Mapping):
         produced = [produced]
     if not isinstance(produced, Iterable):
@@ -172,7 +237,7 @@ def from_callable(spec: str, model_inputs: tuple[TensorSpec, ...], labels: str |
                         "return a Dataset or an iterable of dicts mapping input names to arrays")
     parts: dict[str, list[np.ndarray]] = {}
     label_parts: list[np.ndarray] = []
-    count = 0
+    count = loaded = 0
     for index, batch in enumerate(produced):
         if not isinstance(batch, Mapping):
             raise DataError(f"cannot use {where}", f"batch {index} is a {type(batch).__name__}, not a dict of arrays",
@@ -184,16 +249,20 @@ def from_callable(spec: str, model_inputs: tuple[TensorSpec, ...], labels: str |
                                 f"arrays present: {', '.join(batch)}")
             label_parts.append(batch.pop(labels))
         check_against_model(batch, model_inputs, f"{where} batch {index}")
-        for name, arr in batch.items():
-            parts.setdefault(name, []).append(arr)
+        for spec_ in model_inputs:
+            parts.setdefault(spec_.name, []).append(batch[spec_.name])
+            loaded += batch[spec_.name].nbytes
+        if loaded > cap:
+            raise DataError(f"{where} is too large", f"its batches passed {fmt_bytes(cap)} after {index + 1} "
+                            "batch(es)", f"yield fewer samples, or raise the cap with {MAX_BYTES_VARIABLE}=16GiB")
         count += len(next(iter(batch.values())))
-        if count >= MAX_SAMPLES:
+        if count >= most:
             break
     if not parts:
         raise DataError(f"cannot use {where}", "the function produced no batches")
-    arrays = {k: np.concatenate(v)[:MAX_SAMPLES] for k, v in parts.items()}
-    label_array = np.concatenate(label_parts)[:MAX_SAMPLES] if label_parts else None
-    return make_dataset(arrays, label_array, model_inputs, where, spec)
+    arrays = {k: np.concatenate(v)[:most] for k, v in parts.items()}
+    label_array = np.concatenate(label_parts)[:most] if label_parts else None
+    return make_dataset(arrays, label_array, model_inputs, where, spec, finite=finite)
 
 
 # --- image folders ------------------------------------------------------------------------------------------------
@@ -226,8 +295,9 @@ def _floats(f: Any, key: str, channels: int) -> tuple[float, ...] | None:
     return tuple(float(v) for v in value)
 
 
-def from_image_spec(spec_file: Path, model_inputs: tuple[TensorSpec, ...], what: str = "data") -> Dataset:
-    """Read an image folder as preprocessed by the TOML spec ``spec_file``."""
+def from_image_spec(spec_file: Path, model_inputs: tuple[TensorSpec, ...], what: str = "data", *,
+                    finite: bool = True, limit: int | None = None) -> Dataset:
+    """Read an image folder as preprocessed by the TOML spec ``spec_file`` (the byte cap checked before decoding)."""
     import numpy as np
 
     from onnxsmith.tomlutil import Fields, read_toml
@@ -279,15 +349,23 @@ def from_image_spec(spec_file: Path, model_inputs: tuple[TensorSpec, ...], what:
         raise DataError(f"cannot use image spec '{spec_file}'", f"input '{input_name}' has dynamic spatial dims",
                         "fix them with --shape")
     label_array = _labels_for(images, root, classes, spec_file)
+    if label_array is None and limit is not None:
+        images = images[:limit]
+    dtype = spec.dtype if spec.dtype in ("float16", "float32", "float64") else "float32"
+    sample_bytes = height * width * channels * max(4, np.dtype(dtype).itemsize)
+    if len(images) * sample_bytes > max_bytes():
+        raise DataError(f"{what} image folder '{root}' is too large", f"{len(images)} images of {height}x{width}x"
+                        f"{channels} take {fmt_bytes(len(images) * sample_bytes)}, more than the "
+                        f"{fmt_bytes(max_bytes())} cap", f"use fewer images, or raise the cap with "
+                        f"{MAX_BYTES_VARIABLE}=16GiB")
     pixels = np.stack([_preprocess(p, mode, resize, crop, (height, width), spec_file) for p in images])
     pixels = pixels * scale
     pixels = (pixels - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)  # HWC broadcast
     if layout == "NCHW":
         pixels = pixels.transpose(0, 3, 1, 2)
-    dtype = spec.dtype if spec.dtype in ("float16", "float32", "float64") else "float32"
     source = f"{root} ({len(images)} images, preprocessed by {spec_file.name})"
     return make_dataset({input_name: np.ascontiguousarray(pixels.astype(dtype))}, label_array, model_inputs,
-                        f"image folder '{root}'", source, files=(spec_file, root))
+                        f"image folder '{root}'", source, files=(spec_file, root), finite=finite)
 
 
 def _labels_for(images: list[Path], root: Path, classes: tuple[str, ...], spec_file: Path) -> np.ndarray | None:
@@ -336,7 +414,7 @@ def _preprocess(path: Path, mode: str, resize: tuple[int, int] | int | None, cro
                 left, top = (w - cw) // 2, (h - ch) // 2
                 img = img.crop((left, top, left + cw, top + ch))
             arr = np.asarray(img, dtype=np.float32)
-    except (OSError, UnidentifiedImageError) as exc:
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
         raise DataError(f"cannot read image '{path}'", first_line(exc)) from exc
     if arr.ndim == 2:
         arr = arr[:, :, None]
