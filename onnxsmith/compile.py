@@ -128,8 +128,10 @@ def compile_model(model: LoadedModel, target: Target, *, profile: Profile, outpu
     key = compile_key(model, target, chosen, precision, profile, calibration, options)
 
     def build(workdir: Path) -> Artifact:
+        from onnxsmith.isolate import compile_isolated
+
         start = time.perf_counter()
-        artifact = chosen.compile(request, workdir)
+        artifact = compile_isolated(chosen, request, workdir)
         seconds = round(time.perf_counter() - start, 3)
         return dataclasses.replace(artifact, metadata={**artifact.metadata, "compile_seconds": seconds})
 
@@ -146,13 +148,12 @@ def compile_model(model: LoadedModel, target: Target, *, profile: Profile, outpu
 
 
 def _copy_tree_files(src: Path, names: list[str], dest: Path) -> None:
+    """Copy (never hard-link) the cache entry's files: a bundle is the user's to edit, move or damage, and a
+    link would carry an edit into the cache entry and every sibling bundle compiled from it."""
     for name in names:
         target = dest / name
         target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(src / name, target)  # cache entries are immutable: hard links save space and time
-        except OSError:
-            shutil.copy2(src / name, target)
+        shutil.copyfile(src / name, target)
 
 
 def _write_bundle(model: LoadedModel, target: Target, backend: Compiler, artifact: Artifact, source: Path,

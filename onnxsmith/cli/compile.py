@@ -29,8 +29,8 @@ def default_output(model: str, target: str, precision: str) -> Path:
 @click.option("--option", "raw_options", multiple=True, metavar="KEY=VALUE",
               help="Backend option, e.g. inference_precision=f32 (repeatable).")
 @click.option("--tune", is_flag=True, help="Tune kernels (TVM MetaSchedule); the tuning database is cached.")
-@click.option("--tune-trials", type=int, default=None, help="Tuning budget in measured candidates.")
-@click.option("--tune-minutes", type=float, default=None, help="Tuning budget in minutes.")
+@click.option("--tune-trials", type=click.IntRange(min=1), default=None, help="Tuning budget in measured candidates.")
+@click.option("--tune-minutes", type=click.FloatRange(min=0, min_open=True), default=None, help="Tuning budget in minutes.")
 @click.option("--tune-more", is_flag=True,
               help="Tune kernels that already have records further (default: reuse them as they are).")
 @click.option("--no-cache", is_flag=True, help="Compile even when the cache has this artifact.")

@@ -26,8 +26,12 @@ def run_command(bundle_path: str, input_file: str, output_file: str | None, as_j
     from onnxsmith.data import load_data, model_batch, save_npz
     from onnxsmith.errors import DataError
 
+    from onnxsmith.outdir import check_output_file
+
     bundle = Bundle.open(bundle_path)
     existing_file(input_file, "input file")
+    if output_file:
+        check_output_file(output_file)
     specs = bundle.inputs
     data = load_data(input_file, specs, what="input file", finite=False)
     batch = model_batch(specs[0]) if specs else 1
