@@ -108,43 +108,51 @@ def compile_model(model: LoadedModel, target: Target, *, profile: Profile, outpu
     options = dict(options or {})
     output = check_output_dir(output, "bundle", protected_inputs(model, reference, calibration), force=force)
     require_static(model)
-    chosen = choose_backend(target, backend)
-    precision = precision or profile.precision
-    _check_precision(chosen, target, precision)
-    needs_calibration = getattr(chosen, "needs_calibration", None)
-    needed = needs_calibration(precision, model) if needs_calibration else precision == "int8"
-    if needed and calibration is None:
-        raise DataError("int8 needs calibration data", "post-training quantization measures activation ranges "
-                        "on real inputs", "pass --calibration calib.npz (one array per model input)")
-    unsupported = chosen.unsupported_ops(model, target)
-    if unsupported:
-        first = next(iter(unsupported.items()))
-        raise UnsupportedError(f"backend '{chosen.name}' cannot convert op {first[0]}",
-                               f"node(s) {', '.join(first[1][:3])}" + (f" and {len(unsupported) - 1} other op "
-                               "type(s)" if len(unsupported) > 1 else ""),
-                               "run 'onnxsmith inspect' for the full list; try another --backend")
-    request = CompileRequest(model=model, target=target, precision=precision, profile=profile,
-                             calibration=calibration, options=options, progress=progress)
-    key = compile_key(model, target, chosen, precision, profile, calibration, options)
+    from onnxsmith.isolate import start_worker
 
-    def build(workdir: Path) -> Artifact:
-        from onnxsmith.isolate import compile_isolated
+    # the compiling child starts now and imports the likely backend's library while the checks below run
+    worker = start_worker(backend or (target.backends[0] if target.backends else None))
+    try:
+        chosen = choose_backend(target, backend)
+        precision = precision or profile.precision
+        _check_precision(chosen, target, precision)
+        needs_calibration = getattr(chosen, "needs_calibration", None)
+        needed = needs_calibration(precision, model) if needs_calibration else precision == "int8"
+        if needed and calibration is None:
+            raise DataError("int8 needs calibration data", "post-training quantization measures activation ranges "
+                            "on real inputs", "pass --calibration calib.npz (one array per model input)")
+        unsupported = chosen.unsupported_ops(model, target)
+        if unsupported:
+            first = next(iter(unsupported.items()))
+            raise UnsupportedError(f"backend '{chosen.name}' cannot convert op {first[0]}",
+                                   f"node(s) {', '.join(first[1][:3])}" + (f" and {len(unsupported) - 1} other op "
+                                   "type(s)" if len(unsupported) > 1 else ""),
+                                   "run 'onnxsmith inspect' for the full list; try another --backend")
+        request = CompileRequest(model=model, target=target, precision=precision, profile=profile,
+                                 calibration=calibration, options=options, progress=progress)
+        key = compile_key(model, target, chosen, precision, profile, calibration, options)
 
-        start = time.perf_counter()
-        artifact = compile_isolated(chosen, request, workdir)
-        seconds = round(time.perf_counter() - start, 3)
-        return dataclasses.replace(artifact, metadata={**artifact.metadata, "compile_seconds": seconds})
+        def build(workdir: Path) -> Artifact:
+            from onnxsmith.isolate import compile_isolated
 
-    if use_cache:
-        artifact, entry, hit = CompileCache().get_or_build(key, build)
-        bundle = _write_bundle(model, target, chosen, artifact, entry, output, key, hit, profile, calibration, notes,
-                               reference)
-    else:
-        with private_dir(Path(output).resolve().parent, "build") as workdir:
-            artifact = build(workdir)
-            bundle = _write_bundle(model, target, chosen, artifact, workdir, output, key, False, profile,
-                                   calibration, notes, reference)
-    return bundle
+            start = time.perf_counter()
+            artifact = compile_isolated(chosen, request, workdir, worker)
+            seconds = round(time.perf_counter() - start, 3)
+            return dataclasses.replace(artifact, metadata={**artifact.metadata, "compile_seconds": seconds})
+
+        if use_cache:
+            artifact, entry, hit = CompileCache().get_or_build(key, build)
+            bundle = _write_bundle(model, target, chosen, artifact, entry, output, key, hit, profile, calibration,
+                                   notes, reference)
+        else:
+            with private_dir(Path(output).resolve().parent, "build") as workdir:
+                artifact = build(workdir)
+                bundle = _write_bundle(model, target, chosen, artifact, workdir, output, key, False, profile,
+                                       calibration, notes, reference)
+        return bundle
+    finally:
+        if worker is not None:
+            worker.close()
 
 
 def _copy_tree_files(src: Path, names: list[str], dest: Path) -> None:

@@ -40,41 +40,82 @@ def _class_ref(backend: Compiler) -> str | None:
     return f"{cls.__module__}:{cls.__qualname__}"
 
 
-def compile_isolated(backend: Compiler, request: CompileRequest, workdir: Path) -> Artifact:
-    """``backend.compile(request, workdir)`` in a child process (in-process only where no child can do it)."""
+class Worker:
+    """A compiling child started early: while the parent still checks the request, it starts up and imports the
+    likely backend's vendor library (``warm``), then waits on its stdin for the request. Used once."""
+
+    def __init__(self, warm: str | None = None) -> None:
+        from onnxsmith.cache import owner_tag
+
+        self._tmp = tempfile.TemporaryDirectory(prefix=f"onnxsmith-compile-{owner_tag()}-")
+        self.io = Path(self._tmp.name)
+        self._read_fd, write_fd = os.pipe()
+        self._output = open(self.io / "output.txt", "wb")  # noqa: SIM115 - closed in close()
+        try:
+            self.proc: subprocess.Popen[bytes] = subprocess.Popen(
+                [sys.executable, "-m", "onnxsmith.isolate", str(self.io), str(write_fd), warm or ""],
+                stdin=subprocess.PIPE, stdout=self._output, stderr=self._output, pass_fds=(write_fd,))
+        except BaseException:
+            os.close(write_fd)
+            self.close()
+            raise
+        os.close(write_fd)
+
+    def compile(self, backend: Compiler, ref: str, request: CompileRequest, workdir: Path) -> Artifact:
+        request.model.path  # noqa: B018 - the child reads the parent's copy instead of writing its own to $TMPDIR
+        with open(self.io / "request.pkl", "wb") as f:
+            # the header first: the parent's sys.path, so the backend class imports in the child as it did here
+            pickle.dump({"backend": ref, "workdir": str(workdir), "sys_path": sys.path}, f)
+            pickle.dump(dataclasses.replace(request, progress=None), f, protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            assert self.proc.stdin is not None
+            try:
+                self.proc.stdin.write(b"go\n")
+                self.proc.stdin.close()
+            except OSError:  # the child died before it was needed; its exit status says how
+                pass
+            _forward_progress(self.proc, self._read_fd, request.progress)
+        except BaseException:  # SIGTERM, Ctrl-C: the child goes too, before the build dir is removed
+            self.close()
+            raise
+        self._output.close()
+        printed = (self.io / "output.txt").read_text(errors="replace")
+        return _outcome(backend.name, self.proc.returncode, self.io / "result.pkl", printed)
+
+    def close(self) -> None:
+        """Stop the child if it still runs, and remove its files."""
+        proc = getattr(self, "proc", None)
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if self._read_fd >= 0:
+            os.close(self._read_fd)
+            self._read_fd = -1
+        self._output.close()
+        self._tmp.cleanup()
+
+
+def start_worker(warm: str | None) -> Worker | None:
+    """A :class:`Worker` warming up ``warm``'s vendor library, or None where no child can be started."""
+    if not sys.executable:
+        return None
+    return Worker(warm)
+
+
+def compile_isolated(backend: Compiler, request: CompileRequest, workdir: Path,
+                     worker: Worker | None = None) -> Artifact:
+    """``backend.compile(request, workdir)`` in a child process (in-process only where no child can do it);
+    ``worker``: one started earlier with :func:`start_worker` (closed by its owner)."""
     ref = _class_ref(backend)
     if ref is None:
         return backend.compile(request, workdir)
-    from onnxsmith.cache import owner_tag
-
-    request.model.path  # noqa: B018 - the child reads the parent's copy instead of writing its own to $TMPDIR
-    progress = request.progress
-    child_request = dataclasses.replace(request, progress=None)
-    with tempfile.TemporaryDirectory(prefix=f"onnxsmith-compile-{owner_tag()}-") as io_dir:
-        io = Path(io_dir)
-        with open(io / "request.pkl", "wb") as f:
-            # the header first: the parent's sys.path, so the backend class imports in the child as it did here
-            pickle.dump({"backend": ref, "workdir": str(workdir), "sys_path": sys.path}, f)
-            pickle.dump(child_request, f, protocol=pickle.HIGHEST_PROTOCOL)
-        read_fd, write_fd = os.pipe()
-        try:
-            with open(io / "output.txt", "wb") as output:
-                proc = subprocess.Popen([sys.executable, "-m", "onnxsmith.isolate", str(io), str(write_fd)],
-                                        stdin=subprocess.DEVNULL, stdout=output, stderr=output, pass_fds=(write_fd,))
-                os.close(write_fd)
-                write_fd = -1
-                try:
-                    _forward_progress(proc, read_fd, progress)
-                except BaseException:  # SIGTERM, Ctrl-C: the child goes too, before the build dir is removed
-                    proc.kill()
-                    proc.wait()
-                    raise
-        finally:
-            os.close(read_fd)
-            if write_fd >= 0:
-                os.close(write_fd)
-        printed = (io / "output.txt").read_text(errors="replace")
-        return _outcome(backend.name, proc.returncode, io / "result.pkl", printed)
+    if worker is not None:
+        return worker.compile(backend, ref, request, workdir)
+    own = Worker()
+    try:
+        return own.compile(backend, ref, request, workdir)
+    finally:
+        own.close()
 
 
 def _forward_progress(proc: subprocess.Popen[bytes], read_fd: int, progress: Any) -> None:
@@ -133,9 +174,19 @@ def _outcome(name: str, returncode: int, result_path: Path, printed: str) -> Art
                        "another --backend or --precision, or run with --debug") from RuntimeError(printed[-4000:])
 
 
-def child_main(io_dir: str, progress_fd: str) -> None:
-    """``python -m onnxsmith.isolate IO_DIR FD``: compile the pickled request, write the outcome."""
+def child_main(io_dir: str, progress_fd: str, warm: str = "") -> None:
+    """``python -m onnxsmith.isolate IO_DIR FD [WARM]``: import WARM's vendor library, wait for ``go`` on stdin,
+    then compile the pickled request and write the outcome."""
     io = Path(io_dir)
+    if warm:
+        try:
+            from onnxsmith.registry import get_backend
+
+            get_backend(warm).check_environment()
+        except BaseException:  # noqa: BLE001 - only a head start; the real compile reports any failure
+            pass
+    if sys.stdin.readline().strip() != "go":
+        return  # not needed after all (a cache hit, or a check failed)
     fd = int(progress_fd)
     os.set_inheritable(fd, False)
     pipe = os.fdopen(fd, "wb", buffering=0)
@@ -170,4 +221,4 @@ def child_main(io_dir: str, progress_fd: str) -> None:
 
 
 if __name__ == "__main__":
-    child_main(sys.argv[1], sys.argv[2])
+    child_main(*sys.argv[1:4])
