@@ -86,6 +86,17 @@ def _check_manifest(manifest: Any, where: Path) -> None:
     signature = manifest["model"].get("signature")
     if not isinstance(signature, dict) or not all(isinstance(signature.get(k), list) for k in ("inputs", "outputs")):
         raise bad("'model.signature' must hold 'inputs' and 'outputs' lists")
+    from onnxsmith.model import _ONNX_DTYPES
+
+    for kind in ("inputs", "outputs"):
+        for spec in signature[kind]:
+            if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) \
+                    or not isinstance(spec.get("shape"), list):
+                raise bad(f"'model.signature.{kind}' holds {str(spec)[:60]!r}, not a name, dtype and shape")
+            if spec.get("dtype") not in _ONNX_DTYPES.values():
+                raise BundleError(f"bundle '{where}' cannot be used", f"{kind[:-1]} '{spec['name']}' has element type "
+                                  f"{spec.get('dtype')!r}, which onnxsmith cannot feed or compare",
+                                  "compile a model with numeric inputs and outputs")
     if not isinstance(manifest["target"].get("id"), str):
         raise bad("'target.id' is missing")
 

@@ -11,16 +11,21 @@ removed and rebuilt.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from onnxsmith.errors import UserInputError
 from onnxsmith.plugin import Artifact
 
 ENTRY_FILE = "entry.json"
@@ -46,11 +51,74 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+STALE_SECONDS = 15 * 60
+"""A private directory left by a dead process is swept once it is this old (and its owner is gone)."""
+_OWNER = re.compile(r"^(?:\.|onnxsmith-).*-p(\d+)h([0-9a-f]{8})-[^/]*$")
+
+
+@functools.lru_cache(maxsize=1)
+def _host() -> str:
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def owner_tag() -> str:
+    """``p<pid>h<host>``, put in every private directory's name so a later run can tell a dead process's
+    leftovers (SIGKILL, power loss) from a live build of a concurrent process."""
+    return f"p{os.getpid()}h{_host()}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # someone else's process: alive
+        return True
+    return True
+
+
+def sweep_stale(parent: Path, min_age: float = STALE_SECONDS) -> list[Path]:
+    """Remove the private directories under ``parent`` whose owner died: made on this host by a process that no
+    longer exists, and untouched for ``min_age`` seconds. A live build (any other process's, or ours) is never
+    touched, nor anything without an onnxsmith owner tag."""
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return removed
+    now = time.time()
+    for entry in entries:
+        match = _OWNER.match(entry.name)
+        if not match or match.group(2) != _host() or int(match.group(1)) == os.getpid():
+            continue
+        try:
+            if not entry.is_dir(follow_symlinks=False) or now - entry.stat(follow_symlinks=False).st_mtime < min_age:
+                continue
+        except OSError:
+            continue
+        if not _alive(int(match.group(1))):
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(Path(entry.path))
+    return removed
+
+
+_swept: set[str] = set()
+
+
+def sweep_once(parent: Path) -> None:
+    """:func:`sweep_stale` on ``parent``, at most once per process."""
+    if str(parent) not in _swept:
+        _swept.add(str(parent))
+        sweep_stale(parent)
+
+
 @contextlib.contextmanager
 def private_dir(parent: Path, prefix: str) -> Iterator[Path]:
-    """A temporary directory under ``parent`` (same file system, so it can be renamed into place)."""
+    """A temporary directory under ``parent`` (same file system, so it can be renamed into place), named with
+    its owner so that a later run sweeps it if this process is killed before its ``finally`` runs."""
     parent.mkdir(parents=True, exist_ok=True)
-    path = Path(tempfile.mkdtemp(prefix=f".{prefix}-", dir=parent))
+    sweep_once(parent)
+    path = Path(tempfile.mkdtemp(prefix=f".{prefix}-{owner_tag()}-", dir=parent))
     try:
         yield path
     finally:
@@ -72,7 +140,7 @@ def replace_dir(tmp: Path, final: Path) -> None:
     """Move ``tmp`` to ``final``, replacing an existing directory with one rename each way."""
     final.parent.mkdir(parents=True, exist_ok=True)
     if final.exists():
-        old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
+        old = final.with_name(f".{final.name}.old-{owner_tag()}-{uuid.uuid4().hex[:8]}")
         os.rename(final, old)
         os.rename(tmp, final)
         shutil.rmtree(old, ignore_errors=True)
@@ -107,15 +175,33 @@ class CompileCache:
     def evict(self, key: str) -> None:
         directory = self.entry_dir(key)
         if directory.exists():
-            trash = directory.with_name(f".{directory.name}.bad-{uuid.uuid4().hex[:8]}")
+            trash = directory.with_name(f".{directory.name}.bad-{owner_tag()}-{uuid.uuid4().hex[:8]}")
             try:
                 os.rename(directory, trash)
             except OSError:
                 return
             shutil.rmtree(trash, ignore_errors=True)
 
+    def check_usable(self) -> None:
+        """A user error naming the cache directory when it is a file or cannot be written."""
+        from onnxsmith.outdir import check_writable
+
+        root = self.root.parent
+        named = "ONNXSMITH_CACHE_DIR" if os.environ.get("ONNXSMITH_CACHE_DIR") else "the cache directory"
+        hint = "point ONNXSMITH_CACHE_DIR at a writable directory, or pass --no-cache"
+        if root.exists() and not root.is_dir():
+            raise UserInputError(f"cannot use the compile cache '{root}'", f"{named} is a file, not a directory",
+                                 hint)
+        check_writable(self.root, root, f"the compile cache ({named})", hint)
+
     def get_or_build(self, key: str, build: Callable[[Path], Artifact]) -> tuple[Artifact, Path, bool]:
         """The entry for ``key``, building it with ``build(workdir)`` when missing. Returns (artifact, dir, hit)."""
+        self.check_usable()
+        if str(self.root) not in _swept:  # leftovers of killed builds in every shard, once per process
+            _swept.add(str(self.root))
+            for shard in self.root.iterdir() if self.root.is_dir() else ():
+                if shard.is_dir() and not shard.is_symlink():
+                    sweep_once(shard)
         found = self.lookup(key)
         if found:
             return (*found, True)

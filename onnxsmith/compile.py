@@ -18,7 +18,7 @@ from onnxsmith.errors import DataError, MissingDependencyError, OnnxsmithError, 
 from onnxsmith.model import require_static
 from onnxsmith.outdir import check_output_dir
 from onnxsmith.options import parse_backend_options
-from onnxsmith.plugin import Artifact, CompileRequest, Compiler, Support, backend_call
+from onnxsmith.plugin import Artifact, CompileRequest, Compiler, Support
 from onnxsmith.registry import backend_status, get_backend
 from onnxsmith.signing import seal
 
@@ -138,40 +138,48 @@ def compile_model(model: LoadedModel, target: Target, *, profile: Profile, outpu
     ONNX pass (fp16, int8 QDQ, pruning), pass the original so the bundle keeps the fp32 model as its reference.
     """
     output = check_output_dir(output, "bundle", protected_inputs(model, reference, calibration), force=force)
-    chosen = choose_backend(target, backend)
-    request = checked_request(chosen, CompileRequest(
-        model=model, target=target, precision=precision or profile.precision, profile=profile,
-        calibration=calibration, options=dict(options or {}), progress=progress))
-    precision, options = request.precision, request.options
-    key = compile_key(model, target, chosen, precision, profile, calibration, options)
+    from onnxsmith.isolate import start_worker
 
-    def build(workdir: Path) -> Artifact:
-        start = time.perf_counter()
-        with backend_call(chosen.name, "compile"):
-            artifact = chosen.compile(request, workdir)
-        seconds = round(time.perf_counter() - start, 3)
-        return dataclasses.replace(artifact, metadata={**artifact.metadata, "compile_seconds": seconds})
+    # the compiling child starts now and imports the likely backend's library while the checks below run
+    worker = start_worker(backend or (target.backends[0] if target.backends else None))
+    try:
+        chosen = choose_backend(target, backend)
+        request = checked_request(chosen, CompileRequest(
+            model=model, target=target, precision=precision or profile.precision, profile=profile,
+            calibration=calibration, options=dict(options or {}), progress=progress))
+        precision, options = request.precision, request.options
+        key = compile_key(model, target, chosen, precision, profile, calibration, options)
 
-    if use_cache:
-        artifact, entry, hit = CompileCache().get_or_build(key, build)
-        bundle = _write_bundle(model, target, chosen, artifact, entry, output, key, hit, profile, calibration, notes,
-                               reference)
-    else:
-        with private_dir(Path(output).resolve().parent, "build") as workdir:
-            artifact = build(workdir)
-            bundle = _write_bundle(model, target, chosen, artifact, workdir, output, key, False, profile,
-                                   calibration, notes, reference)
-    return bundle
+        def build(workdir: Path) -> Artifact:
+            from onnxsmith.isolate import compile_isolated
+
+            start = time.perf_counter()
+            artifact = compile_isolated(chosen, request, workdir, worker)
+            seconds = round(time.perf_counter() - start, 3)
+            return dataclasses.replace(artifact, metadata={**artifact.metadata, "compile_seconds": seconds})
+
+        if use_cache:
+            artifact, entry, hit = CompileCache().get_or_build(key, build)
+            bundle = _write_bundle(model, target, chosen, artifact, entry, output, key, hit, profile, calibration,
+                                   notes, reference)
+        else:
+            with private_dir(Path(output).resolve().parent, "build") as workdir:
+                artifact = build(workdir)
+                bundle = _write_bundle(model, target, chosen, artifact, workdir, output, key, False, profile,
+                                       calibration, notes, reference)
+        return bundle
+    finally:
+        if worker is not None:
+            worker.close()
 
 
 def _copy_tree_files(src: Path, names: list[str], dest: Path) -> None:
+    """Copy (never hard-link) the cache entry's files: a bundle is the user's to edit, move or damage, and a
+    link would carry an edit into the cache entry and every sibling bundle compiled from it."""
     for name in names:
         target = dest / name
         target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(src / name, target)  # cache entries are immutable: hard links save space and time
-        except OSError:
-            shutil.copy2(src / name, target)
+        shutil.copyfile(src / name, target)
 
 
 def _write_bundle(model: LoadedModel, target: Target, backend: Compiler, artifact: Artifact, source: Path,

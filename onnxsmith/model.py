@@ -22,6 +22,13 @@ if TYPE_CHECKING:
 
 Dim = int | str | None
 """A dimension: an int when fixed, the symbol name (or ``None``) when dynamic."""
+ZERO_DIM = "<declared 0>"
+"""How a dimension the model declares as 0 reads before ``--shape`` fixes it: never silently batch 1."""
+
+MAX_DIM = 2**31 - 1
+"""The largest dimension ``--shape`` accepts (ONNX stores dims as int64; no tensor comes near this)."""
+MAX_INPUT_BYTES = 16 * 2**30
+"""An input tensor larger than this (16 GiB) is refused at load: no sample of it could be generated or held."""
 
 _ONNX_DTYPES = {
     1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32", 7: "int64", 9: "bool",
@@ -68,6 +75,9 @@ def parse_shape_overrides(values: tuple[str, ...] | list[str]) -> dict[str, tupl
         shapes[name] = tuple(int(d) for d in dims.split("x"))
         if 0 in shapes[name]:
             raise UserInputError(f"invalid --shape '{value}'", "dimensions must be positive")
+        if max(shapes[name]) > MAX_DIM:
+            raise UserInputError(f"invalid --shape '{value}'", f"dimension {max(shapes[name])} is larger than "
+                                 f"{MAX_DIM}", "give the size the model really runs at")
     return shapes
 
 
@@ -77,6 +87,8 @@ def _value_spec(value: onnx.ValueInfoProto) -> TensorSpec:
     for d in t.shape.dim:
         if d.HasField("dim_value") and d.dim_value > 0:
             dims.append(int(d.dim_value))
+        elif d.HasField("dim_value") and d.dim_value == 0:
+            dims.append(ZERO_DIM)
         else:
             dims.append(d.dim_param or None)
     return TensorSpec(value.name, _ONNX_DTYPES.get(t.elem_type, f"onnx:{t.elem_type}"), tuple(dims))
@@ -91,7 +103,11 @@ def _check_external_data(model: onnx.ModelProto, base: Path) -> list[Path]:
     for tensor in _get_all_tensors(model):
         if not uses_external_data(tensor):
             continue
-        info = ExternalDataInfo(tensor)
+        try:
+            info = ExternalDataInfo(tensor)
+        except ValueError as exc:
+            raise ModelError("bad external data", f"tensor '{tensor.name}': {first_line(exc)}",
+                             "save the model again with onnx.save_model") from exc
         location = info.location or ""
         where = f"tensor '{tensor.name}' stores its data in '{location}'"
         if not location or os.path.isabs(location) or location.startswith(("/", "\\")) or ".." in Path(location).parts:
@@ -101,11 +117,25 @@ def _check_external_data(model: onnx.ModelProto, base: Path) -> list[Path]:
         if base not in path.parents:
             raise ModelError("unsafe external data", f"{where}, which resolves outside the model's directory "
                              "(symbolic link?)", "copy the data file next to the model")
+        if path.is_dir():
+            raise ModelError("bad external data", f"{where}, which is a directory, not a file",
+                             "name the data file the model was saved with")
         if not path.is_file():
             raise ModelError("missing external data", f"{where}, which does not exist",
                              "keep the data file next to the .onnx file")
-        size = path.stat().st_size
-        offset = int(info.offset or 0)
+        stat = path.stat()
+        if stat.st_nlink > 1:
+            raise ModelError("unsafe external data", f"{where}, which has {stat.st_nlink} hard links, so its "
+                             "content may belong to a file outside the model's directory (ONNX refuses it too)",
+                             "copy the data file (cp, not ln) next to the model")
+        size = stat.st_size
+        try:
+            offset, length = int(info.offset or 0), int(info.length or 0)
+        except (TypeError, ValueError):
+            offset, length = -1, -1
+        if offset < 0 or length < 0:
+            raise ModelError("bad external data", f"{where} at offset {info.offset} with length {info.length}; "
+                             "neither may be negative", "save the model again with onnx.save_model")
         if info.length:
             needed = offset + int(info.length)
         else:
@@ -158,9 +188,32 @@ class LoadedModel:
     def path(self) -> Path:
         """A file on disk holding exactly this model (with fixed shapes); backends read this."""
         if self._path is None:
-            self._tmp = tempfile.TemporaryDirectory(prefix="onnxsmith-model-")
+            from onnxsmith.cache import owner_tag, sweep_once
+
+            sweep_once(Path(tempfile.gettempdir()))
+            self._tmp = tempfile.TemporaryDirectory(prefix=f"onnxsmith-model-{owner_tag()}-")
             self._path = save_model(self.proto, Path(self._tmp.name) / f"{self.name}.onnx")
         return self._path
+
+    def __getstate__(self) -> dict[str, Any]:
+        """For the compiling child process (:mod:`onnxsmith.isolate`): it reads the copy on disk this process
+        owns, and never deletes it."""
+        state = dict(self.__dict__)
+        state["_tmp"] = None
+        if state["_path"] is not None:  # the child loads the saved copy only if its backend needs the proto,
+            state.pop("proto", None)  # so it need not import onnx (1-2 s) to compile with OpenVINO
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "proto" and self.__dict__.get("_path") is not None:
+            import onnx
+
+            self.proto = onnx.load_model(str(self._path))
+            return self.proto
+        raise AttributeError(name)
 
     def input_spec(self, name: str) -> TensorSpec:
         for spec in self.inputs:
@@ -215,7 +268,12 @@ def load_model(path: str | os.PathLike[str], shapes: Mapping[str, tuple[int, ...
     if data_files:
         from onnx.external_data_helper import load_external_data_for_model
 
-        load_external_data_for_model(proto, str(source.parent))
+        try:
+            load_external_data_for_model(proto, str(source.parent))
+        except (onnx.checker.ValidationError, ValueError, OSError) as exc:
+            raise ModelError(f"cannot load the external data of '{source}'", first_line(exc),
+                             "keep the data files next to the model, as plain files") from exc
+    _check_graph(proto, source)
     fingerprint = _sha256_files([source, *data_files])
     if check:
         try:
@@ -229,7 +287,51 @@ def load_model(path: str | os.PathLike[str], shapes: Mapping[str, tuple[int, ...
     model = LoadedModel(source=source, proto=proto, inputs=(), outputs=(), opset=_opset(proto),
                         fingerprint=fingerprint, shape_overrides=dict(shapes or {}), data_files=tuple(data_files))
     _fix_shapes(model, dict(shapes or {}), default_batch)
+    _check_input_sizes(model)
     return model
+
+
+def _check_graph(proto: onnx.ModelProto, source: Path) -> None:
+    """What the later stages cannot handle, refused at load: an opset or IR newer than the installed onnx
+    knows, a graph without outputs, non-numeric (string...) inputs or outputs."""
+    import onnx
+
+    where = f"cannot use model '{source}'"
+    newest = onnx.defs.onnx_opset_version()
+    opset = _opset(proto)
+    if opset > newest:
+        raise ModelError(where, f"it needs ONNX opset {opset}, and the installed onnx {onnx.__version__} knows up "
+                         f"to {newest}", f"export with opset {newest} or lower, or upgrade onnx")
+    if proto.ir_version > onnx.IR_VERSION:
+        raise ModelError(where, f"its IR version {proto.ir_version} is newer than the installed onnx's "
+                         f"{onnx.IR_VERSION}", "export it again with this onnx version, or upgrade onnx")
+    if not proto.graph.output:
+        raise ModelError(where, "its graph has no outputs", "export the model with its outputs")
+    for kind, values in (("input", _graph_inputs(proto)), ("output", list(proto.graph.output))):
+        for value in values:
+            if not value.type.HasField("tensor_type"):
+                raise ModelError(where, f"{kind} '{value.name}' is not a tensor (a sequence, map or optional)",
+                                 "onnxsmith compiles models whose inputs and outputs are numeric tensors")
+            elem = value.type.tensor_type.elem_type
+            if elem not in _ONNX_DTYPES:
+                name = onnx.TensorProto.DataType.Name(elem) if elem in onnx.TensorProto.DataType.values() else elem
+                raise ModelError(where, f"{kind} '{value.name}' has element type {name}, which onnxsmith cannot "
+                                 "feed, compare or compile", "give the model numeric inputs and outputs "
+                                 "(e.g. do tokenization outside it)")
+
+
+def _check_input_sizes(model: LoadedModel) -> None:
+    import numpy as np
+
+    for spec in model.inputs:
+        if not spec.is_static:
+            continue
+        count = functools.reduce(lambda a, b: a * b, spec.shape, 1)
+        size = count * np.dtype(spec.dtype if spec.dtype != "bfloat16" else "float16").itemsize
+        if size > MAX_INPUT_BYTES:
+            raise ModelError(f"input '{spec.name}' is too large", f"{spec.shape_text()} {spec.dtype} is "
+                             f"{size / 2**30:.3g} GiB per inference (limit {MAX_INPUT_BYTES // 2**30} GiB)",
+                             f"give a smaller size with --shape {spec.name}=DIMS")
 
 
 def _opset(proto: onnx.ModelProto) -> int:
@@ -274,6 +376,11 @@ def _fix_shapes(model: LoadedModel, shapes: dict[str, tuple[int, ...]], default_
             changed = True
             continue
         dynamic = spec.dynamic_dims
+        if ZERO_DIM in spec.shape and default_batch is not None:
+            example = "x".join("N" if d == ZERO_DIM else str(d) if isinstance(d, int) else "N" for d in spec.shape)
+            raise UserInputError(f"input '{value.name}' declares a dimension of size 0 ({spec.shape_text()})",
+                                 "onnxsmith will not guess a size for it (it used to become batch 1 silently)",
+                                 f"give the size with --shape {value.name}={example}")
         if not dynamic or default_batch is None:
             continue
         if dynamic == [0]:

@@ -40,6 +40,33 @@ def _contains(outer: Path, inner: Path) -> bool:
     return inner == outer or outer in inner.parents
 
 
+def check_writable(path: Path, given: str | os.PathLike[str], what: str, hint: str) -> None:
+    """Refuse ``path`` (a directory to create or write into) when its nearest existing ancestor is not a directory
+    or no file can be created there; the probe it makes is removed at once."""
+    import tempfile
+
+    ancestor = path
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UserInputError(f"cannot write {what} '{given}'", f"'{ancestor}' is not a directory", hint)
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".onnxsmith-probe-", dir=ancestor))
+    except OSError as exc:
+        raise UserInputError(f"cannot write {what} '{given}'", f"nothing can be created in '{ancestor}' "
+                             f"({exc.strerror or type(exc).__name__})", hint) from exc
+
+
+def check_output_file(output: str | os.PathLike[str], option: str = "--output") -> Path:
+    """Refuse an output file that is a directory or cannot be written; returns it resolved. Writes nothing."""
+    given = Path(output)
+    path = given.resolve()
+    if path.is_dir():
+        raise UserInputError(f"cannot write to '{given}'", "it is a directory", f"give a file name for {option}")
+    check_writable(path.parent, given, "the output file", f"choose a writable place for {option}")
+    return path
+
+
 def check_output_dir(output: str | os.PathLike[str], kind: str, protected: Iterable[str | os.PathLike[str]] = (),
                      force: bool = False, option: str = "-o") -> Path:
     """Refuse an output directory that would destroy something; returns it resolved. Writes nothing."""
@@ -62,6 +89,7 @@ def check_output_dir(output: str | os.PathLike[str], kind: str, protected: Itera
             raise UserInputError(f"cannot write to '{given}'", f"it contains '{item}', one of this command's inputs, "
                                  "and the output directory is replaced as a whole",
                                  f"choose a new directory for {option}, e.g. out/")
+    check_writable(path, given, "the output directory", f"choose a writable place for {option}")
     if path.is_dir() and any(path.iterdir()) and not _is_result(path, kind) and not force:
         _, what = KINDS[kind]
         raise UserInputError(f"output directory '{given}' is not empty", f"it is not {what}, and writing there "

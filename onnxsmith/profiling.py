@@ -190,9 +190,17 @@ def run_isolated(kind: str, bundle: Bundle, feeds_path: Path, measure: Measure, 
     except subprocess.TimeoutExpired:
         raise BackendError(f"profiling the {kind} timed out", f"no result after {limit:.0f} s") from None
     if not result_path.exists():
+        import signal
+
         tail = (proc.stderr or "").strip().splitlines()[-1:] or ["no output"]
-        raise BackendError(f"profiling the {kind} crashed", f"the measuring process died (exit code "
-                           f"{proc.returncode}: {tail[0]})", "run with --debug; a backend segfault shows up this way")
+        how = f"exit code {proc.returncode}"
+        if proc.returncode < 0:
+            try:
+                how = f"killed by {signal.Signals(-proc.returncode).name}"
+            except ValueError:
+                how = f"killed by signal {-proc.returncode}"
+        raise BackendError(f"profiling the {kind} of backend '{bundle.backend}' crashed", f"the measuring process "
+                           f"died ({how}: {tail[0][:200]})", "run with --debug; a backend segfault shows up this way")
     outcome = json.loads(result_path.read_text())
     if outcome["status"] == "ok":
         return outcome["result"]
@@ -293,6 +301,21 @@ class ProfileResult:
         return data
 
 
+_RPC_ADDRESS = r"^\[?([A-Za-z0-9.\-:]+?)\]?:(\d{1,5})$"
+
+
+def check_rpc_address(address: str) -> None:
+    """Refuse an ``--rpc`` value that is not ``HOST:PORT`` before any process starts."""
+    import re
+
+    match = re.match(_RPC_ADDRESS, address.strip())
+    if not match or not 0 < int(match.group(2)) < 65536:
+        from onnxsmith.errors import UserInputError
+
+        raise UserInputError(f"invalid --rpc address '{address}'", "expected HOST:PORT with a port from 1 to 65535",
+                             "for example --rpc 192.168.1.20:9090")
+
+
 def profile_feeds(bundle: Bundle, data: Any | None = None, seed: int = 0) -> tuple[dict[str, np.ndarray], str]:
     """The inputs to time: the first batch of ``data`` (a Dataset), else seeded generated inputs."""
     from onnxsmith.data import Dataset, model_batch, synthetic
@@ -318,7 +341,16 @@ def profile_bundle(bundle: Bundle, profile: Profile, *, baseline: bool = True, d
     from onnxsmith.model import load_model
 
     target = bundle.target()
-    if not remote:
+    if remote:
+        from onnxsmith.registry import get_backend
+
+        check_rpc_address(remote)
+        if not hasattr(get_backend(bundle.backend), "load_remote"):
+            from onnxsmith.errors import UnsupportedError
+
+            raise UnsupportedError(f"backend '{bundle.backend}' cannot profile remotely (--rpc {remote})",
+                                   "it has no RPC runner", "profile on the device itself")
+    else:
         from onnxsmith.registry import get_backend
 
         runs = get_backend(bundle.backend).runs_here(target)
@@ -328,7 +360,9 @@ def profile_bundle(bundle: Bundle, profile: Profile, *, baseline: bool = True, d
             raise UnsupportedError(f"cannot profile the {target.id} bundle here", runs.reason, runs.hint)
     feeds, source = profile_feeds(bundle, data)
     batch = model_batch(bundle.inputs[0]) if bundle.inputs else 1
-    with tempfile.TemporaryDirectory(prefix="onnxsmith-profile-") as tmp:
+    from onnxsmith.cache import owner_tag
+
+    with tempfile.TemporaryDirectory(prefix=f"onnxsmith-profile-{owner_tag()}-") as tmp:
         feeds_path = Path(tmp) / "feeds.npz"
         save_npz(feeds_path, feeds)
         if progress:

@@ -25,6 +25,7 @@ def import_ort() -> Any:
         import onnxruntime
     except ImportError as exc:
         raise MissingDependencyError("onnxruntime", "") from exc
+    onnxruntime.set_default_logger_severity(4)  # no coloured log line before our own one-line error
     return onnxruntime
 
 
@@ -42,7 +43,7 @@ def session_options(threads: int = 0, profile_file: str | None = None) -> Any:
     ort = import_ort()
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4  # fatal only: an error is raised to us and reported as one line, never logged too
     if threads:
         opts.intra_op_num_threads = threads
     if profile_file:

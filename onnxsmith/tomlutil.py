@@ -21,6 +21,13 @@ def read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(f)
     except FileNotFoundError as exc:
         raise TargetError(f"cannot read {path}", "file not found") from exc
+    except IsADirectoryError as exc:
+        raise TargetError(f"cannot read {path}", "it is a directory, not a .toml file") from exc
+    except OSError as exc:
+        raise TargetError(f"cannot read {path}", exc.strerror or type(exc).__name__) from exc
+    except UnicodeDecodeError as exc:
+        raise TargetError(f"cannot read {path}", f"it is not a text file (byte {exc.start} is not UTF-8)",
+                          "give a TOML text file") from exc
     except tomllib.TOMLDecodeError as exc:
         raise TargetError(f"cannot read {path}", f"invalid TOML ({exc})") from exc
 

@@ -93,6 +93,10 @@ class Target:
         return data
 
 
+MAX_CORES = 65536
+"""The most cores a target file may declare (more is a typo, and would size thread pools absurdly)."""
+
+
 def parse_target(data: Mapping[str, Any], path: Path | str, target_id: str | None = None) -> Target:
     """Build a :class:`Target` from a TOML table, validating every key."""
     f = Fields(data, path)
@@ -120,6 +124,10 @@ def parse_target(data: Mapping[str, Any], path: Path | str, target_id: str | Non
             raise TargetError(f"invalid {path}", f"key 'device.{name}' names no installed backend "
                               f"({', '.join(registered)})", "install the backend's plugin, or fix the name")
         device.table(name)
+    cores = f.get("cores", int, 0)
+    if not 0 <= cores <= MAX_CORES:
+        raise TargetError(f"invalid {path}", f"key 'cores' is {cores}; it must be between 1 and {MAX_CORES} "
+                          "(0 or absent: unknown)")
     file_id = f.get("id", str)
     if target_id is not None and file_id != target_id:
         raise TargetError(f"invalid {path}", f"key 'id' is {file_id!r} but the file's place in the catalogue "
@@ -140,7 +148,7 @@ def parse_target(data: Mapping[str, Any], path: Path | str, target_id: str | Non
             gpu=req.get("gpu", str, ""),
         ),
         device_options={k: dict(v) for k, v in device.data.items()},
-        cores=f.get("cores", int, 0),
+        cores=cores,
         description=f.get("description", str, ""),
         source_file=str(path),
     )

@@ -42,8 +42,8 @@ class _CompileCommand(click.Command):
               help="Backend option, checked against the backend's declaration (listed below; repeatable).")
 @click.option("--tune", is_flag=True, help="Shorthand for --option tune=1 (backends that declare 'tune', e.g. TVM's "
               "MetaSchedule).")
-@click.option("--tune-trials", type=int, default=None, help="Shorthand for --option tune_trials=N (implies --tune).")
-@click.option("--tune-minutes", type=float, default=None, help="Shorthand for --option tune_minutes=M (implies --tune).")
+@click.option("--tune-trials", type=click.IntRange(min=0), default=None, help="Shorthand for --option tune_trials=N (implies --tune).")
+@click.option("--tune-minutes", type=click.FloatRange(min=0, min_open=True), default=None, help="Shorthand for --option tune_minutes=M (implies --tune).")
 @click.option("--tune-more", is_flag=True, help="Shorthand for --option tune_more=1 (implies --tune).")
 @click.option("--no-cache", is_flag=True, help="Compile even when the cache has this artifact.")
 @click.option("--force", is_flag=True, help="Replace a non-empty -o that is not an onnxsmith bundle (never one "

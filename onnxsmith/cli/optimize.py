@@ -25,7 +25,7 @@ def _fraction(value: str) -> float:
 @shape_option
 @click.option("--max-accuracy-drop", default=None, help="Largest accepted accuracy drop, e.g. 1% or 0.01 "
               "(default: the profile's).")
-@click.option("--latency-budget", type=float, default=None, metavar="MS", help="Reject steps whose p50 exceeds this.")
+@click.option("--latency-budget", type=click.FloatRange(min=0, min_open=True), default=None, metavar="MS", help="Reject steps whose p50 exceeds this.")
 @data_option("--data", "data_spec", "Validation data")
 @click.option("--labels", default=None, help="Key of the labels in --data (<labels>.npy in a folder); an image "
               "folder's class subfolders are its labels.")
@@ -33,7 +33,7 @@ def _fraction(value: str) -> float:
 @click.option("--backend", "-b", "backends", multiple=True, help="Only try these backends (repeatable; default: every "
               "available backend the target lists).")
 @click.option("--prune/--no-prune", default=None, help="Add the pruning steps (default: the profile's setting).")
-@click.option("--arrival-rate", type=float, default=None, metavar="PER_S",
+@click.option("--arrival-rate", type=click.FloatRange(min=0, min_open=True), default=None, metavar="PER_S",
               help="Request rate for the dynamic-batching simulation (default: derived from the measured throughput).")
 @click.option("--keep-steps", is_flag=True, help="Keep every step's bundle, not only the chosen one.")
 @click.option("--output", "-o", type=click.Path(file_okay=False), required=True, help="Output directory.")

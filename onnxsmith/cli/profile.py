@@ -14,8 +14,8 @@ from onnxsmith.cli.common import data_option, json_option, profile_option
              "that batch is read)")
 @click.option("--no-baseline", is_flag=True, help="Skip the ONNX Runtime fp32 baseline.")
 @click.option("--rpc", default=None, metavar="HOST:PORT", help="Profile on a remote device's RPC server (TVM).")
-@click.option("--iterations", type=int, default=None, help="Override the profile's minimum timed iterations.")
-@click.option("--seconds", type=float, default=None, help="Override the profile's minimum timed seconds.")
+@click.option("--iterations", type=click.IntRange(min=1), default=None, help="Override the profile's minimum timed iterations.")
+@click.option("--seconds", type=click.FloatRange(min=0), default=None, help="Override the profile's minimum timed seconds.")
 @json_option
 def profile_command(bundle_path: str, profile_spec: str, input_file: str | None, no_baseline: bool,
                     rpc: str | None, iterations: int | None, seconds: float | None, as_json: bool) -> None:

@@ -27,7 +27,11 @@ def run_command(bundle_path: str, input_file: str, output_file: str | None, as_j
     from onnxsmith.datasets import open_dataset
     from onnxsmith.errors import DataError
 
+    from onnxsmith.outdir import check_output_file
+
     bundle = Bundle.open(bundle_path)
+    if output_file:
+        check_output_file(output_file)
     specs = bundle.inputs
     data = open_dataset(input_file, specs, what="input data", finite=False)
     batch = model_batch(specs[0]) if specs else 1

@@ -12,10 +12,10 @@ from onnxsmith.cli.common import data_option, json_option
 @data_option("--data", "data_file", "Validation data (default: seeded generated inputs)")
 @click.option("--labels", default=None, help="Key of the label array in --data (<labels>.npy in a folder), for task "
               "accuracy; an image folder's class subfolders are its labels.")
-@click.option("--samples", type=int, default=64, show_default=True,
+@click.option("--samples", type=click.IntRange(min=1), default=64, show_default=True,
               help="Samples to check (all of --data when it has labels); only those are read.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for generated inputs.")
-@click.option("--keep-worst", type=int, default=5, show_default=True, help="Worst examples kept in the bundle.")
+@click.option("--keep-worst", type=click.IntRange(min=0), default=5, show_default=True, help="Worst examples kept in the bundle.")
 @click.option("--min-cosine", type=float, default=None, help="Required cosine similarity (default by precision).")
 @json_option
 def validate_command(bundle_path: str, data_file: str | None, labels: str | None, samples: int, seed: int,

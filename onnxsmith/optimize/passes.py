@@ -206,7 +206,7 @@ def ort_session(model: onnx.ModelProto, optimize: bool = False) -> Any:
     except ImportError as exc:
         raise MissingDependencyError("onnxruntime", "") from exc
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4
     if not optimize:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])

@@ -63,7 +63,7 @@ def _ort_basic(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
     with tempfile.TemporaryDirectory(prefix="onnxsmith-simplify-") as tmp:
         out = Path(tmp) / "basic.onnx"
         opts = ort.SessionOptions()
-        opts.log_severity_level = 3
+        opts.log_severity_level = 4
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         opts.optimized_model_filepath = str(out)
         try:
