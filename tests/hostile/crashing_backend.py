@@ -13,12 +13,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from onnxsmith.plugin import Artifact, CompileRequest, Support
+from onnxsmith.options import Option
+from onnxsmith.plugin import Artifact, CompileRequest, Compiler, Support
 
 
-class CrashingCompiler:
+class CrashingCompiler(Compiler):
     name = "crashy"
     artifact_kind = "onnx"
+    options = (Option("crash", str, "abort", "how the compiler dies", choices=("abort", "segv", "sleep",
+                                                                               "load")),)
 
     def check_environment(self) -> None:
         return None
@@ -37,9 +40,6 @@ class CrashingCompiler:
 
     def precisions(self, target: Any) -> tuple[str, ...]:
         return ("fp32",)
-
-    def unsupported_ops(self, model: Any, target: Any) -> dict[str, list[str]]:
-        return {}
 
     def compile(self, request: CompileRequest, workdir: Path) -> Artifact:
         how = request.options.get("crash", "abort")
@@ -60,6 +60,6 @@ class CrashingCompiler:
     def load(self, artifact: Artifact, directory: Path, target: Any) -> Any:
         if artifact.options.get("crash") == "load":
             ctypes.string_at(0)
-        from onnxsmith.compilers.onnxruntime.backend import OnnxRuntimeRunner
+        from onnxsmith.reference import OnnxRuntimeRunner
 
         return OnnxRuntimeRunner(directory / "model.onnx", ["CPUExecutionProvider"])
