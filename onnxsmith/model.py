@@ -63,11 +63,9 @@ def parse_shape_overrides(values: tuple[str, ...] | list[str]) -> dict[str, tupl
     for value in values:
         name, sep, dims = value.rpartition("=")
         if not sep or not name or not re.fullmatch(r"\d+(x\d+)*", dims):
-            raise UserInputError(f"invalid --shape '{value}'", "expected NAME=DIMxDIMx... with positive integers",
+            raise UserInputError(f"invalid --shape '{value}'", "expected NAME=DIMxDIMx... with non-negative integers",
                                  "for example --shape input=1x3x224x224")
-        shapes[name] = tuple(int(d) for d in dims.split("x"))
-        if 0 in shapes[name]:
-            raise UserInputError(f"invalid --shape '{value}'", "dimensions must be positive")
+        shapes[name] = tuple(int(d) for d in dims.split("x"))  # 0 is a valid (empty) dimension, as in ONNX
     return shapes
 
 
@@ -75,7 +73,7 @@ def _value_spec(value: onnx.ValueInfoProto) -> TensorSpec:
     t = value.type.tensor_type
     dims: list[Dim] = []
     for d in t.shape.dim:
-        if d.HasField("dim_value") and d.dim_value > 0:
+        if d.HasField("dim_value") and d.dim_value >= 0:  # 0: an empty dimension, which backends run
             dims.append(int(d.dim_value))
         else:
             dims.append(d.dim_param or None)
@@ -147,6 +145,8 @@ class LoadedModel:
     notes: list[str] = dataclasses.field(default_factory=list)
     data_files: tuple[Path, ...] = ()
     """The external-data files the model's tensors were read from (resolved, inside the model's folder)."""
+    batch_inputs: tuple[str, ...] | None = None
+    """The inputs whose first dim was dynamic in the original model (their batch); ``None`` when none was."""
     _path: Path | None = None
     _tmp: tempfile.TemporaryDirectory[str] | None = None
 
@@ -255,6 +255,10 @@ def _fix_shapes(model: LoadedModel, shapes: dict[str, tuple[int, ...]], default_
             raise UserInputError(f"invalid --shape for '{name}'", "the model has no input of that name",
                                  f"inputs are: {', '.join(names)}")
     changed = False
+    original = [_value_spec(v) for v in graph_inputs]
+    batched = tuple(s.name for s in original if s.shape and not isinstance(s.shape[0], int))
+    if batched:
+        model.batch_inputs = batched
     for value in graph_inputs:
         spec = _value_spec(value)
         dims = value.type.tensor_type.shape.dim

@@ -99,20 +99,28 @@ def validate_bundle(bundle: Bundle, data: Dataset | None = None, *, samples: int
     import numpy as np
 
     from onnxsmith.compilers.onnxruntime.backend import reference_runner
-    from onnxsmith.data import model_batch, save_npz, synthetic
+    from onnxsmith.data import save_npz, synthetic
     from onnxsmith.model import load_model
 
     inputs = bundle.inputs
-    batch = model_batch(inputs[0]) if inputs else 1
     if data is None:
-        data = synthetic(load_model(bundle.reference_model, check=False), samples, seed)
+        data = synthetic(load_model(bundle.reference_model, check=False), samples, seed, bundle.batch_inputs)
     else:
         from onnxsmith.data import check_against_model
 
-        check_against_model(data.arrays, inputs, f"validation data '{data.source}'")
+        whole, per_feed = check_against_model(data.arrays, inputs, f"validation data '{data.source}'",
+                                              bundle.batch_inputs)
+        data = dataclasses.replace(data, whole=whole, batch=per_feed)
         if samples and len(data) > samples and data.labels is None:
             data = data.subset(samples)
-    if len(data) < batch:
+    # One feed (every array exactly its input's shape) is one sample: its outputs are compared whole.
+    batch = 1 if data.one_feed else data.batch
+
+    def pick(value: Any, i: int, keep_axis: bool = False) -> np.ndarray:
+        arr = np.asarray(value)
+        return arr if data.one_feed else arr[i:i + 1] if keep_axis else arr[i]
+
+    if not data.one_feed and len(data) < batch:
         raise DataError("not enough validation samples", f"{len(data)} samples, the compiled batch is {batch}")
     precision = bundle.manifest["precision_used"]
     check_min_cosine(min_cosine)
@@ -130,15 +138,15 @@ def validate_bundle(bundle: Bundle, data: Dataset | None = None, *, samples: int
     try:
         if own_runner:
             runner.__enter__()
-        for b_index, feeds in enumerate(data.batches(batch)):
+        for b_index, feeds in enumerate(data.batches()):
             got = runner.run(feeds)
             want = reference.run(feeds)
             for i in range(batch):
                 index = b_index * batch + i
                 row: dict[str, Any] = {"index": index, "cosine": 1.0, "max_abs": 0.0}
                 for name in names:
-                    g = np.asarray(got[name])[i].astype(np.float64)
-                    w = np.asarray(want[name])[i].astype(np.float64)
+                    g = pick(got[name], i).astype(np.float64)
+                    w = pick(want[name], i).astype(np.float64)
                     if g.shape != w.shape:
                         raise DataError(f"output '{name}' differs in shape", f"artifact {g.shape}, reference {w.shape}")
                     # NaN/Inf: where the reference is finite and the artifact is not, the sample fails (a NaN
@@ -170,9 +178,9 @@ def validate_bundle(bundle: Bundle, data: Dataset | None = None, *, samples: int
                         row["ref_top1_in_top5"] = int(np.argmax(w)) in set(np.argsort(-g)[:5])
                 if data.labels is not None:
                     row["label"] = int(np.asarray(data.labels[index]).ravel()[0])
-                row["feeds"] = {k: v[i:i + 1] for k, v in feeds.items()}
-                row["got"] = {k: np.asarray(got[k])[i:i + 1] for k in names}
-                row["want"] = {k: np.asarray(want[k])[i:i + 1] for k in names}
+                row["feeds"] = {k: v if k in data.whole else v[i:i + 1] for k, v in feeds.items()}
+                row["got"] = {k: pick(got[k], i, keep_axis=True) for k in names}
+                row["want"] = {k: pick(want[k], i, keep_axis=True) for k in names}
                 rows.append(row)
                 # keep memory bounded: drop arrays of rows that can no longer be among the worst
                 if len(rows) > 4 * max(keep_worst, 1):

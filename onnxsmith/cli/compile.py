@@ -61,7 +61,8 @@ def compile_command(model: str, target_spec: str, backend: str | None, precision
     profile = load_profile(profile_spec)
     loaded = load_model(model, parse_shape_overrides(shapes))
     precision = precision or profile.precision
-    calib = load_data(calibration, loaded.inputs, what="calibration file") if calibration else None
+    calib = load_data(calibration, loaded.inputs, what="calibration file",
+                      known_batch=loaded.batch_inputs) if calibration else None
     out = Path(output) if output else default_output(model, target_spec, precision)
     from onnxsmith.compile import compile_model
 

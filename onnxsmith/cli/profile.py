@@ -35,7 +35,8 @@ def profile_command(bundle_path: str, profile_spec: str, input_file: str | None,
         measure = dataclasses.replace(profile.measure, **{k: v for k, v in (("min_iterations", iterations),
                                                                               ("min_seconds", seconds)) if v})
         profile = dataclasses.replace(profile, measure=measure)
-    data = load_data(input_file, bundle.inputs, what="input file") if input_file else None
+    data = load_data(input_file, bundle.inputs, what="input file", known_batch=bundle.batch_inputs) \
+        if input_file else None
     with progress("profiling", not as_json) as update:
         result = profile_bundle(bundle, profile, baseline=not no_baseline, data=data, remote=rpc, progress=update)
     record = result.to_json()

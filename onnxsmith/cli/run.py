@@ -10,7 +10,8 @@ from onnxsmith.cli.common import existing_file, json_option
 @click.command("run")
 @click.argument("bundle_path", metavar="BUNDLE", type=click.Path(file_okay=False))
 @click.option("--input", "input_file", required=True, type=click.Path(dir_okay=False),
-              help=".npz with one array per input: exactly the compiled shape, or N samples along axis 0.")
+              help=".npz with one array per input: exactly the compiled shapes (one run), or N samples along axis 0 "
+              "of the batched inputs (the others exactly their shape).")
 @click.option("--output", "output_file", type=click.Path(dir_okay=False), default=None,
               help="Where to save the outputs (.npz).")
 @json_option
@@ -23,15 +24,14 @@ def run_command(bundle_path: str, input_file: str, output_file: str | None, as_j
 
     from onnxsmith.bundle import Bundle
     from onnxsmith.console import print_json
-    from onnxsmith.data import load_data, model_batch, save_npz
+    from onnxsmith.data import load_data, save_npz
     from onnxsmith.errors import DataError
 
     bundle = Bundle.open(bundle_path)
     existing_file(input_file, "input file")
-    specs = bundle.inputs
-    data = load_data(input_file, specs, what="input file", finite=False)
-    batch = model_batch(specs[0]) if specs else 1
-    if len(data) % batch:
+    data = load_data(input_file, bundle.inputs, what="input file", finite=False, known_batch=bundle.batch_inputs)
+    batch = data.batch
+    if not data.one_feed and len(data) % batch:
         raise DataError(f"input file '{input_file}' does not fit the model",
                         f"{len(data)} samples is not a multiple of the compiled batch {batch}")
     outputs: dict[str, list[np.ndarray]] = {}
@@ -41,7 +41,7 @@ def run_command(bundle_path: str, input_file: str, output_file: str | None, as_j
             for name, value in bundle.run(feeds).items():
                 outputs.setdefault(name, []).append(np.asarray(value))
     seconds = time.perf_counter() - start
-    merged = {k: np.concatenate(v) for k, v in outputs.items()}
+    merged = {k: v[0] if len(v) == 1 else np.concatenate(v) for k, v in outputs.items()}
     if output_file:
         save_npz(Path(output_file), merged)
     summary = {"bundle": str(bundle.path), "samples": len(data), "seconds": round(seconds, 4),

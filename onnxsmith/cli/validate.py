@@ -31,7 +31,8 @@ def validate_command(bundle_path: str, data_file: str | None, labels: str | None
     if labels and not data_file:
         raise UserInputError("--labels needs --data", "labels name an array inside the data file")
     bundle = Bundle.open(bundle_path)
-    data = load_data(data_file, bundle.inputs, labels=labels, what="validation data") if data_file else None
+    data = load_data(data_file, bundle.inputs, labels=labels, what="validation data",
+                     known_batch=bundle.batch_inputs) if data_file else None
     with progress("validating", not as_json):
         result = validate_bundle(bundle, data, samples=samples, seed=seed, keep_worst=keep_worst,
                                  min_cosine=min_cosine)

@@ -1,0 +1,111 @@
+"""The sample convention through the real CLI: inputs without a batch dimension, scalar inputs, empty dimensions.
+
+Each test is a case the ONNX backend node tests showed onnxsmith losing (issue 10, conformance).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from tests.cli.test_cli import cli
+
+
+def _save(path: Path, nodes: list[onnx.NodeProto], inputs: list[onnx.ValueInfoProto],
+          outputs: list[onnx.ValueInfoProto]) -> Path:
+    model = helper.make_model(helper.make_graph(nodes, path.stem, inputs, outputs),
+                              opset_imports=[helper.make_opsetid("", 17)], producer_name="onnxsmith-tests")
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def _batchnorm(tmp_path: Path, batch: int | str) -> Path:
+    """BatchNormalization whose scale, bias, mean and variance are graph inputs (as in the ONNX node tests)."""
+    vec = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [3]) for n in ("scale", "bias", "mean", "var")]
+    return _save(tmp_path / "bn.onnx",
+                 [helper.make_node("BatchNormalization", ["x", "scale", "bias", "mean", "var"], ["y"])],
+                 [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, 4, 5]), *vec],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 3, 4, 5])])
+
+
+def _bn_reference(x: np.ndarray, scale: np.ndarray, bias: np.ndarray, mean: np.ndarray, var: np.ndarray) -> np.ndarray:
+    shape = (1, 3, 1, 1)
+    return (x - mean.reshape(shape)) / np.sqrt(var.reshape(shape) + 1e-5) * scale.reshape(shape) + bias.reshape(shape)
+
+
+def _bn_params(rng: np.random.Generator) -> dict[str, np.ndarray]:
+    return {"scale": rng.standard_normal(3).astype(np.float32), "bias": rng.standard_normal(3).astype(np.float32),
+            "mean": rng.standard_normal(3).astype(np.float32),
+            "var": rng.uniform(0.5, 2.0, 3).astype(np.float32)}
+
+
+def _compile_run(model: Path, tmp_path: Path, feeds: dict[str, np.ndarray], capsys: pytest.CaptureFixture[str],
+                 *shape_args: str) -> tuple[int, str, str, dict[str, np.ndarray]]:
+    bundle = tmp_path / "bundle"
+    code, _, err = cli(["compile", str(model), "-b", "onnxruntime", "-o", str(bundle), *shape_args], capsys)
+    assert code == 0, err
+    np.savez(tmp_path / "x.npz", **feeds)
+    code, out, err = cli(["run", str(bundle), "--input", str(tmp_path / "x.npz"), "--output",
+                          str(tmp_path / "y.npz"), "--json"], capsys)
+    outputs = dict(np.load(tmp_path / "y.npz")) if code == 0 else {}
+    return code, out, err, outputs
+
+
+def test_inputs_of_exactly_the_model_shapes_are_one_feed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """x is 2x3x4x5, scale/bias/mean/var are 3: the arrays do not share a first axis, and the file is one feed."""
+    rng = np.random.default_rng(0)
+    feeds = {"x": rng.standard_normal((2, 3, 4, 5)).astype(np.float32), **_bn_params(rng)}
+    code, out, err, outputs = _compile_run(_batchnorm(tmp_path, 2), tmp_path, feeds, capsys)
+    assert code == 0, err
+    assert json.loads(out)["samples"] == 1
+    np.testing.assert_allclose(outputs["y"], _bn_reference(**feeds), rtol=1e-4, atol=1e-5)
+
+
+def test_batched_input_is_split_and_the_others_go_whole_to_every_feed(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """x has a dynamic batch (compiled as 1): 6 samples run as 6 feeds, each with the same 3-element parameters."""
+    rng = np.random.default_rng(1)
+    feeds = {"x": rng.standard_normal((6, 3, 4, 5)).astype(np.float32), **_bn_params(rng)}
+    code, out, err, outputs = _compile_run(_batchnorm(tmp_path, "N"), tmp_path, feeds, capsys)
+    assert code == 0, err
+    assert json.loads(out)["samples"] == 6
+    np.testing.assert_allclose(outputs["y"], _bn_reference(**feeds), rtol=1e-4, atol=1e-5)
+
+
+def test_a_parameter_of_the_wrong_shape_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rng = np.random.default_rng(2)
+    feeds = {"x": rng.standard_normal((6, 3, 4, 5)).astype(np.float32), **_bn_params(rng)}
+    feeds["bias"] = np.zeros(4, np.float32)
+    code, _, err, _ = _compile_run(_batchnorm(tmp_path, "N"), tmp_path, feeds, capsys)
+    assert code == 2 and "'bias' has shape 4" in err and "no batch dimension" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_scalar_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A 0-d input (ONNX node tests: Pow, Clip's min/max...) runs; it was an internal IndexError."""
+    model = _save(tmp_path / "add.onnx", [helper.make_node("Add", ["x", "s"], ["y"])],
+                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3]),
+                   helper.make_tensor_value_info("s", TensorProto.FLOAT, [])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])])
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    code, out, err, outputs = _compile_run(model, tmp_path, {"x": x, "s": np.array(0.5, np.float32)}, capsys)
+    assert code == 0, err
+    np.testing.assert_array_equal(outputs["y"], x + 0.5)
+
+
+def test_zero_sized_dimension(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--shape data=2x0x4`` compiles and runs: empty tensors are valid ONNX, and the backend runs them."""
+    model = _save(tmp_path / "relu.onnx", [helper.make_node("Relu", ["data"], ["y"])],
+                  [helper.make_tensor_value_info("data", TensorProto.FLOAT, ["N", "L", 4])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "L", 4])])
+    data = np.zeros((2, 0, 4), np.float32)
+    code, out, err, outputs = _compile_run(model, tmp_path, {"data": data}, capsys, "--shape", "data=2x0x4")
+    assert code == 0, err
+    assert outputs["y"].shape == (2, 0, 4)
+    assert json.loads(out)["outputs"]["y"]["shape"] == [2, 0, 4]
