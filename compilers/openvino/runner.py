@@ -85,7 +85,7 @@ class OpenVINORunner:
                 dtype = port.get_element_type().to_dtype()
             except Exception:  # bf16 and other types numpy lacks: pass the array as given
                 dtype = None
-            pairs.append((port, openvino.Tensor(np.ascontiguousarray(feeds[name], dtype=dtype))))
+            pairs.append((port, openvino.Tensor(np.asarray(feeds[name], dtype=dtype, order="C"))))
         return pairs
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
