@@ -111,11 +111,13 @@ def _fits(shape: tuple[int, ...], want: Sequence[Any]) -> bool:
 
 
 def check_against_model(arrays: Mapping[str, np.ndarray], model_inputs: tuple[TensorSpec, ...], where: str,
-                        known_batch: Collection[str] | None = None) -> tuple[tuple[str, ...], int]:
+                        known_batch: Collection[str] | None = None,
+                        labelled: bool = False) -> tuple[tuple[str, ...], int]:
     """Each model input present with its dtype, and shaped by the sample convention (module docstring).
 
     Returns the inputs fed whole (all of them: one feed) and the samples per feed. ``known_batch``: the inputs
-    whose first dim was dynamic in the original model (``None``: unknown)."""
+    whose first dim was dynamic in the original model (``None``: unknown). ``labelled``: labels count samples, so
+    arrays of exactly the compiled shapes are one batch of samples, not one feed."""
     import numpy as np
 
     names = [s.name for s in model_inputs]
@@ -130,9 +132,9 @@ def check_against_model(arrays: Mapping[str, np.ndarray], model_inputs: tuple[Te
             raise DataError(f"{where} does not fit the model",
                             f"array '{spec.name}' is {arr.dtype}, the input takes {spec.dtype}",
                             f"convert it with .astype('{spec.dtype}')")
-    if all(_fits(arrays[s.name].shape, s.shape) for s in model_inputs):
-        return tuple(s.name for s in model_inputs), 1
     batched = batch_inputs(model_inputs, known_batch)
+    if all(_fits(arrays[s.name].shape, s.shape) for s in model_inputs) and not (labelled and batched):
+        return tuple(s.name for s in model_inputs), 1
     counts: dict[str, int] = {}
     batch_sizes = set()
     for spec in model_inputs:
@@ -220,7 +222,7 @@ def make_dataset(arrays: dict[str, np.ndarray], label_array: np.ndarray | None, 
 
     ``finite``: refuse NaN or infinite values in float inputs (calibration and validation data; ``run`` may feed
     them on purpose)."""
-    whole, batch = check_against_model(arrays, model_inputs, where, known_batch)
+    whole, batch = check_against_model(arrays, model_inputs, where, known_batch, labelled=label_array is not None)
     if finite:
         check_finite(arrays, model_inputs, where)
     names = {s.name for s in model_inputs}

@@ -109,7 +109,7 @@ def validate_bundle(bundle: Bundle, data: Dataset | None = None, *, samples: int
         from onnxsmith.data import check_against_model
 
         whole, per_feed = check_against_model(data.arrays, inputs, f"validation data '{data.source}'",
-                                              bundle.batch_inputs)
+                                              bundle.batch_inputs, labelled=data.labels is not None)
         data = dataclasses.replace(data, whole=whole, batch=per_feed)
         if samples and len(data) > samples and data.labels is None:
             data = data.subset(samples)

@@ -109,3 +109,37 @@ def test_zero_sized_dimension(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert code == 0, err
     assert outputs["y"].shape == (2, 0, 4)
     assert json.loads(out)["outputs"]["y"]["shape"] == [2, 0, 4]
+
+
+@pytest.mark.parametrize("batch", [2, "N"])
+def test_validate_and_profile_feed_parameters_whole(batch: int | str, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """validate and profile, with generated inputs and with a data file, give the 3-element inputs whole."""
+    rng = np.random.default_rng(3)
+    bundle = tmp_path / "bundle"
+    code, _, err = cli(["compile", str(_batchnorm(tmp_path, batch)), "-b", "onnxruntime", "-o", str(bundle)], capsys)
+    assert code == 0, err
+    code, out, err = cli(["validate", str(bundle), "--samples", "8", "--json"], capsys)
+    assert code == 0 and json.loads(out)["samples"] == 8 * (batch if isinstance(batch, int) else 1), err
+    np.savez(tmp_path / "v.npz", x=rng.standard_normal((4, 3, 4, 5)).astype(np.float32), **_bn_params(rng))
+    code, out, err = cli(["validate", str(bundle), "--data", str(tmp_path / "v.npz"), "--json"], capsys)
+    record = json.loads(out)
+    assert code == 0 and record["samples"] == 4 and record["cosine_min"] > 0.9999, err
+    code, out, err = cli(["profile", str(bundle), "-p", "quick", "--input", str(tmp_path / "v.npz"), "--json"],
+                         capsys)
+    assert code == 0 and json.loads(out)["latency_ms"]["p50"] > 0, err
+
+
+def test_labelled_data_of_exactly_the_compiled_batch_is_that_many_samples(tmp_path: Path,
+                                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """Labels count samples: 2 labelled images for a batch-2 bundle are 2 samples, not one feed."""
+    rng = np.random.default_rng(4)
+    bundle = tmp_path / "bundle"
+    code, _, err = cli(["compile", str(_batchnorm(tmp_path, "N")), "-b", "onnxruntime", "-o", str(bundle),
+                        "--shape", "x=2x3x4x5"], capsys)
+    assert code == 0, err
+    np.savez(tmp_path / "v.npz", x=rng.standard_normal((2, 3, 4, 5)).astype(np.float32), label=np.array([0, 1]),
+             **_bn_params(rng))
+    code, out, err = cli(["validate", str(bundle), "--data", str(tmp_path / "v.npz"), "--labels", "label", "--json"],
+                         capsys)
+    assert code == 0 and json.loads(out)["samples"] == 2, err

@@ -57,13 +57,22 @@ def summary(results: list[Outcome]) -> str:
     return "\n".join(lines)
 
 
-def failure_reasons(results: list[Outcome], mode: str, backend: str) -> list[tuple[str, int, str]]:
-    """(op family, cases, first reason) of the cases that do not pass, most cases first."""
+def lost_by_op(results: list[Outcome], backend: str) -> list[tuple[str, int, str]]:
+    """(ops, cases, first reason) of the cases onnxsmith loses on ``backend``, most cases first."""
     groups: dict[str, list[Outcome]] = collections.defaultdict(list)
-    for r in results:
-        if r.mode == mode and r.backend == backend and not r.passed:
-            groups[family(r.case)].append(r)
-    return sorted(((f, len(rs), rs[0].reason) for f, rs in groups.items()), key=lambda t: (-t[1], t[0]))
+    for _, ours in lost_cases(r for r in results if r.backend == backend):
+        groups[ours.ops].append(ours)
+    return sorted(((op, len(rs), rs[0].reason) for op, rs in groups.items()), key=lambda t: (-t[1], t[0]))
+
+
+def both_fail(results: list[Outcome], backend: str) -> collections.Counter[str]:
+    """Why the cases that fail raw fail there (error kind or mismatch), counted."""
+    kinds: collections.Counter[str] = collections.Counter()
+    for (b, _), modes in pair(results).items():
+        raw = modes.get("raw")
+        if b == backend and raw is not None and not raw.passed:
+            kinds["outputs differ" if raw.status == "fail" else raw.reason.split(":")[0]] += 1
+    return kinds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,10 +81,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="the first N cases (sorted by name)")
     parser.add_argument("--sample", action="store_true", help="the default suite's fixed sample only")
     parser.add_argument("--match", default=None, help="only cases whose name matches this regular expression")
+    parser.add_argument("--reverse", action="store_true", help="run the cases in reverse order (a second process "
+                        "on the same backend works from the other end)")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per case and mode (default 120)")
     parser.add_argument("--out", type=Path, default=None, help="append every outcome to this .jsonl")
     parser.add_argument("--resume", action="store_true", help="skip the jobs --out already holds")
     parser.add_argument("--report", action="store_true", help="only print the summary of --out")
+    parser.add_argument("--families", action="store_true", help="with --report: the ops onnxsmith loses, and why")
     args = parser.parse_args(argv)
     backends = args.backend or list(BACKENDS)
     done: list[Outcome] = []
@@ -83,11 +95,18 @@ def main(argv: list[str] | None = None) -> int:
         done = [Outcome(**json.loads(line)) for line in args.out.read_text().splitlines() if line.strip()]
     if args.report:
         print(summary([r for r in done if r.backend in backends]))
+        if args.families:
+            for backend in backends:
+                print(f"\n{backend}: ops of the cases onnxsmith loses (cases, first reason)")
+                for ops, count, why in lost_by_op(done, backend):
+                    print(f"  {ops} ({count}): {why[:200]}")
+                print(f"{backend}: why the raw backend fails the others: {dict(both_fail(done, backend).most_common())}")
         return 0
     names = list(SAMPLE) if args.sample else all_cases()
     if args.match:
         names = [n for n in names if re.search(args.match, n)]
     names = names[:args.limit] if args.limit else names
+    names = names[::-1] if args.reverse else names
     seen = {(r.case, r.backend, r.mode) for r in done}
     results = [r for r in done if r.case in set(names) and r.backend in backends]
     out = open(args.out, "a") if args.out else None
