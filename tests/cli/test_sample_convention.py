@@ -143,3 +143,20 @@ def test_labelled_data_of_exactly_the_compiled_batch_is_that_many_samples(tmp_pa
     code, out, err = cli(["validate", str(bundle), "--data", str(tmp_path / "v.npz"), "--labels", "label", "--json"],
                          capsys)
     assert code == 0 and json.loads(out)["samples"] == 2, err
+
+
+def test_openvino_scalar_input_wired_to_the_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """OpenVINO: a 0-d input fed as 0-d, and an input whose port keeps only the output's name (Einsum '->',
+    ONNX node test test_einsum_scalar) is still found by its position."""
+    pytest.importorskip("openvino", reason="openvino is not installed")
+    model = _save(tmp_path / "einsum.onnx", [helper.make_node("Einsum", ["x"], ["y"], equation="->")],
+                  [helper.make_tensor_value_info("x", TensorProto.DOUBLE, [])],
+                  [helper.make_tensor_value_info("y", TensorProto.DOUBLE, [])])
+    bundle = tmp_path / "bundle"
+    code, _, err = cli(["compile", str(model), "-b", "openvino", "--precision", "fp32", "-o", str(bundle)], capsys)
+    assert code == 0, err
+    np.savez(tmp_path / "x.npz", x=np.array(2.5))
+    code, _, err = cli(["run", str(bundle), "--input", str(tmp_path / "x.npz"), "--output", str(tmp_path / "y.npz")],
+                       capsys)
+    assert code == 0, err
+    assert np.load(tmp_path / "y.npz")["y"] == 2.5
