@@ -222,6 +222,8 @@ def make_dataset(arrays: dict[str, np.ndarray], label_array: np.ndarray | None, 
 
     ``finite``: refuse NaN or infinite values in float inputs (calibration and validation data; ``run`` may feed
     them on purpose)."""
+    arrays = {k: _bfloat16(v) if any(s.name == k and s.dtype == "bfloat16" for s in model_inputs) else v
+              for k, v in arrays.items()}
     whole, batch = check_against_model(arrays, model_inputs, where, known_batch, labelled=label_array is not None)
     if finite:
         check_finite(arrays, model_inputs, where)
@@ -233,6 +235,15 @@ def make_dataset(arrays: dict[str, np.ndarray], label_array: np.ndarray | None, 
     if label_array is not None and len(label_array) != n:
         raise DataError(f"cannot use {where}", f"{len(label_array)} labels for {n} samples")
     return data
+
+
+def _bfloat16(arr: np.ndarray) -> np.ndarray:
+    """numpy has no bfloat16: ``np.save`` of one (ml_dtypes) writes 2-byte void items; read them back as bfloat16."""
+    if arr.dtype.kind != "V" or arr.dtype.itemsize != 2 or arr.dtype.names:
+        return arr
+    import ml_dtypes
+
+    return arr.view(ml_dtypes.bfloat16)
 
 
 def _index_bounds(model: LoadedModel) -> dict[str, int]:

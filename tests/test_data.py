@@ -9,7 +9,7 @@ import pytest
 
 from onnxsmith.data import load_data, synthetic
 from onnxsmith.errors import DataError
-from onnxsmith.model import load_model
+from onnxsmith.model import TensorSpec, load_model
 
 
 def test_npz_with_labels(cnn_path: Path, tmp_path: Path) -> None:
@@ -63,3 +63,14 @@ def test_synthetic_is_seeded_and_respects_embedding_bounds(tmp_path: Path) -> No
     a, b = synthetic(model, 4, seed=1), synthetic(model, 4, seed=1)
     assert np.array_equal(a.arrays["ids"], b.arrays["ids"]) and a.arrays["ids"].max() < 7
     assert a.arrays["ids"].shape == (4, 50) and a.fingerprint() == b.fingerprint()
+
+
+def test_bfloat16_arrays_read_back_as_bfloat16(tmp_path: Path) -> None:
+    """np.savez writes ml_dtypes bfloat16 as 2-byte void items; a bfloat16 input reads them as bfloat16."""
+    import ml_dtypes
+
+    values = np.array([[1.5, -2.0, 0.25]], dtype=ml_dtypes.bfloat16)
+    np.savez(tmp_path / "x.npz", x=values)
+    data = load_data(tmp_path / "x.npz", (TensorSpec("x", "bfloat16", (1, 3)),))
+    assert data.arrays["x"].dtype == ml_dtypes.bfloat16
+    np.testing.assert_array_equal(data.arrays["x"].astype(np.float32), [[1.5, -2.0, 0.25]])

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import json
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from tests.conformance.backends import BACKENDS, MODES, Outcome
@@ -75,6 +76,23 @@ def both_fail(results: list[Outcome], backend: str) -> collections.Counter[str]:
     return kinds
 
 
+RERUN = "[rerun in a fresh process]"
+
+
+def rerun_lost(results: list[Outcome], backend: str, timeout: float,
+               on_result: Callable[[Outcome], None] | None = None) -> list[Outcome]:
+    """Run the cases onnxsmith lost again, each job in a fresh process (as one CLI call is); the reruns count."""
+    lost = {ours.case for _, ours in lost_cases(r for r in results if r.backend == backend)}
+    if not lost:
+        return results
+    def tag(r: Outcome) -> Outcome:
+        return dataclasses.replace(r, reason=f"{r.reason} {RERUN}".strip())
+
+    again = [tag(r) for r in run_cases(sorted(lost), [backend], MODES, timeout,
+                                       (lambda r: on_result(tag(r))) if on_result else None, fresh=True)]
+    return [r for r in results if not (r.backend == backend and r.case in lost)] + again
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.conformance.run", description=__doc__.splitlines()[0])
     parser.add_argument("--backend", action="append", choices=BACKENDS, help="repeatable (default: all three)")
@@ -87,12 +105,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="append every outcome to this .jsonl")
     parser.add_argument("--resume", action="store_true", help="skip the jobs --out already holds")
     parser.add_argument("--report", action="store_true", help="only print the summary of --out")
+    parser.add_argument("--rerun-lost", action="store_true", help="rerun the cases --out shows onnxsmith losing, "
+                        "each job in a fresh process, and append the outcomes")
     parser.add_argument("--families", action="store_true", help="with --report: the ops onnxsmith loses, and why")
     args = parser.parse_args(argv)
     backends = args.backend or list(BACKENDS)
     done: list[Outcome] = []
-    if args.out and (args.resume or args.report) and args.out.is_file():
+    if args.out and (args.resume or args.report or args.rerun_lost) and args.out.is_file():
         done = [Outcome(**json.loads(line)) for line in args.out.read_text().splitlines() if line.strip()]
+    if args.rerun_lost and args.out:
+        with open(args.out, "a") as out:
+            for backend in backends:
+                rerun_lost(done, backend, args.timeout, lambda r: out.write(json.dumps(r.__dict__) + "\n"))
+        return 0
     if args.report:
         print(summary([r for r in done if r.backend in backends]))
         if args.families:
@@ -121,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     for backend in backends:
         todo = [n for n in names if any((n, backend, m) not in seen for m in MODES)]
         results += run_cases(todo, [backend], MODES, args.timeout, record)
+        results = rerun_lost(results, backend, args.timeout, record)
     if out:
         out.close()
     print(summary(results))

@@ -93,8 +93,11 @@ class Worker:
 
 
 def run_cases(names: Iterable[str], backends: Iterable[str], modes: Iterable[str] = ("raw", "onnxsmith"),
-              timeout: float = 120.0, on_result: Callable[[Outcome], None] | None = None) -> list[Outcome]:
-    """Each case on each backend in each mode, sequentially in one worker (restarted after a crash or hang)."""
+              timeout: float = 120.0, on_result: Callable[[Outcome], None] | None = None,
+              fresh: bool = False) -> list[Outcome]:
+    """Each case on each backend in each mode, sequentially in one worker (restarted after a crash or hang;
+    ``fresh``: a new worker for every job, as a CLI user gets — compiles in one process are not independent,
+    e.g. TVM's frontend after another model's import)."""
     jobs = [(n, b, m) for b in backends for n in names for m in modes]
     results: list[Outcome] = []
     with tempfile.TemporaryDirectory(prefix="onnxsmith-conformance-") as tmp:
@@ -102,6 +105,8 @@ def run_cases(names: Iterable[str], backends: Iterable[str], modes: Iterable[str
         worker: Worker | None = None
         try:
             for job in jobs:
+                if worker is not None and fresh:
+                    worker.stop()
                 if worker is None or not worker.process.is_alive():
                     worker = Worker(root)
                 result = worker.run(job, timeout)
