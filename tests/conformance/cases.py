@@ -31,9 +31,12 @@ SAMPLE = (
     "test_maxpool_2d_pads", "test_relu", "test_sigmoid", "test_softmax_axis_1", "test_transpose_default",
     "test_reshape_reordered_all_dims", "test_gather_0", "test_flatten_axis1", "test_argmax_default_axis_example",
     "test_cast_FLOAT_to_FLOAT16", "test_layer_normalization_2d_axis0", "test_equal",
+    # found by the full run: an input wired straight to the output (OpenVINO port names), an op the OpenVINO blob
+    # export gets wrong, bfloat16 data
+    "test_einsum_scalar", "test_rotary_embedding", "test_unique_bfloat16_sorted_without_axis",
 )
 TVM_SAMPLE = ("test_batchnorm_example", "test_slice", "test_where_example", "test_pow_bcast_scalar", "test_relu",
-              "test_add_bcast")
+              "test_add_bcast", "test_spacetodepth_expanded")
 """TVM builds every case with LLVM (seconds each): the default suite runs a handful."""
 
 
