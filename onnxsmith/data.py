@@ -222,8 +222,8 @@ def make_dataset(arrays: dict[str, np.ndarray], label_array: np.ndarray | None, 
 
     ``finite``: refuse NaN or infinite values in float inputs (calibration and validation data; ``run`` may feed
     them on purpose)."""
-    arrays = {k: _bfloat16(v) if any(s.name == k and s.dtype == "bfloat16" for s in model_inputs) else v
-              for k, v in arrays.items()}
+    dtypes = {s.name: s.dtype for s in model_inputs}
+    arrays = {k: _ml_dtype(v, dtypes[k]) if k in dtypes else v for k, v in arrays.items()}
     whole, batch = check_against_model(arrays, model_inputs, where, known_batch, labelled=label_array is not None)
     if finite:
         check_finite(arrays, model_inputs, where)
@@ -237,13 +237,21 @@ def make_dataset(arrays: dict[str, np.ndarray], label_array: np.ndarray | None, 
     return data
 
 
-def _bfloat16(arr: np.ndarray) -> np.ndarray:
-    """numpy has no bfloat16: ``np.save`` of one (ml_dtypes) writes 2-byte void items; read them back as bfloat16."""
-    if arr.dtype.kind != "V" or arr.dtype.itemsize != 2 or arr.dtype.names:
+def _ml_dtype(arr: np.ndarray, dtype: str) -> np.ndarray:
+    """numpy has no bfloat16 or float8: ``np.save`` of one (ml_dtypes) writes void items of its size; read them back
+    as the input's type."""
+    if arr.dtype.kind != "V" or arr.dtype.names:
         return arr
     import ml_dtypes
 
-    return arr.view(ml_dtypes.bfloat16)
+    kind = getattr(ml_dtypes, dtype, None)
+    return arr.view(kind) if kind is not None and _itemsize(kind) == arr.dtype.itemsize else arr
+
+
+def _itemsize(kind: Any) -> int:
+    import numpy as np
+
+    return int(np.dtype(kind).itemsize)
 
 
 def _index_bounds(model: LoadedModel) -> dict[str, int]:

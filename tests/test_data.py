@@ -65,12 +65,14 @@ def test_synthetic_is_seeded_and_respects_embedding_bounds(tmp_path: Path) -> No
     assert a.arrays["ids"].shape == (4, 50) and a.fingerprint() == b.fingerprint()
 
 
-def test_bfloat16_arrays_read_back_as_bfloat16(tmp_path: Path) -> None:
-    """np.savez writes ml_dtypes bfloat16 as 2-byte void items; a bfloat16 input reads them as bfloat16."""
+@pytest.mark.parametrize("dtype", ["bfloat16", "float8_e4m3fn", "float8_e8m0fnu"])
+def test_types_numpy_lacks_read_back_as_the_input_type(dtype: str, tmp_path: Path) -> None:
+    """np.savez writes ml_dtypes bfloat16/float8 arrays as void items; the input's type reads them back."""
     import ml_dtypes
 
-    values = np.array([[1.5, -2.0, 0.25]], dtype=ml_dtypes.bfloat16)
+    values = np.array([[1.0, 2.0, 0.5]], dtype=getattr(ml_dtypes, dtype))
     np.savez(tmp_path / "x.npz", x=values)
-    data = load_data(tmp_path / "x.npz", (TensorSpec("x", "bfloat16", (1, 3)),))
-    assert data.arrays["x"].dtype == ml_dtypes.bfloat16
-    np.testing.assert_array_equal(data.arrays["x"].astype(np.float32), [[1.5, -2.0, 0.25]])
+    assert np.load(tmp_path / "x.npz")["x"].dtype.kind == "V"
+    data = load_data(tmp_path / "x.npz", (TensorSpec("x", dtype, (1, 3)),))
+    assert data.arrays["x"].dtype == getattr(ml_dtypes, dtype)
+    np.testing.assert_array_equal(data.arrays["x"].astype(np.float32), [[1.0, 2.0, 0.5]])

@@ -36,7 +36,7 @@ SAMPLE = (
     "test_einsum_scalar", "test_rotary_embedding", "test_unique_bfloat16_sorted_without_axis",
 )
 TVM_SAMPLE = ("test_batchnorm_example", "test_slice", "test_where_example", "test_pow_bcast_scalar", "test_relu",
-              "test_add_bcast", "test_spacetodepth_expanded")
+              "test_add_bcast", "test_spacetodepth_expanded", "test_cast_e8m0_FLOAT8E8M0_to_FLOAT")
 """TVM builds every case with LLVM (seconds each): the default suite runs a handful."""
 
 

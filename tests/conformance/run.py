@@ -99,8 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="the first N cases (sorted by name)")
     parser.add_argument("--sample", action="store_true", help="the default suite's fixed sample only")
     parser.add_argument("--match", default=None, help="only cases whose name matches this regular expression")
-    parser.add_argument("--reverse", action="store_true", help="run the cases in reverse order (a second process "
-                        "on the same backend works from the other end)")
+    parser.add_argument("--shard", default=None, metavar="K/N", help="every N-th case from the K-th (0-based): "
+                        "N processes share a backend's cases")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per case and mode (default 120)")
     parser.add_argument("--out", type=Path, default=None, help="append every outcome to this .jsonl")
     parser.add_argument("--resume", action="store_true", help="skip the jobs --out already holds")
@@ -131,7 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.match:
         names = [n for n in names if re.search(args.match, n)]
     names = names[:args.limit] if args.limit else names
-    names = names[::-1] if args.reverse else names
+    if args.shard:
+        k, n = (int(v) for v in args.shard.split("/"))
+        names = names[k::n]
     seen = {(r.case, r.backend, r.mode) for r in done}
     results = [r for r in done if r.case in set(names) and r.backend in backends]
     out = open(args.out, "a") if args.out else None
