@@ -160,3 +160,25 @@ def test_openvino_scalar_input_wired_to_the_output(tmp_path: Path, capsys: pytes
                        capsys)
     assert code == 0, err
     assert np.load(tmp_path / "y.npz")["y"] == 2.5
+
+
+def test_openvino_compile_of_scalar_integer_inputs_survives(tmp_path: Path) -> None:
+    """Range(start, limit, delta) with int32 scalar inputs: the compile-time blob check must not feed values that
+    divide by zero inside OpenVINO (SIGFPE killed the process). Run in a subprocess, since a crash would be fatal."""
+    pytest.importorskip("openvino", reason="openvino is not installed")
+    import subprocess
+    import sys
+
+    scalars = [helper.make_tensor_value_info(n, TensorProto.INT32, []) for n in ("start", "limit", "delta")]
+    model = _save(tmp_path / "range.onnx", [helper.make_node("Range", ["start", "limit", "delta"], ["y"])],
+                  scalars, [helper.make_tensor_value_info("y", TensorProto.INT32, [None])])
+    bundle = tmp_path / "bundle"
+    proc = subprocess.run([sys.executable, "-m", "onnxsmith", "compile", str(model), "-b", "openvino", "--precision",
+                           "fp32", "-o", str(bundle)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    np.savez(tmp_path / "x.npz", start=np.array(10, np.int32), limit=np.array(6, np.int32),
+             delta=np.array(-3, np.int32))
+    proc = subprocess.run([sys.executable, "-m", "onnxsmith", "run", str(bundle), "--input", str(tmp_path / "x.npz"),
+                           "--output", str(tmp_path / "y.npz")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npz")["y"], [10, 7])
