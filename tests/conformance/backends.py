@@ -58,7 +58,14 @@ def _raw_openvino(case: Case) -> list[Any]:
     core = ov.Core()
     compiled = core.compile_model(core.read_model(str(case.model_path)), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     request = compiled.create_infer_request()
-    result = request.infer({name: value for name, value in case.inputs.items()})
+    # by name where the port kept it; OpenVINO may rename a port after the output it feeds straight into, or drop
+    # an input nothing uses: then by position among the inputs it kept
+    names = list(case.inputs)
+    feeds = {}
+    for index, port in enumerate(compiled.inputs):
+        known = [n for n in names if n in port.get_names()]
+        feeds[index] = case.inputs[known[0] if known else names[index]]
+    result = request.infer(feeds)
     return [np.asarray(result[out]) for out in compiled.outputs]
 
 
