@@ -230,6 +230,14 @@ class Bundle:
     def outputs(self) -> tuple[TensorSpec, ...]:
         return tuple(TensorSpec.from_json(s) for s in self.manifest["model"]["signature"]["outputs"])
 
+    @property
+    def batch_inputs(self) -> tuple[str, ...] | None:
+        """The inputs whose first dim was dynamic in the original model (``None``: none, or not recorded)."""
+        names = self.manifest["model"].get("batch_inputs")
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            return None
+        return tuple(names)
+
     def target(self) -> Target:
         return target_from_json(self.manifest["target"])
 

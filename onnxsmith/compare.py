@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -84,7 +84,7 @@ def collect(runner: Any, batches: Iterable[Mapping[str, np.ndarray]], names: lis
             break
     if not names or not parts[names[0]]:
         raise DataError("not enough validation samples", "not one full batch to run")
-    return {n: np.concatenate(v) for n, v in parts.items()}
+    return {n: v[0] if len(v) == 1 else np.concatenate(v) for n, v in parts.items()}
 
 
 def _rows(a: np.ndarray, n: int) -> np.ndarray:
@@ -155,9 +155,11 @@ def compare(got: Mapping[str, np.ndarray], want: Mapping[str, np.ndarray], label
 
 
 def save_examples(comparison: Comparison, inputs: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray],
-                  want: Mapping[str, np.ndarray], directory: Path, keep: int, png: bool = False) -> list[dict[str, Any]]:
+                  want: Mapping[str, np.ndarray], directory: Path, keep: int, png: bool = False,
+                  whole: Collection[str] = ()) -> list[dict[str, Any]]:
     """Write the ``keep`` worst samples to ``directory/worst-NN.npz`` (inputs, both outputs, the label), and a
-    ``.png`` of the input where it is an image and ``png``; returns one record per example (paths as written)."""
+    ``.png`` of the input where it is an image and ``png``; returns one record per example (paths as written).
+    ``whole``: inputs without a sample axis (fed whole into every feed), saved as they are."""
     from onnxsmith.data import save_npz
 
     if directory.is_symlink():  # never follow a link out of the bundle
@@ -168,7 +170,7 @@ def save_examples(comparison: Comparison, inputs: Mapping[str, np.ndarray], got:
         shutil.rmtree(directory)
     records = []
     for rank, index in enumerate(comparison.order[:keep], 1):
-        arrays = {f"input.{k}": v[index:index + 1] for k, v in inputs.items()}
+        arrays = {f"input.{k}": v if k in whole else v[index:index + 1] for k, v in inputs.items()}
         arrays.update({f"artifact.{k}": got[k][index:index + 1] for k in want})
         arrays.update({f"reference.{k}": want[k][index:index + 1] for k in want})
         label = None if comparison.labels is None else int(comparison.labels[index])
@@ -180,7 +182,8 @@ def save_examples(comparison: Comparison, inputs: Mapping[str, np.ndarray], got:
         if png:
             from onnxsmith.optimize.plots import input_png
 
-            picture = input_png(next(iter(inputs.values()))[index:index + 1])
+            name, first = next(iter(inputs.items()))
+            picture = None if name in whole else input_png(first[index:index + 1])
             if picture is not None:
                 png_path = directory / f"worst-{rank:02d}.png"
                 png_path.write_bytes(picture)

@@ -211,6 +211,7 @@ def _write_bundle(model: LoadedModel, target: Target, backend: Compiler, artifac
                 "opset": model.opset,
                 "signature": model.signature(),
                 "shape_overrides": {k: list(v) for k, v in model.shape_overrides.items()},
+                "batch_inputs": None if model.batch_inputs is None else list(model.batch_inputs),
                 "notes": list(model.notes),
             },
             "target": target.to_json(),

@@ -2,13 +2,19 @@
 
 Data is read by :func:`onnxsmith.datasets.open_dataset` (``.npz``, ``.npy``, folders of ``.npy``, image folders,
 ``module:function``); this module holds the Dataset, the checks against the model's inputs and generated inputs.
+
+The sample convention: when every array has exactly its input's shape, the file is **one feed** (one sample).
+Otherwise the inputs with a batch dimension (a dynamic first dim in the original model, else a first dim equal to
+the first input's) hold N samples along axis 0 and are split into feeds of the compiled batch; every other input
+(BatchNorm scale, Slice starts, a broadcast operand, a scalar) must have exactly its shape and goes whole into each
+feed.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,16 +30,28 @@ _FLOAT_KINDS = ("float16", "float32", "float64", "bfloat16")
 
 @dataclasses.dataclass
 class Dataset:
-    """Samples for a model's inputs: ``arrays[name]`` has samples along axis 0; ``labels`` is optional."""
+    """Samples for a model's inputs: ``arrays[name]`` has samples along axis 0 unless ``name`` is in ``whole``;
+    ``labels`` is optional."""
 
     arrays: dict[str, np.ndarray]
     labels: np.ndarray | None = None
     source: str = "generated"
     files: tuple[Path, ...] = ()
     """The files or folders the samples were read from (an output directory must never contain them)."""
+    whole: tuple[str, ...] = ()
+    """Arrays that have no sample axis: each goes whole into every feed. All of them: the data is one feed."""
+    batch: int = 1
+    """Samples per feed (the compiled batch of the split inputs)."""
+
+    @property
+    def one_feed(self) -> bool:
+        """Every array is fed as it stands, once (one sample)."""
+        return all(k in self.whole for k in self.arrays)
 
     def __len__(self) -> int:
-        return len(next(iter(self.arrays.values())))
+        if self.one_feed:
+            return 1
+        return len(next(v for k, v in self.arrays.items() if k not in self.whole))
 
     def fingerprint(self) -> str:
         digest = hashlib.sha256()
@@ -45,14 +63,21 @@ class Dataset:
             digest.update(_contiguous(self.labels))
         return digest.hexdigest()[:16]
 
-    def batches(self, batch: int = 1) -> Iterator[dict[str, np.ndarray]]:
-        """Feeds of ``batch`` samples each; a last short batch is dropped (compiled shapes are fixed)."""
+    def batches(self, batch: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+        """Feeds of ``batch`` (default :attr:`batch`) samples each, the ``whole`` arrays in every one; a last short
+        batch is dropped (compiled shapes are fixed). One feed when :attr:`one_feed`."""
+        if self.one_feed:
+            yield dict(self.arrays)
+            return
+        batch = batch or self.batch
         for start in range(0, len(self) - batch + 1, batch):
-            yield {k: v[start:start + batch] for k, v in self.arrays.items()}
+            yield {k: v if k in self.whole else v[start:start + batch] for k, v in self.arrays.items()}
 
     def subset(self, count: int) -> Dataset:
-        return Dataset({k: v[:count] for k, v in self.arrays.items()},
-                       None if self.labels is None else self.labels[:count], self.source, self.files)
+        if self.one_feed:
+            return self
+        return dataclasses.replace(self, arrays={k: v if k in self.whole else v[:count] for k, v in self.arrays.items()},
+                                   labels=None if self.labels is None else self.labels[:count])
 
 
 def _contiguous(arr: np.ndarray) -> memoryview:
@@ -62,12 +87,42 @@ def _contiguous(arr: np.ndarray) -> memoryview:
 
 
 def model_batch(spec: TensorSpec) -> int:
+    """The compiled first dim of ``spec`` (1 for a scalar or a dynamic dim)."""
     first = spec.shape[0] if spec.shape else 1
     return first if isinstance(first, int) else 1
 
 
-def check_against_model(arrays: Mapping[str, np.ndarray], model_inputs: tuple[TensorSpec, ...], where: str) -> None:
-    """Each model input present, each sample shaped like the model's input without its batch dim, same dtype."""
+def batch_inputs(model_inputs: Sequence[TensorSpec], known: Collection[str] | None = None) -> tuple[str, ...]:
+    """The inputs with a batch dimension: ``known`` (those whose first dim was dynamic in the original model), else
+    those whose first dim equals the first input's (the declared batch). Scalars never have one."""
+    ranked = [s for s in model_inputs if s.shape]
+    if known is not None:
+        return tuple(s.name for s in ranked if s.name in known)
+    if not ranked:
+        return ()
+    declared = ranked[0].shape[0]
+    return tuple(s.name for s in ranked if s.shape[0] == declared)
+
+
+def feed_batch(model_inputs: Sequence[TensorSpec], known: Collection[str] | None = None) -> int:
+    """Samples in one compiled feed: the first dim of the batch inputs (1 when there are none)."""
+    names = batch_inputs(model_inputs, known)
+    spec = next((s for s in model_inputs if s.name in names), None)
+    return model_batch(spec) if spec is not None else 1
+
+
+def _fits(shape: tuple[int, ...], want: Sequence[Any]) -> bool:
+    return len(shape) == len(want) and all(not isinstance(w, int) or w == h for w, h in zip(want, shape))
+
+
+def check_against_model(arrays: Mapping[str, np.ndarray], model_inputs: tuple[TensorSpec, ...], where: str,
+                        known_batch: Collection[str] | None = None,
+                        labelled: bool = False) -> tuple[tuple[str, ...], int]:
+    """Each model input present with its dtype, and shaped by the sample convention (module docstring).
+
+    Returns the inputs fed whole (all of them: one feed) and the samples per feed. ``known_batch``: the inputs
+    whose first dim was dynamic in the original model (``None``: unknown). ``labelled``: labels count samples, so
+    arrays of exactly the compiled shapes are one batch of samples, not one feed."""
     import numpy as np
 
     names = [s.name for s in model_inputs]
@@ -76,22 +131,43 @@ def check_against_model(arrays: Mapping[str, np.ndarray], model_inputs: tuple[Te
         raise DataError(f"{where} does not fit the model", f"no array for input(s) {', '.join(missing)} "
                         f"(arrays present: {', '.join(arrays) or 'none'})",
                         f"save one array per model input, named {', '.join(names)}")
-    counts = set()
     for spec in model_inputs:
         arr = arrays[spec.name]
-        want = spec.shape[1:]
-        if arr.ndim != len(spec.shape) or any(isinstance(w, int) and w != h for w, h in zip(want, arr.shape[1:])):
-            raise DataError(f"{where} does not fit the model",
-                            f"array '{spec.name}' has shape {'x'.join(map(str, arr.shape))}, the input takes "
-                            f"{spec.shape_text()} (samples along the first axis)",
-                            "reshape the data to N x " + ("x".join(str(d) for d in want) or "(scalar)"))
-        if np.dtype(arr.dtype).name != spec.dtype:
+        if np.dtype(arr.dtype).name != spec.dtype and not _void_of(arr.dtype, spec.dtype):
             raise DataError(f"{where} does not fit the model",
                             f"array '{spec.name}' is {arr.dtype}, the input takes {spec.dtype}",
                             f"convert it with .astype('{spec.dtype}')")
-        counts.add(arr.shape[0])
-    if len(counts) > 1:
-        raise DataError(f"{where} does not fit the model", f"inputs have different sample counts {sorted(counts)}")
+    batched = batch_inputs(model_inputs, known_batch)
+    if all(_fits(arrays[s.name].shape, s.shape) for s in model_inputs) and not (labelled and batched):
+        return tuple(s.name for s in model_inputs), 1
+    counts: dict[str, int] = {}
+    batch_sizes = set()
+    for spec in model_inputs:
+        arr = arrays[spec.name]
+        shape = "x".join(map(str, arr.shape)) or "scalar"
+        if spec.name not in batched:
+            if not _fits(arr.shape, spec.shape):
+                raise DataError(f"{where} does not fit the model",
+                                f"array '{spec.name}' has shape {shape}, the input takes {spec.shape_text()} and has "
+                                "no batch dimension", f"give '{spec.name}' exactly as {spec.shape_text()}")
+            continue
+        per_sample = spec.shape[1:]
+        if arr.ndim != len(spec.shape) or not _fits(arr.shape[1:], per_sample):
+            raise DataError(f"{where} does not fit the model",
+                            f"array '{spec.name}' has shape {shape}, the input takes {spec.shape_text()} "
+                            "(samples along the first axis)",
+                            "reshape the data to N x " + ("x".join(str(d) for d in per_sample) or "(scalar)"))
+        counts[spec.name] = arr.shape[0]
+        batch_sizes.add(model_batch(spec))
+    if len(set(counts.values())) > 1:
+        raise DataError(f"{where} does not fit the model", f"inputs have different sample counts "
+                        f"{', '.join(f'{k}: {v}' for k, v in counts.items())}",
+                        "give every batched input the same number of samples along its first axis")
+    if len(batch_sizes) > 1:
+        raise DataError(f"{where} does not fit the model", f"the batched inputs were compiled with different batch "
+                        f"sizes {sorted(batch_sizes)}", "give every input exactly its shape (one feed)")
+    whole = tuple(s.name for s in model_inputs if s.name not in counts)
+    return whole, (batch_sizes.pop() if batch_sizes else 1)
 
 
 def check_finite(arrays: Mapping[str, np.ndarray], model_inputs: tuple[TensorSpec, ...], where: str) -> None:
@@ -105,27 +181,61 @@ def check_finite(arrays: Mapping[str, np.ndarray], model_inputs: tuple[TensorSpe
         bad = ~np.isfinite(arr)
         if bad.any():
             count = int(bad.sum())
-            first = int(np.argwhere(bad)[0][0]) if arr.ndim else 0
+            first = int(np.argwhere(bad)[0][0]) if arr.ndim else 0  # the first index along axis 0
             raise DataError(f"{where} holds NaN or infinite values", f"array '{spec.name}' has {count} of them, the "
                             f"first in sample {first}", "clean the data (numpy.nan_to_num, or drop those samples)")
 
 
 def make_dataset(arrays: dict[str, np.ndarray], label_array: np.ndarray | None, model_inputs: tuple[TensorSpec, ...],
-                 where: str, source: str, files: tuple[Path, ...] = (), finite: bool = True) -> Dataset:
+                 where: str, source: str, files: tuple[Path, ...] = (), finite: bool = True,
+                 known_batch: Collection[str] | None = None) -> Dataset:
     """Check ``arrays`` against the model's inputs and the labels against the sample count; keep the inputs only.
 
     ``finite``: refuse NaN or infinite values in float inputs (calibration and validation data; ``run`` may feed
     them on purpose)."""
-    check_against_model(arrays, model_inputs, where)
+    dtypes = {s.name: s.dtype for s in model_inputs}
+    arrays = {k: _ml_dtype(v, dtypes[k]) if k in dtypes else v for k, v in arrays.items()}
+    whole, batch = check_against_model(arrays, model_inputs, where, known_batch, labelled=label_array is not None)
     if finite:
         check_finite(arrays, model_inputs, where)
-    n = len(next(iter(arrays.values())))
+    names = {s.name for s in model_inputs}
+    data = Dataset({k: v for k, v in arrays.items() if k in names}, label_array, source, tuple(files), whole, batch)
+    n = len(data)
     if n == 0:
         raise DataError(f"cannot use {where}", "it holds no samples")
     if label_array is not None and len(label_array) != n:
         raise DataError(f"cannot use {where}", f"{len(label_array)} labels for {n} samples")
-    names = {s.name for s in model_inputs}
-    return Dataset({k: v for k, v in arrays.items() if k in names}, label_array, source, tuple(files))
+    return data
+
+
+def _ml_dtype(arr: np.ndarray, dtype: str) -> np.ndarray:
+    """numpy has no bfloat16 or float8: ``np.save`` of one (ml_dtypes) writes void items of its size; read them back
+    as the input's type."""
+    if arr.dtype.kind != "V" or arr.dtype.names:
+        return arr
+    import ml_dtypes
+
+    kind = getattr(ml_dtypes, dtype, None)
+    return arr.view(kind) if kind is not None and _itemsize(kind) == arr.dtype.itemsize else arr
+
+
+def _void_of(dtype: Any, name: str) -> bool:
+    """Void items of an ml_dtypes type's size: how ``np.save`` stores bfloat16/float8 (read back by _ml_dtype)."""
+    import numpy as np
+
+    dtype = np.dtype(dtype)
+    if dtype.kind != "V" or dtype.names:
+        return False
+    import ml_dtypes
+
+    kind = getattr(ml_dtypes, name, None)
+    return kind is not None and _itemsize(kind) == dtype.itemsize
+
+
+def _itemsize(kind: Any) -> int:
+    import numpy as np
+
+    return int(np.dtype(kind).itemsize)
 
 
 def _index_bounds(model: LoadedModel) -> dict[str, int]:
@@ -138,17 +248,21 @@ def _index_bounds(model: LoadedModel) -> dict[str, int]:
     return bounds
 
 
-def synthetic(model: LoadedModel, samples: int, seed: int = 0) -> Dataset:
-    """Seeded generated inputs: floats ~ N(0, 1); integer ids within embedding tables; masks of ones."""
+def synthetic(model: LoadedModel, samples: int, seed: int = 0, known_batch: Collection[str] | None = None) -> Dataset:
+    """Seeded generated inputs: floats ~ N(0, 1); integer ids within embedding tables; masks of ones.
+
+    The batch inputs (``known_batch``, else the model's own record, else the declared batch) get ``samples``
+    batches; every other input one array of exactly its shape, fed whole."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
     bounds = _index_bounds(model)
+    known = known_batch if known_batch is not None else model.batch_inputs
+    batched = batch_inputs(model.inputs, known)
     arrays: dict[str, np.ndarray] = {}
     for spec in model.inputs:
         shape = tuple(d if isinstance(d, int) else 1 for d in spec.shape)
-        per_sample = shape[1:]
-        full = (samples * (shape[0] if shape else 1), *per_sample) if shape else (samples,)
+        full = (samples * shape[0], *shape[1:]) if spec.name in batched else shape
         if spec.dtype in _FLOAT_KINDS:
             arrays[spec.name] = rng.standard_normal(full).astype(spec.dtype)
         elif spec.dtype == "bool" or "mask" in spec.name.lower():
@@ -156,7 +270,8 @@ def synthetic(model: LoadedModel, samples: int, seed: int = 0) -> Dataset:
         else:
             high = min(bounds.get(spec.name, 100), np.iinfo(spec.dtype).max)
             arrays[spec.name] = rng.integers(0, high, size=full).astype(spec.dtype)
-    return Dataset(arrays, None, f"generated (seed {seed})")
+    whole = tuple(s.name for s in model.inputs if s.name not in batched or samples == 1)
+    return Dataset(arrays, None, f"generated (seed {seed})", (), whole, feed_batch(model.inputs, known))
 
 
 def save_npz(path: Path, arrays: Mapping[str, Any]) -> None:

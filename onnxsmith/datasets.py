@@ -30,7 +30,7 @@ from __future__ import annotations
 import importlib
 import re
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -55,7 +55,8 @@ _CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
 def open_dataset(spec: str | Path, model_inputs: tuple[TensorSpec, ...], labels: str | None = None,
-                 what: str = "data", *, finite: bool = True, limit: int | None = None) -> Dataset:
+                 what: str = "data", *, finite: bool = True, limit: int | None = None,
+                 known_batch: Collection[str] | None = None) -> Dataset:
     """Read ``spec`` (a file, folder, TOML spec or ``module:function``) as a Dataset that fits ``model_inputs``.
 
     ``what`` names the data in messages (``calibration data``); ``finite=False`` lets NaN/Inf through (``run``);
@@ -65,19 +66,22 @@ def open_dataset(spec: str | Path, model_inputs: tuple[TensorSpec, ...], labels:
         limit = None
     path = Path(spec)
     if not path.exists() and _CALLABLE.match(spec):
-        return from_callable(spec, model_inputs, labels, what, finite=finite, limit=limit)
+        return from_callable(spec, model_inputs, labels, what, finite=finite, limit=limit, known_batch=known_batch)
     if not path.exists():
         raise DataError(f"cannot read {what} '{spec}'", "no such file or folder, and not a module:function",
                         _GIVE)
     if path.is_file() and path.suffix in (".npz", ".npy"):
-        return from_array_file(path, model_inputs, labels, what, finite=finite, limit=limit)
+        return from_array_file(path, model_inputs, labels, what, finite=finite, limit=limit,
+                               known_batch=known_batch)
     if path.is_file() and path.suffix == ".toml":
-        return from_image_spec(path, model_inputs, what, finite=finite, limit=limit)
+        return from_image_spec(path, model_inputs, what, finite=finite, limit=limit, known_batch=known_batch)
     if path.is_dir():
         if (path / PREPROCESS_FILE).is_file():
-            return from_image_spec(path / PREPROCESS_FILE, model_inputs, what, finite=finite, limit=limit)
+            return from_image_spec(path / PREPROCESS_FILE, model_inputs, what, finite=finite, limit=limit,
+                                   known_batch=known_batch)
         if any(path.glob("*.npy")):
-            return from_npy_folder(path, model_inputs, labels, what, finite=finite, limit=limit)
+            return from_npy_folder(path, model_inputs, labels, what, finite=finite, limit=limit,
+                                   known_batch=known_batch)
         if _find_images(path):
             raise DataError(f"cannot read {what} folder '{path}'", "it holds images but no preprocessing spec",
                             f"add {path / PREPROCESS_FILE} with e.g. resize = 256, crop = 224, mean = [0.485, "
@@ -97,7 +101,8 @@ def _rows(header: ArrayHeader, spec: TensorSpec, limit: int | None) -> int | Non
 
 
 def _read_inputs(source: ArrayFiles, model_inputs: tuple[TensorSpec, ...], labels: str | None, where: str,
-                 limit: int | None, label_hint: str) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+                 limit: int | None, label_hint: str, known_batch: Collection[str] | None = None
+                 ) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     """Check the headers against the model and the byte cap, then read the inputs (and labels) only."""
     label_header = None
     if labels is not None:
@@ -108,8 +113,9 @@ def _read_inputs(source: ArrayFiles, model_inputs: tuple[TensorSpec, ...], label
     # headers stand in for the arrays (shape, ndim, dtype); other keys are listed by name, never read
     present: dict[str, Any] = dict.fromkeys(n for n in source.names if n != labels)
     present.update({s.name: source.header(s.name) for s in model_inputs if s.name in present})
-    check_against_model(present, model_inputs, where)
-    rows = {s.name: None if label_header is not None else _rows(source.header(s.name), s, limit) for s in model_inputs}
+    whole, _ = check_against_model(present, model_inputs, where, known_batch, labelled=label_header is not None)
+    rows = {s.name: None if label_header is not None or s.name in whole else _rows(source.header(s.name), s, limit)
+            for s in model_inputs}
     parts = [(source.header(n), r) for n, r in rows.items()]
     check_budget(parts + ([(label_header, None)] if label_header is not None else []), where)
     arrays = {n: source.read(n, r) for n, r in rows.items()}
@@ -117,7 +123,8 @@ def _read_inputs(source: ArrayFiles, model_inputs: tuple[TensorSpec, ...], label
 
 
 def from_array_file(path: Path, model_inputs: tuple[TensorSpec, ...], labels: str | None = None,
-                    what: str = "data", *, finite: bool = True, limit: int | None = None) -> Dataset:
+                    what: str = "data", *, finite: bool = True, limit: int | None = None,
+                 known_batch: Collection[str] | None = None) -> Dataset:
     """An ``.npz`` (one array per input) or an ``.npy`` (one-input model), read header first."""
     where = f"{what} '{path}'"
     if path.suffix == ".npy":
@@ -131,12 +138,14 @@ def from_array_file(path: Path, model_inputs: tuple[TensorSpec, ...], labels: st
     else:
         source = ArrayFiles.npz(path, where)
     with source:
-        arrays, label_array = _read_inputs(source, model_inputs, labels, where, limit, "array '{}'")
-    return make_dataset(arrays, label_array, model_inputs, where, str(path), files=(path,), finite=finite)
+        arrays, label_array = _read_inputs(source, model_inputs, labels, where, limit, "array '{}'", known_batch)
+    return make_dataset(arrays, label_array, model_inputs, where, str(path), files=(path,), finite=finite,
+                        known_batch=known_batch)
 
 
 def from_npy_folder(folder: Path, model_inputs: tuple[TensorSpec, ...], labels: str | None = None,
-                    what: str = "data", *, finite: bool = True, limit: int | None = None) -> Dataset:
+                    what: str = "data", *, finite: bool = True, limit: int | None = None,
+                 known_batch: Collection[str] | None = None) -> Dataset:
     """One ``<input>.npy`` per input (samples along axis 0), or one ``.npy`` per sample for a one-input model."""
     import numpy as np
 
@@ -148,8 +157,9 @@ def from_npy_folder(folder: Path, model_inputs: tuple[TensorSpec, ...], labels: 
                         f"files present: {', '.join(sorted(files)) or 'none'}")
     if all(n in files for n in names):
         arrays, label_array = _read_inputs(ArrayFiles.files(files, where), model_inputs, labels, where, limit,
-                                           "'{}.npy'")
-        return make_dataset(arrays, label_array, model_inputs, where, str(folder), files=(folder,), finite=finite)
+                                           "'{}.npy'", known_batch)
+        return make_dataset(arrays, label_array, model_inputs, where, str(folder), files=(folder,), finite=finite,
+                            known_batch=known_batch)
     if len(model_inputs) != 1:
         missing = [n for n in names if n not in files]
         raise DataError(f"cannot use {where}", f"no file for input(s) {', '.join(missing)}; with several inputs "
@@ -179,7 +189,7 @@ def from_npy_folder(folder: Path, model_inputs: tuple[TensorSpec, ...], labels: 
     samples = [source.read(name) for name in chosen]
     samples = [a[0] if a.ndim == len(spec.shape) else a for a in samples]
     return make_dataset({spec.name: np.stack(samples)}, label_array, model_inputs, where,
-                        f"{folder} ({len(samples)} files)", files=(folder,), finite=finite)
+                        f"{folder} ({len(samples)} files)", files=(folder,), finite=finite, known_batch=known_batch)
 
 
 # --- module:function ----------------------------------------------------------------------------------------------
@@ -208,7 +218,8 @@ def _import_function(spec: str, where: str) -> Any:
 
 
 def from_callable(spec: str, model_inputs: tuple[TensorSpec, ...], labels: str | None = None,
-                  what: str = "data", *, finite: bool = True, limit: int | None = None) -> Dataset:
+                  what: str = "data", *, finite: bool = True, limit: int | None = None,
+                 known_batch: Collection[str] | None = None) -> Dataset:
     """Call ``module:function``; it returns a Dataset or an iterable of batches (dicts of arrays).
 
     Batches are taken until ``limit`` samples (without labels) or :data:`MAX_SAMPLES`, and while their bytes stay
@@ -229,7 +240,7 @@ def from_callable(spec: str, model_inputs: tuple[TensorSpec, ...], labels: str |
         if produced.labels is None and len(produced) > most:
             produced = produced.subset(most)
         return make_dataset(dict(produced.arrays), produced.labels, model_inputs, where, f"{spec} ({produced.source})",
-                            finite=finite)
+                            finite=finite, known_batch=known_batch)
     if isinstance(produced, Mapping):
         produced = [produced]
     if not isinstance(produced, Iterable):
@@ -248,7 +259,8 @@ def from_callable(spec: str, model_inputs: tuple[TensorSpec, ...], labels: str |
                 raise DataError(f"cannot use {where}", f"batch {index} has no '{labels}' array for the labels",
                                 f"arrays present: {', '.join(batch)}")
             label_parts.append(batch.pop(labels))
-        check_against_model(batch, model_inputs, f"{where} batch {index}")
+        check_against_model(batch, model_inputs, f"{where} batch {index}", known_batch,
+                            labelled=True)
         for spec_ in model_inputs:
             parts.setdefault(spec_.name, []).append(batch[spec_.name])
             loaded += batch[spec_.name].nbytes
@@ -262,7 +274,7 @@ def from_callable(spec: str, model_inputs: tuple[TensorSpec, ...], labels: str |
         raise DataError(f"cannot use {where}", "the function produced no batches")
     arrays = {k: np.concatenate(v)[:most] for k, v in parts.items()}
     label_array = np.concatenate(label_parts)[:most] if label_parts else None
-    return make_dataset(arrays, label_array, model_inputs, where, spec, finite=finite)
+    return make_dataset(arrays, label_array, model_inputs, where, spec, finite=finite, known_batch=known_batch)
 
 
 # --- image folders ------------------------------------------------------------------------------------------------
@@ -296,7 +308,8 @@ def _floats(f: Any, key: str, channels: int) -> tuple[float, ...] | None:
 
 
 def from_image_spec(spec_file: Path, model_inputs: tuple[TensorSpec, ...], what: str = "data", *,
-                    finite: bool = True, limit: int | None = None) -> Dataset:
+                    finite: bool = True, limit: int | None = None,
+                    known_batch: Collection[str] | None = None) -> Dataset:
     """Read an image folder as preprocessed by the TOML spec ``spec_file`` (the byte cap checked before decoding)."""
     import numpy as np
 
@@ -365,7 +378,8 @@ def from_image_spec(spec_file: Path, model_inputs: tuple[TensorSpec, ...], what:
         pixels = pixels.transpose(0, 3, 1, 2)
     source = f"{root} ({len(images)} images, preprocessed by {spec_file.name})"
     return make_dataset({input_name: np.ascontiguousarray(pixels.astype(dtype))}, label_array, model_inputs,
-                        f"image folder '{root}'", source, files=(spec_file, root), finite=finite)
+                        f"image folder '{root}'", source, files=(spec_file, root), finite=finite,
+                        known_batch=known_batch)
 
 
 def _labels_for(images: list[Path], root: Path, classes: tuple[str, ...], spec_file: Path) -> np.ndarray | None:

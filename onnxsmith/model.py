@@ -22,8 +22,6 @@ if TYPE_CHECKING:
 
 Dim = int | str | None
 """A dimension: an int when fixed, the symbol name (or ``None``) when dynamic."""
-ZERO_DIM = "<declared 0>"
-"""How a dimension the model declares as 0 reads before ``--shape`` fixes it: never silently batch 1."""
 
 MAX_DIM = 2**31 - 1
 """The largest dimension ``--shape`` accepts (ONNX stores dims as int64; no tensor comes near this)."""
@@ -33,6 +31,9 @@ MAX_INPUT_BYTES = 16 * 2**30
 _ONNX_DTYPES = {
     1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32", 7: "int64", 9: "bool",
     10: "float16", 11: "float64", 12: "uint32", 13: "uint64", 16: "bfloat16",
+    # the float8/4 and int4 types, named as ml_dtypes (onnx's own numpy types) names them
+    17: "float8_e4m3fn", 18: "float8_e4m3fnuz", 19: "float8_e5m2", 20: "float8_e5m2fnuz", 21: "uint4", 22: "int4",
+    23: "float4_e2m1fn", 24: "float8_e8m0fnu",
 }
 
 
@@ -70,11 +71,9 @@ def parse_shape_overrides(values: tuple[str, ...] | list[str]) -> dict[str, tupl
     for value in values:
         name, sep, dims = value.rpartition("=")
         if not sep or not name or not re.fullmatch(r"\d+(x\d+)*", dims):
-            raise UserInputError(f"invalid --shape '{value}'", "expected NAME=DIMxDIMx... with positive integers",
+            raise UserInputError(f"invalid --shape '{value}'", "expected NAME=DIMxDIMx... with non-negative integers",
                                  "for example --shape input=1x3x224x224")
-        shapes[name] = tuple(int(d) for d in dims.split("x"))
-        if 0 in shapes[name]:
-            raise UserInputError(f"invalid --shape '{value}'", "dimensions must be positive")
+        shapes[name] = tuple(int(d) for d in dims.split("x"))  # 0 is a valid (empty) dimension, as in ONNX
         if max(shapes[name]) > MAX_DIM:
             raise UserInputError(f"invalid --shape '{value}'", f"dimension {max(shapes[name])} is larger than "
                                  f"{MAX_DIM}", "give the size the model really runs at")
@@ -85,10 +84,8 @@ def _value_spec(value: onnx.ValueInfoProto) -> TensorSpec:
     t = value.type.tensor_type
     dims: list[Dim] = []
     for d in t.shape.dim:
-        if d.HasField("dim_value") and d.dim_value > 0:
+        if d.HasField("dim_value") and d.dim_value >= 0:  # 0: an empty dimension, which backends run
             dims.append(int(d.dim_value))
-        elif d.HasField("dim_value") and d.dim_value == 0:
-            dims.append(ZERO_DIM)
         else:
             dims.append(d.dim_param or None)
     return TensorSpec(value.name, _ONNX_DTYPES.get(t.elem_type, f"onnx:{t.elem_type}"), tuple(dims))
@@ -177,6 +174,8 @@ class LoadedModel:
     notes: list[str] = dataclasses.field(default_factory=list)
     data_files: tuple[Path, ...] = ()
     """The external-data files the model's tensors were read from (resolved, inside the model's folder)."""
+    batch_inputs: tuple[str, ...] | None = None
+    """The inputs whose first dim was dynamic in the original model (their batch); ``None`` when none was."""
     _path: Path | None = None
     _tmp: tempfile.TemporaryDirectory[str] | None = None
 
@@ -357,6 +356,10 @@ def _fix_shapes(model: LoadedModel, shapes: dict[str, tuple[int, ...]], default_
             raise UserInputError(f"invalid --shape for '{name}'", "the model has no input of that name",
                                  f"inputs are: {', '.join(names)}")
     changed = False
+    original = [_value_spec(v) for v in graph_inputs]
+    batched = tuple(s.name for s in original if s.shape and not isinstance(s.shape[0], int))
+    if batched:
+        model.batch_inputs = batched
     for value in graph_inputs:
         spec = _value_spec(value)
         dims = value.type.tensor_type.shape.dim
@@ -376,11 +379,6 @@ def _fix_shapes(model: LoadedModel, shapes: dict[str, tuple[int, ...]], default_
             changed = True
             continue
         dynamic = spec.dynamic_dims
-        if ZERO_DIM in spec.shape and default_batch is not None:
-            example = "x".join("N" if d == ZERO_DIM else str(d) if isinstance(d, int) else "N" for d in spec.shape)
-            raise UserInputError(f"input '{value.name}' declares a dimension of size 0 ({spec.shape_text()})",
-                                 "onnxsmith will not guess a size for it (it used to become batch 1 silently)",
-                                 f"give the size with --shape {value.name}={example}")
         if not dynamic or default_batch is None:
             continue
         if dynamic == [0]:

@@ -318,17 +318,19 @@ def check_rpc_address(address: str) -> None:
 
 def profile_feeds(bundle: Bundle, data: Any | None = None, seed: int = 0) -> tuple[dict[str, np.ndarray], str]:
     """The inputs to time: the first batch of ``data`` (a Dataset), else seeded generated inputs."""
-    from onnxsmith.data import Dataset, model_batch, synthetic
+    from onnxsmith.data import Dataset, check_against_model, synthetic
     from onnxsmith.model import load_model
 
-    batch = model_batch(bundle.inputs[0]) if bundle.inputs else 1
     if data is not None:
         assert isinstance(data, Dataset)
-        feeds = next(data.batches(batch), None)
+        whole, batch = check_against_model(data.arrays, bundle.inputs, f"input data '{data.source}'",
+                                           bundle.batch_inputs)
+        data = dataclasses.replace(data, whole=whole, batch=batch)
+        feeds = next(data.batches(), None)
         if feeds is not None:
-            return feeds, f"{data.source} (first batch of {batch})"
+            return feeds, data.source if data.one_feed else f"{data.source} (first batch of {batch})"
     model = load_model(bundle.reference_model, check=False)
-    return next(synthetic(model, 1, seed).batches(batch)), f"generated (seed {seed})"
+    return next(synthetic(model, 1, seed, bundle.batch_inputs).batches()), f"generated (seed {seed})"
 
 
 def profile_bundle(bundle: Bundle, profile: Profile, *, baseline: bool = True, data: Any | None = None,
@@ -337,7 +339,7 @@ def profile_bundle(bundle: Bundle, profile: Profile, *, baseline: bool = True, d
     import tempfile
 
     from onnxsmith.analysis import count_flops
-    from onnxsmith.data import model_batch, save_npz
+    from onnxsmith.data import feed_batch, save_npz
     from onnxsmith.model import load_model
 
     target = bundle.target()
@@ -359,7 +361,7 @@ def profile_bundle(bundle: Bundle, profile: Profile, *, baseline: bool = True, d
 
             raise UnsupportedError(f"cannot profile the {target.id} bundle here", runs.reason, runs.hint)
     feeds, source = profile_feeds(bundle, data)
-    batch = model_batch(bundle.inputs[0]) if bundle.inputs else 1
+    batch = feed_batch(bundle.inputs, bundle.batch_inputs)
     from onnxsmith.cache import owner_tag
 
     with tempfile.TemporaryDirectory(prefix=f"onnxsmith-profile-{owner_tag()}-") as tmp:

@@ -83,24 +83,25 @@ def validate_bundle(bundle: Bundle, data: Dataset | None = None, *, samples: int
                     keep_worst: int = 5, min_cosine: float | None = None, runner: Any = None) -> ValidationResult:
     """Compare the bundle's outputs with ONNX Runtime fp32 on ``data`` (or seeded generated inputs), through the
     one comparison engine (:mod:`onnxsmith.compare`)."""
+    import numpy as np
+
     from onnxsmith.compare import collect, compare, save_examples
-    from onnxsmith.data import model_batch, synthetic
+    from onnxsmith.data import check_against_model, synthetic
     from onnxsmith.model import load_model
     from onnxsmith.plugin import backend_call
     from onnxsmith.reference import reference_runner
 
     inputs = bundle.inputs
-    batch = model_batch(inputs[0]) if inputs else 1
     if data is None:
-        data = synthetic(load_model(bundle.reference_model, check=False), samples, seed)
+        data = synthetic(load_model(bundle.reference_model, check=False), samples, seed, bundle.batch_inputs)
     else:
-        from onnxsmith.data import check_against_model
-
-        check_against_model(data.arrays, inputs, f"validation data '{data.source}'")
+        whole, per_feed = check_against_model(data.arrays, inputs, f"validation data '{data.source}'",
+                                              bundle.batch_inputs, labelled=data.labels is not None)
+        data = dataclasses.replace(data, whole=whole, batch=per_feed)
         if samples and len(data) > samples and data.labels is None:
             data = data.subset(samples)
-    if len(data) < batch:
-        raise DataError("not enough validation samples", f"{len(data)} samples, the compiled batch is {batch}")
+    if not data.one_feed and len(data) < data.batch:
+        raise DataError("not enough validation samples", f"{len(data)} samples, the compiled batch is {data.batch}")
     precision = bundle.manifest["precision_used"]
     check_min_cosine(min_cosine)
     threshold = min_cosine if min_cosine is not None else DEFAULT_MIN_COSINE.get(precision.split("+")[0], 0.98)
@@ -111,16 +112,21 @@ def validate_bundle(bundle: Bundle, data: Dataset | None = None, *, samples: int
         if own_runner:
             runner.__enter__()
         with backend_call(bundle.backend, "run"):
-            got = collect(runner, data.batches(batch), names)
+            got = collect(runner, data.batches(), names)
     finally:
         if own_runner:
             runner.__exit__(None, None, None)
     with reference_runner(bundle.reference_model) as reference:
-        want = collect(reference, data.batches(batch), names)
+        want = collect(reference, data.batches(), names)
+    feeds: dict[str, Any] = dict(data.arrays)
+    whole: tuple[str, ...] = data.whole
+    if data.one_feed:  # one feed (every array exactly its input's shape) is one sample, its outputs compared whole
+        got, want, feeds = ({k: np.asarray(v)[None] for k, v in d.items()} for d in (got, want, feeds))
+        whole = ()
     result = compare(got, want, data.labels, names)
     n = result.samples
-    examples = save_examples(result, {k: v[:n] for k, v in data.arrays.items()}, got, want,
-                             bundle.path / "examples", keep_worst)
+    examples = save_examples(result, {k: v if k in whole else v[:n] for k, v in feeds.items()}, got, want,
+                             bundle.path / "examples", keep_worst, whole=whole)
     worst = tuple(WorstExample(e["index"], e["cosine"], e["max_abs_error"],
                                e["npz"].relative_to(bundle.path).as_posix(), e["label"], e["prediction"],
                                e["reference_prediction"]) for e in examples)

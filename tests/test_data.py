@@ -10,7 +10,7 @@ import pytest
 from onnxsmith.data import synthetic
 from onnxsmith.datasets import open_dataset
 from onnxsmith.errors import DataError
-from onnxsmith.model import load_model
+from onnxsmith.model import TensorSpec, load_model
 
 
 def test_npz_with_labels(cnn_path: Path, tmp_path: Path) -> None:
@@ -64,3 +64,16 @@ def test_synthetic_is_seeded_and_respects_embedding_bounds(tmp_path: Path) -> No
     a, b = synthetic(model, 4, seed=1), synthetic(model, 4, seed=1)
     assert np.array_equal(a.arrays["ids"], b.arrays["ids"]) and a.arrays["ids"].max() < 7
     assert a.arrays["ids"].shape == (4, 50) and a.fingerprint() == b.fingerprint()
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float8_e4m3fn", "float8_e8m0fnu"])
+def test_types_numpy_lacks_read_back_as_the_input_type(dtype: str, tmp_path: Path) -> None:
+    """np.savez writes ml_dtypes bfloat16/float8 arrays as void items; the input's type reads them back."""
+    import ml_dtypes
+
+    values = np.array([[1.0, 2.0, 0.5]], dtype=getattr(ml_dtypes, dtype))
+    np.savez(tmp_path / "x.npz", x=values)
+    assert np.load(tmp_path / "x.npz")["x"].dtype.kind == "V"
+    data = open_dataset(tmp_path / "x.npz", (TensorSpec("x", dtype, (1, 3)),))
+    assert data.arrays["x"].dtype == getattr(ml_dtypes, dtype)
+    np.testing.assert_array_equal(data.arrays["x"].astype(np.float32), [[1.0, 2.0, 0.5]])

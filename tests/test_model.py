@@ -130,7 +130,7 @@ def test_dynamic_non_batch_dim_needs_a_shape(tmp_path: Path) -> None:
     assert load_model(path, {"x": (1, 7)}).inputs[0].shape == (1, 7)
 
 
-@pytest.mark.parametrize("bad", ["x", "x=", "x=1xA", "=1x2", "x=0x3"])
+@pytest.mark.parametrize("bad", ["x", "x=", "x=1xA", "=1x2", "x=-1x3"])
 def test_bad_shape_option(bad: str) -> None:
     with pytest.raises(UserInputError, match="--shape"):
         parse_shape_overrides([bad])

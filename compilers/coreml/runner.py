@@ -60,7 +60,7 @@ class CoreMLRunner(Runner):
         for spec in self.inputs:
             if spec.name not in feeds:
                 raise DataError("input missing for the Core ML model", f"no array for input '{spec.name}'")
-            prepared[self._inputs[spec.name]] = np.ascontiguousarray(feeds[spec.name], dtype=np.dtype(spec.dtype))
+            prepared[self._inputs[spec.name]] = np.asarray(feeds[spec.name], dtype=np.dtype(spec.dtype), order="C")
         return prepared
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

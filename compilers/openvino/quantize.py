@@ -43,15 +43,19 @@ def count_ops(model: Any, type_name: str) -> int:
 
 def calibration_feeds(calibration: Dataset | None, inputs: tuple[TensorSpec, ...]) -> list[dict[str, Any]]:
     """The calibration data as a list of feeds shaped like the model's (fixed) inputs."""
-    from onnxsmith.data import check_against_model, model_batch
+    import dataclasses
+
+    from onnxsmith.data import check_against_model
 
     if calibration is None:
         raise DataError("OpenVINO int8 needs calibration data",
                         "NNCF post-training quantization measures activation ranges on real inputs",
                         "pass --calibration calib.npz (one array per model input, samples along the first axis)")
-    check_against_model(calibration.arrays, inputs, "calibration data")
-    batch = model_batch(inputs[0])
-    feeds = list(calibration.batches(batch))
+    whole, batch = check_against_model(calibration.arrays, inputs, "calibration data",
+                                       None if calibration.one_feed else tuple(k for k in calibration.arrays
+                                                                                if k not in calibration.whole))
+    calibration = dataclasses.replace(calibration, whole=whole, batch=batch)
+    feeds = list(calibration.batches())
     if not feeds:
         raise DataError("calibration data is too small", f"{len(calibration)} sample(s), the model takes batches "
                         f"of {batch}", f"give at least {batch} samples (a few hundred is typical)")

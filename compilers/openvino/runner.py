@@ -33,12 +33,15 @@ def port_spec(port: Any, name: str | None = None) -> TensorSpec:
 
 
 def _match_ports(ports: list[Any], names: list[str]) -> list[tuple[str, Any]]:
-    """(name, port) pairs: ports named like the ONNX model's tensors when known, else by their first name."""
+    """(name, port) pairs: ports named like the ONNX model's tensors when known, else the model's name at that
+    position (an input wired straight to an output can keep only the output's name), else their first name."""
     pairs = []
+    claimed = {n for port in ports for n in port.get_names() if n in names}
     for index, port in enumerate(ports):
         known = port.get_names()
         wanted = names[index] if index < len(names) else ""
-        name = wanted if wanted in known else next((n for n in names if n in known), port.get_any_name())
+        fallback = wanted if wanted and wanted not in claimed else port.get_any_name()
+        name = wanted if wanted in known else next((n for n in names if n in known), fallback)
         pairs.append((name, port))
     return pairs
 
@@ -85,7 +88,7 @@ class OpenVINORunner(Runner):
                 dtype = port.get_element_type().to_dtype()
             except Exception:  # bf16 and other types numpy lacks: pass the array as given
                 dtype = None
-            pairs.append((port, openvino.Tensor(np.ascontiguousarray(feeds[name], dtype=dtype))))
+            pairs.append((port, openvino.Tensor(np.asarray(feeds[name], dtype=dtype, order="C"))))
         return pairs
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -58,7 +58,7 @@ class _Context:
                 continue
             if name not in feeds:
                 raise DataError("input missing for the TensorRT engine", f"no array for input '{name}'")
-            array = np.ascontiguousarray(feeds[name], dtype=np.dtype(self.dtypes[name]))
+            array = np.asarray(feeds[name], dtype=np.dtype(self.dtypes[name]), order="C")
             host[name] = array
             if self.shapes.get(name) != array.shape:
                 if not self.context.set_input_shape(name, array.shape):

@@ -107,7 +107,16 @@ def import_model(model: LoadedModel) -> Imported:
                                "run 'onnxsmith inspect' for the list; try another --backend")
     shapes = {s.name: [int(d) for d in s.shape] for s in model.inputs}
     dtypes = {s.name: s.dtype for s in model.inputs}
-    mod = _convert(proto, shapes, dtypes)
+    try:
+        mod = _convert(proto, shapes, dtypes)
+    except BackendError as exc:
+        if proto is model.proto:
+            raise
+        # onnxslim can leave shape arithmetic half folded (Shape folded, the Slice/Div/Concat on it not), which
+        # the frontend refuses where it takes the original graph (ONNX test_spacetodepth_expanded)
+        mod = _convert(model.proto, shapes, dtypes)
+        notes += (f"the slimmed graph did not import ({exc.one_line()}); imported the original",)
+        proto = model.proto
     initializers = {t.name for t in proto.graph.initializer}
     input_names = tuple(v.name for v in proto.graph.input if v.name not in initializers)
     output_names = tuple(v.name for v in proto.graph.output)

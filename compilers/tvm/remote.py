@@ -84,7 +84,7 @@ class RemoteRunner(Runner):
 
         check_feeds(feeds, self._args)
         module = tvm()
-        tensors = [module.runtime.tensor(np.ascontiguousarray(feeds[s.name]), self.device) for s in self._args]
+        tensors = [module.runtime.tensor(np.asarray(feeds[s.name], order="C"), self.device) for s in self._args]
         self.vm.set_input("main", *tensors)  # the stateful API works over RPC for tuple outputs too
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

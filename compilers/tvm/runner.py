@@ -90,7 +90,7 @@ class TVMRunner(Runner):
 
         check_feeds(feeds, self._args)
         module = tvm()
-        return [module.runtime.tensor(np.ascontiguousarray(feeds[s.name]), self.device) for s in self._args]
+        return [module.runtime.tensor(np.asarray(feeds[s.name], order="C"), self.device) for s in self._args]
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         tensors = self._tensors(feeds)

@@ -73,7 +73,8 @@ def compile_command(model: str, target_spec: str, backend: str | None, precision
     profile = load_profile(profile_spec)
     loaded = load_model(model, parse_shape_overrides(shapes))
     precision = precision or profile.precision
-    calib = open_dataset(calibration, loaded.inputs, what="calibration data") if calibration else None
+    calib = open_dataset(calibration, loaded.inputs, what="calibration data",
+                         known_batch=loaded.batch_inputs) if calibration else None
     out = Path(output) if output else default_output(model, target_spec, precision)
     from onnxsmith.compile import compile_model
 

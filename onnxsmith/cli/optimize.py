@@ -58,8 +58,11 @@ def optimize_command(model: str, target_spec: str, profile_spec: str, shapes: tu
     target = load_target(target_spec)
     profile = load_profile(profile_spec)
     loaded = load_model(model, parse_shape_overrides(shapes))
-    data = open_dataset(data_spec, loaded.inputs, labels=labels, what="validation data") if data_spec else None
-    calibration = open_dataset(calibration_spec, loaded.inputs, what="calibration data") if calibration_spec else None
+    known = loaded.batch_inputs
+    data = open_dataset(data_spec, loaded.inputs, labels=labels, what="validation data",
+                        known_batch=known) if data_spec else None
+    calibration = open_dataset(calibration_spec, loaded.inputs, what="calibration data",
+                               known_batch=known) if calibration_spec else None
     drop = _fraction(max_accuracy_drop) if max_accuracy_drop is not None else profile.max_accuracy_drop
     with progress(f"optimizing {loaded.name} for {target.id}", not as_json) as update:
         card = run_ladder(loaded, target, profile, data=data, calibration=calibration, max_accuracy_drop=drop,

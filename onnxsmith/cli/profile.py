@@ -37,7 +37,8 @@ def profile_command(bundle_path: str, profile_spec: str, input_file: str | None,
                                                                               ("min_seconds", seconds)) if v})
         profile = dataclasses.replace(profile, measure=measure)
     batch = model_batch(bundle.inputs[0]) if bundle.inputs else 1
-    data = open_dataset(input_file, bundle.inputs, what="input data", limit=batch) if input_file else None
+    data = open_dataset(input_file, bundle.inputs, what="input data", limit=batch,
+                        known_batch=bundle.batch_inputs) if input_file else None
     with progress("profiling", not as_json) as update:
         result = profile_bundle(bundle, profile, baseline=not no_baseline, data=data, remote=rpc, progress=update)
     record = result.to_json()

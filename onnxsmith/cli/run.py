@@ -9,8 +9,8 @@ from onnxsmith.cli.common import data_option, json_option
 
 @click.command("run")
 @click.argument("bundle_path", metavar="BUNDLE", type=click.Path(file_okay=False))
-@data_option("--input", "input_file", "Inputs, exactly the compiled shape or N samples along axis 0 (NaN allowed)",
-             required=True)
+@data_option("--input", "input_file", "Inputs: exactly the compiled shapes (one run), or N samples along axis 0 "
+             "of the batched inputs (the others exactly their shape); NaN allowed", required=True)
 @click.option("--output", "output_file", type=click.Path(dir_okay=False), default=None,
               help="Where to save the outputs (.npz).")
 @json_option
@@ -23,7 +23,7 @@ def run_command(bundle_path: str, input_file: str, output_file: str | None, as_j
 
     from onnxsmith.bundle import Bundle
     from onnxsmith.console import print_json
-    from onnxsmith.data import model_batch, save_npz
+    from onnxsmith.data import save_npz
     from onnxsmith.datasets import open_dataset
     from onnxsmith.errors import DataError
 
@@ -32,10 +32,9 @@ def run_command(bundle_path: str, input_file: str, output_file: str | None, as_j
     bundle = Bundle.open(bundle_path)
     if output_file:
         check_output_file(output_file)
-    specs = bundle.inputs
-    data = open_dataset(input_file, specs, what="input data", finite=False)
-    batch = model_batch(specs[0]) if specs else 1
-    if len(data) % batch:
+    data = open_dataset(input_file, bundle.inputs, what="input data", finite=False, known_batch=bundle.batch_inputs)
+    batch = data.batch
+    if not data.one_feed and len(data) % batch:
         raise DataError(f"input data '{input_file}' does not fit the model",
                         f"{len(data)} samples is not a multiple of the compiled batch {batch}")
     outputs: dict[str, list[np.ndarray]] = {}
@@ -45,7 +44,7 @@ def run_command(bundle_path: str, input_file: str, output_file: str | None, as_j
             for name, value in bundle.run(feeds).items():
                 outputs.setdefault(name, []).append(np.asarray(value))
     seconds = time.perf_counter() - start
-    merged = {k: np.concatenate(v) for k, v in outputs.items()}
+    merged = {k: v[0] if len(v) == 1 else np.concatenate(v) for k, v in outputs.items()}
     if output_file:
         save_npz(Path(output_file), merged)
     summary = {"bundle": str(bundle.path), "samples": len(data), "seconds": round(seconds, 4),

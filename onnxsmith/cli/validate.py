@@ -32,7 +32,7 @@ def validate_command(bundle_path: str, data_file: str | None, labels: str | None
         raise UserInputError("--labels needs --data", "labels name an array inside the data file")
     bundle = Bundle.open(bundle_path)
     data = open_dataset(data_file, bundle.inputs, labels=labels, what="validation data",
-                        limit=None if labels else samples) if data_file else None
+                        limit=None if labels else samples, known_batch=bundle.batch_inputs) if data_file else None
     with progress("validating", not as_json):
         result = validate_bundle(bundle, data, samples=samples, seed=seed, keep_worst=keep_worst,
                                  min_cosine=min_cosine)

@@ -12,7 +12,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from onnxsmith.errors import TargetError, UnsupportedError, UserInputError
+from onnxsmith.errors import BackendError, TargetError, UnsupportedError, UserInputError
 from onnxsmith.model import LoadedModel, load_model
 from onnxsmith.compile import checked_request
 from onnxsmith.plugin import Artifact, CompileRequest
@@ -428,3 +428,30 @@ def test_bert_base_encoder_validates(backend: TVMCompiler, host: Target, tmp_pat
     with backend.load(artifact, tmp_path / "out", host) as runner:
         out = runner.run(feeds)["hidden"]
     assert cosine(out, ort_reference(model, feeds)["hidden"]) >= 0.9999
+
+
+def test_a_slimmed_graph_that_does_not_import_falls_back_to_the_original(monkeypatch: pytest.MonkeyPatch,
+                                                                          tmp_path: Path) -> None:
+    """onnxslim can leave a Reshape's shape as Concat arithmetic the frontend refuses (ONNX
+    test_spacetodepth_expanded); the original graph imports, so the compile must not fail."""
+    from onnx import numpy_helper
+
+    from onnxsmith.compilers.tvm import frontend
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 6])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 4])
+    original = helper.make_model(helper.make_graph(
+        [helper.make_node("Reshape", ["x", "shape"], ["y"])], "g", [x], [y],
+        [numpy_helper.from_array(np.array([3, 4], np.int64), "shape")]), opset_imports=[helper.make_opsetid("", 17)])
+    consts = [numpy_helper.from_array(np.array(v, np.int64), n) for v, n in
+              (([3, 4], "s"), ([0], "zero"), ([1], "one"), ([2], "two"))]
+    half_folded = helper.make_model(helper.make_graph(
+        [helper.make_node("Slice", ["s", "zero", "one"], ["a"]), helper.make_node("Slice", ["s", "one", "two"], ["b"]),
+         helper.make_node("Concat", ["a", "b"], ["shape"], axis=0), helper.make_node("Reshape", ["x", "shape"], ["y"])],
+        "g", [x], [y], consts), opset_imports=[helper.make_opsetid("", 17)])
+    model = load_model(_save(original, tmp_path, "reshape"))
+    with pytest.raises(BackendError):
+        frontend._convert(half_folded, {"x": [2, 6]}, {"x": "float32"})
+    monkeypatch.setattr(frontend, "slim", lambda m: (half_folded, ()))
+    imported = frontend.import_model(model)
+    assert not imported.slimmed and any("did not import" in note for note in imported.notes)
