@@ -30,15 +30,12 @@ if TYPE_CHECKING:
 
 
 def choose_backend(target: Target, backend: str | None = None) -> Compiler:
-    """The explicit ``backend``, or the first of the target's preferences that is installed and supports it."""
+    """The explicit ``backend`` (installed), or the first of the target's preferences that is installed and
+    supports it."""
     if backend:
         chosen = get_backend(backend)
         chosen.check_environment()
-        support = chosen.supports(target)
-        if not support:
-            raise UnsupportedError(f"backend '{backend}' cannot compile for {target.id}", support.reason,
-                                   support.hint or f"the target's backends are: {', '.join(target.backends)}")
-        return chosen
+        return chosen  # whether it supports the target: checked_request, with every other precondition
     skipped = []
     for name in target.backends:
         status = backend_status(name, probe_devices=False)
