@@ -82,10 +82,10 @@ def check_min_cosine(value: float | None) -> None:
 def validate_bundle(bundle: Bundle, data: Dataset | None = None, *, samples: int = 64, seed: int = 0,
                     keep_worst: int = 5, min_cosine: float | None = None, runner: Any = None) -> ValidationResult:
     """Compare the bundle's outputs with ONNX Runtime fp32 on ``data`` (or seeded generated inputs), through the
-    one comparison engine (:mod:`onnxsmith.compare`)."""
+    one comparison engine (:mod:`onnxsmith.numerics`)."""
     import numpy as np
 
-    from onnxsmith.compare import collect, compare, save_examples
+    from onnxsmith.numerics import collect, compare, save_examples
     from onnxsmith.data import check_against_model, synthetic
     from onnxsmith.model import load_model
     from onnxsmith.plugin import backend_call

@@ -48,7 +48,7 @@ def reference_outputs(model: LoadedModel, data: Dataset) -> Reference:
     """Run ONNX Runtime fp32 on ``model`` over every validation sample."""
     import numpy as np
 
-    from onnxsmith.compare import collect
+    from onnxsmith.numerics import collect
     from onnxsmith.data import model_batch
     from onnxsmith.reference import reference_runner
 
@@ -68,11 +68,11 @@ def reference_outputs(model: LoadedModel, data: Dataset) -> Reference:
 def evaluate(bundle: Bundle, data: Dataset, reference: Reference, examples_dir: Path, rel_to: Path,
              keep_worst: int = 5, max_seconds: float | None = 180.0) -> Evaluation:
     """Run ``bundle`` over ``data``; compare with ``reference`` through the one comparison engine
-    (:mod:`onnxsmith.compare`); save the worst examples under ``examples_dir``.
+    (:mod:`onnxsmith.numerics`); save the worst examples under ``examples_dir``.
 
     A step so slow that the whole set would take more than ``max_seconds`` is checked on the samples done by then
     (and says so), so one slow backend cannot stall the ladder."""
-    from onnxsmith.compare import collect, compare, save_examples
+    from onnxsmith.numerics import collect, compare, save_examples
     from onnxsmith.data import model_batch
     from onnxsmith.plugin import backend_call
 
