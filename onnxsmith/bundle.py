@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from onnxsmith.errors import BundleError, DataError, first_line
-from onnxsmith.model import TensorSpec
+from onnxsmith.model import ShapeRange, TensorSpec, specs_at
 from onnxsmith.plugin import Artifact, Runner, backend_call
 
 if TYPE_CHECKING:
@@ -99,6 +99,16 @@ def _check_manifest(manifest: Any, where: Path) -> None:
                                   "compile a model with numeric inputs and outputs")
     if not isinstance(manifest["target"].get("id"), str):
         raise bad("'target.id' is missing")
+    ranges = manifest.get("shape_ranges", {})
+    names = {spec["name"]: len(spec["shape"]) for spec in signature["inputs"]}
+    if not isinstance(ranges, dict):
+        raise bad("'shape_ranges' is not an object")
+    for name, bounds in ranges.items():
+        points = [bounds.get(k) if isinstance(bounds, dict) else None for k in ShapeRange.POINTS]
+        if name not in names or not all(isinstance(p, list) and len(p) == names[name] and all(
+                isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in p) for p in points) \
+                or not all(a <= b <= c for a, b, c in zip(*points)):  # type: ignore[misc]
+            raise bad(f"'shape_ranges.{name}' is not a min <= opt <= max range of an input's dims")
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -238,6 +248,15 @@ class Bundle:
             return None
         return tuple(names)
 
+    @property
+    def shape_ranges(self) -> dict[str, ShapeRange]:
+        """Inputs compiled dynamic within bounds (``--shape NAME=MIN:OPT:MAX``); empty for a static bundle."""
+        return {k: ShapeRange.from_json(v) for k, v in (self.manifest.get("shape_ranges") or {}).items()}
+
+    def inputs_at(self, point: str = "opt") -> tuple[TensorSpec, ...]:
+        """The inputs with every ranged one at its ``min``, ``opt`` or ``max`` shape (all static)."""
+        return specs_at(self.inputs, self.shape_ranges, point)
+
     def target(self) -> Target:
         return target_from_json(self.manifest["target"])
 
@@ -278,6 +297,7 @@ class Bundle:
         import numpy as np
 
         specs = self.inputs
+        ranges = self.shape_ranges
         names = [s.name for s in specs]
         unknown = [k for k in feeds if k not in names]
         if unknown:
@@ -286,7 +306,15 @@ class Bundle:
             if spec.name not in feeds:
                 raise DataError(f"missing input '{spec.name}'", f"the model takes {spec.shape_text()} {spec.dtype}")
             arr = np.asarray(feeds[spec.name])
-            if tuple(arr.shape) != tuple(spec.shape):
+            if spec.name in ranges:
+                outside = ranges[spec.name].outside(tuple(arr.shape))
+                if outside:
+                    bounds = ranges[spec.name]
+                    raise DataError(f"input '{spec.name}' has shape {'x'.join(map(str, arr.shape)) or 'scalar'}, "
+                                    f"outside the compiled range {bounds.bounds_text()}", outside,
+                                    "split or reshape it to fit, or compile again with a wider --shape "
+                                    "NAME=MIN:OPT:MAX")
+            elif tuple(arr.shape) != tuple(spec.shape):
                 raise DataError(f"input '{spec.name}' has the wrong shape",
                                 f"got {'x'.join(map(str, arr.shape)) or 'scalar'}, the compiled model takes "
                                 f"{spec.shape_text()}", "reshape it, or compile again with --shape")

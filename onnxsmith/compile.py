@@ -79,7 +79,8 @@ def protected_inputs(*items: LoadedModel | Dataset | None) -> list[Path]:
 
 def checked_request(backend: Compiler, request: CompileRequest) -> CompileRequest:
     """Everything the core checks before it calls ``backend.compile`` (the plugin contract lists it): static
-    inputs, the backend supports the target, the precision is the target's and the backend's, calibration data where
+    inputs (or shape ranges the backend's ``dynamic_shapes`` accepts), the backend supports the target, the
+    precision is the target's and the backend's, calibration data where
     the backend needs it, no unsupported op; returns the request with its options parsed against the backend's
     declaration."""
     model, target, precision = request.model, request.target, request.precision
@@ -88,6 +89,12 @@ def checked_request(backend: Compiler, request: CompileRequest) -> CompileReques
     if not support:
         raise UnsupportedError(f"backend '{backend.name}' cannot compile for {target.id}", support.reason,
                                support.hint or f"the target's backends are: {', '.join(target.backends)}")
+    if model.shape_ranges:
+        dynamic = backend.dynamic_shapes(model, target)
+        if not dynamic:
+            name, bounds = next(iter(model.shape_ranges.items()))
+            raise UnsupportedError(f"backend '{backend.name}' cannot compile the shape range {name}="
+                                   f"{bounds.bounds_text()} for {target.id}", dynamic.reason, dynamic.hint)
     _check_precision(backend, target, precision)
     options = parse_backend_options(backend, request.options)
     if backend.needs_calibration(precision, model) and request.calibration is None:
@@ -105,9 +112,12 @@ def checked_request(backend: Compiler, request: CompileRequest) -> CompileReques
 
 def compile_key(model: LoadedModel, target: Target, backend: Compiler, precision: str, profile: Profile,
                 calibration: Dataset | None, options: Mapping[str, Any]) -> str:
+    ranges = {"shape_ranges": {k: v.to_json() for k, v in sorted(model.shape_ranges.items())}} \
+        if model.shape_ranges else {}
     return cache_key({
         "model": model.fingerprint,
         "shapes": [s.to_json() for s in model.inputs],
+        **ranges,
         "target": target.fingerprint(),
         "backend": backend.name,
         "backend_version": backend.version(),
@@ -211,6 +221,7 @@ def _write_bundle(model: LoadedModel, target: Target, backend: Compiler, artifac
                 "batch_inputs": None if model.batch_inputs is None else list(model.batch_inputs),
                 "notes": list(model.notes),
             },
+            "shape_ranges": {k: v.to_json() for k, v in model.shape_ranges.items()},
             "target": target.to_json(),
             "backend": backend.name,
             "backend_version": artifact.backend_version,

@@ -248,19 +248,22 @@ def _index_bounds(model: LoadedModel) -> dict[str, int]:
     return bounds
 
 
-def synthetic(model: LoadedModel, samples: int, seed: int = 0, known_batch: Collection[str] | None = None) -> Dataset:
+def synthetic(model: LoadedModel, samples: int, seed: int = 0, known_batch: Collection[str] | None = None,
+              specs: tuple[TensorSpec, ...] | None = None) -> Dataset:
     """Seeded generated inputs: floats ~ N(0, 1); integer ids within embedding tables; masks of ones.
 
     The batch inputs (``known_batch``, else the model's own record, else the declared batch) get ``samples``
-    batches; every other input one array of exactly its shape, fed whole."""
+    batches; every other input one array of exactly its shape, fed whole. ``specs``: the input shapes to generate
+    (default the model's; a shape range's ``min``/``opt``/``max`` point, for instance)."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
     bounds = _index_bounds(model)
     known = known_batch if known_batch is not None else model.batch_inputs
-    batched = batch_inputs(model.inputs, known)
+    specs = specs if specs is not None else model.inputs
+    batched = batch_inputs(specs, known)
     arrays: dict[str, np.ndarray] = {}
-    for spec in model.inputs:
+    for spec in specs:
         shape = tuple(d if isinstance(d, int) else 1 for d in spec.shape)
         full = (samples * shape[0], *shape[1:]) if spec.name in batched else shape
         if spec.dtype in _FLOAT_KINDS:
@@ -270,8 +273,8 @@ def synthetic(model: LoadedModel, samples: int, seed: int = 0, known_batch: Coll
         else:
             high = min(bounds.get(spec.name, 100), np.iinfo(spec.dtype).max)
             arrays[spec.name] = rng.integers(0, high, size=full).astype(spec.dtype)
-    whole = tuple(s.name for s in model.inputs if s.name not in batched or samples == 1)
-    return Dataset(arrays, None, f"generated (seed {seed})", (), whole, feed_batch(model.inputs, known))
+    whole = tuple(s.name for s in specs if s.name not in batched or samples == 1)
+    return Dataset(arrays, None, f"generated (seed {seed})", (), whole, feed_batch(specs, known))
 
 
 def save_npz(path: Path, arrays: Mapping[str, Any]) -> None:

@@ -16,7 +16,9 @@ module top level.
 What the core has checked before it calls :meth:`Compiler.compile`, so a backend need not check again: the backend
 is installed (:meth:`~Compiler.check_environment`) and :meth:`~Compiler.supports` the target; the precision is one of
 the target's and of :meth:`~Compiler.precisions`; calibration data is present when :meth:`~Compiler.needs_calibration`;
-:meth:`~Compiler.unsupported_ops` is empty; the model's inputs are static; ``request.options`` holds only declared
+:meth:`~Compiler.unsupported_ops` is empty; the model's inputs are static, except the dims of
+``request.model.shape_ranges`` (``--shape NAME=MIN:OPT:MAX``, ``--batch``), which only reach a backend whose
+:meth:`~Compiler.dynamic_shapes` says yes; ``request.options`` holds only declared
 options (:attr:`Compiler.options`), each parsed to its declared type.
 
 Errors: raise :mod:`onnxsmith.errors` exceptions (``UserInputError`` exit 2, ``MissingDependencyError`` 3,
@@ -139,7 +141,7 @@ _RUNNER_NAMES = frozenset({"inputs", "outputs", "device_name", "run", "bind", "p
 _COMPILER_NAMES = frozenset({"name", "extra", "install_hint", "artifact_kind", "options", "check_environment",
                              "version", "devices", "supports", "runs_here", "precisions", "unsupported_ops",
                              "needs_calibration", "cache_token", "compile", "load", "load_remote", "ladder_variants",
-                             "onnx_pass_precisions", "slow_artifact_advice", "portable_across_versions",
+                             "onnx_pass_precisions", "slow_artifact_advice", "portable_across_versions", "dynamic_shapes",
                              "vendor_import", "install_command"})
 
 
@@ -298,6 +300,14 @@ class Compiler:
     def slow_artifact_advice(self, artifact: Artifact) -> str:
         """What to do when this artifact is slower than the ONNX Runtime baseline (e.g. tune it). Default: none."""
         return ""
+
+    def dynamic_shapes(self, model: LoadedModel, target: Target) -> Support:
+        """Whether this backend compiles ``model.shape_ranges`` (inputs kept dynamic between MIN and MAX, tuned for
+        OPT) into one artifact for ``target`` whose runner takes any shape in the range. The core asks before
+        compiling a model with ranges and refuses with the reason when the answer is no. Default: no."""
+        return Support(False, f"backend '{self.name}' compiles fixed shapes only",
+                       "give one shape (--shape NAME=DIMS), or use a backend that compiles ranges (openvino, "
+                       "onnxruntime, tensorrt)")
 
     def portable_across_versions(self, artifact: Artifact) -> bool:
         """Whether an artifact built by another version of the vendor library still loads. Default: no."""

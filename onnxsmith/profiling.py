@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from onnxsmith.bundle import Bundle
+    from onnxsmith.model import TensorSpec
     from onnxsmith.profiles import Measure, Profile
 
 PERCENTILES = (50, 90, 95, 99)
@@ -260,6 +261,9 @@ class ProfileResult:
     host: str
     remote: str | None
     measure: dict[str, Any]
+    shapes: tuple[dict[str, Any], ...] = ()
+    """A bundle compiled for a shape range: the figures at each of its ``min``, ``opt`` and ``max`` points (the
+    main figures are those at ``opt``)."""
 
     @property
     def achieved_tflops(self) -> float | None:
@@ -295,6 +299,8 @@ class ProfileResult:
             "baseline": None,
             "host": self.host, "remote": self.remote, "measure": self.measure,
         }
+        if self.shapes:
+            data["shapes"] = list(self.shapes)
         if self.baseline is not None:
             data["baseline"] = {"backend": "onnxruntime", "precision_used": "fp32",
                                 **dataclasses.asdict(self.baseline)}
@@ -316,21 +322,40 @@ def check_rpc_address(address: str) -> None:
                              "for example --rpc 192.168.1.20:9090")
 
 
-def profile_feeds(bundle: Bundle, data: Any | None = None, seed: int = 0) -> tuple[dict[str, np.ndarray], str]:
-    """The inputs to time: the first batch of ``data`` (a Dataset), else seeded generated inputs."""
+def profile_feeds(bundle: Bundle, data: Any | None = None, seed: int = 0,
+                  specs: tuple[TensorSpec, ...] | None = None) -> tuple[dict[str, np.ndarray], str]:
+    """The inputs to time: the first batch of ``data`` (a Dataset), else seeded generated inputs. ``specs``: the
+    input shapes (default the bundle's; one point of its shape range)."""
     from onnxsmith.data import Dataset, check_against_model, synthetic
     from onnxsmith.model import load_model
 
+    specs = specs if specs is not None else bundle.inputs
     if data is not None:
         assert isinstance(data, Dataset)
-        whole, batch = check_against_model(data.arrays, bundle.inputs, f"input data '{data.source}'",
+        whole, batch = check_against_model(data.arrays, specs, f"input data '{data.source}'",
                                            bundle.batch_inputs)
         data = dataclasses.replace(data, whole=whole, batch=batch)
         feeds = next(data.batches(), None)
         if feeds is not None:
             return feeds, data.source if data.one_feed else f"{data.source} (first batch of {batch})"
     model = load_model(bundle.reference_model, check=False)
-    return next(synthetic(model, 1, seed, bundle.batch_inputs).batches()), f"generated (seed {seed})"
+    return next(synthetic(model, 1, seed, bundle.batch_inputs, specs).batches()), f"generated (seed {seed})"
+
+
+def range_points(bundle: Bundle) -> list[tuple[str, tuple[TensorSpec, ...]]]:
+    """The shapes a bundle is measured and checked at: its inputs as compiled, or for a shape range its ``min``,
+    ``opt`` and ``max`` points (points with equal shapes measured once, named together, e.g. ``opt=max``)."""
+    if not bundle.shape_ranges:
+        return [("compiled", bundle.inputs)]
+    points: list[tuple[str, tuple[TensorSpec, ...]]] = []
+    for name in ("min", "opt", "max"):
+        specs = bundle.inputs_at(name)
+        same = next((i for i, (_, have) in enumerate(points) if have == specs), None)
+        if same is None:
+            points.append((name, specs))
+        else:
+            points[same] = (f"{points[same][0]}={name}", specs)
+    return points
 
 
 def profile_bundle(bundle: Bundle, profile: Profile, *, baseline: bool = True, data: Any | None = None,
@@ -360,23 +385,50 @@ def profile_bundle(bundle: Bundle, profile: Profile, *, baseline: bool = True, d
             from onnxsmith.errors import UnsupportedError
 
             raise UnsupportedError(f"cannot profile the {target.id} bundle here", runs.reason, runs.hint)
-    feeds, source = profile_feeds(bundle, data)
-    batch = feed_batch(bundle.inputs, bundle.batch_inputs)
     from onnxsmith.cache import owner_tag
 
+    points = range_points(bundle)
+    measured = []
     with tempfile.TemporaryDirectory(prefix=f"onnxsmith-profile-{owner_tag()}-") as tmp:
-        feeds_path = Path(tmp) / "feeds.npz"
-        save_npz(feeds_path, feeds)
-        if progress:
-            progress(f"profiling {bundle.backend} ({profile.measure.min_seconds:g} s+)")
-        main = run_isolated("artifact", bundle, feeds_path, profile.measure, batch, remote)
-        base = None
-        if baseline:
+        for label, specs in points:
+            feeds, source = profile_feeds(bundle, data, specs=specs)
+            batch = feed_batch(specs, bundle.batch_inputs)
+            feeds_path = Path(tmp) / label / "feeds.npz"
+            save_npz(feeds_path, feeds)
+            at = "" if label == "compiled" else f" at {label} ({_shape_words(specs, bundle)})"
             if progress:
-                progress("profiling the ONNX Runtime fp32 baseline")
-            base = run_isolated("baseline", bundle, feeds_path, profile.measure, batch)
-    flops, _ = count_flops(load_model(bundle.reference_model, check=False).proto)
+                progress(f"profiling {bundle.backend}{at} ({profile.measure.min_seconds:g} s+)")
+            main = run_isolated("artifact", bundle, feeds_path, profile.measure, batch, remote)
+            base = None
+            if baseline:
+                if progress:
+                    progress(f"profiling the ONNX Runtime fp32 baseline{at}")
+                base = run_isolated("baseline", bundle, feeds_path, profile.measure, batch)
+            measured.append((label, specs, feeds, source, batch, main, base))
+    opt = next(m for m in measured if m[0] == "compiled" or "opt" in m[0].split("="))
+    _, opt_specs, _, source, batch, main, base = opt
+    ranges = bundle.shape_ranges
+
+    def flops_at(specs: tuple[TensorSpec, ...]) -> int:
+        shapes = {s.name: tuple(int(d) for d in s.shape) for s in specs if s.name in ranges}
+        return count_flops(load_model(bundle.reference_model, shapes or None, check=False).proto)[0]
+
+    flops = flops_at(opt_specs)
     precision_used = bundle.manifest["precision_used"]
+    shapes: list[dict[str, Any]] = []
+    if ranges:
+        for label, specs, feeds, point_source, point_batch, point_main, point_base in measured:
+            latency, base_latency = point_main["latency_ms"], (point_base or {}).get("latency_ms")
+            shapes.append({
+                "point": label, "batch": point_batch, "inputs": point_source,
+                "shape": {s.name: list(s.shape) for s in specs if s.name in ranges},
+                "latency_ms": latency, "throughput_per_s": point_main["throughput_per_s"],
+                "parallel_throughput_per_s": point_main.get("parallel_throughput_per_s"),
+                "first_inference_ms": point_main["first_inference_ms"],
+                "flops": flops_at(specs) if specs != opt_specs else flops,
+                "baseline_latency_ms": base_latency,
+                "speedup_vs_baseline": None if not base_latency else round(base_latency["p50"] / latency["p50"], 4),
+            })
     return ProfileResult(
         backend=bundle.backend, backend_version=bundle.manifest["backend_version"], target=target.id,
         device=main.get("device") or bundle.artifact.device, precision_used=precision_used, batch=batch,
@@ -385,8 +437,13 @@ def profile_bundle(bundle: Bundle, profile: Profile, *, baseline: bool = True, d
         compile_seconds=bundle.manifest.get("compile_seconds"), artifact_size_bytes=bundle.artifact_size(),
         flops=flops, peak_tflops=target.peak.for_precision(precision_used),
         host=f"{platform.node()} {platform.machine()} {platform.processor() or ''}".strip(), remote=remote,
-        measure=dataclasses.asdict(profile.measure),
+        measure=dataclasses.asdict(profile.measure), shapes=tuple(shapes),
     )
+
+
+def _shape_words(specs: tuple[TensorSpec, ...], bundle: Bundle) -> str:
+    ranges = bundle.shape_ranges
+    return ", ".join(f"{s.name} {s.shape_text()}" for s in specs if s.name in ranges)
 
 
 if __name__ == "__main__":

@@ -55,6 +55,9 @@ class ValidationResult:
     """Output values that are NaN or infinite where the reference is finite (any makes validation fail)."""
     reference_nonfinite: int = 0
     """Output values the fp32 reference itself gives as NaN or infinite (left out of the comparison)."""
+    shapes: tuple[dict[str, Any], ...] = ()
+    """A bundle compiled for a shape range: the check at each of its ``min``, ``opt`` and ``max`` points (the
+    main figures are the worst over them)."""
 
     @property
     def accuracy_drop(self) -> float | None:
@@ -67,6 +70,10 @@ class ValidationResult:
         data["failures"] = list(self.failures)
         data["worst"] = [dataclasses.asdict(w) for w in self.worst]
         data["accuracy_drop"] = self.accuracy_drop
+        if not self.shapes:
+            data.pop("shapes")
+        else:
+            data["shapes"] = list(self.shapes)
         return data
 
 
@@ -82,7 +89,71 @@ def check_min_cosine(value: float | None) -> None:
 def validate_bundle(bundle: Bundle, data: Dataset | None = None, *, samples: int = 64, seed: int = 0,
                     keep_worst: int = 5, min_cosine: float | None = None, runner: Any = None) -> ValidationResult:
     """Compare the bundle's outputs with ONNX Runtime fp32 on ``data`` (or seeded generated inputs), through the
-    one comparison engine (:mod:`onnxsmith.numerics`)."""
+    one comparison engine (:mod:`onnxsmith.numerics`).
+
+    A bundle compiled for a shape range is checked at each of its ``min``, ``opt`` and ``max`` points: generated
+    inputs of that shape (about ``samples`` samples each), or ``data`` split into feeds of that batch (a point the
+    data cannot fill is skipped, and says so); the result is the worst point's, with every point in ``shapes``."""
+    if not bundle.shape_ranges:
+        return _validate_at(bundle, data, bundle.inputs, samples=samples, seed=seed, keep_worst=keep_worst,
+                            min_cosine=min_cosine, runner=runner, examples=bundle.path / "examples")
+    import shutil
+
+    from onnxsmith.data import feed_batch
+    from onnxsmith.profiling import range_points
+
+    examples = bundle.path / "examples"
+    if examples.is_symlink():
+        examples.unlink()
+    elif examples.exists():
+        shutil.rmtree(examples)
+    own_runner = runner is None
+    runner = runner or bundle.load_runner()
+    results: list[tuple[str, ValidationResult]] = []
+    shapes: dict[str, dict[str, list[Any]]] = {}
+    skipped: list[str] = []
+    try:
+        if own_runner:
+            runner.__enter__()
+        for label, specs in range_points(bundle):
+            batch = feed_batch(specs, bundle.batch_inputs)
+            shapes[label] = {s.name: list(s.shape) for s in specs if s.name in bundle.shape_ranges}
+            try:
+                result = _validate_at(bundle, data, specs, samples=max(1, samples // batch) if data is None else
+                                      samples, seed=seed, keep_worst=keep_worst, min_cosine=min_cosine,
+                                      runner=runner, examples=examples / label)
+            except DataError as exc:
+                if data is None:
+                    raise
+                skipped.append(f"{label}: {exc.one_line()}")
+                continue
+            results.append((label, result))
+    finally:
+        if own_runner:
+            runner.__exit__(None, None, None)
+    if not results:
+        raise DataError("the validation data fits no point of the compiled shape range", "; ".join(skipped),
+                        "give data with at least as many samples as the range's max batch")
+    points = tuple({"point": label, "shape": shapes[label], "samples": r.samples, "cosine_min": r.cosine_min,
+                    "max_abs_error": r.max_abs_error, "top1_agreement": r.top1_agreement, "passed": r.passed,
+                    "failures": list(r.failures)} for label, r in results)
+    points += tuple({"point": text.split(":")[0], "shape": shapes[text.split(":")[0]],
+                     "skipped": text.split(": ", 1)[1]} for text in skipped)
+    _, worst = min(results, key=lambda item: (item[1].passed, item[1].cosine_min))
+    failures = tuple(f"at {label}: {f}" for label, r in results for f in r.failures)
+    return dataclasses.replace(
+        worst, samples=sum(r.samples for _, r in results), data=worst.data if data is not None else
+        f"generated (seed {seed}) at {', '.join(label for label, _ in results)}",
+        max_abs_error=max(r.max_abs_error for _, r in results), max_rel_error=max(r.max_rel_error for _, r in results),
+        cosine_mean=round(sum(r.cosine_mean * r.samples for _, r in results) / sum(r.samples for _, r in results), 8),
+        passed=all(r.passed for _, r in results), failures=failures, shapes=points,
+        nonfinite_outputs=sum(r.nonfinite_outputs for _, r in results),
+        reference_nonfinite=sum(r.reference_nonfinite for _, r in results))
+
+
+def _validate_at(bundle: Bundle, data: Dataset | None, inputs: Any, *, samples: int, seed: int, keep_worst: int,
+                 min_cosine: float | None, runner: Any, examples: Any) -> ValidationResult:
+    """One validation with the inputs shaped as ``inputs`` (the bundle's, or one point of its shape range)."""
     import numpy as np
 
     from onnxsmith.numerics import collect, compare, save_examples
@@ -91,9 +162,9 @@ def validate_bundle(bundle: Bundle, data: Dataset | None = None, *, samples: int
     from onnxsmith.plugin import backend_call
     from onnxsmith.reference import reference_runner
 
-    inputs = bundle.inputs
     if data is None:
-        data = synthetic(load_model(bundle.reference_model, check=False), samples, seed, bundle.batch_inputs)
+        data = synthetic(load_model(bundle.reference_model, check=False), samples, seed, bundle.batch_inputs,
+                         specs=inputs)
     else:
         whole, per_feed = check_against_model(data.arrays, inputs, f"validation data '{data.source}'",
                                               bundle.batch_inputs, labelled=data.labels is not None)
@@ -126,8 +197,8 @@ def validate_bundle(bundle: Bundle, data: Dataset | None = None, *, samples: int
     result = compare(got, want, data.labels, names)
     n = result.samples
     examples = save_examples(result, {k: v if k in whole else v[:n] for k, v in feeds.items()}, got, want,
-                             bundle.path / "examples", keep_worst, whole=whole)
-    worst = tuple(WorstExample(e["index"], e["cosine"], e["max_abs_error"],
+                             examples, keep_worst, whole=whole)
+    kept = tuple(WorstExample(e["index"], e["cosine"], e["max_abs_error"],
                                e["npz"].relative_to(bundle.path).as_posix(), e["label"], e["prediction"],
                                e["reference_prediction"]) for e in examples)
     failures = []
@@ -144,6 +215,6 @@ def validate_bundle(bundle: Bundle, data: Dataset | None = None, *, samples: int
         cosine_min=round(result.cosine_min, 8), cosine_mean=round(result.cosine_mean, 8),
         top1_agreement=result.top1_agreement, top5_agreement=result.top5_agreement, accuracy=result.accuracy,
         reference_accuracy=result.reference_accuracy, min_cosine_required=threshold, passed=not failures,
-        failures=tuple(failures), worst=worst, per_output=result.per_output, precision_used=precision,
+        failures=tuple(failures), worst=kept, per_output=result.per_output, precision_used=precision,
         nonfinite_outputs=result.nonfinite, reference_nonfinite=result.reference_nonfinite,
     )

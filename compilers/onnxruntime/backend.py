@@ -13,6 +13,7 @@ from onnxsmith.plugin import Artifact, CompileRequest, Compiler, Support
 from onnxsmith.reference import OnnxRuntimeRunner, available_providers, import_ort, session_options
 
 if TYPE_CHECKING:
+    from onnxsmith.model import LoadedModel
     from onnxsmith.targets import Target
 
 _PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
@@ -69,6 +70,11 @@ class OnnxRuntimeCompiler(Compiler):
     def precisions(self, target: Target) -> tuple[str, ...]:
         return ("fp32",)
 
+    def dynamic_shapes(self, model: LoadedModel, target: Target) -> Support:
+        """ONNX Runtime runs the model's symbolic dims as they are: the artifact takes any shape in the range
+        (the core checks the bounds before each run)."""
+        return Support(True)
+
     def onnx_pass_precisions(self, target: Target) -> dict[str, str]:
         """fp16 and int8 come from onnxsmith's ONNX passes (float16 conversion, QDQ quantization); ONNX Runtime
         runs the transformed graph as given."""
@@ -102,7 +108,9 @@ class OnnxRuntimeCompiler(Compiler):
             precision_used=used, files=tuple(files), notes=notes,
             options={"providers": providers, "graph_optimization_level": "ORT_ENABLE_EXTENDED offline, ORT_ENABLE_ALL at load",
                      "threads": int(request.options.get("threads", request.profile.threads or 0))},
-            metadata={"optimize_seconds": round(time.perf_counter() - start, 3)},
+            metadata={"optimize_seconds": round(time.perf_counter() - start, 3),
+                      **({"dynamic_shapes": "the ONNX graph keeps its symbolic dims; any shape in the range runs"}
+                         if request.model.shape_ranges else {})},
         )
 
     def load(self, artifact: Artifact, directory: Path, target: Target) -> OnnxRuntimeRunner:

@@ -19,7 +19,7 @@ from onnxsmith.plugin import PRECISIONS, Artifact, CompileRequest, Compiler, Sup
 
 if TYPE_CHECKING:
     from onnxsmith.compilers.openvino.runner import OpenVINORunner
-    from onnxsmith.model import LoadedModel
+    from onnxsmith.model import LoadedModel, ShapeRange
     from onnxsmith.targets import Target
 
 IR_FILES = ("model.xml", "model.bin")
@@ -104,6 +104,14 @@ class OpenVINOCompiler(Compiler):
             offered.remove("int8")
         return tuple(p for p in PRECISIONS if p in offered)
 
+    def dynamic_shapes(self, model: LoadedModel, target: Target) -> Support:
+        """Bounded dynamic dims (``PartialShape`` of ``Dimension(min, max)``) on CPU and GPU; the NPU plugin
+        compiles static shapes only."""
+        if target.kind == "npu":
+            return Support(False, "OpenVINO's NPU plugin compiles static shapes only",
+                           "give one shape with --shape NAME=DIMS (one bundle per shape)")
+        return Support(True)
+
     def unsupported_ops(self, model: LoadedModel, target: Target) -> dict[str, list[str]]:
         from onnxsmith.compilers.openvino.ops import device_unsupported_ops, unconverted_ops
 
@@ -148,6 +156,8 @@ class OpenVINOCompiler(Compiler):
         except Exception as exc:
             raise BackendError("OpenVINO could not convert the ONNX model", vendor_why(exc),
                                "run 'onnxsmith inspect' to list ops OpenVINO cannot convert") from exc
+        if request.model.shape_ranges:
+            metadata["dynamic_shapes"] = _bound_inputs(model, request.model.shape_ranges)
         metadata["convert_seconds"] = round(time.perf_counter() - start, 3)
         fake_quantize = 0
         if precision == "int8":
@@ -252,6 +262,32 @@ class OpenVINOCompiler(Compiler):
             runner.notes += (f"{artifact.precision_used} in the manifest, but {device} computes in "
                              f"{runner.precision_used} here (INFERENCE_PRECISION_HINT read back at load)",)
         return runner
+
+
+def _bound_inputs(model: Any, ranges: Mapping[str, ShapeRange]) -> dict[str, str]:
+    """Reshape the ranged inputs of the OpenVINO model to bounded dims, ``Dimension(min, max)`` (OpenVINO's
+    plugins pick kernels for the bounds; OPT has no OpenVINO counterpart)."""
+    openvino = ov()
+    shapes, applied = {}, {}
+    for port in model.inputs:
+        name = next((n for n in port.get_names() if n in ranges), None)
+        if name is None:
+            continue
+        bounds = ranges[name]
+        shapes[port] = openvino.PartialShape([openvino.Dimension(lo, hi) if lo != hi else openvino.Dimension(lo)
+                                              for lo, hi in zip(bounds.min, bounds.max)])
+        applied[name] = str(shapes[port])
+    missing = sorted(set(ranges) - set(applied))
+    if missing:
+        raise BackendError("OpenVINO could not bound the input shapes", f"the converted model has no input named "
+                           f"{', '.join(missing)}", "report it with the model")
+    try:
+        model.reshape(shapes)
+    except Exception as exc:
+        raise BackendError("OpenVINO could not keep the input shapes dynamic", vendor_why(exc),
+                           "the model may hard-code its batch (a Reshape to a constant shape); export it with a "
+                           "dynamic batch, or give one shape with --shape NAME=DIMS") from exc
+    return applied
 
 
 def _blob_differs(compiled: Any, blob: bytes, device: str, properties: Mapping[str, str]) -> str | None:

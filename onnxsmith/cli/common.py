@@ -17,8 +17,13 @@ profile_option = click.option("--profile", "-p", "profile_spec", default="balanc
 backend_option = click.option("--backend", "-b", default=None,
                               help="Override the target's backend preference (a backend id from 'onnxsmith "
                                    "doctor').")
-shape_option = click.option("--shape", "shapes", multiple=True, metavar="NAME=DIMS",
-                            help="Fix an input's dims, e.g. --shape input=1x3x224x224 (repeatable).")
+shape_option = click.option("--shape", "shapes", multiple=True, metavar="NAME=DIMS|NAME=MIN:OPT:MAX",
+                            help="Fix an input's dims, e.g. --shape input=1x3x224x224, or keep them dynamic within "
+                                 "bounds, tuned for OPT: --shape input=1x3x224x224:8x3x224x224:32x3x224x224 "
+                                 "(repeatable).")
+batch_option = click.option("--batch", "batch", default=None, metavar="N|MIN..MAX[@OPT]",
+                            help="The first dim of every input whose first dim is dynamic: fixed (--batch 8) or a "
+                                 "range (--batch 1..32@8, OPT defaults to MAX). --shape wins for the inputs it names.")
 
 
 def data_option(flag: str, dest: str, role: str, required: bool = False) -> Callable[[Any], Any]:

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from onnxsmith.cli.common import (backend_option, data_option, echo_err, json_option, parse_options, profile_option,
-                                  shape_option, target_option)
+                                  shape_option, batch_option, target_option)
 
 
 def default_output(model: str, target: str, precision: str) -> Path:
@@ -38,6 +38,7 @@ class _CompileCommand(click.Command):
               help="Bundle directory (default: out/<model>-<target>-<precision>).")
 @profile_option
 @shape_option
+@batch_option
 @click.option("--option", "raw_options", multiple=True, metavar="KEY=VALUE",
               help="Backend option, checked against the backend's declaration (listed below; repeatable).")
 @click.option("--tune", is_flag=True, help="Shorthand for --option tune=1 (backends that declare 'tune', e.g. TVM's "
@@ -50,13 +51,13 @@ class _CompileCommand(click.Command):
               "holding the model, data or cache).")
 @json_option
 def compile_command(model: str, target_spec: str, backend: str | None, precision: str | None,
-                    calibration: str | None, output: str | None, profile_spec: str, shapes: tuple[str, ...],
+                    calibration: str | None, output: str | None, profile_spec: str, shapes: tuple[str, ...], batch: str | None,
                     raw_options: tuple[str, ...], tune: bool, tune_trials: int | None, tune_minutes: float | None,
                     tune_more: bool, no_cache: bool, force: bool, as_json: bool) -> None:
     """Compile an ONNX model for a target into a bundle."""
     from onnxsmith.console import print_json, progress
     from onnxsmith.datasets import open_dataset
-    from onnxsmith.model import load_model, parse_shape_overrides
+    from onnxsmith.model import load_model, parse_batch, parse_shape_overrides
     from onnxsmith.profiles import load_profile
     from onnxsmith.targets import load_target
 
@@ -71,9 +72,9 @@ def compile_command(model: str, target_spec: str, backend: str | None, precision
             options["tune_minutes"] = str(tune_minutes)
     target = load_target(target_spec)
     profile = load_profile(profile_spec)
-    loaded = load_model(model, parse_shape_overrides(shapes))
+    loaded = load_model(model, parse_shape_overrides(shapes), batch=parse_batch(batch))
     precision = precision or profile.precision
-    calib = open_dataset(calibration, loaded.inputs, what="calibration data",
+    calib = open_dataset(calibration, loaded.inputs_at("opt"), what="calibration data",
                          known_batch=loaded.batch_inputs) if calibration else None
     out = Path(output) if output else default_output(model, target_spec, precision)
     from onnxsmith.compile import compile_model
@@ -85,7 +86,8 @@ def compile_command(model: str, target_spec: str, backend: str | None, precision
     m = bundle.manifest
     if as_json:
         print_json({"bundle": str(bundle.path), **{k: m[k] for k in ("backend", "backend_version", "precision",
-                    "precision_used", "compile_seconds", "cache", "runs_here", "notes")}, "target": m["target"]["id"],
+                    "precision_used", "compile_seconds", "cache", "runs_here", "notes", "shape_ranges")},
+                    "target": m["target"]["id"],
                     "artifact": m["artifact"]})
         return
     hit = " (from cache)" if m["cache"]["hit"] else ""
@@ -96,5 +98,8 @@ def compile_command(model: str, target_spec: str, backend: str | None, precision
     if not m["runs_here"]["ok"]:
         echo_err(f"note: this bundle cannot run on this machine: {m['runs_here']['reason']}. "
                  f"{m['runs_here']['hint']}")
+    for name, bounds in m.get("shape_ranges", {}).items():
+        click.echo(f"input {name}: dynamic, min {'x'.join(map(str, bounds['min']))}, opt "
+                   f"{'x'.join(map(str, bounds['opt']))}, max {'x'.join(map(str, bounds['max']))} (one artifact)")
     click.echo(f"bundle: {bundle.path}")
     click.echo(f"report: {bundle.path / 'report.md'}")

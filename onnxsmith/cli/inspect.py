@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from onnxsmith.cli.common import json_option, shape_option, target_option
+from onnxsmith.cli.common import json_option, shape_option, batch_option, target_option
 
 
 def backend_support(model: Any, target: Any) -> list[dict[str, Any]]:
@@ -41,19 +41,20 @@ def backend_support(model: Any, target: Any) -> list[dict[str, Any]]:
 @click.argument("model", type=click.Path(dir_okay=False))
 @target_option
 @shape_option
+@batch_option
 @json_option
-def inspect_command(model: str, target_spec: str, shapes: tuple[str, ...], as_json: bool) -> None:
+def inspect_command(model: str, target_spec: str, shapes: tuple[str, ...], batch: str | None, as_json: bool) -> None:
     """Show a model's inputs, ops, parameters, FLOPs and backend support."""
     from rich.table import Table
 
     from onnxsmith.analysis import summarize
     from onnxsmith.report import _flop
     from onnxsmith.console import print_json, stdout_console
-    from onnxsmith.model import load_model, parse_shape_overrides
+    from onnxsmith.model import load_model, parse_batch, parse_shape_overrides
     from onnxsmith.targets import load_target
     from onnxsmith.units import fmt_bytes
 
-    loaded = load_model(model, parse_shape_overrides(shapes), default_batch=None)
+    loaded = load_model(model, parse_shape_overrides(shapes), batch=parse_batch(batch), default_batch=None)
     target = load_target(target_spec)
     info = summarize(loaded)
     info["target"] = target.id
@@ -64,7 +65,7 @@ def inspect_command(model: str, target_spec: str, shapes: tuple[str, ...], as_js
         from onnxsmith.errors import OnnxsmithError
 
         try:  # a dynamic batch alone is fixed to 1 for the op-support probe (as compile does)
-            fixed = load_model(model, parse_shape_overrides(shapes))
+            fixed = load_model(model, parse_shape_overrides(shapes), batch=parse_batch(batch))
             info["backends"] = backend_support(fixed, target)
             fixed_info = summarize(fixed)
             info["flops"], info["flops_unknown_nodes"] = fixed_info["flops"], fixed_info["flops_unknown_nodes"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from onnxsmith.cli.common import data_option, json_option, profile_option, shape_option, target_option
+from onnxsmith.cli.common import data_option, json_option, profile_option, shape_option, batch_option, target_option
 
 
 def _fraction(value: str) -> float:
@@ -23,6 +23,7 @@ def _fraction(value: str) -> float:
 @target_option
 @profile_option
 @shape_option
+@batch_option
 @click.option("--max-accuracy-drop", default=None, help="Largest accepted accuracy drop, e.g. 1% or 0.01 "
               "(default: the profile's).")
 @click.option("--latency-budget", type=click.FloatRange(min=0, min_open=True), default=None, metavar="MS", help="Reject steps whose p50 exceeds this.")
@@ -39,7 +40,7 @@ def _fraction(value: str) -> float:
 @click.option("--output", "-o", type=click.Path(file_okay=False), required=True, help="Output directory.")
 @click.option("--force", is_flag=True, help="Write into a non-empty -o that holds no previous optimize result.")
 @json_option
-def optimize_command(model: str, target_spec: str, profile_spec: str, shapes: tuple[str, ...],
+def optimize_command(model: str, target_spec: str, profile_spec: str, shapes: tuple[str, ...], batch: str | None,
                      max_accuracy_drop: str | None, latency_budget: float | None, data_spec: str | None,
                      labels: str | None, calibration_spec: str | None, backends: tuple[str, ...],
                      prune: bool | None, arrival_rate: float | None, keep_steps: bool, output: str,
@@ -49,7 +50,7 @@ def optimize_command(model: str, target_spec: str, profile_spec: str, shapes: tu
 
     from onnxsmith.console import print_json, progress
     from onnxsmith.errors import CheckFailedError
-    from onnxsmith.model import load_model, parse_shape_overrides
+    from onnxsmith.model import load_model, parse_batch, parse_shape_overrides
     from onnxsmith.datasets import open_dataset
     from onnxsmith.optimize.ladder import run_ladder
     from onnxsmith.profiles import load_profile
@@ -57,7 +58,7 @@ def optimize_command(model: str, target_spec: str, profile_spec: str, shapes: tu
 
     target = load_target(target_spec)
     profile = load_profile(profile_spec)
-    loaded = load_model(model, parse_shape_overrides(shapes))
+    loaded = load_model(model, parse_shape_overrides(shapes), batch=parse_batch(batch))
     known = loaded.batch_inputs
     data = open_dataset(data_spec, loaded.inputs, labels=labels, what="validation data",
                         known_batch=known) if data_spec else None

@@ -36,7 +36,8 @@ def profile_command(bundle_path: str, profile_spec: str, input_file: str | None,
         measure = dataclasses.replace(profile.measure, **{k: v for k, v in (("min_iterations", iterations),
                                                                               ("min_seconds", seconds)) if v})
         profile = dataclasses.replace(profile, measure=measure)
-    batch = model_batch(bundle.inputs[0]) if bundle.inputs else 1
+    specs = bundle.inputs_at("max")  # a shape range is timed at min, opt and max: read enough for max
+    batch = model_batch(specs[0]) if specs else 1
     data = open_dataset(input_file, bundle.inputs, what="input data", limit=batch,
                         known_batch=bundle.batch_inputs) if input_file else None
     with progress("profiling", not as_json) as update:
@@ -74,6 +75,27 @@ def print_profile(record: dict) -> None:
         table.add_row(label, "-" if ours is None else f"{ours:.2f}", "-" if theirs is None else f"{theirs:.2f}",
                       "-" if not (ours and theirs) else f"{ours / theirs:.2f}x")
     stdout_console().print(table)
+    if record.get("shapes"):
+        print_shapes(record)
     if record.get("efficiency") is not None:
         click.echo(f"efficiency: {record['achieved_tflops'] * 1000:.2f} GFLOP/s = {record['efficiency'] * 100:.2f} % "
                    f"of {record['peak_tflops']} TFLOP/s peak ({record['precision_used']})")
+
+
+def print_shapes(record: dict) -> None:
+    """A bundle compiled for a shape range: latency at each of its points."""
+    from rich.table import Table
+
+    from onnxsmith.console import stdout_console
+
+    table = Table(title=f"{record['backend']} at each point of the shape range (one artifact; ORT = ONNX Runtime "
+                        "fp32)")
+    for column in ("point", "shape", "batch", "p50 ms", "p99 ms", "per s", "ORT p50", "vs ORT"):
+        table.add_column(column, justify="left" if column in ("point", "shape") else "right")
+    for point in record["shapes"]:
+        base = point.get("baseline_latency_ms")
+        table.add_row(point["point"], "; ".join("x".join(map(str, v)) for v in point["shape"].values()),
+                      str(point["batch"]), f"{point['latency_ms']['p50']:.3f}", f"{point['latency_ms']['p99']:.3f}",
+                      f"{point['throughput_per_s']:.2f}", "-" if not base else f"{base['p50']:.3f}",
+                      "-" if not point.get("speedup_vs_baseline") else f"{point['speedup_vs_baseline']:.2f}x")
+    stdout_console().print(table)

@@ -10,7 +10,8 @@ from onnxsmith.cli.common import data_option, json_option
 @click.command("run")
 @click.argument("bundle_path", metavar="BUNDLE", type=click.Path(file_okay=False))
 @data_option("--input", "input_file", "Inputs: exactly the compiled shapes (one run), or N samples along axis 0 "
-             "of the batched inputs (the others exactly their shape); NaN allowed", required=True)
+             "of the batched inputs (the others exactly their shape); for a bundle compiled for a shape range, any "
+             "shape inside it (one run; others are refused); NaN allowed", required=True)
 @click.option("--output", "output_file", type=click.Path(dir_okay=False), default=None,
               help="Where to save the outputs (.npz).")
 @json_option
@@ -44,10 +45,15 @@ def run_command(bundle_path: str, input_file: str, output_file: str | None, as_j
             for name, value in bundle.run(feeds).items():
                 outputs.setdefault(name, []).append(np.asarray(value))
     seconds = time.perf_counter() - start
+    samples = len(data)
+    ranged = [s.name for s in bundle.inputs if s.name in bundle.shape_ranges and s.shape
+              and not isinstance(s.shape[0], int)]
+    if data.one_feed and ranged:  # a shape range runs the file as one request: its samples are its first dim
+        samples = int(np.asarray(data.arrays[ranged[0]]).shape[0])
     merged = {k: v[0] if len(v) == 1 else np.concatenate(v) for k, v in outputs.items()}
     if output_file:
         save_npz(Path(output_file), merged)
-    summary = {"bundle": str(bundle.path), "samples": len(data), "seconds": round(seconds, 4),
+    summary = {"bundle": str(bundle.path), "samples": samples, "seconds": round(seconds, 4),
                "outputs": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in merged.items()},
                "output_file": output_file}
     if as_json:
@@ -55,4 +61,4 @@ def run_command(bundle_path: str, input_file: str, output_file: str | None, as_j
         return
     for name, info in summary["outputs"].items():
         click.echo(f"{name}: {'x'.join(map(str, info['shape']))} {info['dtype']}")
-    click.echo(f"ran {len(data)} samples in {seconds:.3f} s" + (f"; outputs saved to {output_file}" if output_file else ""))
+    click.echo(f"ran {samples} samples in {seconds:.3f} s" + (f"; outputs saved to {output_file}" if output_file else ""))

@@ -47,6 +47,13 @@ def validate_command(bundle_path: str, data_file: str | None, labels: str | None
         click.echo(f"cosine min {record['cosine_min']:.6f}, max abs error {record['max_abs_error']:.3g}")
         if record["top1_agreement"] is not None:
             click.echo(f"top-1 agreement {record['top1_agreement'] * 100:.2f} %")
+        for point in record.get("shapes", []):
+            shape = "; ".join(f"{k} {'x'.join(map(str, v))}" for k, v in point["shape"].items())
+            if "skipped" in point:
+                click.echo(f"  at {point['point']} ({shape}): skipped, {point['skipped']}")
+            else:
+                click.echo(f"  at {point['point']} ({shape}): {point['samples']} samples, cosine min "
+                           f"{point['cosine_min']:.6f}, {'passed' if point['passed'] else 'FAILED'}")
         if record["accuracy"] is not None:
             click.echo(f"accuracy {record['accuracy'] * 100:.2f} % (reference {record['reference_accuracy'] * 100:.2f} %)")
         click.echo(f"validation: {bundle.path / 'validation.json'}")
