@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from onnxsmith.compilers.tensorrt.gpu import GpuInfo, gpu, matches, nvidia_gpus
-from onnxsmith.compilers.tensorrt.options import DECLARED, BuildOptions, parse_options
+from onnxsmith.compilers.tensorrt.options import DECLARED, BuildOptions, parse_options, profile_copies
 
 from onnxsmith.errors import BundleError, DataError, MissingDependencyError, UnsupportedError
 from onnxsmith.plugin import Artifact, CompileRequest, Compiler, Support
@@ -83,6 +83,11 @@ class TensorRTCompiler(Compiler):
     def precisions(self, target: Target) -> tuple[str, ...]:
         return tuple(p for p in PRECISIONS if not target.precisions or p in target.precisions)
 
+    def dynamic_shapes(self, model: LoadedModel, target: Target) -> Support:
+        """Optimization profiles: every ranged input's MIN:OPT:MAX (kernels tuned at OPT); the runner sets each
+        request's shapes with ``set_input_shape``."""
+        return Support(True)
+
     def needs_calibration(self, precision: str, model: LoadedModel) -> bool:
         """int8 needs calibration data unless the model already carries Q/DQ nodes (explicit quantization)."""
         return precision == "int8" and not any(
@@ -124,11 +129,18 @@ class TensorRTCompiler(Compiler):
             source, proto, flags, calibrator = self._prepare(trt, request, opts, strong, device, Path(tmp), workdir,
                                                              notes, metadata)
             builder, network, _parser = eng.parse_onnx(trt, logger, source, proto, strong)
-            config, profile = eng.configure(trt, builder, network, opts, flags)
-            if profile is not None:
+            ranges = request.model.shape_ranges
+            copies = profile_copies(request.profile.streams or 2)
+            config, profile = eng.configure(trt, builder, network, opts, flags, ranges, copies)
+            if profile is not None and ranges:
+                metadata["optimization_profile"] = {
+                    "inputs": {k: v.to_json() for k, v in ranges.items()}, "copies": copies,
+                    "why_copies": "identical profiles, one per execution context alive at once (run, parallel "
+                                  "requests, layer profile): TensorRT lets one live context select a profile"}
+            elif profile is not None:
                 metadata["optimization_profile"] = {"min_batch": opts.min_batch or 1,
                                                     "opt_batch": opts.opt_batch or opts.max_batch,
-                                                    "max_batch": opts.max_batch}
+                                                    "max_batch": opts.max_batch, "copies": copies}
             if calibrator is not None:
                 config.int8_calibrator = calibrator
                 if profile is not None:
@@ -211,7 +223,7 @@ class TensorRTCompiler(Compiler):
         method = opts.int8_method
         if method == "auto":
             method = "calibrator" if not strong and legacy_calibration_available(trt) else "qdq"
-        feeder = CalibrationFeeder(request.calibration, request.model.inputs, opts.calibration_batches)
+        feeder = CalibrationFeeder(request.calibration, request.model.inputs_at("opt"), opts.calibration_batches)
         if feeder.dropped_samples:
             notes.append(f"calibration used {feeder.num_batches * feeder.batch_size} of "
                          f"{feeder.num_batches * feeder.batch_size + feeder.dropped_samples} samples "

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     import onnx
     from onnxsmith.compilers.tensorrt.gpu import GpuInfo
     from onnxsmith.compilers.tensorrt.options import BuildOptions
+    from onnxsmith.model import ShapeRange
 
 
 def import_tensorrt() -> Any:
@@ -234,10 +235,13 @@ def save_timing_cache(config: Any, path: Path) -> None:
 
 # ---- builder configuration ------------------------------------------------------------------------------------
 
-def configure(trt: Any, builder: Any, network: Any, opts: BuildOptions, flags: list[str]) -> tuple[Any, Any]:
-    """The builder config: memory pool, precision flags, optimization level, hardware compatibility, profile.
+def configure(trt: Any, builder: Any, network: Any, opts: BuildOptions, flags: list[str],
+              ranges: Mapping[str, ShapeRange] | None = None, copies: int = 1) -> tuple[Any, Any]:
+    """The builder config: memory pool, precision flags, optimization level, hardware compatibility, profiles.
 
-    Returns (config, optimization profile or None).
+    Dynamic network inputs get an optimization profile from ``ranges`` (MIN:OPT:MAX, kernels tuned at OPT) or the
+    batch options, added ``copies`` times (identical profiles: one per execution context that may exist at once,
+    :func:`onnxsmith.compilers.tensorrt.options.profile_copies`). Returns (config, the first profile or None).
     """
     from onnxsmith.compilers.tensorrt.options import profile_shapes
 
@@ -255,14 +259,17 @@ def configure(trt: Any, builder: Any, network: Any, opts: BuildOptions, flags: l
         config.hardware_compatibility_level = getattr(trt.HardwareCompatibilityLevel,
                                                       opts.hardware_compatibility.upper())
     inputs = [network.get_input(i) for i in range(network.num_inputs)]
-    shapes = profile_shapes([(t.name, tuple(t.shape)) for t in inputs], opts)
-    profile = None
-    if shapes:
+    shapes = profile_shapes([(t.name, tuple(int(d) for d in t.shape)) for t in inputs], opts, ranges)
+    first = None
+    for _ in range(max(1, copies) if shapes else 0):
         profile = builder.create_optimization_profile()
         for name, (low, best, high) in shapes.items():
             profile.set_shape(name, low, best, high)
-        config.add_optimization_profile(profile)
-    return config, profile
+        if config.add_optimization_profile(profile) < 0:
+            raise BackendError("TensorRT refused the optimization profile", f"shapes {shapes}",
+                               "each MIN <= OPT <= MAX, with the network's fixed dims")
+        first = first or profile
+    return config, first
 
 
 def build_serialized(builder: Any, network: Any, config: Any, logger: Any) -> bytes:

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from onnxsmith.errors import TargetError, UnsupportedError, UserInputError
 from onnxsmith.options import Option
+
+if TYPE_CHECKING:
+    from onnxsmith.model import ShapeRange
 
 _CHOICES = {
     "hardware_compatibility": ("none", "ampere_plus", "same_compute_capability"),
@@ -130,30 +133,52 @@ def parse_options(options: Mapping[str, Any], target_options: Mapping[str, Any] 
     return opts
 
 
-def profile_shapes(inputs: Sequence[tuple[str, tuple[int, ...]]], opts: BuildOptions
+def profile_shapes(inputs: Sequence[tuple[str, tuple[int, ...]]], opts: BuildOptions,
+                   ranges: Mapping[str, ShapeRange] | None = None
                    ) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
     """Optimization-profile (min, opt, max) shapes for network inputs with dynamic (-1) dims.
 
-    Only a dynamic first (batch) dimension can be ranged, with ``min_batch``/``opt_batch``/``max_batch``; any
-    other dynamic dimension must be fixed when the model is loaded (``--shape``). Static inputs are left out.
+    An input of ``ranges`` (``--shape NAME=MIN:OPT:MAX`` or ``--batch``, kept dynamic by the core) takes its range,
+    every dim of it; another input can range only its first (batch) dimension, with the ``min_batch``/
+    ``opt_batch``/``max_batch`` options; any other dynamic dimension must be fixed when the model is loaded
+    (``--shape``). Static inputs are left out.
     """
+    ranges = ranges or {}
     shapes = {}
     for name, shape in inputs:
         dynamic = [i for i, d in enumerate(shape) if d < 0]
         if not dynamic:
             continue
+        if name in ranges:
+            bounds = ranges[name]
+            fixed_differs = [i for i, d in enumerate(shape) if d >= 0 and not bounds.min[i] == bounds.max[i] == d] \
+                if len(bounds.min) == len(shape) else None
+            if fixed_differs is None or fixed_differs:
+                raise UserInputError(f"input '{name}' does not fit its shape range {bounds.bounds_text()}",
+                                     f"TensorRT's network has it as {'x'.join('N' if d < 0 else str(d) for d in shape)}",
+                                     "give a range with the model's rank and fixed dims")
+            shapes[name] = (bounds.min, bounds.opt, bounds.max)
+            continue
         if dynamic != [0]:
             example = "x".join("N" if d < 0 else str(d) for d in shape)
             raise UserInputError(f"input '{name}' has dynamic dims {dynamic}",
                                  "a TensorRT profile here ranges only the batch dimension",
-                                 f"fix the others with --shape {name}={example}")
+                                 f"fix the others with --shape {name}={example}, or range them with --shape "
+                                 f"{name}=MIN:OPT:MAX")
         if opts.max_batch is None:
             raise UserInputError(f"input '{name}' has a dynamic batch dimension",
                                  "TensorRT needs an optimization profile with its range",
-                                 "give --option max_batch=N (optionally min_batch, opt_batch), or fix it with --shape")
+                                 "give --batch MIN..MAX@OPT (or --option max_batch=N), or fix it with --shape")
         low = opts.min_batch or 1
         high = opts.max_batch
         best = opts.opt_batch or high
         rest = tuple(shape[1:])
         shapes[name] = ((low, *rest), (best, *rest), (high, *rest))
     return shapes
+
+
+def profile_copies(parallel_requests: int) -> int:
+    """Identical optimization profiles built into a dynamic-shape engine: one per execution context that can exist
+    at once, since TensorRT lets a profile be selected by only one live context. The runner holds one context for
+    ``run``/``bind``, ``parallel_requests`` for parallel throughput and one for the per-layer profile."""
+    return 2 + max(2, parallel_requests)

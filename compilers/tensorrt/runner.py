@@ -37,9 +37,13 @@ def numpy_dtype(trt_dtype: Any) -> str:
 
 
 class _Context:
-    """One execution context with its own stream and device buffers (one per parallel request)."""
+    """One execution context with its own stream and device buffers (one per parallel request).
 
-    def __init__(self, engine: Any, names: list[str], inputs: set[str], dtypes: dict[str, str]) -> None:
+    ``profile``: the optimization profile it selects (engines with dynamic inputs: each live context its own,
+    as TensorRT requires; ``None`` for a static engine)."""
+
+    def __init__(self, engine: Any, names: list[str], inputs: set[str], dtypes: dict[str, str],
+                 profile: int | None = None) -> None:
         self.context = engine.create_execution_context()
         if self.context is None:
             raise BackendError("TensorRT could not create an execution context", "out of GPU memory?")
@@ -47,6 +51,12 @@ class _Context:
         self.stream = cuda.Stream()
         self.buffers: dict[str, cuda.DeviceBuffer] = {}
         self.shapes: dict[str, tuple[int, ...]] = {}
+        self.profile = profile
+        if profile is not None:
+            if not self.context.set_optimization_profile_async(profile, self.stream.handle):
+                raise BackendError("TensorRT could not select an optimization profile",
+                                   f"set_optimization_profile_async({profile}) returned False")
+            self.stream.synchronize()
 
     def prepare(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Set input shapes, (re)allocate buffers, bind addresses; returns the contiguous host inputs."""
@@ -62,8 +72,13 @@ class _Context:
             host[name] = array
             if self.shapes.get(name) != array.shape:
                 if not self.context.set_input_shape(name, array.shape):
+                    bounds = ""
+                    if self.profile is not None:
+                        low, _, high = self.context.engine.get_tensor_profile_shape(name, self.profile)
+                        bounds = f" ({'x'.join(map(str, low))} to {'x'.join(map(str, high))})"
                     raise DataError(f"input '{name}' does not fit the engine",
-                                    f"shape {'x'.join(map(str, array.shape))} is outside its optimization profile")
+                                    f"shape {'x'.join(map(str, array.shape))} is outside its optimization "
+                                    f"profile{bounds}", "give a shape inside the range the bundle was compiled for")
                 self.shapes[name] = array.shape
         for name in self.names:
             shape = tuple(int(d) for d in self.context.get_tensor_shape(name))
@@ -130,11 +145,34 @@ class TensorRTRunner(Runner):
 
         self.inputs = tuple(spec(n) for n in self._names if n in self._inputs)
         self.outputs = tuple(spec(n) for n in self._names if n not in self._inputs)
+        dynamic = any(d is None for s in self.inputs for d in s.shape)
+        # A dynamic engine holds identical profiles, one per context alive at once (profile_copies at build).
+        self._free_profiles = list(range(int(engine.num_optimization_profiles))) if dynamic else None
         self._main = self._new_context(quiet=True)
         self._extra: list[_Context] = []
 
+    def _take_profile(self) -> int | None:
+        if self._free_profiles is None:
+            return None
+        if not self._free_profiles:
+            raise BackendError("no free TensorRT optimization profile for another execution context",
+                               f"the engine holds {self._engine.num_optimization_profiles} and each live context "
+                               "needs its own", "compile the bundle again with this onnxsmith")
+        return self._free_profiles.pop(0)
+
+    def _release(self, ctx: _Context) -> None:
+        ctx.close()
+        if ctx.profile is not None and self._free_profiles is not None:
+            self._free_profiles.append(ctx.profile)
+
     def _new_context(self, quiet: bool) -> _Context:
-        ctx = _Context(self._engine, self._names, self._inputs, self._dtypes)
+        profile = self._take_profile()
+        try:
+            ctx = _Context(self._engine, self._names, self._inputs, self._dtypes, profile)
+        except BaseException:
+            if profile is not None and self._free_profiles is not None:
+                self._free_profiles.insert(0, profile)
+            raise
         if quiet and hasattr(ctx.context, "nvtx_verbosity"):
             # Engines are built DETAILED for the inspector; detailed NVTX ranges would slow enqueueV3 down.
             ctx.context.nvtx_verbosity = self._trt.ProfilingVerbosity.NONE
@@ -172,9 +210,11 @@ class TensorRTRunner(Runner):
 
     def parallel_throughput(self, feeds: Mapping[str, np.ndarray], seconds: float) -> tuple[float, int] | None:
         """Inferences/s with several execution contexts, each on its own stream, kept busy together."""
-        while len(self._extra) < self._parallel:
+        available = self._parallel if self._free_profiles is None else \
+            min(self._parallel, len(self._extra) + len(self._free_profiles) - 1)  # one kept for layer_profile
+        while len(self._extra) < available:
             self._extra.append(self._new_context(quiet=True))
-        contexts = self._extra[: self._parallel]
+        contexts = self._extra[: max(1, available)] or [self._main]
         for ctx in contexts:
             ctx.upload(ctx.prepare(feeds))
             ctx.stream.synchronize()
@@ -220,7 +260,7 @@ class TensorRTRunner(Runner):
                 ctx.stream.synchronize()
                 ctx.context.report_to_profiler()
         finally:
-            ctx.close()
+            self._release(ctx)
         kinds = layer_types(engine_information(trt, self._engine))
         return sorted((LayerTime(name, kinds.get(name, ("", ""))[0], ms / runs, kinds.get(name, ("", ""))[1])
                        for name, ms in totals.items()), key=lambda t: -t.time_ms)

@@ -70,7 +70,8 @@ def resnet50_module():  # -> torch.nn.Module
     return model.eval()
 
 
-def export_resnet50(path: Path, batch: int = 1) -> Path:
+def export_resnet50(path: Path, batch: int = 1, dynamic_batch: bool = False) -> Path:
+    """Export ResNet-50 with batch ``batch`` (a dynamic first dim named ``batch`` when ``dynamic_batch``)."""
     import torch
 
     if path.exists():
@@ -79,8 +80,9 @@ def export_resnet50(path: Path, batch: int = 1) -> Path:
     model = resnet50_module()
     x = torch.randn(batch, 3, 224, 224)
     tmp = path.with_suffix(".tmp.onnx")
+    axes = {"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None
     torch.onnx.export(model, (x,), str(tmp), input_names=["input"], output_names=["logits"], opset_version=17,
-                      dynamo=False)
+                      dynamo=False, dynamic_axes=axes)
     tmp.rename(path)
     return path
 
