@@ -211,6 +211,14 @@ class CoreMLCompiler(Compiler):
     def precisions(self, target: Target) -> tuple[str, ...]:
         return tuple(p for p in PRECISIONS if not target.precisions or p in target.precisions)
 
+    def dynamic_shapes(self, model: LoadedModel, target: Target) -> Support:
+        """No: onnx2coreml 1.1 builds every MIL input with a fixed shape (its ``_static_shape`` raises on a dynamic
+        dim), so neither a range (``ct.RangeDim``) nor enumerated shapes can reach the converted program."""
+        return Support(False, "onnx2coreml, the ONNX converter this backend uses, builds Core ML programs with fixed "
+                       "input shapes only (no RangeDim or EnumeratedShapes)",
+                       "give one shape with --shape NAME=DIMS (one bundle per shape), or compile the range with "
+                       "onnxruntime/openvino")
+
     def needs_calibration(self, precision: str, model: LoadedModel) -> bool:
         """Core ML int8 quantizes weights only: no activation ranges, so no calibration data."""
         return False

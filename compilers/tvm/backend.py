@@ -118,12 +118,24 @@ class TVMCompiler(Compiler):
 
         return unsupported_ops(model.proto)
 
+    def dynamic_shapes(self, model: LoadedModel, target: Target) -> Support:
+        """Relax symbolic shapes on CPU targets (x86 and cross-compiled aarch64): the ranged dims stay ``tir.Var``s
+        with MAX as their upper bound, one library runs every shape in the range. Not on CUDA (dlight's dynamic
+        schedules were never run here) and not with MetaSchedule tuning (it tunes static shapes)."""
+        if tvm_target(target).kind == "cuda":
+            return Support(False, "TVM's CUDA path was never run with symbolic shapes here (no GPU was lent)",
+                           "give one shape with --shape NAME=DIMS, or compile the range with tensorrt")
+        return Support(True)
+
     def compile(self, request: CompileRequest, workdir: Path) -> Artifact:
         from onnxsmith.compilers.tvm.frontend import import_model
         from onnxsmith.compilers.tvm.tuning import TuneOptions
 
         target = request.target
         tune_options = TuneOptions.parse(request.options)
+        if request.model.shape_ranges and request.options.get("tune"):
+            raise UnsupportedError("TVM cannot tune a shape range", "MetaSchedule tunes kernels for static shapes",
+                                   "compile the range untuned, or tune one shape (--shape NAME=DIMS)")
         threads = _int_option(request.options, "threads", request.profile.threads or 0)
         tt = tvm_target(target)
         check_cross_compiler(tt)
@@ -132,6 +144,9 @@ class TVMCompiler(Compiler):
 
         imported = import_model(request.model)
         notes += imported.notes
+        dynamic = _bound_symbols(imported.mod, request.model) if request.model.shape_ranges else {}
+        if dynamic:
+            imported = dataclasses.replace(imported, mod=dynamic.pop("mod"))
         mod, metadata = self._prepare(imported.mod, tt, tvm_target_obj, request.precision, notes)
         # CompileRequest.progress (the CLI's spinner) when the core passes one; else plain lines on stderr.
         progress = getattr(request, "progress", None)
@@ -177,6 +192,8 @@ class TVMCompiler(Compiler):
             "onnx_nodes_after_slim": imported.nodes_after, "import_seconds": imported.seconds,
             "build_seconds": build_seconds, "library_bytes": library.stat().st_size, **tuning_meta,
         })
+        if dynamic:
+            metadata["dynamic_shapes"] = {"how": "Relax symbolic shapes (one library for the range)", **dynamic}
         return Artifact(
             backend=self.name, backend_version=self.version(), device=tt.kind, precision=request.precision,
             precision_used=metadata.pop("precision_used"), files=tuple(files),
@@ -357,3 +374,22 @@ def _cuda_device() -> str:
         return str(device.device_name) if device.exist else ""
     except Exception:  # no driver, no libcuda
         return ""
+
+
+def _bound_symbols(mod: Any, model: LoadedModel) -> dict[str, Any]:
+    """The symbolic dims of the ranged inputs, each bounded by its MAX (``tir_var_upper_bound``, which Relax's
+    memory planning uses to allocate static pools); returns the module as ``mod`` and the bounds applied."""
+    bounds: dict[str, int] = {}
+    for spec in model.inputs:
+        shape_range = model.shape_ranges.get(spec.name)
+        if shape_range is None:
+            continue
+        for dim, high in zip(spec.shape, shape_range.max):
+            if isinstance(dim, str):
+                bounds[dim] = max(bounds.get(dim, 0), int(high))
+    main = mod["main"]
+    try:
+        mod["main"] = main.with_attr("tir_var_upper_bound", bounds)
+    except Exception as exc:  # an older Relax without the attribute: the shapes stay symbolic, just unbounded
+        return {"mod": mod, "upper_bounds": {}, "note": f"upper bounds not applied ({vendor_why(exc)})"}
+    return {"mod": mod, "upper_bounds": bounds}

@@ -105,7 +105,8 @@ def import_model(model: LoadedModel) -> Imported:
         raise UnsupportedError(f"TVM's ONNX frontend cannot convert op {op}", f"node(s) {', '.join(nodes[:3])}" +
                                (f" and {len(missing) - 1} other op type(s)" if len(missing) > 1 else ""),
                                "run 'onnxsmith inspect' for the list; try another --backend")
-    shapes = {s.name: [int(d) for d in s.shape] for s in model.inputs}
+    # ranged inputs (--shape NAME=MIN:OPT:MAX) keep their dims' symbols: the frontend makes them symbolic (tir.Var)
+    shapes = {s.name: [int(d) for d in s.shape] for s in model.inputs if s.name not in model.shape_ranges}
     dtypes = {s.name: s.dtype for s in model.inputs}
     try:
         mod = _convert(proto, shapes, dtypes)

@@ -40,7 +40,8 @@ def check_feeds(feeds: Mapping[str, np.ndarray], inputs: tuple[TensorSpec, ...])
         if spec.name not in feeds:
             raise DataError(f"missing input '{spec.name}'", f"the model takes {', '.join(s.name for s in inputs)}")
         shape = tuple(feeds[spec.name].shape)
-        if shape != tuple(spec.shape):
+        if len(shape) != len(spec.shape) or any(isinstance(want, int) and want != got
+                                                for want, got in zip(spec.shape, shape)):  # symbols: any size
             raise DataError(f"input '{spec.name}' has shape {shape}", f"the artifact was compiled for "
                             f"{spec.shape_text()}", "compile again with --shape, or feed the compiled shape")
 
