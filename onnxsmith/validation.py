@@ -157,7 +157,7 @@ def _validate_at(bundle: Bundle, data: Dataset | None, inputs: Any, *, samples: 
     import numpy as np
 
     from onnxsmith.numerics import collect, compare, save_examples
-    from onnxsmith.data import check_against_model, synthetic
+    from onnxsmith.data import batch_inputs, check_against_model, synthetic
     from onnxsmith.model import load_model
     from onnxsmith.plugin import backend_call
     from onnxsmith.reference import reference_runner
@@ -165,6 +165,9 @@ def _validate_at(bundle: Bundle, data: Dataset | None, inputs: Any, *, samples: 
     if data is None:
         data = synthetic(load_model(bundle.reference_model, check=False), samples, seed, bundle.batch_inputs,
                          specs=inputs)
+        if bundle.shape_ranges:  # one generated feed of a range's point still holds a batch of samples
+            batched = batch_inputs(inputs, bundle.batch_inputs)
+            data = dataclasses.replace(data, whole=tuple(n for n in data.whole if n not in batched))
     else:
         whole, per_feed = check_against_model(data.arrays, inputs, f"validation data '{data.source}'",
                                               bundle.batch_inputs, labelled=data.labels is not None)
