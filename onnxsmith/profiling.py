@@ -359,8 +359,13 @@ def range_points(bundle: Bundle) -> list[tuple[str, tuple[TensorSpec, ...]]]:
 
 
 def profile_bundle(bundle: Bundle, profile: Profile, *, baseline: bool = True, data: Any | None = None,
-                   remote: str | None = None, progress: Any | None = None) -> ProfileResult:
-    """Profile ``bundle`` and (unless ``baseline=False``) ONNX Runtime fp32 on its reference model, in one run."""
+                   remote: str | None = None, progress: Any | None = None,
+                   points: list[tuple[str, tuple[TensorSpec, ...]]] | None = None) -> ProfileResult:
+    """Profile ``bundle`` and (unless ``baseline=False``) ONNX Runtime fp32 on its reference model, in one run.
+
+    A bundle compiled for a shape range is profiled at its min, opt and max points, or at ``points`` ((label,
+    input specs) each inside the range: the batch sweep's sizes); the main figures are those at ``opt`` (else at
+    the last point), every point's in ``shapes``."""
     import tempfile
 
     from onnxsmith.analysis import count_flops
@@ -387,7 +392,7 @@ def profile_bundle(bundle: Bundle, profile: Profile, *, baseline: bool = True, d
             raise UnsupportedError(f"cannot profile the {target.id} bundle here", runs.reason, runs.hint)
     from onnxsmith.cache import owner_tag
 
-    points = range_points(bundle)
+    points = points or range_points(bundle)
     measured = []
     with tempfile.TemporaryDirectory(prefix=f"onnxsmith-profile-{owner_tag()}-") as tmp:
         for label, specs in points:
@@ -405,7 +410,7 @@ def profile_bundle(bundle: Bundle, profile: Profile, *, baseline: bool = True, d
                     progress(f"profiling the ONNX Runtime fp32 baseline{at}")
                 base = run_isolated("baseline", bundle, feeds_path, profile.measure, batch)
             measured.append((label, specs, feeds, source, batch, main, base))
-    opt = next(m for m in measured if m[0] == "compiled" or "opt" in m[0].split("="))
+    opt = next((m for m in measured if m[0] == "compiled" or "opt" in m[0].split("=")), measured[-1])
     _, opt_specs, _, source, batch, main, base = opt
     ranges = bundle.shape_ranges
 

@@ -59,6 +59,14 @@ def optimize_command(model: str, target_spec: str, profile_spec: str, shapes: tu
     target = load_target(target_spec)
     profile = load_profile(profile_spec)
     loaded = load_model(model, parse_shape_overrides(shapes), batch=parse_batch(batch))
+    if loaded.shape_ranges:
+        from onnxsmith.errors import UserInputError
+
+        name, bounds = next(iter(loaded.shape_ranges.items()))
+        raise UserInputError(f"optimize takes fixed shapes, not the range {name}={bounds.bounds_text()}",
+                             "it sweeps the profile's batch sizes itself, on one dynamic-batch artifact where the "
+                             "backend compiles ranges", "give fixed shapes (--shape NAME=DIMS, --batch N), or compile "
+                             "the range with 'onnxsmith compile'")
     known = loaded.batch_inputs
     data = open_dataset(data_spec, loaded.inputs, labels=labels, what="validation data",
                         known_batch=known) if data_spec else None

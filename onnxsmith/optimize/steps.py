@@ -49,6 +49,9 @@ class Recipe:
     candidate: bool = True
     options: tuple[tuple[str, str], ...] = ()
     """Backend options (``--option KEY=VALUE``) for the compile."""
+    batch_range: tuple[int, int, int] | None = None
+    """Compile one artifact whose batch dim is dynamic between (min, opt, max) (the batch sweep, where the backend
+    compiles shape ranges); ``batch`` is then the max."""
 
 
 SCREEN_FACTOR = 5.0
@@ -76,15 +79,26 @@ class StepRunner:
         self.work = output / "steps"
         self.keep_worst = keep_worst
         self.progress = progress or (lambda message: None)
-        self._models: dict[tuple[tuple[PassSpec, ...], int], tuple[LoadedModel, dict[str, Any] | None]] = {}
+        self._models: dict[tuple[Any, ...], tuple[LoadedModel, dict[str, Any] | None]] = {}
         self.recipes: dict[str, Recipe] = {}
         """Every recipe measured so far, by step name."""
         self.fastest: dict[int, tuple[str, float]] = {}
         """Per batch size, the fastest fully measured step so far (name, p50 ms): the bar for the probe."""
 
     # --- the ONNX a recipe compiles -----------------------------------------------------------------------------
-    def base_model(self, batch: int) -> LoadedModel:
-        """The original model with batch ``batch`` (re-loaded with the batch dim set; it must be dynamic)."""
+    def base_model(self, batch: int, batch_range: tuple[int, int, int] | None = None) -> LoadedModel:
+        """The original model with batch ``batch`` (re-loaded with the batch dim set; it must be dynamic), or with
+        its batch dim kept dynamic within ``batch_range`` (min, opt, max)."""
+        if batch_range is not None:
+            from onnxsmith.model import load_model
+
+            static = {n: v for n, v in self.model.shape_overrides.items()
+                      if self.model.batch_inputs is None or n not in self.model.batch_inputs}
+            ranged = load_model(self.model.source, static, batch=batch_range)
+            if not ranged.shape_ranges:
+                raise UserInputError(f"cannot sweep batches {batch_range[0]}..{batch_range[2]} in one artifact",
+                                     "the model has no dynamic batch dim", "export the model with a dynamic batch dim")
+            return ranged
         if batch == 1 or (self.model.inputs and self.model.inputs[0].shape[:1] == (batch,)):
             return self.model
         from onnxsmith.model import load_model
@@ -99,15 +113,16 @@ class StepRunner:
             shapes[spec.name] = (batch, *(int(d) for d in spec.shape[1:]))  # type: ignore[arg-type]
         return load_model(self.model.source, shapes)
 
-    def build(self, passes: tuple[PassSpec, ...], batch: int = 1) -> tuple[LoadedModel, dict[str, Any] | None]:
+    def build(self, passes: tuple[PassSpec, ...], batch: int = 1, batch_range: tuple[int, int, int] | None = None
+              ) -> tuple[LoadedModel, dict[str, Any] | None]:
         """The model after ``passes`` (cached by prefix), and the record of the last pass."""
-        key = (passes, batch)
+        key: tuple[Any, ...] = (passes, batch) if batch_range is None else (passes, batch, batch_range)
         if key in self._models:
             return self._models[key]
         if not passes:
-            result: tuple[LoadedModel, dict[str, Any] | None] = (self.base_model(batch), None)
+            result: tuple[LoadedModel, dict[str, Any] | None] = (self.base_model(batch, batch_range), None)
         else:
-            parent, _ = self.build(passes[:-1], batch)
+            parent, _ = self.build(passes[:-1], batch, batch_range)
             name, config = passes[-1]
             from onnxsmith.model import load_model, save_model
             from onnxsmith.optimize.passes import get_pass
@@ -116,7 +131,7 @@ class StepRunner:
             done = get_pass(name, **dict(config)).run(parent, calibration=self.calibration)
             digest = hashlib.sha256(repr(key).encode()).hexdigest()[:12]
             path = save_model(done.model, self.output / ".models" / digest / f"{self.model.name}.onnx")
-            loaded = load_model(path)
+            loaded = load_model(path, {n: r for n, r in parent.shape_ranges.items()})
             result = (loaded, done.record.to_json())
         self._models[key] = result
         return result
@@ -128,7 +143,7 @@ class StepRunner:
         stage = "building the ONNX"
         record = None
         try:
-            model, record = self.build(recipe.passes, recipe.batch)
+            model, record = self.build(recipe.passes, recipe.batch, recipe.batch_range)
             stage = "compiling"
             bundle = self._compile(recipe, model)
             stage = "profiling"
@@ -244,7 +259,7 @@ class StepRunner:
                              precision=recipe.compile_precision,
                              calibration=self.calibration if recipe.compile_precision == "int8" else None,
                              notes=(f"optimize step '{recipe.name}': {recipe.change}",),
-                             reference=self.base_model(recipe.batch), progress=self.progress,
+                             reference=self.base_model(recipe.batch, recipe.batch_range), progress=self.progress,
                              options=dict(recipe.options))
 
     def _failed(self, recipe: Recipe, record: dict[str, Any] | None, reason: str) -> Step:

@@ -41,7 +41,7 @@ def test_every_step_is_measured_on_the_real_validation_images(digits_card: tuple
     output, card = digits_card
     names = [s.name for s in card.steps]  # type: ignore[attr-defined]
     assert names[:3] == ["baseline", "simplify", "onnxruntime-int8"]
-    assert names[3:] == [f"{card.chosen}@b4"]  # type: ignore[attr-defined]
+    assert names[3:] == [f"{card.chosen}@b1..4"]  # one dynamic-batch artifact: ONNX Runtime compiles ranges
     by = {s.name: s for s in card.steps}  # type: ignore[attr-defined]
     for step in card.steps:  # type: ignore[attr-defined]
         assert step.status in ("chosen", "rejected"), (step.name, step.reason)
@@ -57,8 +57,15 @@ def test_every_step_is_measured_on_the_real_validation_images(digits_card: tuple
     assert by["simplify"].pass_record["tool"].startswith("onnxslim")
     assert card.constraints.metric == "accuracy"  # type: ignore[attr-defined]
     assert card.chosen in by and by[card.chosen].status == "chosen"  # type: ignore[attr-defined]
-    sweep = next(s for s in card.steps if s.name.endswith("@b4"))  # type: ignore[attr-defined]
+    sweep = next(s for s in card.steps if s.name.endswith("@b1..4"))  # type: ignore[attr-defined]
     assert sweep.batch == 4 and not sweep.candidate and "not a candidate" in sweep.reason
+    assert any("one artifact for batch 1..4, profiled at each size" in n for n in sweep.notes)
+    bundle = json.loads((output / "steps" / sweep.name / "manifest.json").read_text()) \
+        if (output / "steps" / sweep.name).is_dir() else None
+    assert bundle is None or bundle["shape_ranges"]["image"] == {"min": [1, 1, 8, 8], "opt": [4, 1, 8, 8],
+                                                                 "max": [4, 1, 8, 8]}
+    points = [p["batch"] for p in card.batching["sweep"]["points"]]  # type: ignore[attr-defined]
+    assert points == [1, 4]
 
 
 def test_failure_examples_are_kept(digits_card: tuple[Path, object]) -> None:
