@@ -65,6 +65,9 @@ def render_report(manifest: dict[str, Any], profile: dict[str, Any] | None,
         lines.append(f"- Setting `{key}` = `{value}`.")
     for note in manifest.get("notes", []):
         lines.append(f"- Note: {note}")
+    for name, bounds in (manifest.get("shape_ranges") or {}).items():
+        lines.append(f"- Input `{name}` is dynamic in one artifact: min {'x'.join(map(str, bounds['min']))}, opt "
+                     f"{'x'.join(map(str, bounds['opt']))}, max {'x'.join(map(str, bounds['max']))}.")
     lines += ["", "## Profile", ""]
     if profile is None:
         lines.append("Not profiled yet: run `onnxsmith profile BUNDLE`.")
@@ -103,6 +106,16 @@ def render_report(manifest: dict[str, Any], profile: dict[str, Any] | None,
         lines.append(f"| artifact size | {fmt_bytes(profile['artifact_size_bytes'])} | "
                      f"{fmt_bytes(os.path.getsize(manifest['_reference_path'])) if manifest.get('_reference_path') else '-'} | |")
         lines.append("")
+        if profile.get("shapes"):
+            lines += ["Across the compiled shape range (the table above is at its opt point):", "",
+                      "| point | shape | batch | p50 | p99 | throughput | ONNX Runtime fp32 p50 |", "|---|---|---|---|---|---|---|"]
+            for point in profile["shapes"]:
+                shape = "; ".join(f"{k} {'x'.join(map(str, v))}" for k, v in point["shape"].items())
+                base_p50 = (point.get("baseline_latency_ms") or {}).get("p50")
+                lines.append(f"| {point['point']} | {shape} | {point['batch']} | {_ms(point['latency_ms']['p50'])} | "
+                             f"{_ms(point['latency_ms']['p99'])} | {point['throughput_per_s']:.2f}/s | "
+                             f"{_ms(base_p50)} |")
+            lines.append("")
         if profile.get("efficiency") is not None:
             lines.append(f"Efficiency: {_flop(profile['flops'])} per inference at p50 = "
                          f"{profile['achieved_tflops'] * 1000:.2f} GFLOP/s, "
@@ -139,6 +152,11 @@ def render_report(manifest: dict[str, Any], profile: dict[str, Any] | None,
         if v.get("top1_agreement") is not None:
             lines.append(f"- top-1 agreement {v['top1_agreement'] * 100:.2f} %, reference top-1 within top-5 "
                          f"{v['top5_agreement'] * 100:.2f} %")
+        for point in v.get("shapes") or []:
+            shape = "; ".join(f"{k} {'x'.join(map(str, dims))}" for k, dims in point["shape"].items())
+            lines.append(f"- at {point['point']} ({shape}): " + (f"skipped, {point['skipped']}" if "skipped" in point
+                         else f"{point['samples']} samples, cosine min {point['cosine_min']:.6f}, "
+                         f"{'passed' if point['passed'] else 'FAILED'}"))
         if v.get("accuracy") is not None:
             drop = v["reference_accuracy"] - v["accuracy"]
             lines.append(f"- accuracy {v['accuracy'] * 100:.2f} % vs reference {v['reference_accuracy'] * 100:.2f} % "
