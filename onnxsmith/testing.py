@@ -122,8 +122,10 @@ def check_backend(backend: Compiler, workdir: Path, target: Target | None = None
         "cache_token": backend.cache_token(target, request.options),
         "ladder_variants": [dataclasses.asdict(v) for v in backend.ladder_variants(target, precision)],
         "onnx_pass_precisions": backend.onnx_pass_precisions(target),
+        "dynamic_shapes": backend.dynamic_shapes(loaded, target),
         "install_command": backend.install_command(),
     }
     assert isinstance(hooks["cache_token"], str), "cache_token() returns a string"
+    assert isinstance(hooks["dynamic_shapes"], Support), "dynamic_shapes() returns a Support"
     return ContractReport(backend.name, version, precisions, tuple(artifact.files), round(worst, 8),
                           {k: str(v) for k, v in hooks.items()})

@@ -145,3 +145,27 @@ def test_a_backend_that_cannot_says_so_before_compiling(dyn_cnn: Path, tmp_path:
     assert code == 5 and err.count("\n") == 1
     assert "cannot compile the shape range input=[1..16]x3x16x16" in err and "fixed input shapes only" in err
     assert not out_dir.exists()
+
+
+def test_tvm_compiles_the_range_as_relax_symbolic_shapes(mlp_path: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("tvm")
+    bundle = tmp_path / "b"
+    code, out, err = cli(["compile", str(mlp_path), "-b", "tvm", "--batch", "1..8@4", "-o", str(bundle)], capsys)
+    assert code == 0, err
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["artifact"]["metadata"]["dynamic_shapes"]["upper_bounds"] == {"N": 8}
+    assert [f for f in manifest["artifact"]["files"] if f.endswith(".so")] == ["model.so"]  # one library
+    for batch in (1, 5, 8):
+        x = np.random.default_rng(batch).standard_normal((batch, 32)).astype(np.float32)
+        np.savez(tmp_path / "x.npz", x=x)
+        assert cli(["run", str(bundle), "--input", str(tmp_path / "x.npz"), "--output", str(tmp_path / "y.npz")],
+                   capsys)[0] == 0
+        from onnxsmith.reference import reference_runner
+
+        with np.load(tmp_path / "y.npz") as y, reference_runner(mlp_path) as ref:  # the dynamic original
+            want = ref.run({"x": x})["logits"]
+            np.testing.assert_allclose(y["logits"], want, rtol=1e-4, atol=1e-5)
+    np.savez(tmp_path / "x9.npz", x=np.zeros((9, 32), np.float32))
+    code, _, err = cli(["run", str(bundle), "--input", str(tmp_path / "x9.npz")], capsys)
+    assert code == 2 and "dim 0 is 9, the bundle takes 1 to 8" in err

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from onnxsmith.compilers.tensorrt.gpu import GpuInfo, gpu, matches, nvidia_gpus
 from onnxsmith.compilers.tensorrt.options import DECLARED, BuildOptions, parse_options, profile_copies
 
-from onnxsmith.errors import BundleError, DataError, MissingDependencyError, UnsupportedError
+from onnxsmith.errors import BundleError, DataError, MissingDependencyError, UnsupportedError, UserInputError
 from onnxsmith.plugin import Artifact, CompileRequest, Compiler, Support
 from onnxsmith.units import machine_arch
 
@@ -107,6 +107,16 @@ class TensorRTCompiler(Compiler):
         trt = _trt()
         target = request.target
         opts = parse_options(request.options, target.options_for("tensorrt"), target.source_file)
+        if opts.max_batch is not None:
+            # every dynamic dim reaching here is a range the core passed (--shape MIN:OPT:MAX, --batch), which sets
+            # the profile; the batch options alone would do nothing, so they are refused rather than ignored
+            low, best = opts.min_batch or 1, opts.opt_batch or opts.max_batch
+            why = ("the shape range given with --shape/--batch sets the optimization profile"
+                   if request.model.shape_ranges else "the model's batch dim was fixed when it was loaded, so no "
+                   "optimization profile would use them")
+            raise UserInputError("--option max_batch/min_batch/opt_batch cannot set the profile", why,
+                                 f"compile with --batch {low}..{opts.max_batch}@{best} instead (the same range, for "
+                                 "every batch input)")
         if request.precision not in PRECISIONS:
             raise UnsupportedError(f"tensorrt backend cannot compile {request.precision}",
                                    f"it offers {', '.join(PRECISIONS)}")

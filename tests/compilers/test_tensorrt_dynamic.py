@@ -229,3 +229,27 @@ def test_parallel_contexts_and_the_layer_profile_each_get_their_own_profile(fake
     assert runner._free_profiles == [3]  # kept for the per-layer profile's context
     runner.parallel_throughput({"x": np.ones((2, 4), np.float32)}, 0.01)  # again: the same contexts, no new ones
     assert len(engine.contexts) == 3
+
+
+def test_batch_options_are_refused_not_ignored(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """--option max_batch used to be accepted and silently ignored (the batch was fixed at load); now it says
+    which option to use instead, before any TensorRT call."""
+    import dataclasses
+
+    import onnx
+
+    from onnxsmith.compilers.tensorrt import backend as trt_backend
+    from onnxsmith.plugin import CompileRequest
+    from onnxsmith.profiles import load_profile
+    from tests.models import make_cnn
+
+    monkeypatch.setattr(trt_backend, "_trt", fake_trt)
+    path = tmp_path / "cnn.onnx"
+    onnx.save_model(make_cnn(batch="N"), str(path))
+    request = CompileRequest(model=load_model(path), target=nvidia_target(), precision="fp32",
+                             profile=load_profile("quick"), options={"max_batch": 16, "opt_batch": 8})
+    with pytest.raises(UserInputError, match=r"--batch 1\.\.16@8"):
+        TensorRTCompiler().compile(request, tmp_path / "work")
+    ranged = dataclasses.replace(request, model=load_model(path, batch=(1, 4, 16)))
+    with pytest.raises(UserInputError, match="the shape range given with --shape/--batch sets"):
+        TensorRTCompiler().compile(ranged, tmp_path / "work")
