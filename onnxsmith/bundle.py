@@ -298,6 +298,7 @@ class Bundle:
 
         specs = self.inputs
         ranges = self.shape_ranges
+        symbols: dict[str, tuple[str, int]] = {}
         names = [s.name for s in specs]
         unknown = [k for k in feeds if k not in names]
         if unknown:
@@ -318,6 +319,13 @@ class Bundle:
                 raise DataError(f"input '{spec.name}' has the wrong shape",
                                 f"got {'x'.join(map(str, arr.shape)) or 'scalar'}, the compiled model takes "
                                 f"{spec.shape_text()}", "reshape it, or compile again with --shape")
+            for dim, got in zip(spec.shape, arr.shape) if spec.name in ranges else ():
+                if isinstance(dim, str) and dim:  # a symbol shared by several inputs: one size in one request
+                    seen = symbols.setdefault(dim, (spec.name, int(got)))
+                    if seen[1] != got:
+                        raise DataError(f"inputs '{seen[0]}' and '{spec.name}' disagree on dim '{dim}'",
+                                        f"{seen[1]} vs {got}; the model takes one size for it per run",
+                                        "give every input the same size on that dim")
             if arr.dtype.name != spec.dtype:
                 raise DataError(f"input '{spec.name}' has the wrong dtype", f"got {arr.dtype}, expected {spec.dtype}",
                                 f"convert it with .astype('{spec.dtype}')")

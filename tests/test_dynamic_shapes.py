@@ -169,3 +169,21 @@ def test_tvm_compiles_the_range_as_relax_symbolic_shapes(mlp_path: Path, tmp_pat
     np.savez(tmp_path / "x9.npz", x=np.zeros((9, 32), np.float32))
     code, _, err = cli(["run", str(bundle), "--input", str(tmp_path / "x9.npz")], capsys)
     assert code == 2 and "dim 0 is 9, the bundle takes 1 to 8" in err
+
+
+def test_inputs_sharing_a_symbol_must_agree(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    graph = helper.make_graph([helper.make_node("Add", ["x", "y"], ["z"])], "add",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 4]),
+                               helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 4])],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["B", 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save_model(model, str(tmp_path / "add.onnx"))
+    bundle = tmp_path / "b"
+    assert cli(["compile", str(tmp_path / "add.onnx"), "-b", "onnxruntime", "--batch", "1..8", "-o", str(bundle)],
+               capsys)[0] == 0
+    np.savez(tmp_path / "ok.npz", x=np.ones((3, 4), np.float32), y=np.ones((3, 4), np.float32))
+    np.savez(tmp_path / "bad.npz", x=np.ones((3, 4), np.float32), y=np.ones((5, 4), np.float32))
+    assert cli(["run", str(bundle), "--input", str(tmp_path / "ok.npz")], capsys)[0] == 0
+    code, _, err = cli(["run", str(bundle), "--input", str(tmp_path / "bad.npz")], capsys)
+    assert code == 2 and "inputs 'x' and 'y' disagree on dim 'B': 3 vs 5" in err
