@@ -89,7 +89,8 @@ def inspect_command(model: str, target_spec: str, shapes: tuple[str, ...], batch
               f"{_flop(info['flops'])} per inference (Conv/Gemm/MatMul)")
     out.print("ops: " + ", ".join(f"{op} x{n}" for op, n in info["ops"].items()))
     if info["dynamic_inputs"]:
-        out.print(f"[yellow]dynamic dims[/yellow]: {info['dynamic_inputs']} (fix with --shape NAME=DIMS)")
+        out.print(f"[yellow]dynamic dims[/yellow]: {info['dynamic_inputs']} (fix with --shape NAME=DIMS, or keep "
+                  "them dynamic within bounds with --shape NAME=MIN:OPT:MAX or --batch MIN..MAX)")
     if info["backends"]:
         table = Table(title=f"backend support for {target.id}")
         for col in ("backend", "installed", "compiles for target", "runs here", "unsupported ops", "why not"):
