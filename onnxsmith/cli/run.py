@@ -9,9 +9,8 @@ from onnxsmith.cli.common import data_option, json_option
 
 @click.command("run")
 @click.argument("bundle_path", metavar="BUNDLE", type=click.Path(file_okay=False))
-@data_option("--input", "input_file", "Inputs: exactly the compiled shapes (one run), or N samples along axis 0 "
-             "of the batched inputs (the others exactly their shape); for a bundle compiled for a shape range, any "
-             "shape inside it (one run; others are refused); NaN allowed", required=True)
+@data_option("--input", "input_file", "Inputs: the compiled shapes, or any inside a compiled range (one run), "
+             "or N samples along axis 0 of the batched inputs; NaN allowed", required=True)
 @click.option("--output", "output_file", type=click.Path(dir_okay=False), default=None,
               help="Where to save the outputs (.npz).")
 @json_option
