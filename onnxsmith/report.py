@@ -35,7 +35,7 @@ def _flop(n: float) -> str:
 
 
 def render_report(manifest: dict[str, Any], profile: dict[str, Any] | None,
-                  validation: dict[str, Any] | None) -> str:
+                  validation: dict[str, Any] | None, layers: dict[str, Any] | None = None) -> str:
     art = manifest["artifact"]
     target = manifest["target"]
     lines = [
@@ -153,6 +153,10 @@ def render_report(manifest: dict[str, Any], profile: dict[str, Any] | None,
                              f"{'-' if w['prediction'] is None else w['prediction']} | "
                              f"{'-' if w['reference_prediction'] is None else w['reference_prediction']} | "
                              f"`{w['file']}` |")
+    if layers:
+        from onnxsmith.layers import render_divergence
+
+        lines += render_divergence(layers)
     lines += ["", "## Improved, worse, risky", ""]
     lines += summarize_changes(manifest, profile, validation)
     return "\n".join(lines) + "\n"
@@ -192,7 +196,8 @@ def summarize_changes(manifest: dict[str, Any], profile: dict[str, Any] | None,
 def write_report(bundle: Bundle) -> str:
     manifest = dict(bundle.manifest)
     manifest["_reference_path"] = str(bundle.reference_model)
-    text = render_report(manifest, bundle.read_json("profile.json"), bundle.read_json("validation.json"))
+    text = render_report(manifest, bundle.read_json("profile.json"), bundle.read_json("validation.json"),
+                         bundle.read_json("layers.json"))
     path = bundle.path / "report.md"
     tmp = path.with_name(f".report.md.{os.getpid()}.tmp")
     tmp.write_text(text)

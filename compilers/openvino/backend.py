@@ -253,6 +253,38 @@ class OpenVINOCompiler(Compiler):
                              f"{runner.precision_used} here (INFERENCE_PRECISION_HINT read back at load)",)
         return runner
 
+    def load_layers(self, artifact: Artifact, directory: Path, target: Target, tensors: list[str]
+                    ) -> OpenVINORunner | None:
+        """The IR with every op output that carries one of ``tensors``' ONNX names (OpenVINO keeps them as tensor
+        names, NNCF's FakeQuantize nodes included) added as a model output, compiled with the bundle's
+        properties."""
+        from onnxsmith.compilers.openvino.runner import OpenVINORunner
+
+        require_device(artifact.device, target.id)
+        model = core().read_model(str(directory / IR_FILES[0]))
+        wanted = set(tensors)
+        outputs = list(artifact.metadata.get("outputs", []))
+        exposed: list[str] = []
+        ports = []
+        for op in model.get_ordered_ops():
+            if op.get_type_name() in ("Result", "Parameter", "Constant"):
+                continue
+            for port in op.outputs():
+                names = [n for n in port.get_names() if n in wanted and n not in exposed and n not in outputs]
+                if names:
+                    ports.append(port)
+                    exposed.append(names[0])
+        if not ports:
+            return None
+        model.add_outputs(ports)
+        properties = {str(k): str(v) for k, v in artifact.options.items()}
+        try:
+            compiled = core().compile_model(model, artifact.device, properties)
+        except Exception as exc:
+            raise BackendError("OpenVINO could not compile the IR with per-layer outputs", vendor_why(exc)) from exc
+        return OpenVINORunner(compiled, artifact.device, properties, directory / IR_FILES[0],
+                              list(artifact.metadata.get("inputs", [])), outputs + exposed, (), "IR")
+
 
 def _blob_differs(compiled: Any, blob: bytes, device: str, properties: Mapping[str, str]) -> str | None:
     """Why the blob, imported again, does not compute what ``compiled`` does on one generated input (None: it does).
