@@ -78,18 +78,24 @@ class CoreMLOptions:
     granularity: str = "per_channel"
     fp32_ops: tuple[str, ...] = ()
     """MIL op types kept fp32 in an fp16 program (e.g. ``softmax,layer_norm``)."""
+    keep_fp32: tuple[str, ...] = ()
+    """int8: ONNX node names whose weights stay float (op selectors of ``linear_quantize_weights``)."""
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["fp32_ops"] = list(self.fp32_ops)
         if not self.fp32_ops:
             del data["fp32_ops"]
+        data["keep_fp32"] = list(self.keep_fp32)
+        if not self.keep_fp32:
+            del data["keep_fp32"]
         return data
 
 
 def parse_options(options: Mapping[str, Any], target_options: Mapping[str, Any] | None = None,
                   target_file: str = "") -> CoreMLOptions:
-    allowed = ("compute_units", "minimum_deployment_target", "weight_threshold", "granularity", "fp32_ops")
+    allowed = ("compute_units", "minimum_deployment_target", "weight_threshold", "granularity", "fp32_ops",
+               "keep_fp32")
     values: dict[str, Any] = {}
     for source, items in (("target", target_options or {}), ("option", options)):
         for key, value in items.items():
@@ -119,7 +125,32 @@ def parse_options(options: Mapping[str, Any], target_options: Mapping[str, Any] 
     fp32_ops = values.get("fp32_ops", ())
     if isinstance(fp32_ops, str):
         fp32_ops = [op.strip() for op in fp32_ops.split(",") if op.strip()]
-    return CoreMLOptions(units, deploy, threshold, granularity, tuple(fp32_ops))
+    keep = values.get("keep_fp32", ())
+    if isinstance(keep, str):
+        keep = [n.strip() for n in keep.split(",") if n.strip()]
+    return CoreMLOptions(units, deploy, threshold, granularity, tuple(fp32_ops), tuple(keep))
+
+
+def keep_weights(proto: Any, nodes: tuple[str, ...]) -> tuple[str, ...]:
+    """The initializers (weights) of the ONNX nodes in ``nodes``; a name the model lacks is refused."""
+    if not nodes:
+        return ()
+    initializers = {t.name for t in proto.graph.initializer}
+    by_name = {n.name: n for n in proto.graph.node}
+    missing = [n for n in nodes if n not in by_name]
+    if missing:
+        raise UnsupportedError(f"keep_fp32 names {', '.join(missing)}, which the model does not have",
+                               "the keep-list holds ONNX node names", "list them with 'onnxsmith inspect'")
+    return tuple(i for n in nodes for i in by_name[n].input if i in initializers)
+
+
+def _const_ops(mlmodel: Any, weights: tuple[str, ...]) -> set[str]:
+    """MIL const op names holding those ONNX weights (onnx2coreml names them after the initializer, with a
+    ``_to_fp16`` suffix in fp16 programs): the op selectors that keep them float."""
+    program = mlmodel._mil_program
+    consts = {op.name for fn in program.functions.values() for op in fn.find_ops(op_type="const")}
+    wanted = set(weights)
+    return {c for c in consts if c in wanted or any(c.startswith(w + "_to_") for w in wanted)}
 
 
 def program_summary(spec: Any) -> dict[str, Any]:
@@ -176,7 +207,12 @@ class CoreMLCompiler(Compiler):
         Option("granularity", str, "per_channel", "int8 weight quantization granularity",
                choices=("per_channel", "per_tensor")),
         Option("fp32_ops", list, (), "fp16: ONNX op types kept in fp32 (comma-separated)"),
+        Option("keep_fp32", list, (), "int8: ONNX node names whose weights stay float (op selectors; a keep-list "
+               "from 'onnxsmith debug precision')"),
     )
+
+    def keep_fp32_option(self, target: Target) -> str | None:
+        return "keep_fp32"
 
     def check_environment(self) -> None:
         onnx2coreml()
@@ -249,7 +285,8 @@ class CoreMLCompiler(Compiler):
         convert_seconds = time.perf_counter() - start
         quantization: dict[str, Any] = {}
         if precision == "int8":
-            mlmodel, quantization = self._quantize(ct, mlmodel, opts)
+            mlmodel, quantization = self._quantize(ct, mlmodel, opts, keep_weights(request.model.proto,
+                                                                                  opts.keep_fp32))
             notes.append("int8 is weight-only: weights are stored as int8 (linear symmetric, "
                          f"{opts.granularity}) and dequantized on load; activations stay fp16")
         elif precision == "fp16" and opts.fp32_ops:
@@ -280,12 +317,14 @@ class CoreMLCompiler(Compiler):
             notes=tuple(notes),
         )
 
-    def _quantize(self, ct: Any, mlmodel: Any, opts: CoreMLOptions) -> tuple[Any, dict[str, Any]]:
+    def _quantize(self, ct: Any, mlmodel: Any, opts: CoreMLOptions, keep: tuple[str, ...] = ()
+                  ) -> tuple[Any, dict[str, Any]]:
         from coremltools.optimize.coreml import OpLinearQuantizerConfig, OptimizationConfig, linear_quantize_weights
 
+        kept = _const_ops(mlmodel, keep) if keep else set()
         config = OptimizationConfig(global_config=OpLinearQuantizerConfig(
             mode="linear_symmetric", dtype="int8", granularity=opts.granularity,
-            weight_threshold=opts.weight_threshold))
+            weight_threshold=opts.weight_threshold), op_name_configs={name: None for name in kept})
         try:
             with quiet():
                 quantized = linear_quantize_weights(mlmodel, config=config)
@@ -296,7 +335,8 @@ class CoreMLCompiler(Compiler):
             raise UnsupportedError("int8 quantized no weights",
                                    f"no weight tensor has more than weight_threshold={opts.weight_threshold} elements",
                                    "lower --option weight_threshold, or compile fp16")
-        return quantized, {"method": "coremltools linear_quantize_weights (weight-only)", "mode": "linear_symmetric",
+        return quantized, {**({"kept_float": sorted(kept)} if keep else {}),
+                           "method": "coremltools linear_quantize_weights (weight-only)", "mode": "linear_symmetric",
                            "dtype": "int8", "granularity": opts.granularity,
                            "weight_threshold": opts.weight_threshold, "quantized_weights": compressed}
 

@@ -40,6 +40,9 @@ class OpenVINOCompiler(Compiler):
     artifact_kind = "OpenVINO IR (model.xml/.bin) + compiled blob for the device (model.blob)"
     options = OPTIONS
 
+    def keep_fp32_option(self, target: Target) -> str | None:
+        return "keep_fp32"
+
     def ladder_variants(self, target: Target, precision: str) -> list[Variant]:
         return [Variant(change="NNCF, same calibration set" if precision == "int8" else "")]
 
@@ -154,7 +157,7 @@ class OpenVINOCompiler(Compiler):
             from onnxsmith.compilers.openvino.quantize import quantize
 
             result = quantize(model, request.calibration, request.model.inputs, settings.subset_size,
-                              settings.model_type)
+                              settings.model_type, settings.keep_fp32)
             model = result.model
             metadata["quantization"] = result.metadata
             fake_quantize = int(result.metadata["fake_quantize_nodes"])

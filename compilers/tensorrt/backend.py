@@ -83,6 +83,9 @@ class TensorRTCompiler(Compiler):
     def precisions(self, target: Target) -> tuple[str, ...]:
         return tuple(p for p in PRECISIONS if not target.precisions or p in target.precisions)
 
+    def keep_fp32_option(self, target: Target) -> str | None:
+        return "keep_fp32"
+
     def needs_calibration(self, precision: str, model: LoadedModel) -> bool:
         """int8 needs calibration data unless the model already carries Q/DQ nodes (explicit quantization)."""
         return precision == "int8" and not any(
@@ -216,10 +219,15 @@ class TensorRTCompiler(Compiler):
             notes.append(f"calibration used {feeder.num_batches * feeder.batch_size} of "
                          f"{feeder.num_batches * feeder.batch_size + feeder.dropped_samples} samples "
                          f"(whole batches of {feeder.batch_size})")
+        if opts.keep_fp32 and method != "qdq":
+            raise UnsupportedError("keep_fp32 needs explicit quantization",
+                                   "TensorRT's calibrator picks precisions per layer itself",
+                                   "add --option int8_method=qdq")
         if method == "qdq":
             output = tmp / "model.qdq.onnx"
             metadata["int8"] = {"method": "explicit: Q/DQ nodes written by onnxsmith",
-                                **prec.quantize_qdq(source, output, feeder, opts.calibration_method)}
+                                **prec.quantize_qdq(source, output, feeder, opts.calibration_method,
+                                                    opts.keep_fp32)}
             import onnx
 
             notes.append("int8 by explicit quantization: Q/DQ (symmetric, per-channel weights) on Conv/MatMul/Gemm "
