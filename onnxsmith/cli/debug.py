@@ -47,3 +47,70 @@ def diverge_command(bundle_path: str, data_file: str | None, samples: int, seed:
                else "no layer exceeds the tolerance")
     click.echo(record["growth"])
     click.echo(f"table: {bundle.path / 'layers.json'}  report: {bundle.path / 'report.md'}")
+
+
+@debug_group.command("precision")
+@click.argument("model", type=click.Path(dir_okay=False))
+@target_option
+@profile_option
+@shape_option
+@click.option("--precision", type=click.Choice(["int8"]), default="int8", show_default=True,
+              help="The reduced precision to debug.")
+@data_option("--data", "data_spec", "Validation data (with --labels for task accuracy)", required=True)
+@click.option("--labels", default=None, help="Key of the labels in --data (<labels>.npy in a folder).")
+@data_option("--calibration", "calibration_spec", "Calibration data, one set for every backend (default: the "
+             "first validation samples)")
+@click.option("--max-accuracy-drop", default="1%", show_default=True, help="Accuracy budget, e.g. 1% or 0.01.")
+@click.option("--backend", "-b", "backends", multiple=True, help="Only these backends (repeatable; default: every "
+              "available backend the target lists).")
+@click.option("--output", "-o", type=click.Path(file_okay=False), required=True, help="Output directory.")
+@click.option("--force", is_flag=True, help="Write into a non-empty -o that holds no previous result.")
+@json_option
+def precision_command(model: str, target_spec: str, profile_spec: str, shapes: tuple[str, ...], precision: str,
+                      data_spec: str, labels: str | None, calibration_spec: str | None, max_accuracy_drop: str,
+                      backends: tuple[str, ...], output: str, force: bool, as_json: bool) -> None:
+    """Rank layers by int8 sensitivity, find the smallest keep-list meeting the budget, apply it per backend."""
+    from pathlib import Path
+
+    from onnxsmith.cli.optimize import _fraction
+    from onnxsmith.console import print_json, progress
+    from onnxsmith.datasets import open_dataset
+    from onnxsmith.errors import CheckFailedError
+    from onnxsmith.model import load_model, parse_shape_overrides
+    from onnxsmith.optimize.precision_debug import REPORT, debug_precision
+    from onnxsmith.profiles import load_profile
+    from onnxsmith.targets import load_target
+
+    target = load_target(target_spec)
+    profile = load_profile(profile_spec)
+    loaded = load_model(model, parse_shape_overrides(shapes))
+    data = open_dataset(data_spec, loaded.inputs, labels=labels, what="validation data",
+                        known_batch=loaded.batch_inputs)
+    calibration = open_dataset(calibration_spec, loaded.inputs, what="calibration data",
+                               known_batch=loaded.batch_inputs) if calibration_spec else None
+    with progress(f"int8 sensitivity of {loaded.name} for {target.id}", not as_json) as update:
+        record = debug_precision(loaded, target, profile, data=data, calibration=calibration,
+                                 max_drop=_fraction(max_accuracy_drop), output=Path(output),
+                                 backends=backends or None, force=force, progress=update)
+    sens = record["sensitivity"]
+    if as_json:
+        print_json(record)
+    else:
+        click.echo(f"int8 everywhere: {record['metric']} drop {sens['int8_drop'] * 100:.2f} % "
+                   f"(budget {sens['budget'] * 100:.2f} %)")
+        if sens["keep"]:
+            click.echo(f"keep in fp32: {', '.join(sens['keep_names'])} -> drop {sens['mixed_drop'] * 100:.2f} %")
+        for entry in record["backends"]:
+            parts = []
+            for kind in ("fp32", "int8", "mixed"):
+                res = entry.get(f"{kind}_result")
+                if res and res.get("latency_p50_ms") is not None:
+                    parts.append(f"{kind} {res['latency_p50_ms']:.4f} ms drop {res['drop'] * 100:.2f} %"
+                                 if res.get("drop") is not None else f"{kind} {res['latency_p50_ms']:.4f} ms")
+                elif res:
+                    parts.append(f"{kind} {res['status']}")
+            click.echo(f"{entry['backend']}: " + ("; ".join(parts) or entry.get("why", "")))
+        click.echo(f"report: {Path(output) / REPORT}")
+    if not sens["met"]:
+        raise CheckFailedError("no keep-list meets the accuracy budget", "even with layers kept in fp32 the drop "
+                               "stays above it", "relax --max-accuracy-drop, or check the calibration data")
