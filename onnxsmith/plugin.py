@@ -123,6 +123,9 @@ class LayerTime:
     time_ms: float
     exec_type: str = ""
     """The kernel or implementation the backend chose (e.g. ``jit_avx512_FP32``)."""
+    precision: str = ""
+    """The precision the layer really computed in, as the backend reports it (``int8``, ``bf16``, ``fp16``,
+    ``fp32``; see :data:`onnxsmith.profiling.LAYER_PRECISIONS`); ``""`` when it does not say."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -117,11 +117,18 @@ def render_report(manifest: dict[str, Any], profile: dict[str, Any] | None,
                 p50, base_p50 = profile["latency_ms"]["p50"], base["latency_ms"]["p50"]
                 lines.append(f"\n**Warning**: its p50 is {p50 / base_p50:.1f}x ONNX Runtime fp32's ({p50:.3f} ms "
                              f"vs {base_p50:.3f} ms), measured in this run; {advice}.")
+        if profile.get("layer_precision"):
+            from onnxsmith.profiling import precision_line
+
+            shares = profile["layer_precision"]
+            lines.append(f"\n**Time at each precision** (backend profiler, {shares['total_ms']:.3f} ms over "
+                         f"{sum(shares['layers'].values())} layers): {precision_line(shares)}.")
         if profile.get("layers"):
-            lines += ["", "Slowest layers (backend profiler):", "", "| layer | op | kernel | time |", "|---|---|---|---|"]
+            lines += ["", "Slowest layers (backend profiler):", "", "| layer | op | kernel | precision | time |",
+                      "|---|---|---|---|---|"]
             for layer in profile["layers"][:10]:
                 lines.append(f"| {layer['name'][:60]} | {layer['op_type']} | {layer['exec_type']} | "
-                             f"{layer['time_ms']:.3f} ms |")
+                             f"{layer.get('precision') or '-'} | {layer['time_ms']:.3f} ms |")
     lines += ["", "## Validation", ""]
     if validation is None:
         lines.append("Not validated yet: run `onnxsmith validate BUNDLE [--data val.npz --labels KEY]`.")

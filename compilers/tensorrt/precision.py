@@ -216,6 +216,15 @@ def tensor_dtype(tensor: Mapping[str, Any]) -> str:
     return ""
 
 
+def layer_precision(layer: Mapping[str, Any]) -> str:
+    """The precision one inspector layer record computes in: the lowest float/int8 type among its inputs and
+    outputs (``""`` for data movement layers or records without tensor formats)."""
+    if _NON_COMPUTE.search(str(layer.get("LayerType", ""))):
+        return ""
+    kinds = {tensor_dtype(t) for t in [*layer.get("Inputs", []), *layer.get("Outputs", [])] if isinstance(t, dict)}
+    return next((k for k in PRECISION_ORDER if k in kinds), "")
+
+
 def layer_precisions(engine_info: Mapping[str, Any]) -> Counter[str]:
     """How many compute layers run in each precision (the lowest precision among a layer's inputs and outputs).
 
