@@ -179,6 +179,12 @@ def test_coreml_keep_fp32_leaves_the_kept_weights_float(outlier: tuple, tmp_path
         artifact = CoreMLCompiler().compile(CompileRequest(model, target, "int8", profile, options={
             "keep_fp32": list(keep), "weight_threshold": 100}), work)
         counts[keep] = artifact.metadata["quantization"]
+    import coremltools as ct
+
+    from onnxsmith.compilers.coreml.runner import op_output_precisions
+
+    precisions = op_output_precisions(ct.utils.load_spec(str(work / artifact.files[0])))
+    assert "fp16" in precisions.values()  # what the compute plan's rows are labelled with on macOS
     assert counts[("conv2", "conv3")]["quantized_weights"] == counts[()]["quantized_weights"] - 2
     assert {"w2_to_fp16", "w3_to_fp16"} <= set(counts[("conv2", "conv3")]["kept_float"])
 
