@@ -59,8 +59,9 @@ def mixed_recipe(backend: Any, target: Target, name: str, parent: str, keep: Seq
 
 def layer_cost_ms(int8_bundle: Path, mixed_bundle: Path, keep: Sequence[str], data: Dataset,
                   reference_proto: Any) -> dict[str, float | None]:
-    """Per kept layer: its time in the mixed artifact minus its time in the full int8 one (ms), from the backend's
-    own per-layer profiler; ``None`` where the profiler names no entry after the layer."""
+    """Per kept layer: its time in the mixed artifact minus its time in the full int8 one (ms; medians of three
+    per-layer profiles each), from the backend's own per-layer profiler; ``None`` where the profiler names no
+    entry after the layer."""
     from onnxsmith.bundle import Bundle
     from onnxsmith.profiling import profile_feeds
 
@@ -79,18 +80,24 @@ def layer_cost_ms(int8_bundle: Path, mixed_bundle: Path, keep: Sequence[str], da
                 if follower.op_type in ("Relu", "Add", "Clip", "BatchNormalization") and len(consumers[tensor]) == 1:
                     names |= {follower.name, *follower.output}
 
-    def times(path: Path) -> dict[str, float]:
+    def times(path: Path, repeats: int = 3) -> dict[str, float]:
+        """Per kept layer, the median over ``repeats`` per-layer profiles of its summed time."""
+        import statistics
+
         bundle = Bundle.open(path, verify=False)
         feeds, _ = profile_feeds(bundle, data)
+        runs: dict[str, list[float]] = {}
         with bundle.load_runner() as runner:
-            layers = runner.layer_profile(feeds) or []
-        out: dict[str, float] = {}
-        for layer in layers:
-            for name, names in aliases.items():
-                base = re.sub(r"(_token_\d+|_nchwc|_quant)$", "", layer.name.split("/")[0])
-                if layer.name in names or base in names:
-                    out[name] = out.get(name, 0.0) + layer.time_ms
-        return out
+            for _ in range(repeats):
+                out: dict[str, float] = {}
+                for layer in runner.layer_profile(feeds) or []:
+                    for name, names in aliases.items():
+                        base = re.sub(r"(_token_\d+|_nchwc|_quant)$", "", layer.name.split("/")[0])
+                        if layer.name in names or base in names:
+                            out[name] = out.get(name, 0.0) + layer.time_ms
+                for name, ms in out.items():
+                    runs.setdefault(name, []).append(ms)
+        return {name: statistics.median(values) for name, values in runs.items()}
 
     before, after = times(int8_bundle), times(mixed_bundle)
     return {n: (round(after[n] - before[n], 6) if n in after and n in before else None) for n in keep}
