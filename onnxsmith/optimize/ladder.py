@@ -251,13 +251,13 @@ def _mixed_steps(runner: StepRunner, target: Target, steps: list[Step], chain: t
     """When an int8 step misses the accuracy budget, one more step per such backend: the same int8 with the
     keep-list of :func:`onnxsmith.optimize.sensitivity.analyze` left in fp32. When int8 meets it, nothing."""
     from onnxsmith.optimize.precision_debug import mixed_recipe
-    from onnxsmith.optimize.selection import _drop
     from onnxsmith.registry import get_backend
 
     reference = next((s for s in steps if s.name == "baseline"), None)
+    ref_quality = None if reference is None else reference.quality(constraints.metric)
     int8 = [s for s in steps if s.measured and runner.recipes[s.name].precision == "int8"]
-    missing = [s for s in int8 if reference is not None and (_drop(s, reference, constraints.metric) or 0.0)
-               > constraints.max_accuracy_drop]
+    missing = [s for s in int8 if ref_quality is not None and s.quality(constraints.metric) is not None
+               and float(ref_quality) - float(s.quality(constraints.metric) or 0.0) > constraints.max_accuracy_drop]
     if not missing:
         return []
     from onnxsmith.optimize.sensitivity import analyze
