@@ -81,6 +81,11 @@ def precision_command(model: str, target_spec: str, profile_spec: str, shapes: t
     from onnxsmith.profiles import load_profile
     from onnxsmith.targets import load_target
 
+    if not data_spec:  # click 8.5 lets a missing required option through as None
+        from onnxsmith.errors import UserInputError
+
+        raise UserInputError("debug precision needs --data", "the sensitivity of each layer is measured on it",
+                             "give --data val.npz (with --labels for task accuracy)")
     target = load_target(target_spec)
     profile = load_profile(profile_spec)
     loaded = load_model(model, parse_shape_overrides(shapes))
