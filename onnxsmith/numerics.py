@@ -6,7 +6,8 @@ call it, so the same bundle on the same data gets the same cosine, agreement and
 Rules, in one place:
 
 * per sample and output: cosine similarity, max abs and max relative error over the positions where both are
-  finite, and the relative L2 error ``||got - want|| / ||want||`` (worst sample); a NaN or infinity in the artifact where the reference is finite breaks the sample (cosine 0, counted);
+  finite, and the relative L2 error ``||got - want|| / ||want||`` (worst sample); a NaN or infinity in the
+  artifact where the reference is finite breaks the sample (cosine 0, counted);
   positions where the reference itself is not finite are left out and counted;
 * classifier: the first output holds one score vector per sample (``N x C``, C >= 2, floating point): top-1 and
   top-5 agreement with the reference, and task accuracy of both when labels are given;
