@@ -350,6 +350,12 @@ def divergence_png(result: Divergence) -> bytes | None:
         ax.axvline(first.index, color="#cf222e", linewidth=1)
         ax.annotate(f"first past tolerance: {first.layer}", (first.index, max(first.rel_l2_error, 1e-9)),
                     textcoords="offset points", xytext=(6, 6), color="#cf222e", fontsize=8)
+    if len(result.layers) <= 40:
+        ax.set_xticks(xs)
+        ax.set_xticklabels([r.tensor[:18] for r in result.layers], rotation=70, fontsize=7)
+    handles = ax.get_legend_handles_labels()
+    more = twin.get_legend_handles_labels()
+    ax.legend(handles[0] + more[0], handles[1] + more[1], loc="lower right", fontsize=7, frameon=False)
     ax.set_title(f"{result.backend} {result.precision_used} vs ONNX Runtime fp32, per layer ({result.samples} samples)")
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
