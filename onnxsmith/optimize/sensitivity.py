@@ -114,6 +114,9 @@ class _Evaluator:
         self.model, self.data, self.calibration, self.metric = model, data, calibration, metric
         self.cache = str(work / "calibration.json")
         self.config = config
+        self.source = model
+        if config.get("preprocess", True):  # once, not per variant: the pass would pre-process every time
+            self.source, self.config = _preprocessed(model, work), {**config, "preprocess": False}
         self.reference = reference_outputs(model, data)
         self.evaluations = 0
         self._memo: dict[frozenset[str], float] = {}
@@ -126,7 +129,7 @@ class _Evaluator:
         from onnxsmith.optimize.passes import get_pass
 
         result = get_pass("int8_qdq", **self.config, nodes_to_exclude=tuple(sorted(keep)),
-                          calibration_cache=self.cache).run(self.model, calibration=self.calibration)
+                          calibration_cache=self.cache).run(self.source, calibration=self.calibration)
         return result.model
 
     def quality(self, keep: Sequence[str]) -> float:
@@ -152,6 +155,26 @@ class _Evaluator:
 
     def drop(self, keep: Sequence[str]) -> float:
         return self.reference_quality() - self.quality(keep)
+
+
+def _preprocessed(model: LoadedModel, work: Path) -> LoadedModel:
+    """``model`` after ONNX Runtime's quantization pre-processing (what the int8_qdq pass runs first), or as it is
+    when that fails (the pass then skips it too)."""
+    import contextlib
+    import io
+
+    from onnxsmith.model import load_model
+    from onnxsmith.optimize.quantize import _quantization, _quiet_logging
+
+    q = _quantization()
+    out = work / "preprocessed" / model.path.name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), _quiet_logging():
+            q.shape_inference.quant_pre_process(str(model.path), str(out))
+        return load_model(out, {s.name: tuple(int(d) for d in s.shape) for s in model.inputs})  # type: ignore[arg-type]
+    except Exception:  # noqa: BLE001 - pre-processing is an aid, as in the pass
+        return model
 
 
 def choose_metric(model: LoadedModel, data: Dataset) -> str:
