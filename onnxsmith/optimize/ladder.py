@@ -36,6 +36,8 @@ BASELINE_BACKEND = "onnxruntime"
 PRUNE = (("prune-magnitude", pass_spec("prune", method="magnitude", sparsity=0.5), "magnitude pruning to 50 % "
           "sparsity (unstructured)"),
          ("prune-2:4", pass_spec("prune", method="2:4"), "2:4 structured pruning (50 % sparsity)"))
+SENSITIVITY_SECONDS = 900.0
+"""Time cap of the per-layer sensitivity search behind the mixed-precision step (large models, slow backends)."""
 _OWN_FILES = ("card.json", "card.md", "card.html")
 _OWN_DIRS = ("card_files", "steps", "examples", "bundle", ".models")
 
@@ -266,12 +268,13 @@ def _mixed_steps(runner: StepRunner, target: Target, steps: list[Step], chain: t
     model, _ = runner.build(chain)
     try:
         sens = analyze(model, runner.data, runner.calibration, constraints.max_accuracy_drop,
-                       metric=constraints.metric, progress=runner.progress)
+                       metric=constraints.metric, max_seconds=SENSITIVITY_SECONDS, progress=runner.progress)
     except Exception as exc:  # the ladder goes on without the mixed step, and says why
         from onnxsmith.errors import first_line
 
         notes.append(f"int8 missed the budget; the per-layer sensitivity analysis failed: {first_line(exc)}")
         return []
+    notes += [f"per-layer sensitivity: {n}" for n in sens.notes if "time cap" in n]
     if not sens.keep or not sens.met:
         notes.append("int8 missed the budget and no keep-list short of every layer in fp32 meets it"
                      if not sens.met else "int8 missed the budget on some backend but not on ONNX Runtime's QDQ "

@@ -190,8 +190,23 @@ def choose_metric(model: LoadedModel, data: Dataset) -> str:
 
 def analyze(model: LoadedModel, data: Dataset, calibration: Dataset, max_drop: float, *,
             metric: str | None = None, single_limit: int = 24, config: dict[str, Any] | None = None,
-            progress: Callable[[str], None] | None = None) -> Sensitivity:
-    """Per-layer int8 sensitivity of ``model`` and the keep-list that meets ``max_drop`` (see the module doc)."""
+            max_seconds: float | None = None, progress: Callable[[str], None] | None = None) -> Sensitivity:
+    """Per-layer int8 sensitivity of ``model`` and the keep-list that meets ``max_drop`` (see the module doc).
+
+    ``max_seconds``: past it no further layer is measured alone (those left say so) and the keep-list search stops
+    adding layers; the result says it was capped."""
+    import time
+
+    deadline = None if max_seconds is None else time.monotonic() + max_seconds
+    capped: list[str] = []
+
+    def late() -> bool:
+        if deadline is not None and time.monotonic() > deadline:
+            if not capped:
+                capped.append(f"stopped at the {max_seconds:g} s time cap: the ranking and keep-list are partial")
+            return True
+        return False
+
     if not 0 <= max_drop < 1:
         raise UserInputError(f"invalid accuracy budget {max_drop}", "it is a fraction from 0 to 1",
                              "for example --max-accuracy-drop 1%")
@@ -213,6 +228,10 @@ def analyze(model: LoadedModel, data: Dataset, calibration: Dataset, max_drop: f
 
         def probe(group: list[str]) -> None:
             say(f"sensitivity: {len(alone)} of {len(names)} layers measured")
+            if late():
+                for n in group:
+                    alone[n], method[n] = None, "not measured (time cap)"
+                return
             others = [n for n in names if n not in group]
             d = ev.drop(others)
             if len(group) == 1:
@@ -238,6 +257,8 @@ def analyze(model: LoadedModel, data: Dataset, calibration: Dataset, max_drop: f
         mixed_drop: float | None = None
         if full_drop > max_drop and layers:
             for n, _ in ranked:
+                if late() and keep:
+                    break
                 keep.append(n)
                 say(f"keep-list: trying {len(keep)} layer(s) in fp32")
                 mixed_drop = ev.drop(keep)
@@ -245,12 +266,15 @@ def analyze(model: LoadedModel, data: Dataset, calibration: Dataset, max_drop: f
                     break
             if mixed_drop is not None and mixed_drop <= max_drop:
                 for n in sorted(keep, key=lambda x: alone.get(x) or 0.0):
+                    if late():
+                        break
                     trial = [k for k in keep if k != n]
                     if trial and ev.drop(trial) <= max_drop:
                         keep = trial
                 mixed_drop = ev.drop(keep)
-            else:
+            elif not capped:
                 notes.append("no keep-list short of keeping every layer in fp32 meets the budget")
+        notes += capped
         kept = tuple(KeptLayer(n, dict(layers)[n], alone.get(n),
                                round(ev.drop([k for k in keep if k != n]) - (mixed_drop or 0.0), 6)) for n in keep)
         met = full_drop <= max_drop or (mixed_drop is not None and mixed_drop <= max_drop)

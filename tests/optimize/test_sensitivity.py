@@ -209,3 +209,11 @@ def test_backends_name_their_keep_option() -> None:
     assert get_backend("coreml").keep_fp32_option(host) == "keep_fp32"
     assert get_backend("onnxruntime").keep_fp32_option(host) is None  # its int8 is the QDQ pass: nodes_to_exclude
     assert get_backend("onnxruntime").onnx_pass_precisions(host)["int8"] == "int8_qdq"
+
+
+def test_time_cap_leaves_layers_unmeasured_and_says_so(outlier: tuple) -> None:
+    _, _, model, data = outlier
+    sens = analyze(model, data, data.subset(64), 0.01, max_seconds=0.0)
+    assert any("time cap" in n for n in sens.notes)
+    assert all(layer.method == "not measured (time cap)" for layer in sens.layers)
+    assert len(sens.keep) <= 1  # one layer is tried before the cap stops the search
