@@ -32,8 +32,13 @@ REPORT = "precision.md"
 
 
 def keep_change(keep: Sequence[str], precision: str = "fp32") -> str:
-    """The one change a mixed step makes, in words."""
-    return f"layer{'s' if len(keep) != 1 else ''} {', '.join(keep)} kept in {precision} (not quantized)"
+    """The one change a mixed step makes, in words. ``precision``: what the kept layers compute in, or ``""``
+    when the backend picks (OpenVINO runs unquantized ops at its inference precision, bf16 by default on CPUs
+    that have it)."""
+    layers = f"layer{'s' if len(keep) != 1 else ''} {', '.join(keep)}"
+    if precision:
+        return f"{layers} kept in {precision} (not quantized)"
+    return f"{layers} kept out of int8 (not quantized; they run at the backend's float precision)"
 
 
 def mixed_recipe(backend: Any, target: Target, name: str, parent: str, keep: Sequence[str], chain: tuple,
@@ -44,7 +49,7 @@ def mixed_recipe(backend: Any, target: Target, name: str, parent: str, keep: Seq
 
     passes = backend.onnx_pass_precisions(target)
     words = keep_change(keep)
-    if passes.get("int8") == "int8_qdq":
+    if passes.get("int8") == "int8_qdq":  # the QDQ graph's unquantized nodes are plain fp32 ONNX
         how = "int8_qdq ONNX pass, nodes_to_exclude"
         return Recipe(name, parent, f"{words}: {how}, same calibration set", backend.name, "int8", "fp32",
                       (*chain, pass_spec("int8_qdq", nodes_to_exclude=tuple(keep))), options=parent_options), how
@@ -52,7 +57,7 @@ def mixed_recipe(backend: Any, target: Target, name: str, parent: str, keep: Seq
     if option and "int8" in backend.precisions(target):
         options = tuple(sorted({**dict(parent_options), option: ",".join(keep)}.items()))
         how = f"{backend.name} option {option}"
-        return Recipe(name, parent, f"{words}: {how}, same calibration set", backend.name, "int8", "int8", chain,
+        return Recipe(name, parent, f"{keep_change(keep, '')}: {how}, same calibration set", backend.name, "int8", "int8", chain,
                       options=options), how
     return None
 
