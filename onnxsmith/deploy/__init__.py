@@ -54,7 +54,11 @@ def core_variables(title: str, inputs: tuple[TensorSpec, ...], outputs: tuple[Te
     def py(specs: tuple[TensorSpec, ...]) -> str:
         return "[" + ", ".join(repr((s.name, s.dtype, [dim(d) for d in s.shape])) for s in specs) + "]"
 
-    return {"TITLE": title, "ONNXSMITH_VERSION": onnxsmith.__version__, "CPP_INPUTS": cpp(inputs),
+    def swift(specs: tuple[TensorSpec, ...]) -> str:
+        return ", ".join(f'(name: "{s.name}", descr: "{npy_descr(s.dtype)}", shape: [{", ".join(str(dim(d)) for d in s.shape)}])'
+                         for s in specs)
+
+    return {"TITLE": title, "SWIFT_INPUTS": swift(inputs), "SWIFT_OUTPUTS": ", ".join(f'"{s.name}"' for s in outputs), "ONNXSMITH_VERSION": onnxsmith.__version__, "CPP_INPUTS": cpp(inputs),
             "CPP_OUTPUTS": cpp(outputs), "PY_INPUTS": py(inputs), "PY_OUTPUTS": py(outputs),
             "INPUT_USAGE": " ".join(f"{s.name}.npy" for s in inputs),
             "INPUT_FILES": " ".join(f"../example/{s.name}.npy" for s in inputs)}
