@@ -107,17 +107,23 @@ class SimulationResult:
 
 
 def simulate(sweep: BatchSweep, rate_per_s: float, max_batch: int, max_delay_ms: float, *, requests: int = 20000,
-             seed: int = 0, warmup: float = 0.1) -> SimulationResult:
+             seed: int = 0, warmup: float = 0.1, batch_overhead_ms: float = 0.0,
+             request_overhead_ms: float = 0.0) -> SimulationResult:
     """Simulate ``requests`` Poisson arrivals through the dynamic batcher; the first ``warmup`` fraction is dropped
-    from the latency figures."""
+    from the latency figures.
+
+    ``batch_overhead_ms``: a server's fixed cost per executed batch on top of the measured service time (it keeps
+    the server busy); ``request_overhead_ms``: latency every request spends outside the batcher (protocol,
+    transfer), which does not occupy the server. Both are measured by ``onnxsmith serve-check``; 0 by default."""
     import numpy as np
 
-    if rate_per_s <= 0 or max_batch < 1 or max_delay_ms < 0 or requests < 10:
+    if rate_per_s <= 0 or max_batch < 1 or max_delay_ms < 0 or requests < 10 or batch_overhead_ms < 0 \
+            or request_overhead_ms < 0:
         raise UserInputError("invalid batching simulation", "rate and requests must be positive, max batch >= 1 "
                              "and max delay >= 0")
     rng = np.random.default_rng(seed)
     arrivals = np.cumsum(rng.exponential(1000.0 / rate_per_s, size=requests))  # ms
-    service = [0.0] + [sweep.service_ms(b) for b in range(1, max_batch + 1)]
+    service = [0.0] + [sweep.service_ms(b) + batch_overhead_ms for b in range(1, max_batch + 1)]
     finish = np.empty(requests)
     dispatch = np.empty(requests)
     t_free = 0.0
@@ -150,7 +156,7 @@ def simulate(sweep: BatchSweep, rate_per_s: float, max_batch: int, max_delay_ms:
         busy += s
         batches += 1
         i += size
-    latency = finish - arrivals
+    latency = finish - arrivals + request_overhead_ms
     start = int(n * warmup)
     kept = latency[start:]
     span = finish[-1] - arrivals[0]
