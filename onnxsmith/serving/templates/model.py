@@ -25,6 +25,16 @@ import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
 
+def _array(tensor):
+    """An input as a numpy array, through DLPack: the wheel's stubs are built against numpy 1, whose buffer layout
+    numpy 2 does not share (as_numpy() and Tensor(name, array) then carry no data)."""
+    return np.array(np.from_dlpack(tensor), copy=True)
+
+
+def _tensor(name, array):
+    return pb_utils.Tensor.from_dlpack(name, np.array(array, copy=True, order="C"))
+
+
 class TritonPythonModel:
     def initialize(self, args):
         import onnxsmith
@@ -50,7 +60,7 @@ class TritonPythonModel:
         return self.bundle.run(feeds)
 
     def execute(self, requests):
-        feeds = [{n: pb_utils.get_input_tensor_by_name(r, n).as_numpy() for n in self.inputs} for r in requests]
+        feeds = [{n: _array(pb_utils.get_input_tensor_by_name(r, n)) for n in self.inputs} for r in requests]
         if not self.batched:
             return [self._response(self.run(f)) for f in feeds]
         first = next(iter(self.batch_inputs))
@@ -82,8 +92,7 @@ class TritonPythonModel:
         return responses
 
     def _response(self, outputs):
-        return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(n, np.ascontiguousarray(outputs[n]))
-                                                          for n in self.outputs])
+        return pb_utils.InferenceResponse(output_tensors=[_tensor(n, outputs[n]) for n in self.outputs])
 
     def finalize(self):
         self.bundle.close()
