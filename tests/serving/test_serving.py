@@ -123,6 +123,10 @@ def test_serving_command_needs_a_profile_then_writes_from_it(tmp_path: Path, cap
 
     bundle = compile_digits(tmp_path, "onnxruntime")
     with pytest.raises(SystemExit) as exc:
+        main(["serve-check", str(bundle.path), "--seconds", "1"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "has no serving configuration" in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as exc:
         main(["serving", str(bundle.path)])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and "has no profile" in err and err.count("error:") == 1
