@@ -76,6 +76,9 @@ def print_result(result: dict) -> None:
     click.echo(f"{'measured':28}{m['p50_ms']:>10.3f}{m['p99_ms']:>10.3f}{m['throughput_per_s']:>10.1f}{m['mean_batch']:>8.2f}")
     click.echo(f"{'simulated, with overhead':28}{p['p50_ms']:>10.3f}{p['p99_ms']:>10.3f}{p['throughput_per_s']:>10.1f}"
                f"{p['mean_batch']:>8.2f}")
+    u = result["predicted_with_overhead_under_load"]
+    click.echo(f"{'simulated, load overhead':28}{u['p50_ms']:>10.3f}{u['p99_ms']:>10.3f}{u['throughput_per_s']:>10.1f}"
+               f"{u['mean_batch']:>8.2f}")
     click.echo(f"{'simulated, without':28}{q['p50_ms']:>10.3f}{q['p99_ms']:>10.3f}{q['throughput_per_s']:>10.1f}"
                f"{q['mean_batch']:>8.2f}")
     ratio = result["p99_ratio_measured_to_predicted"]

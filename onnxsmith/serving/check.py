@@ -367,6 +367,12 @@ def serve_check(bundle: Bundle, rate: float | None = None, seconds: float = 10.0
     calibrated = simulate(served, load_rate, max_batch, delay_ms, seed=seed, batch_overhead_ms=batch_overhead,
                           request_overhead_ms=request_overhead)
     uncalibrated = simulate(served, load_rate, max_batch, delay_ms, seed=seed)
+    # The same, with the overhead Triton measured during the load itself (its time per execution at the batch that
+    # formed, minus the bundle's service time): how much of a gap CPU contention under load explains.
+    formed = max(1, int(round(measured["mean_batch"])))
+    load_overhead = max(measured["server"]["execution_ms"] - served.service_ms(formed), 0.0)
+    under_load = simulate(served, load_rate, max_batch, delay_ms, seed=seed, batch_overhead_ms=load_overhead,
+                          request_overhead_ms=request_overhead)
     with_overhead = BatchSweep(tuple(BatchPoint(p.batch, p.latency_p50_ms + batch_overhead) for p in served.points),
                                f"{served.step}, plus the measured {batch_overhead:.3f} ms per batch")
     budget = float(plan.get("p99_budget_ms") or 4 * t1)
@@ -386,6 +392,7 @@ def serve_check(bundle: Bundle, rate: float | None = None, seconds: float = 10.0
         "served_batch1_capacity_per_s": capacity, "rate_per_s": load_rate,
         "rate_note": "70 % of the served batch-1 capacity" if rate is None else "given with --rate",
         "measured": measured, "predicted": calibrated.to_json(), "predicted_without_overhead": uncalibrated.to_json(),
+        "predicted_with_overhead_under_load": {**under_load.to_json(), "batch_overhead_ms": load_overhead},
         "p99_ratio_measured_to_predicted": ratio,
         "within_25_percent": bool(ratio is not None and abs(ratio - 1) <= 0.25),
         "replanned_with_overhead": None if replanned.best is None else {
