@@ -74,8 +74,11 @@ def print_result(result: dict) -> None:
                f"{result['overhead']['request_ms']:.3f} ms per request (bundle batch-1: {result['bundle_batch1_ms']:.4f} ms)")
     click.echo(f"{'':28}{'p50 ms':>10}{'p99 ms':>10}{'req/s':>10}{'batch':>8}")
     click.echo(f"{'measured':28}{m['p50_ms']:>10.3f}{m['p99_ms']:>10.3f}{m['throughput_per_s']:>10.1f}{m['mean_batch']:>8.2f}")
+    f = result["predicted_with_mean_overhead"]
     click.echo(f"{'simulated, with overhead':28}{p['p50_ms']:>10.3f}{p['p99_ms']:>10.3f}{p['throughput_per_s']:>10.1f}"
                f"{p['mean_batch']:>8.2f}")
+    click.echo(f"{'simulated, mean overhead':28}{f['p50_ms']:>10.3f}{f['p99_ms']:>10.3f}{f['throughput_per_s']:>10.1f}"
+               f"{f['mean_batch']:>8.2f}")
     u = result["predicted_with_overhead_under_load"]
     click.echo(f"{'simulated, load overhead':28}{u['p50_ms']:>10.3f}{u['p99_ms']:>10.3f}{u['throughput_per_s']:>10.1f}"
                f"{u['mean_batch']:>8.2f}")
