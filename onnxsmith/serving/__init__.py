@@ -236,10 +236,17 @@ def _readme(record: Mapping[str, Any]) -> str:
                 f"{at['utilization']:.2f}.", ""]
     out += [f"- {n}" for n in record.get("simulation_notes", [])] + [""]
     out += ["## Triton (`triton/`: Python backend, what `onnxsmith serve-check` runs)", "",
-            "```", f"tritonserver --model-repository serving/triton --backend-directory BACKENDS  # from the bundle",
-            "```", "", "`model.py` loads the bundle (`../../..` from the model folder) with `onnxsmith.load`, i.e. "
-            "the backend's own runtime, and runs a formed batch in chunks of the artifact's batch. The Python "
-            "that runs it needs onnxsmith and the backend installed (PYTHONPATH).", ""]
+            "`onnxsmith serve-check BUNDLE` starts the server, loads it and stops it. By hand (from the bundle; "
+            "BACKENDS/python holds the Python backend of the `nvidia-pytriton` wheel and the "
+            "`triton_python_backend_stub` for your Python version from its `python_backend_stubs/`):", "",
+            "```", "LD_LIBRARY_PATH=$SITE_PACKAGES/nvidia_pytriton.libs \\",
+            "ONNXSMITH_PYTHONPATH=$(python3 -c 'import sys, os; print(os.pathsep.join(sys.path))') \\",
+            "tritonserver --model-repository serving/triton --backend-directory BACKENDS --http-address 127.0.0.1 "
+            "--grpc-address 127.0.0.1 --metrics-address 127.0.0.1", "```", "",
+            "`model.py` loads the bundle (`../../..` from the model folder) with `onnxsmith.load`, i.e. the "
+            "backend's own runtime, and runs a formed batch in chunks of the artifact's batch. The stub embeds the "
+            "system's libpython, so `ONNXSMITH_PYTHONPATH` names the packages (onnxsmith, numpy, the backend) of "
+            "the Python that has them.", ""]
     native = record.get("native")
     if native:
         out += [f"## Triton native (`triton-native/`: {native['field']} `{native['value']}`)", "",
