@@ -197,6 +197,11 @@ def _write_bundle(model: LoadedModel, target: Target, backend: Compiler, artifac
         if (src_model.parent / (src_model.name + ".data")).exists():
             shutil.copyfile(src_model.parent / (src_model.name + ".data"), ref_dir / "model.onnx.data")
         files = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+        from onnxsmith.deploy import write_deploy
+        from onnxsmith.plugin import backend_call
+
+        with backend_call(backend.name, "write its deployment programs"):
+            deploy = write_deploy(tmp, backend, artifact, target, model.inputs, model.outputs, model.name)
         manifest: dict[str, Any] = {
             "format_version": FORMAT_VERSION,
             "onnxsmith_version": onnxsmith.__version__,
@@ -226,6 +231,7 @@ def _write_bundle(model: LoadedModel, target: Target, backend: Compiler, artifac
             "compile_seconds": artifact.metadata.get("compile_seconds"),
             "reference": "reference/model.onnx",
             "reference_fingerprint": reference.fingerprint,
+            "deploy": [{"language": d["language"], "folder": f"deploy/{d['folder']}"} for d in deploy],
             "notes": [*model.notes, *artifact.notes, *notes],
             "files": files,
         }

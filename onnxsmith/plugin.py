@@ -137,13 +137,49 @@ class Variant:
     """Words for the evidence card, e.g. ``NNCF, same calibration set``."""
 
 
+@dataclasses.dataclass(frozen=True)
+class DeployProgram:
+    """A minimal program that loads the artifact with the backend's own runtime (``BUNDLE/deploy/<folder>/``),
+    rendered by :mod:`onnxsmith.deploy` from the files in ``templates`` (``@@NAME@@`` replaced by ``variables``
+    and by the core's own: inputs, outputs, title)."""
+
+    language: str
+    """``C++``, ``Python``, ``Swift``."""
+    folder: str
+    templates: Path
+    loads: tuple[str, ...]
+    """The artifact files it opens (names under ``artifact/``)."""
+    build: tuple[str, ...] = ()
+    """Shell commands that build it, run in its folder (none for scripts)."""
+    run: tuple[str, ...] = ()
+    """Shell commands that run it on the bundle's example input, in its folder."""
+    checked: str = ""
+    """What onnxsmith's own tests do with it here, or why they cannot (the deploy README quotes it)."""
+    variables: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    inputs: tuple[TensorSpec, ...] | None = None
+    """The inputs it takes, in order (default: the bundle's)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TritonModel:
+    """How Triton Inference Server serves the artifact natively: ``platform`` or ``backend`` and the files of its
+    version folder (name in the folder -> artifact file)."""
+
+    field: str
+    """``platform`` or ``backend``."""
+    value: str
+    """e.g. ``onnxruntime_onnx``, ``openvino``, ``tensorrt_plan``."""
+    files: Mapping[str, str]
+    parameters: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
 _RUNNER_NAMES = frozenset({"inputs", "outputs", "device_name", "run", "bind", "parallel_throughput",
                            "layer_profile", "device_latencies_ms", "close"})
 _COMPILER_NAMES = frozenset({"name", "extra", "install_hint", "artifact_kind", "options", "check_environment",
                              "version", "devices", "supports", "runs_here", "precisions", "unsupported_ops",
                              "needs_calibration", "cache_token", "compile", "load", "load_remote", "ladder_variants",
                              "onnx_pass_precisions", "slow_artifact_advice", "portable_across_versions",
-                             "load_layers", "keep_fp32_option",
+                             "load_layers", "keep_fp32_option", "deploy_programs", "triton_model",
                              "vendor_import", "install_command"})
 
 
@@ -320,6 +356,15 @@ class Compiler:
     def portable_across_versions(self, artifact: Artifact) -> bool:
         """Whether an artifact built by another version of the vendor library still loads. Default: no."""
         return False
+
+    def deploy_programs(self, artifact: Artifact, directory: Path, target: Target) -> list[DeployProgram]:
+        """The deployment programs written into ``BUNDLE/deploy/`` (``directory`` holds the artifact's files).
+        Default: none."""
+        return []
+
+    def triton_model(self, artifact: Artifact, target: Target) -> TritonModel | None:
+        """How Triton serves the artifact natively; ``None`` (default): through Triton's Python backend."""
+        return None
 
     # --- helpers ------------------------------------------------------------------------------------------------
     def install_command(self) -> str:

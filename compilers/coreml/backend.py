@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from onnxsmith.errors import BackendError, MissingDependencyError, TargetError, UnsupportedError, first_line
 from onnxsmith.options import Option
-from onnxsmith.plugin import Artifact, CompileRequest, Compiler, Support
+from onnxsmith.plugin import Artifact, CompileRequest, Compiler, DeployProgram, Support
 from onnxsmith.units import machine_arch
 
 if TYPE_CHECKING:
@@ -339,6 +339,11 @@ class CoreMLCompiler(Compiler):
                            "method": "coremltools linear_quantize_weights (weight-only)", "mode": "linear_symmetric",
                            "dtype": "int8", "granularity": opts.granularity,
                            "weight_threshold": opts.weight_threshold, "quantized_weights": compressed}
+
+    def deploy_programs(self, artifact: Artifact, directory: Path, target: Target) -> list[DeployProgram]:
+        from onnxsmith.compilers.coreml.deployment import programs
+
+        return programs(artifact, directory, target)
 
     def load(self, artifact: Artifact, directory: Path, target: Target) -> CoreMLRunner:
         from onnxsmith.compilers.coreml.runner import CoreMLRunner

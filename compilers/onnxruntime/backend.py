@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from onnxsmith.errors import BackendError, first_line
 from onnxsmith.options import Option
-from onnxsmith.plugin import Artifact, CompileRequest, Compiler, Support
+from onnxsmith.plugin import Artifact, CompileRequest, Compiler, DeployProgram, Support, TritonModel
 from onnxsmith.reference import OnnxRuntimeRunner, available_providers, import_ort, session_options
 
 if TYPE_CHECKING:
@@ -104,6 +104,16 @@ class OnnxRuntimeCompiler(Compiler):
                      "threads": int(request.options.get("threads", request.profile.threads or 0))},
             metadata={"optimize_seconds": round(time.perf_counter() - start, 3)},
         )
+
+    def deploy_programs(self, artifact: Artifact, directory: Path, target: Target) -> list[DeployProgram]:
+        from onnxsmith.compilers.onnxruntime.deployment import programs
+
+        return programs(artifact, directory, target)
+
+    def triton_model(self, artifact: Artifact, target: Target) -> TritonModel | None:
+        from onnxsmith.compilers.onnxruntime.deployment import triton_model
+
+        return triton_model(artifact)
 
     def load(self, artifact: Artifact, directory: Path, target: Target) -> OnnxRuntimeRunner:
         providers = list(artifact.options.get("providers", ["CPUExecutionProvider"]))

@@ -15,7 +15,7 @@ from onnxsmith.compilers.openvino.common import (
 )
 from onnxsmith.compilers.openvino.config import OPTIONS, filter_supported, settings_for
 from onnxsmith.errors import BackendError, UnsupportedError
-from onnxsmith.plugin import PRECISIONS, Artifact, CompileRequest, Compiler, Support, Variant
+from onnxsmith.plugin import PRECISIONS, Artifact, CompileRequest, Compiler, DeployProgram, Support, TritonModel, Variant
 
 if TYPE_CHECKING:
     from onnxsmith.compilers.openvino.runner import OpenVINORunner
@@ -224,6 +224,16 @@ class OpenVINOCompiler(Compiler):
         else:
             notes.append(f"OpenVINO's {device} device cannot export compiled models; the IR is compiled when loaded")
         return precision_used, blob
+
+    def deploy_programs(self, artifact: Artifact, directory: Path, target: Target) -> list[DeployProgram]:
+        from onnxsmith.compilers.openvino.deployment import programs
+
+        return programs(artifact, directory, target)
+
+    def triton_model(self, artifact: Artifact, target: Target) -> TritonModel | None:
+        from onnxsmith.compilers.openvino.deployment import triton_model
+
+        return triton_model(artifact)
 
     def load(self, artifact: Artifact, directory: Path, target: Target) -> OpenVINORunner:
         from onnxsmith.compilers.openvino.runner import OpenVINORunner

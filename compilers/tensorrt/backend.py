@@ -12,7 +12,7 @@ from onnxsmith.compilers.tensorrt.gpu import GpuInfo, gpu, matches, nvidia_gpus
 from onnxsmith.compilers.tensorrt.options import DECLARED, BuildOptions, parse_options
 
 from onnxsmith.errors import BundleError, DataError, MissingDependencyError, UnsupportedError
-from onnxsmith.plugin import Artifact, CompileRequest, Compiler, Support
+from onnxsmith.plugin import Artifact, CompileRequest, Compiler, DeployProgram, Support, TritonModel
 from onnxsmith.units import machine_arch
 
 if TYPE_CHECKING:
@@ -247,6 +247,16 @@ class TensorRTCompiler(Compiler):
         return source, proto, ["INT8", *fallback], calibrator
 
     # ---- load -------------------------------------------------------------------------------------------------
+
+    def deploy_programs(self, artifact: Artifact, directory: Path, target: Target) -> list[DeployProgram]:
+        from onnxsmith.compilers.tensorrt.deployment import programs
+
+        return programs(artifact, directory, target)
+
+    def triton_model(self, artifact: Artifact, target: Target) -> TritonModel | None:
+        from onnxsmith.compilers.tensorrt.deployment import triton_model
+
+        return triton_model(artifact)
 
     def load(self, artifact: Artifact, directory: Path, target: Target) -> TensorRTRunner:
         from onnxsmith.compilers.tensorrt.runner import TensorRTRunner

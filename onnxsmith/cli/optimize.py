@@ -35,6 +35,10 @@ def _fraction(value: str) -> float:
 @click.option("--prune/--no-prune", default=None, help="Add the pruning steps (default: the profile's setting).")
 @click.option("--arrival-rate", type=click.FloatRange(min=0, min_open=True), default=None, metavar="PER_S",
               help="Request rate for the dynamic-batching simulation (default: derived from the measured throughput).")
+@click.option("--serve-check", "serve_check_seconds", type=click.FloatRange(min=0.5, max=600), default=None,
+              metavar="SECONDS", is_flag=False, flag_value=10.0,
+              help="Then serve the chosen bundle with a real Triton server on 127.0.0.1 for SECONDS (default 10) of "
+                   "Poisson load and compare with the simulation (see 'onnxsmith serve-check').")
 @click.option("--keep-steps", is_flag=True, help="Keep every step's bundle, not only the chosen one.")
 @click.option("--output", "-o", type=click.Path(file_okay=False), required=True, help="Output directory.")
 @click.option("--force", is_flag=True, help="Write into a non-empty -o that holds no previous optimize result.")
@@ -42,8 +46,8 @@ def _fraction(value: str) -> float:
 def optimize_command(model: str, target_spec: str, profile_spec: str, shapes: tuple[str, ...],
                      max_accuracy_drop: str | None, latency_budget: float | None, data_spec: str | None,
                      labels: str | None, calibration_spec: str | None, backends: tuple[str, ...],
-                     prune: bool | None, arrival_rate: float | None, keep_steps: bool, output: str,
-                     force: bool, as_json: bool) -> None:
+                     prune: bool | None, arrival_rate: float | None, serve_check_seconds: float | None,
+                     keep_steps: bool, output: str, force: bool, as_json: bool) -> None:
     """Walk the optimization ladder and keep the best measured artifact."""
     from pathlib import Path
 
@@ -70,10 +74,23 @@ def optimize_command(model: str, target_spec: str, profile_spec: str, shapes: tu
                           prune=prune, arrival_rate=arrival_rate, keep_steps=keep_steps, progress=update,
                           force=force)
     record = card.to_json()
+    served = None
+    if serve_check_seconds is not None and record.get("bundle"):
+        from onnxsmith.bundle import Bundle
+        from onnxsmith.serving.check import serve_check
+
+        if (Path(output) / record["bundle"] / "serving" / "serving.json").is_file():
+            with progress("serve-check", not as_json) as update:
+                served = serve_check(Bundle.open(Path(output) / record["bundle"]), None, serve_check_seconds,
+                                     progress=update)
     if as_json:
-        print_json(record)
+        print_json({**record, "serve_check": served} if serve_check_seconds is not None else record)
     else:
         _print_summary(record, Path(output))
+        if served is not None:
+            from onnxsmith.cli.serving import print_result
+
+            print_result(served)
     if not record.get("chosen"):
         raise CheckFailedError("no step met the constraints", record.get("failure", "see the evidence card"),
                                "relax --max-accuracy-drop or --latency-budget")

@@ -190,6 +190,14 @@ def run_ladder(model: LoadedModel, target: Target, profile: Profile, *, data: Da
         steps = _judge(steps + sweep_steps)
     final = select(steps, constraints, "baseline")
     bundle_rel = _publish(output, final.steps, final.chosen, keep_steps)
+    if bundle_rel and batching:
+        from onnxsmith.bundle import Bundle
+        from onnxsmith.serving import write_serving
+
+        say("writing the serving configuration")
+        write_serving(Bundle.open(output / bundle_rel, verify=False), batching,
+                      f"optimize's batch sweep of {batching['sweep'].get('step') or final.chosen} and its "
+                      f"dynamic-batching simulation (card.json); the bundle is the pick, {final.chosen}")
     steps_out = [dataclasses.replace(s, bundle=("bundle" if s.name == final.chosen else
                                                 s.bundle if keep_steps else None)) for s in final.steps]
     card = Card(
