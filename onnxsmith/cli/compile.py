@@ -53,12 +53,15 @@ def compile_command(model: str, target_spec: str, backend: str | None, precision
                     calibration: str | None, output: str | None, profile_spec: str, shapes: tuple[str, ...],
                     raw_options: tuple[str, ...], tune: bool, tune_trials: int | None, tune_minutes: float | None,
                     tune_more: bool, no_cache: bool, force: bool, as_json: bool) -> None:
-    """Compile an ONNX model for a target into a bundle."""
+    """Compile an ONNX model for a target into a bundle.
+
+    MODEL is an ONNX file, or a PyTorch model (package.module:factory, a torch.export .pt2, a TorchScript file)
+    exported to ONNX and checked against eager PyTorch first; give its inputs with --shape NAME=DIMS[:dtype]."""
     from onnxsmith.console import print_json, progress
     from onnxsmith.datasets import open_dataset
-    from onnxsmith.model import load_model, parse_shape_overrides
     from onnxsmith.profiles import load_profile
     from onnxsmith.targets import load_target
+    from onnxsmith.torchin import describe, open_model
 
     options = parse_options(raw_options)
     if tune or tune_trials or tune_minutes or tune_more:
@@ -71,11 +74,14 @@ def compile_command(model: str, target_spec: str, backend: str | None, precision
             options["tune_minutes"] = str(tune_minutes)
     target = load_target(target_spec)
     profile = load_profile(profile_spec)
-    loaded = load_model(model, parse_shape_overrides(shapes))
+    with progress(f"loading {model}", not as_json) as update:
+        loaded = open_model(model, shapes, target=target, data=calibration, progress=update)
+    if loaded.export is not None and not as_json:
+        echo_err(describe(loaded.export))
     precision = precision or profile.precision
     calib = open_dataset(calibration, loaded.inputs, what="calibration data",
                          known_batch=loaded.batch_inputs) if calibration else None
-    out = Path(output) if output else default_output(model, target_spec, precision)
+    out = Path(output) if output else default_output(str(loaded.source), target_spec, precision)
     from onnxsmith.compile import compile_model
 
     with progress(f"compiling {loaded.name} for {target.id} ({precision})", not as_json) as update:
@@ -86,6 +92,7 @@ def compile_command(model: str, target_spec: str, backend: str | None, precision
     if as_json:
         print_json({"bundle": str(bundle.path), **{k: m[k] for k in ("backend", "backend_version", "precision",
                     "precision_used", "compile_seconds", "cache", "runs_here", "notes")}, "target": m["target"]["id"],
+                    "export": m["model"].get("export"),
                     "artifact": m["artifact"]})
         return
     hit = " (from cache)" if m["cache"]["hit"] else ""
