@@ -518,7 +518,7 @@ def _batched(inputs: Sequence[InputArg]) -> bool:
 
 
 def export_onnx(model: TorchModel, inputs: Sequence[InputArg], path: Path, opset: int,
-                progress: Callable[[str], None]) -> dict[str, Any]:
+                progress: Callable[[str], None], output_names: Sequence[str] | None = None) -> dict[str, Any]:
     """Export to ``path``: dynamo first (dynamic batch, then static), then the TorchScript exporter."""
     torch = import_torch()
     sample = _to_torch(torch, random_feeds(inputs, 1, seed=1)[0], inputs)
@@ -533,7 +533,9 @@ def export_onnx(model: TorchModel, inputs: Sequence[InputArg], path: Path, opset
     if not outputs:
         raise UserInputError(f"cannot export {model.spec}", "forward() returned no tensor",
                              "return a tensor, or a tuple or dict of tensors")
-    output_names = ["output"] if len(outputs) == 1 else [f"output_{i}" for i in range(len(outputs))]
+    if output_names is None or len(output_names) != len(outputs):
+        output_names = ["output"] if len(outputs) == 1 else [f"output_{i}" for i in range(len(outputs))]
+    output_names = list(output_names)
     attempts = []
     batch = _batched(inputs) and model.kind != "exported"
     plans = [("dynamo", batch), ("dynamo", False)] if batch else [("dynamo", False)]
@@ -732,6 +734,7 @@ def export_cached(spec: str, kind: str, args: Mapping[str, InputArg], *, target:
     if (final / EXPORT_RECORD).is_file() and (final / f"{stem}.onnx").is_file():
         record = json.loads((final / EXPORT_RECORD).read_text())
         record["cache"] = "hit"
+        record["opset_reason"] = why
         return final / f"{stem}.onnx", record
     with private_dir(root, "export") as tmp:
         path = tmp / f"{stem}.onnx"
@@ -781,3 +784,32 @@ def describe(record: Mapping[str, Any]) -> str:
             f"{record['opset']}): cosine to eager {check['cosine_min']:.6f}, max abs error {check['max_abs_error']:.3g}"
             + (f", top-1 agreement {top1:.4f}" if top1 is not None else "") + f" on {check['data']}"
             + (" (cached)" if record.get("cache") == "hit" else ""))
+
+
+def export_module(module: Any, label: str, inputs: Sequence[InputArg], path: Path, *, target: Target | None = None,
+                  data: Dataset | None = None, opset: int | None = None, output_names: Sequence[str] | None = None,
+                  progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Export an nn.Module in hand (a freshly trained student) to ``path`` with the same exporters and checks as
+    :func:`export_cached`, feeding it by position under ``inputs``' names (and naming its outputs
+    ``output_names`` when it has as many); returns the record."""
+    import shutil
+
+    from onnxsmith.cache import private_dir
+
+    torch = import_torch()
+    say = progress or (lambda message: None)
+    model = TorchModel(label, "factory", module.eval(), module.eval(), tuple(a.name for a in inputs), {})
+    chosen, why = choose_opset(target, opset)
+    path = Path(path)
+    with private_dir(path.resolve().parent, "export") as tmp:
+        staged = tmp / path.name
+        start = time.perf_counter()
+        record = export_onnx(model, inputs, staged, chosen, say, output_names)
+        seconds = round(time.perf_counter() - start, 3)
+        check = check_export(model, inputs, staged, record, data, say)
+        shutil.move(str(staged), str(path))
+    return {"from": label, "kind": "module", "torch_version": torch.__version__, "exporter": record["exporter"],
+            "opset": chosen, "opset_reason": why, "dynamic_batch": record["dynamic_batch"],
+            "inputs": [{"name": a.name, "shape": list(a.dims), "dtype": a.dtype} for a in inputs],
+            "outputs": record["output_names"], "export_seconds": seconds, "attempts": record["attempts"],
+            "check": check, "notes": record["notes"]}
