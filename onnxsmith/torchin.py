@@ -546,18 +546,22 @@ def export_onnx(model: TorchModel, inputs: Sequence[InputArg], path: Path, opset
             continue  # a static retry helps only when the dynamic batch was the problem
         progress(f"exporting {model.spec} to ONNX ({exporter} exporter{', dynamic batch' if dynamic else ''})")
         path.unlink(missing_ok=True)
+        args = sample
+        if dynamic and inputs[0].dims[0] == 1:  # a sample of batch 1 lets torch.export specialize the dim to 1
+            wide = [dataclasses.replace(a, dims=(2, *a.dims[1:])) for a in inputs]
+            args = _to_torch(torch, random_feeds(wide, 1, seed=1)[0], wide)
         start = time.perf_counter()
         try:
             with quiet_torch() as (_, caught):
                 if exporter == "dynamo":
                     _require_onnxscript()
-                    torch.onnx.export(model.module, sample, str(path), dynamo=True, opset_version=opset,
+                    torch.onnx.export(model.module, args, str(path), dynamo=True, opset_version=opset,
                                       input_names=names, output_names=output_names, verbose=False,
                                       dynamic_shapes=_dynamic_shapes(torch, inputs, dynamic) if dynamic or any(
                                           a.ranges for a in inputs) else None, external_data=False)
                 else:
                     axes = ({n: {0: "batch"} for n in (*names, *output_names)} if dynamic else None)
-                    torch.onnx.export(model.module, sample, str(path), dynamo=False, opset_version=opset,
+                    torch.onnx.export(model.module, args, str(path), dynamo=False, opset_version=opset,
                                       input_names=names, output_names=output_names, dynamic_axes=axes)
         except MissingDependencyError:
             raise
@@ -575,9 +579,12 @@ def export_onnx(model: TorchModel, inputs: Sequence[InputArg], path: Path, opset
             attempts.append({"exporter": exporter, "dynamic_batch": dynamic, "ok": False, "reason": str(exc)})
             path.unlink(missing_ok=True)
             continue
+        notes = []
+        if dynamic and not _first_dims_dynamic(path):
+            dynamic = False
+            notes.append("the exporter fixed the batch dim (the model specializes it): exported with static shapes")
         attempts.append({"exporter": exporter, "dynamic_batch": dynamic, "ok": True,
                          "seconds": round(time.perf_counter() - start, 3)})
-        notes = []
         if failures:
             construct, reason, _ = explain_failure(failures[0][1])
             notes.append(f"the dynamo exporter failed ({(construct + ': ' if construct else '') + reason}); "
@@ -593,6 +600,15 @@ def export_onnx(model: TorchModel, inputs: Sequence[InputArg], path: Path, opset
     raise ExportError(f"cannot export {model.spec} to ONNX" + (f": {construct}" if construct else ""),
                       f"the {first_exporter} exporter says {reason}" + (f"; {others[-1]}" if others else ""),
                       hint) from first
+
+
+def _first_dims_dynamic(path: Path) -> bool:
+    import onnx
+
+    proto = onnx.load_model(str(path), load_external_data=False)
+    initializers = {t.name for t in proto.graph.initializer}
+    dims = [v.type.tensor_type.shape.dim for v in proto.graph.input if v.name not in initializers]
+    return all(d and not d[0].HasField("dim_value") for d in dims)
 
 
 def _dynamic_failure(exc: BaseException) -> bool:
