@@ -52,10 +52,6 @@ def distill_command(teacher: str, student_spec: str, train_spec: str, val_spec: 
     from onnxsmith.distill import Settings, distill
     from onnxsmith.targets import load_target
 
-    if labels and not (val_spec or train_spec):
-        from onnxsmith.errors import UserInputError
-
-        raise UserInputError("--labels needs --data", "labels name an array inside the data")
     if minutes is None and epochs is None:
         minutes = 3.0
     settings = Settings(temperature=temperature, alpha=alpha, batch_size=batch_size, learning_rate=learning_rate,
