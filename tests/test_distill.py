@@ -98,3 +98,17 @@ def test_digits_student_acceptance(tmp_path: Path, capsys: pytest.CaptureFixture
     val = record["validation"]
     assert val["samples"] == 360 and val["teacher_accuracy"] - val["student_accuracy"] <= 0.01
     assert record["latency_ms"]["student"] < record["latency_ms"]["teacher"]
+
+
+def test_pytorch_teacher_runs_eagerly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import numpy as np
+
+    train = np.load(DIGITS / "train.npz")
+    np.savez(tmp_path / "train.npz", input=train["image"][:256], label=train["label"][:256])
+    code, out, err = cli(["distill", "onnxsmith.examples.digits.train:build_model", "--shape", "input=1x1x8x8",
+                          "--student", MLP, "--data", str(tmp_path / "train.npz"), "--labels", "label",
+                          "--epochs", "2", "-o", str(tmp_path / "d"), "--json"], capsys)
+    assert code == 0, err
+    record = json.loads(out)
+    assert record["epochs"] == 2 and record["export"]["outputs"] == ["output"]
+    assert record["parameters"]["student"] == 7212
