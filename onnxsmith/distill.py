@@ -27,8 +27,6 @@ from typing import TYPE_CHECKING, Any
 from onnxsmith.errors import DataError, UserInputError
 
 if TYPE_CHECKING:
-    import numpy as np
-
     from onnxsmith.data import Dataset
     from onnxsmith.model import LoadedModel
 
@@ -64,10 +62,6 @@ class EpochLine:
     val: float | None
     seconds: float
     lr: float
-
-
-def _float_first(outputs: Mapping[str, Any], names: Sequence[str]) -> Any:
-    return outputs[names[0]]
 
 
 def teacher_logits(teacher_spec: str, teacher: LoadedModel, data: Dataset, progress: Callable[[str], None]) -> Any:

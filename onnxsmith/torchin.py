@@ -712,6 +712,7 @@ def _model_digest(model: TorchModel) -> dict[str, Any]:
     """What determines an export of ``model``: its file, or its code, structure and weights."""
     from onnxsmith.cache import sha256_file
 
+    torch = import_torch()
     if model.kind != "factory":
         return {"file": sha256_file(Path(model.spec))}
     digest = hashlib.sha256()
@@ -719,7 +720,7 @@ def _model_digest(model: TorchModel) -> dict[str, Any]:
         digest.update(name.encode())
         t = tensor.detach().cpu().contiguous()
         digest.update(str(t.dtype).encode() + str(tuple(t.shape)).encode())
-        digest.update(t.view(-1).view(__import__("torch").uint8).numpy().tobytes() if t.numel() else b"")
+        digest.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return {"structure": hashlib.sha256(repr(model.module).encode()).hexdigest(), "weights": digest.hexdigest(),
             "code": {str(f): sha256_file(f) for f in model.source_files}}
 

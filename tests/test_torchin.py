@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from onnxsmith.errors import UserInputError
 from onnxsmith.torchin import split_shapes, torch_kind
 
 ROOT = Path(__file__).resolve().parents[1]
-HAVE_TORCH = __import__("importlib").util.find_spec("torch") is not None
+HAVE_TORCH = importlib.util.find_spec("torch") is not None
 needs_torch = pytest.mark.skipif(not HAVE_TORCH, reason="torch is not installed (pip install 'onnxsmith[torch]')")
 
 

@@ -46,6 +46,7 @@ def distill_command(teacher: str, student_spec: str, train_spec: str, val_spec: 
     eagerly). The loss is the temperature-scaled KL divergence to the teacher's scores, mixed with cross-entropy on
     --labels when given. The student is exported to OUTPUT/student.onnx with the checks of 'onnxsmith export'."""
     import sys
+    import time
     from pathlib import Path
 
     from onnxsmith.console import print_json, stderr_console
@@ -69,7 +70,7 @@ def distill_command(teacher: str, student_spec: str, train_spec: str, val_spec: 
         total = epochs if epochs else None
         task = bar.add_task("distilling", total=total if total else (minutes or 1) * 60, info="")
 
-    started = __import__("time").monotonic()
+    started = time.monotonic()
 
     def say(message: str) -> None:
         if bar is not None:
@@ -79,7 +80,7 @@ def distill_command(teacher: str, student_spec: str, train_spec: str, val_spec: 
         val = f", val {line.val:.4f}" if line.val is not None else ""
         text = f"epoch {line.epoch}: loss {line.loss:.4f}{val}, lr {line.lr:.2g}, {line.seconds:.1f} s"
         if bar is not None:
-            done = line.epoch if epochs else min(__import__("time").monotonic() - started, (minutes or 1) * 60)
+            done = line.epoch if epochs else min(time.monotonic() - started, (minutes or 1) * 60)
             bar.update(task, completed=done, description=f"epoch {line.epoch}", info=f"loss {line.loss:.4f}{val}")
         elif not as_json:
             echo_err(text)
