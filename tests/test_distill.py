@@ -71,7 +71,7 @@ def test_optimize_student_is_a_step(tmp_path: Path, capsys: pytest.CaptureFixtur
     code, out, err = cli(["optimize", TEACHER, "--profile", "quick", "--backend", "onnxruntime", "--data",
                           str(DIGITS / "validation.npz"), "--labels", "label", "--calibration",
                           str(DIGITS / "calibration.npz"), "--student", str(tmp_path / "student"),
-                          "--max-accuracy-drop", "5%", "-o", str(tmp_path / "opt"), "--json"], capsys)
+                          "--max-accuracy-drop", "5%", "--keep-steps", "-o", str(tmp_path / "opt"), "--json"], capsys)
     assert code == 0, err
     card = json.loads(out)
     steps = {s["name"]: s for s in card["steps"]}
@@ -82,6 +82,8 @@ def test_optimize_student_is_a_step(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert any(n.startswith("student ") for n in card["notes"])
     assert "student-onnxruntime-int8" in steps and steps["student-onnxruntime-int8"]["parent"] == "student"
     assert "student" in (tmp_path / "opt" / "card.md").read_text()
+    manifest = json.loads((tmp_path / "opt" / student["bundle"] / "manifest.json").read_text())
+    assert manifest["model"]["export"]["from"] == f"{MLP} (distilled)"
     code, _, err = cli(["optimize", TEACHER, "--student", MLP, "-o", str(tmp_path / "opt2")], capsys)
     assert code == 2 and "--train-data" in err
 

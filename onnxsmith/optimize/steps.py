@@ -86,6 +86,10 @@ class StepRunner:
         """Per batch size, the fastest fully measured step so far (name, p50 ms): the bar for the probe."""
 
     # --- the ONNX a recipe compiles -----------------------------------------------------------------------------
+    def preload(self, source: str, model: LoadedModel) -> None:
+        """Use ``model`` (already loaded, at batch 1) for recipes built from ``source``."""
+        self._models[((), 1, source)] = (model, None)
+
     def base_model(self, batch: int, source: str | None = None) -> LoadedModel:
         """The original model (or ``source``, a student) with batch ``batch`` (re-loaded with the batch dim set;
         it must be dynamic)."""

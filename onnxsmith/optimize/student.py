@@ -106,6 +106,11 @@ def student_steps(runner: StepRunner, student: Student, steps: Sequence[Step], c
     change = (f"architecture: the distilled student {record.get('student')} ({params.get('student', 0):,} "
               f"parameters; teacher {params.get('teacher', 0):,})")
     baseline = next(s for s in steps if s.name == "baseline")
+    from onnxsmith.model import load_model
+
+    loaded = load_model(student.onnx)
+    loaded.export = record.get("export")  # the student's bundles say where their ONNX came from
+    runner.preload(str(student.onnx), loaded)
     step = runner.measure(Recipe(STEP, "baseline", change, baseline.backend, "fp32", "fp32", source=str(student.onnx)))
     out = [step]
     notes.append(f"student {record.get('student')}: {params.get('student', 0):,} parameters against the teacher's "
