@@ -215,6 +215,7 @@ def _write_bundle(model: LoadedModel, target: Target, backend: Compiler, artifac
                 "shape_overrides": {k: list(v) for k, v in model.shape_overrides.items()},
                 "batch_inputs": None if model.batch_inputs is None else list(model.batch_inputs),
                 "notes": list(model.notes),
+                "export": model.export if model.export is not None else reference.export,
             },
             "target": target.to_json(),
             "backend": backend.name,

@@ -176,6 +176,8 @@ class LoadedModel:
     """The external-data files the model's tensors were read from (resolved, inside the model's folder)."""
     batch_inputs: tuple[str, ...] | None = None
     """The inputs whose first dim was dynamic in the original model (their batch); ``None`` when none was."""
+    export: dict[str, Any] | None = None
+    """For a model exported from PyTorch (:mod:`onnxsmith.torchin`): the export's record and check figures."""
     _path: Path | None = None
     _tmp: tempfile.TemporaryDirectory[str] | None = None
 

@@ -180,7 +180,7 @@ _COMPILER_NAMES = frozenset({"name", "extra", "install_hint", "artifact_kind", "
                              "needs_calibration", "cache_token", "compile", "load", "load_remote", "ladder_variants",
                              "onnx_pass_precisions", "slow_artifact_advice", "portable_across_versions",
                              "load_layers", "keep_fp32_option", "deploy_programs", "triton_model",
-                             "vendor_import", "install_command"})
+                             "max_opset", "vendor_import", "install_command"})
 
 
 def _check_names(cls: type, known: frozenset[str], kind: str) -> None:
@@ -352,6 +352,11 @@ class Compiler:
     def slow_artifact_advice(self, artifact: Artifact) -> str:
         """What to do when this artifact is slower than the ONNX Runtime baseline (e.g. tune it). Default: none."""
         return ""
+
+    def max_opset(self, target: Target) -> int | None:
+        """The newest ONNX opset this backend's importer reads for ``target``; PyTorch models are exported at
+        or below it (:func:`onnxsmith.torchin.choose_opset`). Default: ``None``, any opset onnx knows."""
+        return None
 
     def portable_across_versions(self, artifact: Artifact) -> bool:
         """Whether an artifact built by another version of the vendor library still loads. Default: no."""

@@ -34,6 +34,21 @@ def _flop(n: float) -> str:
     return f"{n:.0f} FLOP"
 
 
+def _export_lines(export: dict[str, Any] | None) -> list[str]:
+    """The PyTorch export's record (:mod:`onnxsmith.torchin`), when the model came from PyTorch."""
+    if not export:
+        return []
+    check = export["check"]
+    top1 = check.get("top1_agreement")
+    lines = [f"- **Exported from PyTorch**: `{export['from']}` with torch {export['torch_version']}, "
+             f"{export['exporter']} exporter, opset {export['opset']} ({export['opset_reason']}); checked: ONNX "
+             f"checker ({check['onnx_checker']}), shape inference ({check['shape_inference']}), ONNX Runtime vs "
+             f"eager PyTorch on {check['data']}: cosine min {check['cosine_min']:.6f}, max abs error "
+             f"{check['max_abs_error']:.3g}" + (f", top-1 agreement {top1:.4f}" if top1 is not None else "")]
+    lines += [f"- Export note: {note}" for note in export.get("notes", [])]
+    return lines
+
+
 def render_report(manifest: dict[str, Any], profile: dict[str, Any] | None,
                   validation: dict[str, Any] | None, layers: dict[str, Any] | None = None) -> str:
     art = manifest["artifact"]
@@ -43,6 +58,7 @@ def render_report(manifest: dict[str, Any], profile: dict[str, Any] | None,
         "",
         f"- **Model**: `{manifest['model']['source']}` (sha256 `{manifest['model']['fingerprint'][:16]}`, "
         f"opset {manifest['model']['opset']})",
+        *_export_lines(manifest["model"].get("export")),
         f"- **Target**: {target['name']} (`{target['id']}`)",
         f"- **Backend**: {manifest['backend']} {manifest['backend_version']} on `{art['device']}`: "
         f"{manifest['artifact_kind']}",

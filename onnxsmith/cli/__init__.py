@@ -21,6 +21,8 @@ COMMANDS = {
     "profile": ("profile", "profile_command", "Measure a bundle's latency, throughput and memory beside ONNX Runtime."),
     "validate": ("validate", "validate_command", "Compare a bundle's outputs with ONNX Runtime fp32 on real inputs."),
     "run": ("run", "run_command", "Run a bundle on inputs from an .npz and save the outputs."),
+    "export": ("export", "export_command", "Export a PyTorch model to ONNX, checked against eager PyTorch."),
+    "distill": ("distill", "distill_command", "Train a smaller PyTorch student on a teacher's outputs; export it."),
     "inspect": ("inspect", "inspect_command", "Show a model's inputs, ops, parameters, FLOPs and backend support."),
     "optimize": ("optimize", "optimize_command", "Walk the optimization ladder and keep the best measured artifact."),
     "serving": ("serving", "serving_command", "Write a bundle's serving configuration (Triton, OVMS) from measurements."),

@@ -18,7 +18,11 @@ backend_option = click.option("--backend", "-b", default=None,
                               help="Override the target's backend preference (a backend id from 'onnxsmith "
                                    "doctor').")
 shape_option = click.option("--shape", "shapes", multiple=True, metavar="NAME=DIMS",
-                            help="Fix an input's dims, e.g. --shape input=1x3x224x224 (repeatable).")
+                            help="Fix an input's dims, e.g. --shape input=1x3x224x224 (repeatable); for a "
+                                 "PyTorch MODEL add the dtype: input_ids=1x128:int64 (default float32).")
+MODEL_FORMS = ("MODEL is an ONNX file, or a PyTorch model: package.module:factory (a function returning an "
+               "nn.Module), a torch.export .pt2 or a TorchScript file, exported to ONNX and checked against eager "
+               "PyTorch first (needs onnxsmith[torch]).")
 
 
 def data_option(flag: str, dest: str, role: str, required: bool = False) -> Callable[[Any], Any]:

@@ -27,6 +27,7 @@ from onnxsmith.optimize.steps import Recipe, StepRunner, pass_spec
 if TYPE_CHECKING:
     from onnxsmith.data import Dataset
     from onnxsmith.model import LoadedModel
+    from onnxsmith.optimize.student import StudentSource
     from onnxsmith.profiles import Profile
     from onnxsmith.targets import Target
 
@@ -113,8 +114,11 @@ def run_ladder(model: LoadedModel, target: Target, profile: Profile, *, data: Da
                calibration: Dataset | None, max_accuracy_drop: float, latency_budget_ms: float | None,
                output: Path, backends: Sequence[str] | None = None, prune: bool | None = None,
                arrival_rate: float | None = None, keep_worst: int = 5, keep_steps: bool = False,
-               progress: Callable[[str], None] | None = None, force: bool = False) -> Card:
+               progress: Callable[[str], None] | None = None, force: bool = False,
+               student: StudentSource | None = None) -> Card:
     """Walk the ladder for ``model`` on ``target``; write the card and the chosen bundle under ``output``.
+
+    ``student``: a distilled student measured as one more step (:mod:`onnxsmith.optimize.student`).
 
     ``output`` is refused when it holds anything but a previous optimize result (unless ``force``), or when it
     contains the model, the data or the cache (always)."""
@@ -129,6 +133,8 @@ def run_ladder(model: LoadedModel, target: Target, profile: Profile, *, data: Da
 
     notes: list[str] = []
     usable = _usable_backends(target, backends, notes)  # before anything is written: a typo leaves no folder
+    if student is not None:
+        student.check()
     _prepare_output(output, protected_inputs(model, data, calibration), force)
     say = progress or (lambda message: None)
     if data is None:
@@ -178,6 +184,10 @@ def run_ladder(model: LoadedModel, target: Target, profile: Profile, *, data: Da
         notes.append(f"precisions {', '.join(skipped)} skipped: {target.id} does not list them")
     steps += _precision_steps(runner, target, usable, ladder, chain, fp32_parent, notes)
     steps += _mixed_steps(runner, target, steps, chain, constraints, notes)
+    if student is not None:
+        from onnxsmith.optimize.student import student_steps
+
+        steps += student_steps(runner, student.prepare(model, output, target, say), steps, constraints, notes)
     if profile.prune if prune is None else prune:
         steps += _prune_steps(runner, steps, chain, notes)
     steps = _runoff(runner, steps, constraints)

@@ -49,6 +49,8 @@ class Recipe:
     candidate: bool = True
     options: tuple[tuple[str, str], ...] = ()
     """Backend options (``--option KEY=VALUE``) for the compile."""
+    source: str | None = None
+    """Build from this ONNX instead of the original model (the distilled student); it is its own reference."""
 
 
 SCREEN_FACTOR = 5.0
@@ -76,20 +78,33 @@ class StepRunner:
         self.work = output / "steps"
         self.keep_worst = keep_worst
         self.progress = progress or (lambda message: None)
-        self._models: dict[tuple[tuple[PassSpec, ...], int], tuple[LoadedModel, dict[str, Any] | None]] = {}
+        self._models: dict[tuple[tuple[PassSpec, ...], int, str | None],
+                           tuple[LoadedModel, dict[str, Any] | None]] = {}
         self.recipes: dict[str, Recipe] = {}
         """Every recipe measured so far, by step name."""
         self.fastest: dict[int, tuple[str, float]] = {}
         """Per batch size, the fastest fully measured step so far (name, p50 ms): the bar for the probe."""
 
     # --- the ONNX a recipe compiles -----------------------------------------------------------------------------
-    def base_model(self, batch: int) -> LoadedModel:
-        """The original model with batch ``batch`` (re-loaded with the batch dim set; it must be dynamic)."""
-        if batch == 1 or (self.model.inputs and self.model.inputs[0].shape[:1] == (batch,)):
+    def preload(self, source: str, model: LoadedModel) -> None:
+        """Use ``model`` (already loaded, at batch 1) for recipes built from ``source``."""
+        self._models[((), 1, source)] = (model, None)
+
+    def base_model(self, batch: int, source: str | None = None) -> LoadedModel:
+        """The original model (or ``source``, a student) with batch ``batch`` (re-loaded with the batch dim set;
+        it must be dynamic)."""
+        if source is not None and batch == 1:
+            key = ((), 1, source)
+            if key not in self._models:
+                from onnxsmith.model import load_model
+
+                self._models[key] = (load_model(source), None)
+            return self._models[key][0]
+        if source is None and (batch == 1 or (self.model.inputs and self.model.inputs[0].shape[:1] == (batch,))):
             return self.model
         from onnxsmith.model import load_model
 
-        raw = load_model(self.model.source, default_batch=None, check=False)
+        raw = load_model(source or self.model.source, default_batch=None, check=False)
         shapes = {}
         for spec in self.model.inputs:
             first = raw.input_spec(spec.name).shape[:1]
@@ -97,17 +112,18 @@ class StepRunner:
                 raise UserInputError(f"cannot sweep batch {batch}", f"input '{spec.name}' has its batch dim fixed "
                                      f"to {first[0]} in the model", "export the model with a dynamic batch dim")
             shapes[spec.name] = (batch, *(int(d) for d in spec.shape[1:]))  # type: ignore[arg-type]
-        return load_model(self.model.source, shapes)
+        return load_model(source or self.model.source, shapes)
 
-    def build(self, passes: tuple[PassSpec, ...], batch: int = 1) -> tuple[LoadedModel, dict[str, Any] | None]:
-        """The model after ``passes`` (cached by prefix), and the record of the last pass."""
-        key = (passes, batch)
+    def build(self, passes: tuple[PassSpec, ...], batch: int = 1,
+              source: str | None = None) -> tuple[LoadedModel, dict[str, Any] | None]:
+        """The model (or ``source``) after ``passes`` (cached by prefix), and the record of the last pass."""
+        key = (passes, batch, source)
         if key in self._models:
             return self._models[key]
         if not passes:
-            result: tuple[LoadedModel, dict[str, Any] | None] = (self.base_model(batch), None)
+            result: tuple[LoadedModel, dict[str, Any] | None] = (self.base_model(batch, source), None)
         else:
-            parent, _ = self.build(passes[:-1], batch)
+            parent, _ = self.build(passes[:-1], batch, source)
             name, config = passes[-1]
             from onnxsmith.model import load_model, save_model
             from onnxsmith.optimize.passes import get_pass
@@ -128,7 +144,7 @@ class StepRunner:
         stage = "building the ONNX"
         record = None
         try:
-            model, record = self.build(recipe.passes, recipe.batch)
+            model, record = self.build(recipe.passes, recipe.batch, recipe.source)
             stage = "compiling"
             bundle = self._compile(recipe, model)
             stage = "profiling"
@@ -244,7 +260,7 @@ class StepRunner:
                              precision=recipe.compile_precision,
                              calibration=self.calibration if recipe.compile_precision == "int8" else None,
                              notes=(f"optimize step '{recipe.name}': {recipe.change}",),
-                             reference=self.base_model(recipe.batch), progress=self.progress,
+                             reference=self.base_model(recipe.batch, recipe.source), progress=self.progress,
                              options=dict(recipe.options))
 
     def _failed(self, recipe: Recipe, record: dict[str, Any] | None, reason: str) -> Step:
