@@ -131,6 +131,13 @@ def render_report(manifest: dict[str, Any], profile: dict[str, Any] | None,
             f"Checked {v['samples']} examples from `{v['data']}` against ONNX Runtime fp32 on the original model "
             f"(outputs: {v['output_checked']}).",
             "",
+        ]
+        if v.get("evaluated_by"):
+            e = v["evaluated_by"]
+            lines += [f"**{e['label']}.** The bundle cannot run here; its backend evaluated the compiled program "
+                      "instead.", "", "- Checked: " + "; ".join(e["checked"]),
+                      "- Not checked: " + "; ".join(e["not_checked"]), ""]
+        lines += [
             f"- **{'PASSED' if v['passed'] else 'FAILED'}** (required: cosine >= {v['min_cosine_required']} on every "
             f"sample)" + ("" if v["passed"] else ": " + "; ".join(v["failures"])),
             f"- cosine min {v['cosine_min']:.6f}, mean {v['cosine_mean']:.6f}; max abs error "

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from onnxsmith.errors import BackendError, MissingDependencyError, TargetError, UnsupportedError, first_line
 from onnxsmith.options import Option
-from onnxsmith.plugin import Artifact, CompileRequest, Compiler, Support
+from onnxsmith.plugin import Artifact, CompileRequest, Compiler, Runner, Support
 from onnxsmith.units import machine_arch
 
 if TYPE_CHECKING:
@@ -32,6 +32,23 @@ COMPUTE_UNITS = ("all", "cpu_only", "cpu_and_gpu", "cpu_and_ne")
 DEPLOYMENT_TARGETS = ("ios15", "ios16", "ios17", "ios18", "macos12", "macos13", "macos14", "macos15")
 _INT8_MIN_TARGET = ("ios16", "ios17", "ios18", "macos13", "macos14", "macos15")
 MAIN_FILE = "model.mlpackage"
+PLUGIN_REVISION = 2
+"""Bumped when what this plugin writes changes (2: every package file listed, onnxsmith provenance, palettization
+and W8A8), so cache entries of an older plugin are not served."""
+
+
+def package_files(workdir: Path) -> tuple[str, ...]:
+    """Every file of the saved package, ``Manifest.json`` first: an ``.mlpackage`` is a folder, and an artifact
+    lists files (each one is checksummed in the bundle)."""
+    root = workdir / MAIN_FILE
+    files = sorted(p.relative_to(workdir).as_posix() for p in root.rglob("*") if p.is_file())
+    first = f"{MAIN_FILE}/Manifest.json"
+    return (first, *[f for f in files if f != first])
+
+
+def package_path(artifact: Artifact, directory: Path) -> Path:
+    """The ``.mlpackage`` folder of an artifact (bundles before the file list named the folder itself)."""
+    return directory / Path(artifact.files[0]).parts[0]
 
 
 @contextlib.contextmanager
@@ -182,7 +199,7 @@ class CoreMLCompiler(Compiler):
         onnx2coreml()
 
     def version(self) -> str:
-        return f"{coremltools().__version__}+onnx2coreml-{onnx2coreml().__version__}"
+        return f"{coremltools().__version__}+onnx2coreml-{onnx2coreml().__version__}+plugin-{PLUGIN_REVISION}"
 
     def devices(self) -> list[str]:
         if platform.system() != "Darwin":
@@ -266,7 +283,7 @@ class CoreMLCompiler(Compiler):
         package_bytes = sum(p.stat().st_size for p in (workdir / MAIN_FILE).rglob("*") if p.is_file())
         return Artifact(
             backend=self.name, backend_version=self.version(), device=opts.compute_units,
-            precision=precision, precision_used=precision_from_summary(summary), files=(MAIN_FILE,),
+            precision=precision, precision_used=precision_from_summary(summary), files=package_files(workdir),
             options=opts.to_json(),
             metadata={
                 "spec_version": spec.specificationVersion,
@@ -300,6 +317,13 @@ class CoreMLCompiler(Compiler):
                            "dtype": "int8", "granularity": opts.granularity,
                            "weight_threshold": opts.weight_threshold, "quantized_weights": compressed}
 
+    def load_emulated(self, artifact: Artifact, directory: Path, target: Target) -> Runner:
+        """The saved ML Program evaluated with numpy (``milcheck``): ``validate`` on a machine without Core ML."""
+        from onnxsmith.compilers.coreml.milcheck import MILProgramRunner
+
+        coremltools()
+        return MILProgramRunner(artifact, directory)
+
     def load(self, artifact: Artifact, directory: Path, target: Target) -> CoreMLRunner:
         from onnxsmith.compilers.coreml.runner import CoreMLRunner
 
@@ -307,7 +331,7 @@ class CoreMLCompiler(Compiler):
             raise UnsupportedError("cannot run a Core ML model here",
                                    f"Core ML predicts only on macOS (and iOS); this machine runs {platform.system()}",
                                    "copy the bundle to a Mac and run or profile it there")
-        return CoreMLRunner(directory / artifact.files[0], str(artifact.options.get("compute_units", "all")),
+        return CoreMLRunner(package_path(artifact, directory), str(artifact.options.get("compute_units", "all")),
                             artifact.metadata.get("io", {}))
 
 

@@ -68,8 +68,9 @@ def test_mlp_converts_to_a_valid_mlpackage(mlp_artifacts: dict[str, tuple[Artifa
     import coremltools as ct
 
     artifact, workdir = mlp_artifacts["fp32"]
-    package = workdir / artifact.files[0]
-    assert artifact.files == ("model.mlpackage",) and package.is_dir()
+    package = workdir / "model.mlpackage"
+    assert artifact.files[0] == "model.mlpackage/Manifest.json" and package.is_dir()
+    assert "model.mlpackage/Data/com.apple.CoreML/model.mlmodel" in artifact.files  # every file, each checksummed
     manifest = json.loads((package / "Manifest.json").read_text())
     entries = {e["path"] for e in manifest["itemInfoEntries"].values()}
     assert "com.apple.CoreML/model.mlmodel" in entries
