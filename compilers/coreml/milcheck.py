@@ -14,11 +14,11 @@ Engine's, and timings from it mean nothing. Core ML itself predicts only on macO
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from onnxsmith.compilers.coreml.backend import coremltools, package_path, quiet
+from onnxsmith.compilers.coreml.backend import coremltools, openable_package, package_path, quiet
 from onnxsmith.errors import BackendError, DataError, UnsupportedError, first_line
 from onnxsmith.plugin import Emulation, Runner, Support
 
@@ -33,8 +33,8 @@ def _load_program(package: Path) -> Any:
 
     ct = coremltools()
     try:
-        with quiet():
-            model = ct.models.MLModel(str(package), skip_model_load=True)
+        with quiet(), openable_package(package) as readable:
+            model = ct.models.MLModel(str(readable), skip_model_load=True)
             spec = model.get_spec()
             if spec.WhichOneof("Type") != "mlProgram":
                 raise UnsupportedError("cannot evaluate this Core ML model on Linux", "it is not an ML Program")
@@ -156,7 +156,24 @@ def _batch_norm(op: Any, values: Mapping[str, Any]) -> np.ndarray:
     return y
 
 
-REFERENCE_OPS = {"conv": _conv, "max_pool": _pool, "avg_pool": _pool, "batch_norm": _batch_norm}
+def _dequantize(op: Any, values: Mapping[str, Any]) -> np.ndarray:
+    """MIL ``dequantize`` (iOS17, what W8A8 inserts): ``(input - zero_point) * scale``, per tensor or along
+    ``axis``."""
+    import numpy as np
+
+    q = np.asarray(values["input"]).astype(np.float32)
+    scale = _float32(values["scale"])
+    zero = values.get("zero_point")
+    zero = np.zeros((), np.float32) if zero is None else _float32(zero)
+    axis = values.get("axis")
+    if scale.ndim == 1 and axis is not None:
+        shape = [1] * q.ndim
+        shape[int(axis)] = -1
+        scale, zero = scale.reshape(shape), (zero.reshape(shape) if zero.ndim == 1 else zero)
+    return (q - zero) * scale
+
+
+REFERENCE_OPS = {"dequantize": _dequantize, "conv": _conv, "max_pool": _pool, "avg_pool": _pool, "batch_norm": _batch_norm}
 """MIL ops without a coremltools ``value_inference``, computed here (fp32 accumulation, rounded to the op's type)."""
 
 
@@ -199,16 +216,16 @@ class ProgramEvaluator:
     """An artifact's ML Program loaded once, evaluated with numpy for any number of feeds (constants and
     compressed weights are materialized once)."""
 
-    def __init__(self, artifact: Artifact, directory: Path) -> None:
+    def __init__(self, package: Path, io: Mapping[str, Mapping[str, str]] | None = None) -> None:
         from coremltools.converters.mil.mil import types
 
-        self.function = function = _load_program(package_path(artifact, directory)).functions["main"]
+        self.function = function = _load_program(package).functions["main"]
         missing = sorted({op.op_type for op in function.operations if not _evaluable(op)})
         if missing:
             raise UnsupportedError("cannot evaluate this Core ML program on Linux",
                                    f"coremltools has no numpy evaluation for MIL op(s) {', '.join(missing)}",
                                    "validate on a Mac (Core ML predicts only on macOS)")
-        io = artifact.metadata.get("io", {})
+        io = io or {}
         self.in_map = dict(io.get("inputs", {})) or {name: name for name in function.inputs}
         self.out_map = dict(io.get("outputs", {})) or {var.name: var.name for var in function.outputs}
         self.input_dtypes = {onnx_name: types.nptype_from_builtin(function.inputs[cm].dtype)
@@ -229,7 +246,9 @@ class ProgramEvaluator:
                 for out, value in zip(op.outputs, results, strict=True):
                     self._constants[out.name] = value
 
-    def __call__(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def __call__(self, feeds: Mapping[str, np.ndarray], observe: Callable[[str, np.ndarray], None] | None = None
+                 ) -> dict[str, np.ndarray]:
+        """The program's outputs for ``feeds``; ``observe(name, value)`` sees every input and op output."""
         import numpy as np
         from coremltools.converters.mil.mil import Builder as mb
         from coremltools.converters.mil.mil import Function, types
@@ -240,6 +259,8 @@ class ProgramEvaluator:
             if onnx_name not in feeds:
                 raise DataError("input missing for the Core ML program", f"no array for input '{onnx_name}'")
             values[function.inputs[coreml_name].name] = np.asarray(feeds[onnx_name], dtype=self.input_dtypes[onnx_name])
+            if observe is not None:
+                observe(coreml_name, values[function.inputs[coreml_name].name])
         with quiet(), Function({}, opset_version=function.opset_version):
             for op in function.operations:
                 if op.op_type == "const" or op.op_type.startswith("constexpr_"):
@@ -265,6 +286,8 @@ class ProgramEvaluator:
                         raise UnsupportedError("cannot evaluate this Core ML program on Linux",
                                                f"MIL op '{op.name}' ({op.op_type}) gave no value for these inputs")
                     values[out.name] = value
+                    if observe is not None:
+                        observe(out.name, value)
         outputs = {var.name: var for var in function.outputs}
         return {onnx_name: np.asarray(values[outputs[coreml_name].name])
                 for onnx_name, coreml_name in self.out_map.items()}
@@ -272,7 +295,51 @@ class ProgramEvaluator:
 
 def evaluate_program(artifact: Artifact, directory: Path, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Outputs of the artifact's ML Program for ``feeds`` (ONNX names in and out), computed with numpy."""
-    return ProgramEvaluator(artifact, directory)(feeds)
+    return ProgramEvaluator(package_path(artifact, directory), artifact.metadata.get("io", {}))(feeds)
+
+
+def activation_ranges(package: Path, io: Mapping[str, Mapping[str, str]], samples: Iterable[Mapping[str, Any]]
+                      ) -> tuple[dict[str, dict[str, float]], int]:
+    """Min/max of every input and op output of the program over ``samples`` (ONNX-named feeds), in the form
+    coremltools' activation quantizer takes (``{name: {"rmin", "rmax"}}``), with the inputs and outputs of each
+    ``concat`` sharing one range as coremltools does; and the number of samples run. The program's outputs are
+    left out (coremltools keeps no range for them)."""
+    import numpy as np
+
+    evaluator = ProgramEvaluator(package, io)
+    ranges: dict[str, dict[str, float]] = {}
+
+    def observe(name: str, value: np.ndarray) -> None:
+        array = np.asarray(value)
+        if array.size == 0 or array.dtype.kind != "f":
+            return
+        low, high = float(array.min()), float(array.max())
+        seen = ranges.get(name)
+        ranges[name] = {"rmin": low if seen is None else min(low, seen["rmin"]),
+                        "rmax": high if seen is None else max(high, seen["rmax"])}
+
+    count = 0
+    for feeds in samples:
+        evaluator(feeds, observe)
+        count += 1
+    function = evaluator.function
+    for var in function.outputs:
+        ranges.pop(var.name, None)
+    groups = [[v.name for v in op.inputs["values"]] + [op.outputs[0].name]
+              for op in function.operations if op.op_type == "concat"]
+    changed = True
+    while changed:  # inputs shared between concats join their groups: iterate to a fixed point
+        changed = False
+        for group in groups:
+            present = [ranges[n] for n in group if n in ranges]
+            if not present:
+                continue
+            low, high = min(r["rmin"] for r in present), max(r["rmax"] for r in present)
+            for name in group:
+                if name in ranges and (ranges[name]["rmin"], ranges[name]["rmax"]) != (low, high):
+                    ranges[name] = {"rmin": low, "rmax": high}
+                    changed = True
+    return ranges, count
 
 
 LABEL = "MIL program evaluated on Linux, not Core ML's kernels"
@@ -284,7 +351,7 @@ class MILProgramRunner(Runner):
     def __init__(self, artifact: Artifact, directory: Path) -> None:
         from onnxsmith.model import TensorSpec
 
-        self._evaluate = evaluator = ProgramEvaluator(artifact, directory)
+        self._evaluate = evaluator = ProgramEvaluator(package_path(artifact, directory), artifact.metadata.get("io", {}))
         function = evaluator.function
 
         def spec(name: str, var: Any) -> TensorSpec:
