@@ -150,7 +150,7 @@ class Emulation:
 
 
 _RUNNER_NAMES = frozenset({"inputs", "outputs", "device_name", "emulation", "run", "bind", "parallel_throughput",
-                           "layer_profile", "device_latencies_ms", "close"})
+                           "layer_profile", "device_latencies_ms", "vendor_timing", "close"})
 _COMPILER_NAMES = frozenset({"name", "extra", "install_hint", "artifact_kind", "options", "check_environment",
                              "version", "devices", "supports", "runs_here", "precisions", "unsupported_ops",
                              "needs_calibration", "cache_token", "compile", "load", "load_emulated", "load_remote", "ladder_variants",
@@ -216,6 +216,13 @@ class Runner:
 
     def device_latencies_ms(self, feeds: Mapping[str, np.ndarray], iterations: int) -> list[float] | None:
         """Latencies timed on a remote device itself (RPC runners); ``None`` (default) for local runners."""
+        return None
+
+    def vendor_timing(self, feeds: Mapping[str, np.ndarray]) -> dict[str, Any] | None:
+        """The runtime's own measurement, made the way its vendor's benchmark tool makes it (TensorRT: trtexec's
+        GPU compute time on CUDA events, H2D/D2H, host latency), JSON-ready with a ``method`` line saying which
+        tool's defaults it matches; reported beside onnxsmith's host timing, never instead of it. ``None``
+        (default) when the backend has none."""
         return None
 
 

@@ -93,6 +93,10 @@ def measure_runner(runner: Any, feeds: dict[str, np.ndarray], measure: Measure, 
             profile = None
         if profile:
             result["layers"] = [dataclasses.asdict(layer) for layer in profile[:25]]
+        try:
+            result["vendor_timing"] = runner.vendor_timing(feeds)
+        except Exception as exc:  # like the layer profile: a bonus beside the host timing
+            result["vendor_timing_error"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return result
 
 
@@ -228,6 +232,8 @@ class Measurement:
     layers: list[dict[str, Any]] | None = None
     rpc_round_trip_ms: LatencyStats | None = None
     """Remote profiles: the latency seen through RPC (``latency_ms`` is then timed on the device itself)."""
+    vendor_timing: dict[str, Any] | None = None
+    """The runtime's own measurement in its vendor tool's method (:meth:`onnxsmith.plugin.Runner.vendor_timing`)."""
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Measurement:
@@ -236,7 +242,8 @@ class Measurement:
                    first_inference_ms=data["first_inference_ms"], load_seconds=data["load_seconds"],
                    peak_rss_mb=data["peak_rss_mb"], parallel_throughput_per_s=data.get("parallel_throughput_per_s"),
                    parallel_requests=data.get("parallel_requests"), layers=data.get("layers"),
-                   rpc_round_trip_ms=None if rpc is None else LatencyStats(**rpc))
+                   rpc_round_trip_ms=None if rpc is None else LatencyStats(**rpc),
+                   vendor_timing=data.get("vendor_timing"))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -117,6 +117,12 @@ def render_report(manifest: dict[str, Any], profile: dict[str, Any] | None,
                 p50, base_p50 = profile["latency_ms"]["p50"], base["latency_ms"]["p50"]
                 lines.append(f"\n**Warning**: its p50 is {p50 / base_p50:.1f}x ONNX Runtime fp32's ({p50:.3f} ms "
                              f"vs {base_p50:.3f} ms), measured in this run; {advice}.")
+        vendor = profile.get("vendor_timing")
+        if vendor:
+            lines += ["", f"The runtime's own timing ({vendor.get('method', '')}): GPU compute median "
+                      f"{_ms(vendor['gpu_compute_ms']['median'])}, p99 {_ms(vendor['gpu_compute_ms']['p99'])}; "
+                      f"H2D {_ms(vendor['h2d_ms']['median'])}, D2H {_ms(vendor['d2h_ms']['median'])}; host latency "
+                      f"median {_ms(vendor['host_latency_ms']['median'])} over {vendor['iterations']} iterations."]
         if profile.get("layers"):
             lines += ["", "Slowest layers (backend profiler):", "", "| layer | op | kernel | time |", "|---|---|---|---|"]
             for layer in profile["layers"][:10]:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from onnxsmith.compilers.tensorrt.gpu import GpuInfo, gpu, matches, nvidia_gpus
+from onnxsmith.compilers.tensorrt.gpu import GpuInfo, cuda_query_note, gpu, matches, nvidia_gpus
 from onnxsmith.compilers.tensorrt.options import DECLARED, BuildOptions, parse_options
 
 from onnxsmith.errors import BundleError, DataError, MissingDependencyError, UnsupportedError
@@ -46,7 +47,9 @@ class TensorRTCompiler(Compiler):
         return str(_trt().__version__)
 
     def devices(self) -> list[str]:
-        return [f"cuda:{g.index} {g.name} (sm {g.compute_capability})" for g in nvidia_gpus()]
+        note = cuda_query_note()
+        return [f"cuda:{g.index} {g.name} (sm {g.compute_capability})" + (" (found by nvidia-smi: " + note + ")"
+                                                                          if note else "") for g in nvidia_gpus()]
 
     def supports(self, target: Target) -> Support:
         if target.vendor.lower() == "nvidia" and target.kind in ("gpu", "soc"):
@@ -66,8 +69,9 @@ class TensorRTCompiler(Compiler):
         opts = parse_options({}, target.options_for("tensorrt"), target.source_file)
         gpus = nvidia_gpus()
         if not gpus:
-            return Support(False, "this machine has no NVIDIA GPU (or its driver is not loaded)",
-                           "run on a machine with the target's GPU")
+            note = cuda_query_note()
+            return Support(False, "this machine has no NVIDIA GPU (or its driver is not loaded)" +
+                           (f"; {note}" if note else ""), "run on a machine with the target's GPU")
         if opts.device_id >= len(gpus):
             return Support(False, f"GPU {opts.device_id} does not exist here ({len(gpus)} GPU(s))")
         found = matches(gpus[opts.device_id], req.gpu, opts.compute_capability)
@@ -78,6 +82,10 @@ class TensorRTCompiler(Compiler):
                 check()
             except MissingDependencyError as exc:
                 return Support(False, f"{exc.what}: {exc.why}", exc.hint)
+        note = cuda_query_note()
+        if note:  # the GPU was found through nvidia-smi: the runner's own CUDA calls would fail the same way
+            return Support(False, f"CUDA's runtime does not work here: {note}", "install the cuda-python of the "
+                           "driver's CUDA major (pip install 'onnxsmith[tensorrt]' for CUDA 12)")
         return Support(True)
 
     def precisions(self, target: Target) -> tuple[str, ...]:
@@ -139,15 +147,17 @@ class TensorRTCompiler(Compiler):
                                             "loaded": eng.attach_timing_cache(config, cache_path)}
             start = time.perf_counter()
             try:
-                data = eng.build_serialized(builder, network, config, logger)
+                data = eng.build_serialized(builder, network, config, logger, calibrator)
             finally:
                 if calibrator is not None:
                     calibrator.free()
             metadata["build_seconds"] = round(time.perf_counter() - start, 3)
             if calibrator is not None:
-                if calibrator.error is not None:
-                    raise calibrator.error
                 metadata["int8"]["batches_fed"] = calibrator.batches_fed
+                metadata["int8"]["calibration_cache"] = {"path": str(calibrator.cache_path),
+                                                         "reused": calibrator.cache_reused}
+                if calibrator.cache_path.is_file():
+                    shutil.copyfile(calibrator.cache_path, workdir / "calibration.cache")
             if cache_path is not None:
                 eng.save_timing_cache(config, cache_path)
         (workdir / "model.engine").write_bytes(data)
@@ -231,7 +241,11 @@ class TensorRTCompiler(Compiler):
                                    "IInt8EntropyCalibrator2 works only with weakly typed networks in TensorRT 10",
                                    "use --option int8_method=qdq (explicit quantization)")
         _cudart()
-        calibrator = make_entropy_calibrator(trt, feeder, workdir / "calibration.cache")
+        from onnxsmith.compilers.tensorrt.calibrator import calibration_cache_path
+
+        cache = calibration_cache_path(str(trt.__version__), request.model.fingerprint,
+                                       request.calibration.fingerprint(), feeder)
+        calibrator = make_entropy_calibrator(trt, feeder, cache)
         metadata["int8"] = {"method": "implicit: TensorRT IInt8EntropyCalibrator2", "batches": feeder.num_batches,
                             "batch_size": feeder.batch_size}
         notes.append("int8 by TensorRT's legacy entropy calibrator (implicit quantization, deprecated since "
@@ -267,8 +281,12 @@ class TensorRTCompiler(Compiler):
                                    f"{here.compute_capability}",
                                    "compile again on this GPU, or build with --option hardware_compatibility="
                                    "ampere_plus")
+        from onnxsmith.compilers.tensorrt.timing import TimingSettings
+
+        timing = TimingSettings(cuda_graph=bool(artifact.options.get("cuda_graph", True)),
+                                spin_wait=bool(artifact.options.get("spin_wait", False)))
         return TensorRTRunner(directory / artifact.files[0], device_id,
-                              int(artifact.options.get("parallel_requests", 2)))
+                              int(artifact.options.get("parallel_requests", 2)), timing)
 
 
 def _cudart() -> Any:
@@ -293,7 +311,10 @@ def _build_gpu(target: Target, opts: BuildOptions) -> GpuInfo:
             raise UnsupportedError("cannot build an Ampere-plus compatible engine here",
                                    f"{device.name} has compute capability {device.compute_capability} (needs 8.0+)")
         return device
-    found = matches(device, target.requires.gpu, opts.compute_capability)
+    # same_compute_capability: the engine runs on any GPU of the target's compute capability, so only that counts
+    wanted_name = "" if opts.hardware_compatibility == "same_compute_capability" and opts.compute_capability \
+        else target.requires.gpu
+    found = matches(device, wanted_name, opts.compute_capability)
     if not found:
         raise UnsupportedError(f"cannot build a TensorRT engine for {target.id} here", found.reason, found.hint)
     return device
