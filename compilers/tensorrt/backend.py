@@ -118,7 +118,7 @@ class TensorRTCompiler(Compiler):
             raise UnsupportedError(f"TensorRT {trt.__version__} has no weak typing",
                                    "TensorRT 11 removed the precision builder flags; networks are strongly typed",
                                    "drop --option typing=weak")
-        strong = opts.typing == "strong" or not weak_ok
+        strong = strongly_typed(opts, request.precision, weak_ok)
         device = _build_gpu(target, opts)
         if opts.device_id:
             from onnxsmith.compilers.tensorrt import cuda
@@ -203,7 +203,7 @@ class TensorRTCompiler(Compiler):
                 return source, proto, [precision.upper()], None
             proto = prec.to_float16(proto) if precision == "fp16" else prec.to_bfloat16(proto)
             notes.append(f"strongly typed build: the ONNX was converted to {precision} by ONNX Runtime's float16 "
-                         "converter (inputs/outputs stay fp32; ops it blocks stay fp32)")
+                         f"converter (inputs/outputs stay fp32; {', '.join(prec.FP32_KEEP_OPS)} stay fp32)")
             return save_model(proto, tmp / f"model.{precision}.onnx"), proto, [], None
         if precision != "int8":
             return source, proto, [], None
@@ -211,16 +211,16 @@ class TensorRTCompiler(Compiler):
         if any(counts.values()):
             metadata["int8"] = {"method": "explicit: Q/DQ nodes already in the model",
                                 **{k.lower(): v for k, v in counts.items()}}
-            return source, proto, [] if strong else ["INT8", *fallback], None
+            if strong:
+                return (*self._strong_qdq(source, proto, opts, tmp, notes, metadata), [], None)
+            return source, proto, ["INT8", *fallback], None
         from onnxsmith.compilers.tensorrt.calibrator import CalibrationFeeder, make_entropy_calibrator
         from onnxsmith.compilers.tensorrt.engine import legacy_calibration_available
 
         if request.calibration is None:
             raise DataError("int8 needs calibration data", "the model has no Q/DQ nodes to take scales from",
                             "pass --calibration calib.npz, or compile a model quantized with Q/DQ nodes")
-        method = opts.int8_method
-        if method == "auto":
-            method = "calibrator" if not strong and legacy_calibration_available(trt) else "qdq"
+        method = "qdq" if opts.int8_method == "auto" else opts.int8_method  # implicit int8 is deprecated since 10.1
         feeder = CalibrationFeeder(request.calibration, request.model.inputs, opts.calibration_batches)
         if feeder.dropped_samples:
             notes.append(f"calibration used {feeder.num_batches * feeder.batch_size} of "
@@ -233,9 +233,11 @@ class TensorRTCompiler(Compiler):
             import onnx
 
             notes.append("int8 by explicit quantization: Q/DQ (symmetric, per-channel weights) on Conv/MatMul/Gemm "
-                         "inputs, calibrated with ONNX Runtime; other layers run "
-                         + ("fp32 (strong typing)" if strong else f"{opts.int8_fallback} or fp32"))
-            return output, onnx.load(str(output)), [] if strong else ["INT8", *fallback], None
+                         "inputs, calibrated with ONNX Runtime")
+            written = onnx.load(str(output))
+            if strong:
+                return (*self._strong_qdq(output, written, opts, tmp, notes, metadata), [], None)
+            return output, written, ["INT8", *fallback], None
         if strong or not legacy_calibration_available(trt):
             raise UnsupportedError(f"TensorRT {trt.__version__} has no implicit int8 calibration",
                                    "IInt8EntropyCalibrator2 works only with weakly typed networks in TensorRT 10",
@@ -251,6 +253,24 @@ class TensorRTCompiler(Compiler):
         notes.append("int8 by TensorRT's legacy entropy calibrator (implicit quantization, deprecated since "
                      "TensorRT 10.1 and removed in 11); --option int8_method=qdq gives explicit quantization")
         return source, proto, ["INT8", *fallback], calibrator
+
+    def _strong_qdq(self, path: Path, proto: onnx.ModelProto, opts: BuildOptions, tmp: Path, notes: list[str],
+                    metadata: dict[str, Any]) -> tuple[Path, onnx.ModelProto]:
+        """A Q/DQ network for a strongly typed build: with ``int8_fallback=fp16`` everything between the Q/DQ pairs
+        is rewritten to fp16 (fp16 scales), so the engine is int8+fp16 as a TensorRT 10 weakly typed one was;
+        TensorRT itself would run those layers in fp32 and ignore the fallback."""
+        from onnxsmith.compilers.tensorrt import precision as prec
+
+        from onnxsmith.model import save_model
+
+        if opts.int8_fallback != "fp16":
+            notes.append("int8 with strong typing: layers outside the Q/DQ pairs run in fp32 (int8_fallback=fp32)")
+            return path, proto
+        converted = prec.qdq_to_float16(proto)
+        metadata["int8"]["fallback"] = {"precision": "fp16", "kept_fp32": list(prec.FP32_KEEP_OPS)}
+        notes.append("int8 with strong typing: the layers outside the Q/DQ pairs were rewritten to fp16 (Q/DQ "
+                     f"scales fp16, opset >= {prec.QDQ_FP16_OPSET}; {', '.join(prec.FP32_KEEP_OPS)} stay fp32)")
+        return save_model(converted, tmp / "model.qdq.fp16.onnx"), converted
 
     # ---- load -------------------------------------------------------------------------------------------------
 
@@ -287,6 +307,14 @@ class TensorRTCompiler(Compiler):
                                 spin_wait=bool(artifact.options.get("spin_wait", False)))
         return TensorRTRunner(directory / artifact.files[0], device_id,
                               int(artifact.options.get("parallel_requests", 2)), timing)
+
+
+def strongly_typed(opts: BuildOptions, precision: str, weak_ok: bool) -> bool:
+    """Whether the network is built strongly typed: always in TensorRT 11 (no weak typing), when asked, and for
+    int8 through Q/DQ nodes on 10.x too (NVIDIA's guidance: Q/DQ networks strongly typed, no precision flags)."""
+    if opts.typing == "strong" or not weak_ok:
+        return True
+    return opts.typing == "auto" and precision == "int8" and opts.int8_method != "calibrator"
 
 
 def _cudart() -> Any:

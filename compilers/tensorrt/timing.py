@@ -29,13 +29,18 @@ PERCENTILES = (90.0, 95.0, 99.0)
 
 
 def trtexec_percentile(sorted_ms: Sequence[float], percentile: float) -> float:
-    """trtexec's ``findPercentile``: no interpolation, the value ``int((1 - p/100) * n)`` places from the top."""
+    """trtexec's ``findPercentile``: no interpolation, the value ``int((1 - p/100) * n)`` places from the top
+    (computed in float32, as trtexec's C++ does)."""
     if not sorted_ms:
         return float("inf")
     if not 0.0 <= percentile <= 100.0:
         raise ValueError("percentile is not in [0, 100]")
+    import numpy as np
+
     count = len(sorted_ms)
-    exclude = int((1 - percentile / 100) * count)
+    # in float32 as trtexec computes it: (1 - 90/100) * 10 is 1.0000002 there, 0.9999999999999998 in float64
+    f32 = np.float32
+    exclude = int(f32(f32(1) - f32(percentile) / f32(100)) * f32(count))
     return float(sorted_ms[max(count - 1 - exclude, 0)])
 
 
