@@ -912,3 +912,31 @@ def test_gpu_bf16_engine(gpu_target: Target, mlp_path: Path, tmp_path: Path) -> 
     with TensorRTCompiler().load(artifact, workdir, gpu_target) as runner:
         got = runner.run(feeds)["logits"]
     assert np.abs(got - _reference(model.path, feeds)).max() < 5e-2
+
+
+def test_int8_build_input_is_the_fp16_qdq_graph_without_precision_flags(cnn_path: Path, tmp_path: Path) -> None:
+    """What the builder is given for int8 on 10.x (typing auto) and 11.x: Q/DQ + fp16 ONNX, no builder flags."""
+    import types
+
+    from onnxsmith.compilers.tensorrt.backend import strongly_typed
+    from onnxsmith.plugin import CompileRequest
+    from onnxsmith.profiles import load_profile
+
+    model = load_model(cnn_path)
+    request = CompileRequest(model, nvidia_target(), "int8", load_profile("quick"), synthetic(model, 8, seed=2))
+    trt10 = types.SimpleNamespace(__version__="10.8.0", BuilderFlag=types.SimpleNamespace(FP16=1, INT8=2),
+                                  IInt8EntropyCalibrator2=object)
+    opts = BuildOptions()
+    strong = strongly_typed(opts, "int8", weak_ok=True)
+    notes: list[str] = []
+    metadata: dict = {}
+    (tmp_path / "tmp").mkdir()
+    path, proto, flags, calibrator = TensorRTCompiler()._prepare(
+        trt10, request, opts, strong, GpuInfo(0, "NVIDIA H100", "9.0"), tmp_path / "tmp", tmp_path, notes, metadata)
+    assert strong and flags == [] and calibrator is None
+    assert path.name == "model.qdq.fp16.onnx" and path.is_file()
+    assert count_qdq(proto)["QuantizeLinear"] >= 3 and metadata["int8"]["fallback"]["precision"] == "fp16"
+    assert any("rewritten to fp16" in note for note in notes)
+    weak = TensorRTCompiler()._prepare(trt10, request, BuildOptions(typing="weak"), False,
+                                       GpuInfo(0, "NVIDIA H100", "9.0"), tmp_path / "tmp", tmp_path, [], {})
+    assert weak[2] == ["INT8", "FP16"]  # asked for weak typing: TensorRT 10's precision flags
