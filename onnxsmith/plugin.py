@@ -153,7 +153,8 @@ _RUNNER_NAMES = frozenset({"inputs", "outputs", "device_name", "emulation", "run
                            "layer_profile", "device_latencies_ms", "vendor_timing", "close"})
 _COMPILER_NAMES = frozenset({"name", "extra", "install_hint", "artifact_kind", "options", "check_environment",
                              "version", "devices", "supports", "runs_here", "precisions", "unsupported_ops",
-                             "needs_calibration", "cache_token", "compile", "load", "load_emulated", "load_remote", "ladder_variants",
+                             "needs_calibration", "cache_token", "compile", "load", "load_emulated", "load_remote",
+                             "ladder_variants",
                              "onnx_pass_precisions", "slow_artifact_advice", "portable_across_versions",
                              "vendor_import", "install_command"})
 

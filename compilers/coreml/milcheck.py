@@ -148,7 +148,8 @@ def _batch_norm(op: Any, values: Mapping[str, Any]) -> np.ndarray:
     x = _float32(values["x"])
     shape = (1, -1) + (1,) * (x.ndim - 2)
     epsilon = float(values.get("epsilon", 1e-5) if values.get("epsilon") is not None else 1e-5)
-    y = (x - _float32(values["mean"]).reshape(shape)) / (_float32(values["variance"]).reshape(shape) + epsilon) ** 0.5
+    variance = _float32(values["variance"]).reshape(shape)
+    y = (x - _float32(values["mean"]).reshape(shape)) / (variance + epsilon) ** 0.5
     if values.get("gamma") is not None:
         y = y * _float32(values["gamma"]).reshape(shape)
     if values.get("beta") is not None:
@@ -173,7 +174,8 @@ def _dequantize(op: Any, values: Mapping[str, Any]) -> np.ndarray:
     return (q - zero) * scale
 
 
-REFERENCE_OPS = {"dequantize": _dequantize, "conv": _conv, "max_pool": _pool, "avg_pool": _pool, "batch_norm": _batch_norm}
+REFERENCE_OPS = {"dequantize": _dequantize, "conv": _conv, "max_pool": _pool, "avg_pool": _pool,
+                 "batch_norm": _batch_norm}
 """MIL ops without a coremltools ``value_inference``, computed here (fp32 accumulation, rounded to the op's type)."""
 
 
@@ -258,7 +260,8 @@ class ProgramEvaluator:
         for onnx_name, coreml_name in self.in_map.items():
             if onnx_name not in feeds:
                 raise DataError("input missing for the Core ML program", f"no array for input '{onnx_name}'")
-            values[function.inputs[coreml_name].name] = np.asarray(feeds[onnx_name], dtype=self.input_dtypes[onnx_name])
+            values[function.inputs[coreml_name].name] = np.asarray(feeds[onnx_name],
+                                                                   dtype=self.input_dtypes[onnx_name])
             if observe is not None:
                 observe(coreml_name, values[function.inputs[coreml_name].name])
         with quiet(), Function({}, opset_version=function.opset_version):
@@ -351,7 +354,8 @@ class MILProgramRunner(Runner):
     def __init__(self, artifact: Artifact, directory: Path) -> None:
         from onnxsmith.model import TensorSpec
 
-        self._evaluate = evaluator = ProgramEvaluator(package_path(artifact, directory), artifact.metadata.get("io", {}))
+        evaluator = ProgramEvaluator(package_path(artifact, directory), artifact.metadata.get("io", {}))
+        self._evaluate = evaluator
         function = evaluator.function
 
         def spec(name: str, var: Any) -> TensorSpec:
