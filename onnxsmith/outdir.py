@@ -22,6 +22,7 @@ from onnxsmith.errors import UserInputError
 KINDS = {
     "bundle": ("manifest.json", "an onnxsmith bundle"),
     "optimize": ("card.json", "an 'onnxsmith optimize' result"),
+    "precision": ("precision.json", "an 'onnxsmith debug precision' result"),
 }
 
 

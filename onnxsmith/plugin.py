@@ -123,6 +123,9 @@ class LayerTime:
     time_ms: float
     exec_type: str = ""
     """The kernel or implementation the backend chose (e.g. ``jit_avx512_FP32``)."""
+    precision: str = ""
+    """The precision the layer really computed in, as the backend reports it (``int8``, ``bf16``, ``fp16``,
+    ``fp32``; see :data:`onnxsmith.profiling.LAYER_PRECISIONS`); ``""`` when it does not say."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,6 +159,7 @@ _COMPILER_NAMES = frozenset({"name", "extra", "install_hint", "artifact_kind", "
                              "needs_calibration", "cache_token", "compile", "load", "load_emulated", "load_remote",
                              "ladder_variants",
                              "onnx_pass_precisions", "slow_artifact_advice", "portable_across_versions",
+                             "load_layers", "keep_fp32_option",
                              "vendor_import", "install_command"})
 
 
@@ -327,6 +331,20 @@ class Compiler:
         """Precisions this backend reaches by running an ONNX graph an onnxsmith pass transformed, not natively:
         precision -> pass name (``fp16``, ``int8_qdq``). Default: none."""
         return {}
+
+    def load_layers(self, artifact: Artifact, directory: Path, target: Target, tensors: list[str]) -> Runner | None:
+        """Load the artifact with the named tensors of the reference ONNX exposed as extra outputs, the backend's
+        own way (``onnxsmith debug diverge``): its runner's ``run()`` returns them beside the model's outputs,
+        keyed by the ONNX tensor names; tensors it cannot expose (fused away) are simply absent. Default ``None``:
+        the core then compiles the reference ONNX again with the extra outputs, where that gives the same
+        artifact (compiled from the reference itself, no calibration)."""
+        return None
+
+    def keep_fp32_option(self, target: Target) -> str | None:
+        """The declared option (a ``list``) that keeps the named ONNX nodes out of int8 quantization (a mixed-
+        precision keep-list: NNCF ignored scope, Q/DQ omission, op selectors), or ``None`` (default) when the
+        backend has none. Backends whose int8 is an onnxsmith ONNX pass get the keep-list through that pass."""
+        return None
 
     def slow_artifact_advice(self, artifact: Artifact) -> str:
         """What to do when this artifact is slower than the ONNX Runtime baseline (e.g. tune it). Default: none."""

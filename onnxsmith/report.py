@@ -35,7 +35,7 @@ def _flop(n: float) -> str:
 
 
 def render_report(manifest: dict[str, Any], profile: dict[str, Any] | None,
-                  validation: dict[str, Any] | None) -> str:
+                  validation: dict[str, Any] | None, layers: dict[str, Any] | None = None) -> str:
     art = manifest["artifact"]
     target = manifest["target"]
     lines = [
@@ -123,11 +123,18 @@ def render_report(manifest: dict[str, Any], profile: dict[str, Any] | None,
                       f"{_ms(vendor['gpu_compute_ms']['median'])}, p99 {_ms(vendor['gpu_compute_ms']['p99'])}; "
                       f"H2D {_ms(vendor['h2d_ms']['median'])}, D2H {_ms(vendor['d2h_ms']['median'])}; host latency "
                       f"median {_ms(vendor['host_latency_ms']['median'])} over {vendor['iterations']} iterations."]
+        if profile.get("layer_precision"):
+            from onnxsmith.profiling import precision_line
+
+            shares = profile["layer_precision"]
+            lines.append(f"\n**Time at each precision** (backend profiler, {shares['total_ms']:.3f} ms over "
+                         f"{sum(shares['layers'].values())} layers): {precision_line(shares)}.")
         if profile.get("layers"):
-            lines += ["", "Slowest layers (backend profiler):", "", "| layer | op | kernel | time |", "|---|---|---|---|"]
+            lines += ["", "Slowest layers (backend profiler):", "", "| layer | op | kernel | precision | time |",
+                      "|---|---|---|---|---|"]
             for layer in profile["layers"][:10]:
                 lines.append(f"| {layer['name'][:60]} | {layer['op_type']} | {layer['exec_type']} | "
-                             f"{layer['time_ms']:.3f} ms |")
+                             f"{layer.get('precision') or '-'} | {layer['time_ms']:.3f} ms |")
     lines += ["", "## Validation", ""]
     if validation is None:
         lines.append("Not validated yet: run `onnxsmith validate BUNDLE [--data val.npz --labels KEY]`.")
@@ -166,6 +173,10 @@ def render_report(manifest: dict[str, Any], profile: dict[str, Any] | None,
                              f"{'-' if w['prediction'] is None else w['prediction']} | "
                              f"{'-' if w['reference_prediction'] is None else w['reference_prediction']} | "
                              f"`{w['file']}` |")
+    if layers:
+        from onnxsmith.layers import render_divergence
+
+        lines += render_divergence(layers)
     lines += ["", "## Improved, worse, risky", ""]
     lines += summarize_changes(manifest, profile, validation)
     return "\n".join(lines) + "\n"
@@ -205,7 +216,8 @@ def summarize_changes(manifest: dict[str, Any], profile: dict[str, Any] | None,
 def write_report(bundle: Bundle) -> str:
     manifest = dict(bundle.manifest)
     manifest["_reference_path"] = str(bundle.reference_model)
-    text = render_report(manifest, bundle.read_json("profile.json"), bundle.read_json("validation.json"))
+    text = render_report(manifest, bundle.read_json("profile.json"), bundle.read_json("validation.json"),
+                         bundle.read_json("layers.json"))
     path = bundle.path / "report.md"
     tmp = path.with_name(f".report.md.{os.getpid()}.tmp")
     tmp.write_text(text)

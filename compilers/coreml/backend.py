@@ -134,11 +134,15 @@ class CoreMLOptions:
     linear int8."""
     activations: str = "float"
     """int8: ``int8`` also quantizes activations (W8A8, iOS17 / macOS14+), calibrated on the calibration set."""
+    keep_fp32: tuple[str, ...] = ()
+    """int8 or palettized weights: ONNX node names whose weights stay float (op selectors of coremltools'
+    ``linear_quantize_weights`` / ``palettize_weights``)."""
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["fp32_ops"] = list(self.fp32_ops)
-        for key, empty in (("fp32_ops", []), ("palettize_bits", None)):
+        data["keep_fp32"] = list(self.keep_fp32)
+        for key, empty in (("fp32_ops", []), ("palettize_bits", None), ("keep_fp32", [])):
             if data[key] == empty:
                 del data[key]
         return data
@@ -147,7 +151,7 @@ class CoreMLOptions:
 def parse_options(options: Mapping[str, Any], target_options: Mapping[str, Any] | None = None,
                   target_file: str = "") -> CoreMLOptions:
     allowed = ("compute_units", "minimum_deployment_target", "weight_threshold", "granularity", "fp32_ops",
-               "palettize_bits", "activations")
+               "palettize_bits", "activations", "keep_fp32")
     values: dict[str, Any] = {}
     for source, items in (("target", target_options or {}), ("option", options)):
         for key, value in items.items():
@@ -189,7 +193,10 @@ def parse_options(options: Mapping[str, Any], target_options: Mapping[str, Any] 
     activations = str(values.get("activations", "float")).lower()
     if activations not in ACTIVATIONS:
         raise UnsupportedError(f"invalid {where('activations')}", f"allowed: {', '.join(ACTIVATIONS)}")
-    return CoreMLOptions(units, deploy, threshold, granularity, tuple(fp32_ops), bits, activations)
+    keep = values.get("keep_fp32", ())
+    if isinstance(keep, str):
+        keep = [n.strip() for n in keep.split(",") if n.strip()]
+    return CoreMLOptions(units, deploy, threshold, granularity, tuple(fp32_ops), bits, activations, tuple(keep))
 
 
 def check_fp32_ops(names: tuple[str, ...]) -> None:
@@ -210,6 +217,28 @@ def check_fp32_ops(names: tuple[str, ...]) -> None:
                                "layer_norm, reduce_mean), not ONNX op types",
                                f"did you mean '{close[0]}'?" if close else "'onnxsmith compile' notes list the "
                                "program's op types in the manifest (metadata.program.ops)")
+
+
+def keep_weights(proto: Any, nodes: tuple[str, ...]) -> tuple[str, ...]:
+    """The initializers (weights) of the ONNX nodes in ``nodes``; a name the model lacks is refused."""
+    if not nodes:
+        return ()
+    initializers = {t.name for t in proto.graph.initializer}
+    by_name = {n.name: n for n in proto.graph.node}
+    missing = [n for n in nodes if n not in by_name]
+    if missing:
+        raise UnsupportedError(f"keep_fp32 names {', '.join(missing)}, which the model does not have",
+                               "the keep-list holds ONNX node names", "list them with 'onnxsmith inspect'")
+    return tuple(i for n in nodes for i in by_name[n].input if i in initializers)
+
+
+def _const_ops(mlmodel: Any, weights: tuple[str, ...]) -> set[str]:
+    """MIL const op names holding those ONNX weights (onnx2coreml names them after the initializer, with a
+    ``_to_fp16`` suffix in fp16 programs): the op selectors that keep them float."""
+    program = mlmodel._mil_program
+    consts = {op.name for fn in program.functions.values() for op in fn.find_ops(op_type="const")}
+    wanted = set(weights)
+    return {c for c in consts if c in wanted or any(c.startswith(w + "_to_") for w in wanted)}
 
 
 def program_summary(spec: Any) -> dict[str, Any]:
@@ -279,7 +308,12 @@ class CoreMLCompiler(Compiler):
                "values (1, 2, 3, 4, 6 or 8)", choices=PALETTE_BITS),
         Option("activations", str, "float", "int8: int8 also quantizes activations (W8A8, iOS17/macOS14+; needs "
                "--calibration)", choices=ACTIVATIONS),
+        Option("keep_fp32", list, (), "int8 or palettized weights: ONNX node names whose weights stay float (op "
+               "selectors; a keep-list from 'onnxsmith debug precision')"),
     )
+
+    def keep_fp32_option(self, target: Target) -> str | None:
+        return "keep_fp32"
 
     def check_environment(self) -> None:
         onnx2coreml()
@@ -390,14 +424,21 @@ class CoreMLCompiler(Compiler):
             notes.append("W8A8: activations quantized to int8 (linear symmetric) from ranges measured on "
                          f"{quantization['activations']['samples']} calibration sample(s) by evaluating the MIL "
                          "program with numpy (coremltools' own calibration predicts, which only macOS can)")
+        keep = keep_weights(request.model.proto, opts.keep_fp32)
         if opts.palettize_bits is not None:
-            mlmodel, quantization["weights"] = self._palettize(mlmodel, opts)
+            mlmodel, quantization["weights"] = self._palettize(mlmodel, opts, keep)
             notes.append(f"weights palettized: {opts.palettize_bits}-bit k-means look-up tables, computed in fp16")
         elif precision == "int8":
-            mlmodel, quantization["weights"] = self._quantize(ct, mlmodel, opts)
+            mlmodel, quantization["weights"] = self._quantize(ct, mlmodel, opts, keep)
             if opts.activations != "int8":
                 notes.append("int8 is weight-only: weights are stored as int8 (linear symmetric, "
                              f"{opts.granularity}) and dequantized on load; activations stay fp16")
+        if keep and opts.palettize_bits is None and precision != "int8":
+            notes.append("keep_fp32 has no effect: no weights are compressed (it applies to int8 or palettized "
+                         "weights)")
+        elif keep and opts.activations == "int8":
+            notes.append(f"keep_fp32 keeps the weights of {', '.join(opts.keep_fp32)} float; their activations "
+                         "are still quantized (W8A8)")
         if opts.fp32_ops:
             notes.append(f"these MIL ops kept fp32: {', '.join(opts.fp32_ops)}" if precision != "fp32" else
                          "fp32_ops has no effect on an fp32 program")
@@ -446,12 +487,14 @@ class CoreMLCompiler(Compiler):
                            "onnxsmith.source_sha256": str(getattr(model, "fingerprint", "") or "")}.items():
             meta[key] = value
 
-    def _palettize(self, mlmodel: Any, opts: CoreMLOptions) -> tuple[Any, dict[str, Any]]:
+    def _palettize(self, mlmodel: Any, opts: CoreMLOptions, keep: tuple[str, ...] = ()
+                   ) -> tuple[Any, dict[str, Any]]:
         from coremltools.optimize.coreml import OpPalettizerConfig, OptimizationConfig, palettize_weights
 
+        kept = _const_ops(mlmodel, keep) if keep else set()
         config = OptimizationConfig(global_config=OpPalettizerConfig(
             mode="kmeans", nbits=opts.palettize_bits, granularity="per_tensor",
-            weight_threshold=opts.weight_threshold))
+            weight_threshold=opts.weight_threshold), op_name_configs={name: None for name in kept})
         try:
             with quiet():
                 palettized = palettize_weights(mlmodel, config=config)
@@ -462,7 +505,8 @@ class CoreMLCompiler(Compiler):
             raise UnsupportedError("palettization compressed no weights",
                                    f"no weight tensor has more than weight_threshold={opts.weight_threshold} elements",
                                    "lower --option weight_threshold")
-        return palettized, {"method": "coremltools palettize_weights (OpPalettizerConfig)", "mode": "kmeans",
+        return palettized, {**({"kept_float": sorted(kept)} if keep else {}),
+                            "method": "coremltools palettize_weights (OpPalettizerConfig)", "mode": "kmeans",
                             "nbits": opts.palettize_bits, "granularity": "per_tensor",
                             "weight_threshold": opts.weight_threshold, "palettized_weights": compressed}
 
@@ -510,12 +554,14 @@ class CoreMLCompiler(Compiler):
                            "the MIL program", "mode": "linear_symmetric", "dtype": "int8", "samples": samples,
                            "quantize_ops": pairs}
 
-    def _quantize(self, ct: Any, mlmodel: Any, opts: CoreMLOptions) -> tuple[Any, dict[str, Any]]:
+    def _quantize(self, ct: Any, mlmodel: Any, opts: CoreMLOptions, keep: tuple[str, ...] = ()
+                  ) -> tuple[Any, dict[str, Any]]:
         from coremltools.optimize.coreml import OpLinearQuantizerConfig, OptimizationConfig, linear_quantize_weights
 
+        kept = _const_ops(mlmodel, keep) if keep else set()
         config = OptimizationConfig(global_config=OpLinearQuantizerConfig(
             mode="linear_symmetric", dtype="int8", granularity=opts.granularity,
-            weight_threshold=opts.weight_threshold))
+            weight_threshold=opts.weight_threshold), op_name_configs={name: None for name in kept})
         try:
             with quiet():
                 quantized = linear_quantize_weights(mlmodel, config=config)
@@ -526,7 +572,8 @@ class CoreMLCompiler(Compiler):
             raise UnsupportedError("int8 quantized no weights",
                                    f"no weight tensor has more than weight_threshold={opts.weight_threshold} elements",
                                    "lower --option weight_threshold, or compile fp16")
-        return quantized, {"method": "coremltools linear_quantize_weights (weight-only)", "mode": "linear_symmetric",
+        return quantized, {**({"kept_float": sorted(kept)} if keep else {}),
+                           "method": "coremltools linear_quantize_weights (weight-only)", "mode": "linear_symmetric",
                            "dtype": "int8", "granularity": opts.granularity,
                            "weight_threshold": opts.weight_threshold, "quantized_weights": compressed}
 

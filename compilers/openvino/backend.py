@@ -40,6 +40,9 @@ class OpenVINOCompiler(Compiler):
     artifact_kind = "OpenVINO IR (model.xml/.bin) + compiled blob for the device (model.blob)"
     options = OPTIONS
 
+    def keep_fp32_option(self, target: Target) -> str | None:
+        return "keep_fp32"
+
     def ladder_variants(self, target: Target, precision: str) -> list[Variant]:
         return [Variant(change="NNCF, same calibration set" if precision == "int8" else "")]
 
@@ -154,7 +157,7 @@ class OpenVINOCompiler(Compiler):
             from onnxsmith.compilers.openvino.quantize import quantize
 
             result = quantize(model, request.calibration, request.model.inputs, settings.subset_size,
-                              settings.model_type)
+                              settings.model_type, settings.keep_fp32)
             model = result.model
             metadata["quantization"] = result.metadata
             fake_quantize = int(result.metadata["fake_quantize_nodes"])
@@ -252,6 +255,38 @@ class OpenVINOCompiler(Compiler):
             runner.notes += (f"{artifact.precision_used} in the manifest, but {device} computes in "
                              f"{runner.precision_used} here (INFERENCE_PRECISION_HINT read back at load)",)
         return runner
+
+    def load_layers(self, artifact: Artifact, directory: Path, target: Target, tensors: list[str]
+                    ) -> OpenVINORunner | None:
+        """The IR with every op output that carries one of ``tensors``' ONNX names (OpenVINO keeps them as tensor
+        names, NNCF's FakeQuantize nodes included) added as a model output, compiled with the bundle's
+        properties."""
+        from onnxsmith.compilers.openvino.runner import OpenVINORunner
+
+        require_device(artifact.device, target.id)
+        model = core().read_model(str(directory / IR_FILES[0]))
+        wanted = set(tensors)
+        outputs = list(artifact.metadata.get("outputs", []))
+        exposed: list[str] = []
+        ports = []
+        for op in model.get_ordered_ops():
+            if op.get_type_name() in ("Result", "Parameter", "Constant"):
+                continue
+            for port in op.outputs():
+                names = [n for n in port.get_names() if n in wanted and n not in exposed and n not in outputs]
+                if names:
+                    ports.append(port)
+                    exposed.append(names[0])
+        if not ports:
+            return None
+        model.add_outputs(ports)
+        properties = {str(k): str(v) for k, v in artifact.options.items()}
+        try:
+            compiled = core().compile_model(model, artifact.device, properties)
+        except Exception as exc:
+            raise BackendError("OpenVINO could not compile the IR with per-layer outputs", vendor_why(exc)) from exc
+        return OpenVINORunner(compiled, artifact.device, properties, directory / IR_FILES[0],
+                              list(artifact.metadata.get("inputs", [])), outputs + exposed, (), "IR")
 
 
 def _blob_differs(compiled: Any, blob: bytes, device: str, properties: Mapping[str, str]) -> str | None:

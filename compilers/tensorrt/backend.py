@@ -91,6 +91,9 @@ class TensorRTCompiler(Compiler):
     def precisions(self, target: Target) -> tuple[str, ...]:
         return tuple(p for p in PRECISIONS if not target.precisions or p in target.precisions)
 
+    def keep_fp32_option(self, target: Target) -> str | None:
+        return "keep_fp32"
+
     def needs_calibration(self, precision: str, model: LoadedModel) -> bool:
         """int8 needs calibration data unless the model already carries Q/DQ nodes (explicit quantization)."""
         return precision == "int8" and not any(
@@ -226,10 +229,15 @@ class TensorRTCompiler(Compiler):
             notes.append(f"calibration used {feeder.num_batches * feeder.batch_size} of "
                          f"{feeder.num_batches * feeder.batch_size + feeder.dropped_samples} samples "
                          f"(whole batches of {feeder.batch_size})")
+        if opts.keep_fp32 and method != "qdq":
+            raise UnsupportedError("keep_fp32 needs explicit quantization",
+                                   "TensorRT's calibrator picks precisions per layer itself",
+                                   "add --option int8_method=qdq")
         if method == "qdq":
             output = tmp / "model.qdq.onnx"
             metadata["int8"] = {"method": "explicit: Q/DQ nodes written by onnxsmith",
-                                **prec.quantize_qdq(source, output, feeder, opts.calibration_method)}
+                                **prec.quantize_qdq(source, output, feeder, opts.calibration_method,
+                                                    opts.keep_fp32)}
             import onnx
 
             notes.append("int8 by explicit quantization: Q/DQ (symmetric, per-channel weights) on Conv/MatMul/Gemm "
@@ -266,10 +274,12 @@ class TensorRTCompiler(Compiler):
         if opts.int8_fallback != "fp16":
             notes.append("int8 with strong typing: layers outside the Q/DQ pairs run in fp32 (int8_fallback=fp32)")
             return path, proto
-        converted = prec.qdq_to_float16(proto)
-        metadata["int8"]["fallback"] = {"precision": "fp16", "kept_fp32": list(prec.FP32_KEEP_OPS)}
+        converted = prec.qdq_to_float16(proto, keep_nodes=opts.keep_fp32)  # the keep-list stays fp32, not fp16
+        metadata["int8"]["fallback"] = {"precision": "fp16", "kept_fp32": list(prec.FP32_KEEP_OPS),
+                                        **({"kept_fp32_nodes": list(opts.keep_fp32)} if opts.keep_fp32 else {})}
+        kept = f"; the keep_fp32 nodes {', '.join(opts.keep_fp32)} stay fp32 too" if opts.keep_fp32 else ""
         notes.append("int8 with strong typing: the layers outside the Q/DQ pairs were rewritten to fp16 (Q/DQ "
-                     f"scales fp16, opset >= {prec.QDQ_FP16_OPSET}; {', '.join(prec.FP32_KEEP_OPS)} stay fp32)")
+                     f"scales fp16, opset >= {prec.QDQ_FP16_OPSET}; {', '.join(prec.FP32_KEEP_OPS)} stay fp32{kept})")
         return save_model(converted, tmp / "model.qdq.fp16.onnx"), converted
 
     # ---- load -------------------------------------------------------------------------------------------------

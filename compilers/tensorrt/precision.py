@@ -259,9 +259,12 @@ def qdq_to_float16(model: onnx.ModelProto, keep_ops: Iterable[str] = FP32_KEEP_O
     return converted
 
 
-def quantize_qdq(model_path: Path, output: Path, feeder: CalibrationFeeder, method: str = "entropy"
-                 ) -> dict[str, Any]:
-    """Write ``output``: ``model_path`` with Q/DQ nodes in TensorRT's int8 scheme, calibrated on ``feeder``."""
+def quantize_qdq(model_path: Path, output: Path, feeder: CalibrationFeeder, method: str = "entropy",
+                 keep_fp32: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Write ``output``: ``model_path`` with Q/DQ nodes in TensorRT's int8 scheme, calibrated on ``feeder``.
+
+    The nodes in ``keep_fp32`` get no Q/DQ on their inputs (``nodes_to_exclude``): a strongly typed build then
+    runs them in the ONNX's own type, fp32, which is how TensorRT keeps a layer wide without builder flags."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxsmith.compilers.tensorrt.calibrator import ort_data_reader
@@ -275,6 +278,7 @@ def quantize_qdq(model_path: Path, output: Path, feeder: CalibrationFeeder, meth
                 str(model_path), str(output), ort_data_reader(feeder), quant_format=QuantFormat.QDQ,
                 op_types_to_quantize=list(QUANTIZED_OP_TYPES), per_channel=True, reduce_range=False,
                 activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, calibrate_method=methods[method],
+                nodes_to_exclude=list(keep_fp32) or None,
                 extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
             )
     except Exception as exc:
@@ -284,7 +288,13 @@ def quantize_qdq(model_path: Path, output: Path, feeder: CalibrationFeeder, meth
     if not counts["QuantizeLinear"]:
         raise UnsupportedError("int8 quantization found nothing to quantize",
                                f"the model has no {', '.join(QUANTIZED_OP_TYPES)} nodes", "compile it as fp16")
+    names = {n.name for n in iter_nodes(onnx.load(str(model_path), load_external_data=False).graph)}
+    missing = [k for k in keep_fp32 if k not in names]
+    if missing:
+        raise UnsupportedError(f"keep_fp32 names {', '.join(missing)}, which the model does not have",
+                               "the keep-list holds ONNX node names", "list them with 'onnxsmith inspect'")
     return {"method": f"ONNX Runtime quantize_static ({method})", "batches": feeder.num_batches,
+            **({"kept_fp32": list(keep_fp32)} if keep_fp32 else {}),
             "batch_size": feeder.batch_size, **{k.lower(): v for k, v in counts.items()}}
 
 
@@ -314,6 +324,15 @@ def tensor_dtype(tensor: Mapping[str, Any]) -> str:
                 if pattern.search(text):
                     return name
     return ""
+
+
+def layer_precision(layer: Mapping[str, Any]) -> str:
+    """The precision one inspector layer record computes in: the lowest float/int8 type among its inputs and
+    outputs (``""`` for data movement layers or records without tensor formats)."""
+    if _NON_COMPUTE.search(str(layer.get("LayerType", ""))):
+        return ""
+    kinds = {tensor_dtype(t) for t in [*layer.get("Inputs", []), *layer.get("Outputs", [])] if isinstance(t, dict)}
+    return next((k for k in PRECISION_ORDER if k in kinds), "")
 
 
 def layer_precisions(engine_info: Mapping[str, Any]) -> Counter[str]:

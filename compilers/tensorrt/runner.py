@@ -255,6 +255,11 @@ class TensorRTRunner(Runner):
                 ctx.context.report_to_profiler()
         finally:
             ctx.close()
-        kinds = layer_types(engine_information(trt, self._engine))
-        return sorted((LayerTime(name, kinds.get(name, ("", ""))[0], ms / runs, kinds.get(name, ("", ""))[1])
-                       for name, ms in totals.items()), key=lambda t: -t.time_ms)
+        info = engine_information(trt, self._engine)
+        kinds = layer_types(info)
+        from onnxsmith.compilers.tensorrt.precision import layer_precision
+
+        precisions = {str(layer["Name"]): layer_precision(layer) for layer in info.get("Layers", [])
+                      if isinstance(layer, dict) and "Name" in layer}
+        return sorted((LayerTime(name, kinds.get(name, ("", ""))[0], ms / runs, kinds.get(name, ("", ""))[1],
+                                 precisions.get(name, "")) for name, ms in totals.items()), key=lambda t: -t.time_ms)

@@ -26,6 +26,7 @@ COMMANDS = {
     "targets": ("targets", "targets_group", "List the hardware catalogue, or show one target."),
     "profiles": ("targets", "profiles_command", "List the optimization presets."),
     "doctor": ("doctor", "doctor_command", "Show which backends and devices are usable here, and why not."),
+    "debug": ("debug", "debug_group", "Find the layer that broke: per-layer divergence, int8 sensitivity."),
 }
 
 
