@@ -173,11 +173,27 @@ class TritonModel:
     parameters: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
-_RUNNER_NAMES = frozenset({"inputs", "outputs", "device_name", "run", "bind", "parallel_throughput",
-                           "layer_profile", "device_latencies_ms", "close"})
+@dataclasses.dataclass(frozen=True)
+class Emulation:
+    """What a runner that is not the vendor's runtime computes (see :meth:`Compiler.load_emulated`)."""
+
+    label: str
+    """One line for reports, e.g. ``MIL program evaluated on Linux, not Core ML's kernels``."""
+    checked: tuple[str, ...] = ()
+    """What a comparison through this runner does check (the converted program's ops, weights, precision)."""
+    not_checked: tuple[str, ...] = ()
+    """What it cannot (the vendor's kernels, their arithmetic, timings)."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"label": self.label, "checked": list(self.checked), "not_checked": list(self.not_checked)}
+
+
+_RUNNER_NAMES = frozenset({"inputs", "outputs", "device_name", "emulation", "run", "bind", "parallel_throughput",
+                           "layer_profile", "device_latencies_ms", "vendor_timing", "close"})
 _COMPILER_NAMES = frozenset({"name", "extra", "install_hint", "artifact_kind", "options", "check_environment",
                              "version", "devices", "supports", "runs_here", "precisions", "unsupported_ops",
-                             "needs_calibration", "cache_token", "compile", "load", "load_remote", "ladder_variants",
+                             "needs_calibration", "cache_token", "compile", "load", "load_emulated", "load_remote",
+                             "ladder_variants",
                              "onnx_pass_precisions", "slow_artifact_advice", "portable_across_versions",
                              "load_layers", "keep_fp32_option", "deploy_programs", "triton_model",
                              "max_opset", "vendor_import", "install_command"})
@@ -200,6 +216,8 @@ class Runner:
     outputs: tuple[TensorSpec, ...] = ()
     device_name: str | None = None
     """The device it really runs on, as the runtime names it (e.g. the CPU's brand string), when known."""
+    emulation: Emulation | None = None
+    """Set by runners from :meth:`Compiler.load_emulated` (not the vendor's runtime): what their outputs mean."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -239,6 +257,13 @@ class Runner:
 
     def device_latencies_ms(self, feeds: Mapping[str, np.ndarray], iterations: int) -> list[float] | None:
         """Latencies timed on a remote device itself (RPC runners); ``None`` (default) for local runners."""
+        return None
+
+    def vendor_timing(self, feeds: Mapping[str, np.ndarray]) -> dict[str, Any] | None:
+        """The runtime's own measurement, made the way its vendor's benchmark tool makes it (TensorRT: trtexec's
+        GPU compute time on CUDA events, H2D/D2H, host latency), JSON-ready with a ``method`` line saying which
+        tool's defaults it matches; reported beside onnxsmith's host timing, never instead of it. ``None``
+        (default) when the backend has none."""
         return None
 
 
@@ -325,6 +350,14 @@ class Compiler:
 
         raise UnsupportedError(f"backend '{self.name}' cannot profile remotely", "it has no RPC runner",
                                "profile on the device itself")
+
+    def load_emulated(self, artifact: Artifact, directory: Path, target: Target) -> Runner | None:
+        """A runner that computes the artifact's own program on this machine without the vendor's runtime, for
+        ``validate`` where :meth:`runs_here` is false (Core ML's MIL program evaluated with numpy on Linux). Its
+        :attr:`Runner.emulation` says what a comparison through it checks and what it does not; it is never
+        profiled. Raise :class:`~onnxsmith.errors.UnsupportedError` saying why when this artifact cannot be
+        evaluated. Default: ``None`` (no such runner)."""
+        return None
 
     def ladder_variants(self, target: Target, precision: str) -> list[Variant]:
         """The steps ``optimize`` tries for ``precision`` with this backend. Default: one, with no options."""

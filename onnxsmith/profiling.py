@@ -121,6 +121,10 @@ def measure_runner(runner: Any, feeds: dict[str, np.ndarray], measure: Measure, 
         if profile:
             result["layers"] = [dataclasses.asdict(layer) for layer in profile[:25]]
             result["layer_precision"] = precision_shares(profile)
+        try:
+            result["vendor_timing"] = runner.vendor_timing(feeds)
+        except Exception as exc:  # like the layer profile: a bonus beside the host timing
+            result["vendor_timing_error"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return result
 
 
@@ -255,9 +259,11 @@ class Measurement:
     parallel_requests: int | None = None
     layers: list[dict[str, Any]] | None = None
     rpc_round_trip_ms: LatencyStats | None = None
+    """Remote profiles: the latency seen through RPC (``latency_ms`` is then timed on the device itself)."""
     layer_precision: dict[str, Any] | None = None
     """Share of the per-layer profiled time at each precision (:func:`precision_shares`)."""
-    """Remote profiles: the latency seen through RPC (``latency_ms`` is then timed on the device itself)."""
+    vendor_timing: dict[str, Any] | None = None
+    """The runtime's own measurement in its vendor tool's method (:meth:`onnxsmith.plugin.Runner.vendor_timing`)."""
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Measurement:
@@ -267,7 +273,7 @@ class Measurement:
                    peak_rss_mb=data["peak_rss_mb"], parallel_throughput_per_s=data.get("parallel_throughput_per_s"),
                    parallel_requests=data.get("parallel_requests"), layers=data.get("layers"),
                    rpc_round_trip_ms=None if rpc is None else LatencyStats(**rpc),
-                   layer_precision=data.get("layer_precision"))
+                   layer_precision=data.get("layer_precision"), vendor_timing=data.get("vendor_timing"))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -133,6 +133,12 @@ def render_report(manifest: dict[str, Any], profile: dict[str, Any] | None,
                 p50, base_p50 = profile["latency_ms"]["p50"], base["latency_ms"]["p50"]
                 lines.append(f"\n**Warning**: its p50 is {p50 / base_p50:.1f}x ONNX Runtime fp32's ({p50:.3f} ms "
                              f"vs {base_p50:.3f} ms), measured in this run; {advice}.")
+        vendor = profile.get("vendor_timing")
+        if vendor:
+            lines += ["", f"The runtime's own timing ({vendor.get('method', '')}): GPU compute median "
+                      f"{_ms(vendor['gpu_compute_ms']['median'])}, p99 {_ms(vendor['gpu_compute_ms']['p99'])}; "
+                      f"H2D {_ms(vendor['h2d_ms']['median'])}, D2H {_ms(vendor['d2h_ms']['median'])}; host latency "
+                      f"median {_ms(vendor['host_latency_ms']['median'])} over {vendor['iterations']} iterations."]
         if profile.get("layer_precision"):
             from onnxsmith.profiling import precision_line
 
@@ -154,6 +160,13 @@ def render_report(manifest: dict[str, Any], profile: dict[str, Any] | None,
             f"Checked {v['samples']} examples from `{v['data']}` against ONNX Runtime fp32 on the original model "
             f"(outputs: {v['output_checked']}).",
             "",
+        ]
+        if v.get("evaluated_by"):
+            e = v["evaluated_by"]
+            lines += [f"**{e['label']}.** The bundle cannot run here; its backend evaluated the compiled program "
+                      "instead.", "", "- Checked: " + "; ".join(e["checked"]),
+                      "- Not checked: " + "; ".join(e["not_checked"]), ""]
+        lines += [
             f"- **{'PASSED' if v['passed'] else 'FAILED'}** (required: cosine >= {v['min_cosine_required']} on every "
             f"sample)" + ("" if v["passed"] else ": " + "; ".join(v["failures"])),
             f"- cosine min {v['cosine_min']:.6f}, mean {v['cosine_mean']:.6f}; max abs error "

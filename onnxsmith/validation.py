@@ -55,6 +55,9 @@ class ValidationResult:
     """Output values that are NaN or infinite where the reference is finite (any makes validation fail)."""
     reference_nonfinite: int = 0
     """Output values the fp32 reference itself gives as NaN or infinite (left out of the comparison)."""
+    evaluated_by: dict[str, Any] | None = None
+    """Where the bundle cannot run here and its backend evaluated the compiled program instead
+    (:meth:`onnxsmith.plugin.Compiler.load_emulated`): its label, what that checks and what it does not."""
 
     @property
     def accuracy_drop(self) -> float | None:
@@ -107,7 +110,8 @@ def validate_bundle(bundle: Bundle, data: Dataset | None = None, *, samples: int
     threshold = min_cosine if min_cosine is not None else DEFAULT_MIN_COSINE.get(precision.split("+")[0], 0.98)
     names = [o.name for o in bundle.outputs]
     own_runner = runner is None
-    runner = runner or bundle.load_runner()
+    runner = runner or bundle.load_runner(emulate=True)
+    emulation = getattr(runner, "emulation", None)
     try:
         if own_runner:
             runner.__enter__()
@@ -146,4 +150,5 @@ def validate_bundle(bundle: Bundle, data: Dataset | None = None, *, samples: int
         reference_accuracy=result.reference_accuracy, min_cosine_required=threshold, passed=not failures,
         failures=tuple(failures), worst=worst, per_output=result.per_output, precision_used=precision,
         nonfinite_outputs=result.nonfinite, reference_nonfinite=result.reference_nonfinite,
+        evaluated_by=emulation.to_json() if emulation is not None else None,
     )

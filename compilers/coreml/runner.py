@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from onnxsmith.compilers.coreml.backend import coremltools, quiet
+from onnxsmith.compilers.coreml.backend import coremltools, openable_package, quiet
 from onnxsmith.errors import BackendError, DataError, first_line
 from onnxsmith.model import TensorSpec
 from onnxsmith.plugin import LayerTime, Runner
@@ -32,9 +32,9 @@ class CoreMLRunner(Runner):
     def __init__(self, package: Path, compute_units: str, io: Mapping[str, Mapping[str, str]]) -> None:
         ct = coremltools()
         try:
-            with quiet():
-                self.model = ct.models.MLModel(str(package), compute_units=getattr(ct.ComputeUnit,
-                                                                                    compute_units.upper()))
+            with quiet(), openable_package(package) as readable:  # Core ML compiles the package when loading it
+                self.model = ct.models.MLModel(str(readable), compute_units=getattr(ct.ComputeUnit,
+                                                                                     compute_units.upper()))
         except Exception as exc:
             raise BackendError(f"Core ML could not load '{package.name}'", first_line(exc),
                                "this macOS may be older than the package's minimum deployment target") from exc

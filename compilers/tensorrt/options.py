@@ -19,7 +19,7 @@ _CHOICES = {
     "int8_fallback": ("fp16", "fp32"),
     "calibration_method": ("entropy", "minmax", "percentile"),
 }
-_BOOLS = ("timing_cache", "tf32")
+_BOOLS = ("timing_cache", "tf32", "cuda_graph", "spin_wait")
 _INTS = {"workspace_mb": (1, None), "builder_optimization_level": (0, 5), "device_id": (0, None),
          "min_batch": (1, None), "opt_batch": (1, None), "max_batch": (1, None), "calibration_batches": (1, None)}
 _TARGET_ONLY = ("compute_capability",)
@@ -33,6 +33,8 @@ _HELP = {
     "calibration_method": "TensorRT calibrator's statistic",
     "timing_cache": "reuse kernel timings across builds (cached per GPU and TensorRT version)",
     "tf32": "allow TF32 for fp32 convolutions and matrix multiplies",
+    "cuda_graph": "run each inference as a captured CUDA graph (trtexec 11's default; off: plain enqueues)",
+    "spin_wait": "wait for the GPU by spinning on events instead of blocking (trtexec --useSpinWait)",
     "workspace_mb": "builder workspace limit in MiB (default: TensorRT's, all device memory)",
     "builder_optimization_level": "0 (fast build) .. 5 (slowest build, most tactics); TensorRT's default 3",
     "device_id": "CUDA device index",
@@ -64,6 +66,10 @@ class BuildOptions:
     timing_cache: bool = True
     tf32: bool = False
     """Allow TF32 for fp32 convolutions and matrix multiplies (off: fp32 means fp32)."""
+    cuda_graph: bool = True
+    """Run inferences as a captured CUDA graph, as trtexec 11 does by default (falls back when capture fails)."""
+    spin_wait: bool = False
+    """Spin on CUDA events instead of blocking (trtexec ``--useSpinWait``; off by default there too)."""
     typing: str = "auto"
     """``weak``: precision builder flags (TensorRT 10); ``strong``: types come from the ONNX (the only mode in 11)."""
     int8_method: str = "auto"

@@ -52,6 +52,11 @@ def validate_command(bundle_path: str, data_file: str | None, labels: str | None
     else:
         click.echo(f"validated {record['samples']} samples from {record['data']}: "
                    f"{'PASSED' if record['passed'] else 'FAILED'}")
+        if record["evaluated_by"]:
+            emulated = record["evaluated_by"]
+            click.echo(f"checked: {emulated['label']}")
+            click.echo(f"  what this checks: {'; '.join(emulated['checked'])}")
+            click.echo(f"  what it does not: {'; '.join(emulated['not_checked'])}")
         click.echo(f"cosine min {record['cosine_min']:.6f}, max abs error {record['max_abs_error']:.3g}")
         if record["top1_agreement"] is not None:
             click.echo(f"top-1 agreement {record['top1_agreement'] * 100:.2f} %")

@@ -165,9 +165,52 @@ def test_tensorrt_keep_fp32_omits_qdq_around_the_kept_nodes(outlier: tuple, tmp_
                      "minmax", ("nope",))
 
 
-def test_coreml_keep_fp32_leaves_the_kept_weights_float(outlier: tuple, tmp_path: Path) -> None:
+def test_tensorrt_keep_fp32_stays_fp32_in_the_int8_fp16_rewrite(outlier: tuple, tmp_path: Path) -> None:
+    """With ``int8_fallback=fp16`` (the default) the layers outside the Q/DQ pairs are rewritten to fp16 for a
+    strongly typed build; the kept nodes must not be: they stay fp32, as the keep-list asks."""
+    from onnxsmith.compilers.tensorrt.backend import TensorRTCompiler
+    from onnxsmith.compilers.tensorrt.calibrator import CalibrationFeeder
+    from onnxsmith.compilers.tensorrt.options import parse_options
+    from onnxsmith.compilers.tensorrt.precision import quantize_qdq
+
+    model_path, _, model, data = outlier
+    shaped = load_model(model_path)
+    out = tmp_path / "q.onnx"
+    quantize_qdq(shaped.path, out, CalibrationFeeder(data.subset(16), shaped.inputs), "minmax", ("conv2", "conv3"))
+    opts = parse_options({"keep_fp32": "conv2,conv3"})
+    notes: list[str] = []
+    metadata: dict = {"int8": {}}
+    path, converted = TensorRTCompiler()._strong_qdq(out, onnx.load(str(out)), opts, tmp_path, notes, metadata)
+    assert path.exists() and metadata["int8"]["fallback"]["kept_fp32_nodes"] == ["conv2", "conv3"]
+    assert "conv2, conv3 stay fp32" in notes[-1]
+    types = {v.name: v.type.tensor_type.elem_type for v in [*converted.graph.value_info, *converted.graph.output]}
+    conv_out = {n.name: types.get(n.output[0]) for n in converted.graph.node if n.op_type == "Conv"}
+    assert conv_out == {"conv1": onnx.TensorProto.FLOAT16, "conv2": onnx.TensorProto.FLOAT,
+                        "conv3": onnx.TensorProto.FLOAT, "conv4": onnx.TensorProto.FLOAT16}
+
+
+def test_coreml_keep_fp32_leaves_the_kept_weights_unpalettized(outlier: tuple, tmp_path: Path) -> None:
     pytest.importorskip("onnx2coreml")
     from onnxsmith.compilers.coreml.backend import CoreMLCompiler
+    from onnxsmith.plugin import CompileRequest
+
+    model_path, _, _, _ = outlier
+    model, target, profile = load_model(model_path), load_target("apple/m3"), load_profile("quick")
+    weights = {}
+    for keep in ((), ("conv2", "conv3")):
+        work = tmp_path / f"pal{len(keep)}"
+        work.mkdir()
+        artifact = CoreMLCompiler().compile(CompileRequest(model, target, "fp16", profile, options={
+            "palettize_bits": 4, "keep_fp32": list(keep), "weight_threshold": 100}), work)
+        weights[keep] = artifact.metadata["quantization"]["weights"]
+    assert weights[("conv2", "conv3")]["palettized_weights"] == weights[()]["palettized_weights"] - 2
+    assert {"w2_to_fp16", "w3_to_fp16"} <= set(weights[("conv2", "conv3")]["kept_float"])
+    assert artifact.options["keep_fp32"] == ["conv2", "conv3"]
+
+
+def test_coreml_keep_fp32_leaves_the_kept_weights_float(outlier: tuple, tmp_path: Path) -> None:
+    pytest.importorskip("onnx2coreml")
+    from onnxsmith.compilers.coreml.backend import MAIN_FILE, CoreMLCompiler
     from onnxsmith.plugin import CompileRequest
 
     model_path, _, _, _ = outlier
@@ -178,12 +221,12 @@ def test_coreml_keep_fp32_leaves_the_kept_weights_float(outlier: tuple, tmp_path
         work.mkdir()
         artifact = CoreMLCompiler().compile(CompileRequest(model, target, "int8", profile, options={
             "keep_fp32": list(keep), "weight_threshold": 100}), work)
-        counts[keep] = artifact.metadata["quantization"]
+        counts[keep] = artifact.metadata["quantization"]["weights"]
     import coremltools as ct
 
     from onnxsmith.compilers.coreml.runner import op_output_precisions
 
-    precisions = op_output_precisions(ct.utils.load_spec(str(work / artifact.files[0])))
+    precisions = op_output_precisions(ct.utils.load_spec(str(work / MAIN_FILE)))  # files: the package's files
     assert "fp16" in precisions.values()  # what the compute plan's rows are labelled with on macOS
     assert counts[("conv2", "conv3")]["quantized_weights"] == counts[()]["quantized_weights"] - 2
     assert {"w2_to_fp16", "w3_to_fp16"} <= set(counts[("conv2", "conv3")]["kept_float"])
