@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-# Debian packages: the aarch64 cross toolchain and user-mode emulator (TVM ARM targets), Chromium (HTML report test).
-APT_PACKAGES := gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user chromium
+# Debian packages: the aarch64 cross toolchain and user-mode emulator (TVM ARM targets), Chromium (HTML report test),
+# cmake and g++ (the deployment programs' tests build the C++ ones; g++-aarch64-linux-gnu cross-compiles TVM's).
+APT_PACKAGES := gcc-aarch64-linux-gnu g++-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user chromium cmake g++
 EXAMPLE := onnxsmith/examples/digits
 BUNDLE  ?= out/digits-host
 
@@ -19,6 +20,8 @@ $(STAMP): pyproject.toml constraints.txt
 	# torch first, pinned: the CPU build; an unpinned torch would pull a multi-GB CUDA build.
 	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
 	$(BIN)/pip install -q -c constraints.txt -e '.[all,dev]'
+	# Triton: the client and the server wheel (tritonserver + Python backend), --no-deps (see pyproject's serving).
+	$(BIN)/pip install -q --no-deps -c constraints.txt tritonclient==2.73.0 nvidia-pytriton==0.7.0
 	# arm64 TVM runtime wheels (not installed here): run TVM aarch64 artifacts under qemu-user via RPC.
 	$(BIN)/pip download -q --only-binary=:all: --no-deps --platform manylinux_2_28_aarch64 --python-version 3.11 \
 	  -d $(VENV)/aarch64-wheels apache-tvm==0.27.0.post1 apache-tvm-ffi==0.1.14.post1

@@ -272,8 +272,12 @@ class Bundle:
         return self.path / name
 
     # --- running it --------------------------------------------------------------------------------------------
-    def load_runner(self) -> Runner:
-        """Load the artifact with its backend, after checking the backend's version matches the manifest."""
+    def load_runner(self, emulate: bool = False) -> Runner:
+        """Load the artifact with its backend, after checking the backend's version matches the manifest.
+
+        With ``emulate``, a bundle that cannot run here is loaded through the backend's
+        :meth:`~onnxsmith.plugin.Compiler.load_emulated` runner when it has one (``validate`` only: such a runner's
+        outputs check the compiled program, never the vendor's kernels, and are never timed)."""
         from onnxsmith.registry import get_backend
 
         backend = get_backend(self.backend)
@@ -287,6 +291,16 @@ class Bundle:
         if not runs:
             from onnxsmith.errors import UnsupportedError
 
+            if emulate:
+                try:
+                    with backend_call(self.backend, "evaluate the artifact's program here"):
+                        emulated = backend.load_emulated(self.artifact, self.artifact_dir, self.target())
+                except UnsupportedError as exc:
+                    raise UnsupportedError(f"bundle for {self.manifest['target']['id']} cannot run here",
+                                           f"{runs.reason}; nor can its program be evaluated here: {exc.why}",
+                                           exc.hint or runs.hint) from exc
+                if emulated is not None:
+                    return emulated
             raise UnsupportedError(f"bundle for {self.manifest['target']['id']} cannot run here", runs.reason,
                                    runs.hint)
         with backend_call(self.backend, "load the artifact"):

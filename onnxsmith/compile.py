@@ -207,6 +207,12 @@ def _write_bundle(model: LoadedModel, target: Target, backend: Compiler, artifac
         if (src_model.parent / (src_model.name + ".data")).exists():
             shutil.copyfile(src_model.parent / (src_model.name + ".data"), ref_dir / "model.onnx.data")
         files = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+        from onnxsmith.deploy import write_deploy
+        from onnxsmith.plugin import backend_call
+
+        with backend_call(backend.name, "write its deployment programs"):
+            deploy = write_deploy(tmp, backend, artifact, target, model.inputs, model.outputs, model.name,
+                                  example_inputs=model.inputs_at("opt") if model.shape_ranges else None)
         manifest: dict[str, Any] = {
             "format_version": FORMAT_VERSION,
             "onnxsmith_version": onnxsmith.__version__,
@@ -220,6 +226,7 @@ def _write_bundle(model: LoadedModel, target: Target, backend: Compiler, artifac
                 "shape_overrides": {k: list(v) for k, v in model.shape_overrides.items()},
                 "batch_inputs": None if model.batch_inputs is None else list(model.batch_inputs),
                 "notes": list(model.notes),
+                "export": model.export if model.export is not None else reference.export,
             },
             "shape_ranges": {k: v.to_json() for k, v in model.shape_ranges.items()},
             "target": target.to_json(),
@@ -237,6 +244,7 @@ def _write_bundle(model: LoadedModel, target: Target, backend: Compiler, artifac
             "compile_seconds": artifact.metadata.get("compile_seconds"),
             "reference": "reference/model.onnx",
             "reference_fingerprint": reference.fingerprint,
+            "deploy": [{"language": d["language"], "folder": f"deploy/{d['folder']}"} for d in deploy],
             "notes": [*model.notes, *artifact.notes, *notes],
             "files": files,
         }

@@ -11,7 +11,7 @@ Exit codes (documented in the README):
 1  internal error (a bug: please report it with ``--debug`` output)
 2  bad input: model, data, target, profile, bundle or option
 3  missing dependency: a backend's library is not installed
-4  backend failure: the vendor compiler or runtime raised
+4  backend failure: the vendor compiler or runtime raised, or the PyTorch exporter could not handle the model
 5  unsupported here: the target or precision cannot run on this machine
 6  check failed: validation out of tolerance, or no step met the constraints
 == =====================================================================

@@ -283,6 +283,8 @@ class LoadedModel:
     shape_ranges: dict[str, ShapeRange] = dataclasses.field(default_factory=dict)
     """Inputs kept dynamic within bounds (``--shape NAME=MIN:OPT:MAX``, ``--batch``); their varying dims are
     symbols in :attr:`inputs` and in the saved model."""
+    export: dict[str, Any] | None = None
+    """For a model exported from PyTorch (:mod:`onnxsmith.torchin`): the export's record and check figures."""
     _path: Path | None = None
     _tmp: tempfile.TemporaryDirectory[str] | None = None
 

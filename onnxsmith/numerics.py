@@ -6,7 +6,8 @@ call it, so the same bundle on the same data gets the same cosine, agreement and
 Rules, in one place:
 
 * per sample and output: cosine similarity, max abs and max relative error over the positions where both are
-  finite; a NaN or infinity in the artifact where the reference is finite breaks the sample (cosine 0, counted);
+  finite, and the relative L2 error ``||got - want|| / ||want||`` (worst sample); a NaN or infinity in the
+  artifact where the reference is finite breaks the sample (cosine 0, counted);
   positions where the reference itself is not finite are left out and counted;
 * classifier: the first output holds one score vector per sample (``N x C``, C >= 2, floating point): top-1 and
   top-5 agreement with the reference, and task accuracy of both when labels are given;
@@ -124,8 +125,10 @@ def compare(got: Mapping[str, np.ndarray], want: Mapping[str, np.ndarray], label
         cos = np.where(((na == 0) ^ (nb == 0)) | (broken > 0), 0.0, cos)
         row_abs = diff.max(axis=1, initial=0.0)
         cosine, max_abs = np.minimum(cosine, cos), np.maximum(max_abs, row_abs)
+        rel_l2 = np.linalg.norm(gz - wz, axis=1) / np.maximum(nb, 1e-30)
         per_output[name] = {"max_abs_error": float(row_abs.max(initial=0.0)),
                             "max_rel_error": float(rel.max(initial=0.0)),
+                            "rel_l2_error": float(rel_l2.max(initial=0.0)),
                             "cosine_min": float(cos.min(initial=1.0))}
         abs_sum += float(diff.sum())
         abs_count += int(both.sum())

@@ -72,6 +72,8 @@ class Option:
             if (self.minimum is not None and number < self.minimum) or \
                     (self.maximum is not None and number > self.maximum):
                 raise bad(f"expected {_range_text(self.minimum, self.maximum)}")
+            if self.choices and number not in self.choices:
+                raise bad(f"allowed values: {', '.join(map(str, self.choices))}")
             return number
         text = str(value).strip()
         if self.choices:
@@ -86,7 +88,7 @@ class Option:
         kind = "list" if self.type is list else self.type.__name__
         parts = [kind]
         if self.choices:
-            parts.append("|".join(self.choices))
+            parts.append("|".join(map(str, self.choices)))
         if self.minimum is not None or self.maximum is not None:
             parts.append(_range_text(self.minimum, self.maximum))
         if self.default not in (None, "", ()):

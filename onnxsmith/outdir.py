@@ -22,6 +22,8 @@ from onnxsmith.errors import UserInputError
 KINDS = {
     "bundle": ("manifest.json", "an onnxsmith bundle"),
     "optimize": ("card.json", "an 'onnxsmith optimize' result"),
+    "precision": ("precision.json", "an 'onnxsmith debug precision' result"),
+    "distill": ("distill.json", "an 'onnxsmith distill' result"),
 }
 
 
@@ -33,6 +35,8 @@ def _is_result(path: Path, kind: str) -> bool:
         return False
     if kind == "bundle":
         return isinstance(data, dict) and "files" in data and "format_version" in data
+    if kind == "distill":
+        return isinstance(data, dict) and "student" in data and "settings" in data
     return isinstance(data, dict) and "steps" in data
 
 

@@ -125,6 +125,9 @@ class LayerTime:
     time_ms: float
     exec_type: str = ""
     """The kernel or implementation the backend chose (e.g. ``jit_avx512_FP32``)."""
+    precision: str = ""
+    """The precision the layer really computed in, as the backend reports it (``int8``, ``bf16``, ``fp16``,
+    ``fp32``; see :data:`onnxsmith.profiling.LAYER_PRECISIONS`); ``""`` when it does not say."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,13 +139,66 @@ class Variant:
     """Words for the evidence card, e.g. ``NNCF, same calibration set``."""
 
 
-_RUNNER_NAMES = frozenset({"inputs", "outputs", "device_name", "run", "bind", "parallel_throughput",
-                           "layer_profile", "device_latencies_ms", "close"})
+@dataclasses.dataclass(frozen=True)
+class DeployProgram:
+    """A minimal program that loads the artifact with the backend's own runtime (``BUNDLE/deploy/<folder>/``),
+    rendered by :mod:`onnxsmith.deploy` from the files in ``templates`` (``@@NAME@@`` replaced by ``variables``
+    and by the core's own: inputs, outputs, title)."""
+
+    language: str
+    """``C++``, ``Python``, ``Swift``."""
+    folder: str
+    templates: Path
+    loads: tuple[str, ...]
+    """The artifact files it opens (names under ``artifact/``)."""
+    build: tuple[str, ...] = ()
+    """Shell commands that build it, run in its folder (none for scripts)."""
+    run: tuple[str, ...] = ()
+    """Shell commands that run it on the bundle's example input, in its folder."""
+    checked: str = ""
+    """What onnxsmith's own tests do with it here, or why they cannot (the deploy README quotes it)."""
+    variables: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    inputs: tuple[TensorSpec, ...] | None = None
+    """The inputs it takes, in order (default: the bundle's)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TritonModel:
+    """How Triton Inference Server serves the artifact natively: ``platform`` or ``backend`` and the files of its
+    version folder (name in the folder -> artifact file)."""
+
+    field: str
+    """``platform`` or ``backend``."""
+    value: str
+    """e.g. ``onnxruntime_onnx``, ``openvino``, ``tensorrt_plan``."""
+    files: Mapping[str, str]
+    parameters: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Emulation:
+    """What a runner that is not the vendor's runtime computes (see :meth:`Compiler.load_emulated`)."""
+
+    label: str
+    """One line for reports, e.g. ``MIL program evaluated on Linux, not Core ML's kernels``."""
+    checked: tuple[str, ...] = ()
+    """What a comparison through this runner does check (the converted program's ops, weights, precision)."""
+    not_checked: tuple[str, ...] = ()
+    """What it cannot (the vendor's kernels, their arithmetic, timings)."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"label": self.label, "checked": list(self.checked), "not_checked": list(self.not_checked)}
+
+
+_RUNNER_NAMES = frozenset({"inputs", "outputs", "device_name", "emulation", "run", "bind", "parallel_throughput",
+                           "layer_profile", "device_latencies_ms", "vendor_timing", "close"})
 _COMPILER_NAMES = frozenset({"name", "extra", "install_hint", "artifact_kind", "options", "check_environment",
                              "version", "devices", "supports", "runs_here", "precisions", "unsupported_ops",
-                             "needs_calibration", "cache_token", "compile", "load", "load_remote", "ladder_variants",
-                             "onnx_pass_precisions", "slow_artifact_advice", "portable_across_versions", "dynamic_shapes",
-                             "vendor_import", "install_command"})
+                             "needs_calibration", "cache_token", "compile", "load", "load_emulated", "load_remote",
+                             "ladder_variants",
+                             "onnx_pass_precisions", "slow_artifact_advice", "portable_across_versions",
+                             "dynamic_shapes", "load_layers", "keep_fp32_option", "deploy_programs", "triton_model",
+                             "max_opset", "vendor_import", "install_command"})
 
 
 def _check_names(cls: type, known: frozenset[str], kind: str) -> None:
@@ -162,6 +218,8 @@ class Runner:
     outputs: tuple[TensorSpec, ...] = ()
     device_name: str | None = None
     """The device it really runs on, as the runtime names it (e.g. the CPU's brand string), when known."""
+    emulation: Emulation | None = None
+    """Set by runners from :meth:`Compiler.load_emulated` (not the vendor's runtime): what their outputs mean."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -201,6 +259,13 @@ class Runner:
 
     def device_latencies_ms(self, feeds: Mapping[str, np.ndarray], iterations: int) -> list[float] | None:
         """Latencies timed on a remote device itself (RPC runners); ``None`` (default) for local runners."""
+        return None
+
+    def vendor_timing(self, feeds: Mapping[str, np.ndarray]) -> dict[str, Any] | None:
+        """The runtime's own measurement, made the way its vendor's benchmark tool makes it (TensorRT: trtexec's
+        GPU compute time on CUDA events, H2D/D2H, host latency), JSON-ready with a ``method`` line saying which
+        tool's defaults it matches; reported beside onnxsmith's host timing, never instead of it. ``None``
+        (default) when the backend has none."""
         return None
 
 
@@ -288,6 +353,14 @@ class Compiler:
         raise UnsupportedError(f"backend '{self.name}' cannot profile remotely", "it has no RPC runner",
                                "profile on the device itself")
 
+    def load_emulated(self, artifact: Artifact, directory: Path, target: Target) -> Runner | None:
+        """A runner that computes the artifact's own program on this machine without the vendor's runtime, for
+        ``validate`` where :meth:`runs_here` is false (Core ML's MIL program evaluated with numpy on Linux). Its
+        :attr:`Runner.emulation` says what a comparison through it checks and what it does not; it is never
+        profiled. Raise :class:`~onnxsmith.errors.UnsupportedError` saying why when this artifact cannot be
+        evaluated. Default: ``None`` (no such runner)."""
+        return None
+
     def ladder_variants(self, target: Target, precision: str) -> list[Variant]:
         """The steps ``optimize`` tries for ``precision`` with this backend. Default: one, with no options."""
         return [Variant()]
@@ -296,6 +369,20 @@ class Compiler:
         """Precisions this backend reaches by running an ONNX graph an onnxsmith pass transformed, not natively:
         precision -> pass name (``fp16``, ``int8_qdq``). Default: none."""
         return {}
+
+    def load_layers(self, artifact: Artifact, directory: Path, target: Target, tensors: list[str]) -> Runner | None:
+        """Load the artifact with the named tensors of the reference ONNX exposed as extra outputs, the backend's
+        own way (``onnxsmith debug diverge``): its runner's ``run()`` returns them beside the model's outputs,
+        keyed by the ONNX tensor names; tensors it cannot expose (fused away) are simply absent. Default ``None``:
+        the core then compiles the reference ONNX again with the extra outputs, where that gives the same
+        artifact (compiled from the reference itself, no calibration)."""
+        return None
+
+    def keep_fp32_option(self, target: Target) -> str | None:
+        """The declared option (a ``list``) that keeps the named ONNX nodes out of int8 quantization (a mixed-
+        precision keep-list: NNCF ignored scope, Q/DQ omission, op selectors), or ``None`` (default) when the
+        backend has none. Backends whose int8 is an onnxsmith ONNX pass get the keep-list through that pass."""
+        return None
 
     def slow_artifact_advice(self, artifact: Artifact) -> str:
         """What to do when this artifact is slower than the ONNX Runtime baseline (e.g. tune it). Default: none."""
@@ -309,9 +396,23 @@ class Compiler:
                        "give one shape (--shape NAME=DIMS), or use a backend that compiles ranges (openvino, "
                        "onnxruntime, tensorrt)")
 
+    def max_opset(self, target: Target) -> int | None:
+        """The newest ONNX opset this backend's importer reads for ``target``; PyTorch models are exported at
+        or below it (:func:`onnxsmith.torchin.choose_opset`). Default: ``None``, any opset onnx knows."""
+        return None
+
     def portable_across_versions(self, artifact: Artifact) -> bool:
         """Whether an artifact built by another version of the vendor library still loads. Default: no."""
         return False
+
+    def deploy_programs(self, artifact: Artifact, directory: Path, target: Target) -> list[DeployProgram]:
+        """The deployment programs written into ``BUNDLE/deploy/`` (``directory`` holds the artifact's files).
+        Default: none."""
+        return []
+
+    def triton_model(self, artifact: Artifact, target: Target) -> TritonModel | None:
+        """How Triton serves the artifact natively; ``None`` (default): through Triton's Python backend."""
+        return None
 
     # --- helpers ------------------------------------------------------------------------------------------------
     def install_command(self) -> str:

@@ -25,6 +25,33 @@ if TYPE_CHECKING:
     from onnxsmith.profiles import Measure, Profile
 
 PERCENTILES = (50, 90, 95, 99)
+LAYER_PRECISIONS = ("int4", "fp8", "int8", "fp16", "bf16", "fp32", "fp64")
+"""Precisions a per-layer profile names, narrowest first (integer index/shape work is ``int32``/``int64``)."""
+
+
+def precision_shares(layers: list[Any]) -> dict[str, Any]:
+    """How the profiled time splits over the precisions the layers ran in: ``{"percent": {"int8": 62.1, ...},
+    "time_ms": {...}, "layers": {...}}``; layers whose precision the backend does not report count as
+    ``unknown``."""
+    time_ms: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for layer in layers:
+        key = getattr(layer, "precision", "") or "unknown"
+        time_ms[key] = time_ms.get(key, 0.0) + float(layer.time_ms)
+        counts[key] = counts.get(key, 0) + 1
+    total = sum(time_ms.values())
+    order = [*LAYER_PRECISIONS, *sorted(k for k in time_ms if k not in LAYER_PRECISIONS)]
+    keys = [k for k in order if k in time_ms]
+    return {"percent": {k: round(100 * time_ms[k] / total, 2) if total else 0.0 for k in keys},
+            "time_ms": {k: round(time_ms[k], 6) for k in keys}, "layers": {k: counts[k] for k in keys},
+            "total_ms": round(total, 6)}
+
+
+def precision_line(shares: dict[str, Any] | None) -> str:
+    """``int8 62.1 % / bf16 30.2 % / fp32 7.7 %`` of the profiled time."""
+    if not shares or not shares.get("percent"):
+        return ""
+    return " / ".join(f"{k} {v:.1f} %" for k, v in shares["percent"].items())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +121,11 @@ def measure_runner(runner: Any, feeds: dict[str, np.ndarray], measure: Measure, 
             profile = None
         if profile:
             result["layers"] = [dataclasses.asdict(layer) for layer in profile[:25]]
+            result["layer_precision"] = precision_shares(profile)
+        try:
+            result["vendor_timing"] = runner.vendor_timing(feeds)
+        except Exception as exc:  # like the layer profile: a bonus beside the host timing
+            result["vendor_timing_error"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return result
 
 
@@ -229,6 +261,10 @@ class Measurement:
     layers: list[dict[str, Any]] | None = None
     rpc_round_trip_ms: LatencyStats | None = None
     """Remote profiles: the latency seen through RPC (``latency_ms`` is then timed on the device itself)."""
+    layer_precision: dict[str, Any] | None = None
+    """Share of the per-layer profiled time at each precision (:func:`precision_shares`)."""
+    vendor_timing: dict[str, Any] | None = None
+    """The runtime's own measurement in its vendor tool's method (:meth:`onnxsmith.plugin.Runner.vendor_timing`)."""
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Measurement:
@@ -237,7 +273,8 @@ class Measurement:
                    first_inference_ms=data["first_inference_ms"], load_seconds=data["load_seconds"],
                    peak_rss_mb=data["peak_rss_mb"], parallel_throughput_per_s=data.get("parallel_throughput_per_s"),
                    parallel_requests=data.get("parallel_requests"), layers=data.get("layers"),
-                   rpc_round_trip_ms=None if rpc is None else LatencyStats(**rpc))
+                   rpc_round_trip_ms=None if rpc is None else LatencyStats(**rpc),
+                   layer_precision=data.get("layer_precision"), vendor_timing=data.get("vendor_timing"))
 
 
 @dataclasses.dataclass(frozen=True)

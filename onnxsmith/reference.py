@@ -120,8 +120,30 @@ class OnnxRuntimeRunner(Runner):
             prev = times.get(name)
             dur = event.get("dur", 0) / 1000 / 3
             times[name] = LayerTime(name, args.get("op_name", ""), (prev.time_ms if prev else 0) + dur,
-                                    args.get("provider", ""))
+                                    args.get("provider", ""), ort_precision(args))
         return sorted(times.values(), key=lambda t: -t.time_ms)
+
+
+_ORT_INT8_OPS = ("QLinear", "QGemm", "QAttention", "QuantizeLinear", "DequantizeLinear", "DynamicQuantize",
+                 "MatMulInteger", "ConvInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul")
+_ORT_TYPES = (("int8", "int8"), ("uint8", "int8"), ("int4", "int4"), ("bfloat16", "bf16"), ("float16", "fp16"),
+              ("float", "fp32"), ("double", "fp64"))
+
+
+def ort_precision(args: Mapping[str, Any]) -> str:
+    """The precision of one ONNX Runtime kernel from its profiling record: int8 for the quantized kernels
+    (QLinear*, QGemm, *Integer, Quantize/Dequantize), else the lowest float type among its inputs."""
+    op = str(args.get("op_name", ""))
+    if op.startswith(_ORT_INT8_OPS):
+        return "int8"
+    kinds = set()
+    for item in args.get("input_type_shape", []) or []:
+        if isinstance(item, dict):
+            kinds.update(str(k) for k in item)
+    for name, precision in _ORT_TYPES:
+        if name in kinds:
+            return precision
+    return ""
 
 
 def _spec(arg: Any) -> TensorSpec:

@@ -34,8 +34,23 @@ def _flop(n: float) -> str:
     return f"{n:.0f} FLOP"
 
 
+def _export_lines(export: dict[str, Any] | None) -> list[str]:
+    """The PyTorch export's record (:mod:`onnxsmith.torchin`), when the model came from PyTorch."""
+    if not export:
+        return []
+    check = export["check"]
+    top1 = check.get("top1_agreement")
+    lines = [f"- **Exported from PyTorch**: `{export['from']}` with torch {export['torch_version']}, "
+             f"{export['exporter']} exporter, opset {export['opset']} ({export['opset_reason']}); checked: ONNX "
+             f"checker ({check['onnx_checker']}), shape inference ({check['shape_inference']}), ONNX Runtime vs "
+             f"eager PyTorch on {check['data']}: cosine min {check['cosine_min']:.6f}, max abs error "
+             f"{check['max_abs_error']:.3g}" + (f", top-1 agreement {top1:.4f}" if top1 is not None else "")]
+    lines += [f"- Export note: {note}" for note in export.get("notes", [])]
+    return lines
+
+
 def render_report(manifest: dict[str, Any], profile: dict[str, Any] | None,
-                  validation: dict[str, Any] | None) -> str:
+                  validation: dict[str, Any] | None, layers: dict[str, Any] | None = None) -> str:
     art = manifest["artifact"]
     target = manifest["target"]
     lines = [
@@ -43,6 +58,7 @@ def render_report(manifest: dict[str, Any], profile: dict[str, Any] | None,
         "",
         f"- **Model**: `{manifest['model']['source']}` (sha256 `{manifest['model']['fingerprint'][:16]}`, "
         f"opset {manifest['model']['opset']})",
+        *_export_lines(manifest["model"].get("export")),
         f"- **Target**: {target['name']} (`{target['id']}`)",
         f"- **Backend**: {manifest['backend']} {manifest['backend_version']} on `{art['device']}`: "
         f"{manifest['artifact_kind']}",
@@ -130,11 +146,24 @@ def render_report(manifest: dict[str, Any], profile: dict[str, Any] | None,
                 p50, base_p50 = profile["latency_ms"]["p50"], base["latency_ms"]["p50"]
                 lines.append(f"\n**Warning**: its p50 is {p50 / base_p50:.1f}x ONNX Runtime fp32's ({p50:.3f} ms "
                              f"vs {base_p50:.3f} ms), measured in this run; {advice}.")
+        vendor = profile.get("vendor_timing")
+        if vendor:
+            lines += ["", f"The runtime's own timing ({vendor.get('method', '')}): GPU compute median "
+                      f"{_ms(vendor['gpu_compute_ms']['median'])}, p99 {_ms(vendor['gpu_compute_ms']['p99'])}; "
+                      f"H2D {_ms(vendor['h2d_ms']['median'])}, D2H {_ms(vendor['d2h_ms']['median'])}; host latency "
+                      f"median {_ms(vendor['host_latency_ms']['median'])} over {vendor['iterations']} iterations."]
+        if profile.get("layer_precision"):
+            from onnxsmith.profiling import precision_line
+
+            shares = profile["layer_precision"]
+            lines.append(f"\n**Time at each precision** (backend profiler, {shares['total_ms']:.3f} ms over "
+                         f"{sum(shares['layers'].values())} layers): {precision_line(shares)}.")
         if profile.get("layers"):
-            lines += ["", "Slowest layers (backend profiler):", "", "| layer | op | kernel | time |", "|---|---|---|---|"]
+            lines += ["", "Slowest layers (backend profiler):", "", "| layer | op | kernel | precision | time |",
+                      "|---|---|---|---|---|"]
             for layer in profile["layers"][:10]:
                 lines.append(f"| {layer['name'][:60]} | {layer['op_type']} | {layer['exec_type']} | "
-                             f"{layer['time_ms']:.3f} ms |")
+                             f"{layer.get('precision') or '-'} | {layer['time_ms']:.3f} ms |")
     lines += ["", "## Validation", ""]
     if validation is None:
         lines.append("Not validated yet: run `onnxsmith validate BUNDLE [--data val.npz --labels KEY]`.")
@@ -144,6 +173,13 @@ def render_report(manifest: dict[str, Any], profile: dict[str, Any] | None,
             f"Checked {v['samples']} examples from `{v['data']}` against ONNX Runtime fp32 on the original model "
             f"(outputs: {v['output_checked']}).",
             "",
+        ]
+        if v.get("evaluated_by"):
+            e = v["evaluated_by"]
+            lines += [f"**{e['label']}.** The bundle cannot run here; its backend evaluated the compiled program "
+                      "instead.", "", "- Checked: " + "; ".join(e["checked"]),
+                      "- Not checked: " + "; ".join(e["not_checked"]), ""]
+        lines += [
             f"- **{'PASSED' if v['passed'] else 'FAILED'}** (required: cosine >= {v['min_cosine_required']} on every "
             f"sample)" + ("" if v["passed"] else ": " + "; ".join(v["failures"])),
             f"- cosine min {v['cosine_min']:.6f}, mean {v['cosine_mean']:.6f}; max abs error "
@@ -171,6 +207,10 @@ def render_report(manifest: dict[str, Any], profile: dict[str, Any] | None,
                              f"{'-' if w['prediction'] is None else w['prediction']} | "
                              f"{'-' if w['reference_prediction'] is None else w['reference_prediction']} | "
                              f"`{w['file']}` |")
+    if layers:
+        from onnxsmith.layers import render_divergence
+
+        lines += render_divergence(layers)
     lines += ["", "## Improved, worse, risky", ""]
     lines += summarize_changes(manifest, profile, validation)
     return "\n".join(lines) + "\n"
@@ -210,7 +250,8 @@ def summarize_changes(manifest: dict[str, Any], profile: dict[str, Any] | None,
 def write_report(bundle: Bundle) -> str:
     manifest = dict(bundle.manifest)
     manifest["_reference_path"] = str(bundle.reference_model)
-    text = render_report(manifest, bundle.read_json("profile.json"), bundle.read_json("validation.json"))
+    text = render_report(manifest, bundle.read_json("profile.json"), bundle.read_json("validation.json"),
+                         bundle.read_json("layers.json"))
     path = bundle.path / "report.md"
     tmp = path.with_name(f".report.md.{os.getpid()}.tmp")
     tmp.write_text(text)

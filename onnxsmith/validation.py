@@ -58,6 +58,9 @@ class ValidationResult:
     shapes: tuple[dict[str, Any], ...] = ()
     """A bundle compiled for a shape range: the check at each of its ``min``, ``opt`` and ``max`` points (the
     main figures are the worst over them)."""
+    evaluated_by: dict[str, Any] | None = None
+    """Where the bundle cannot run here and its backend evaluated the compiled program instead
+    (:meth:`onnxsmith.plugin.Compiler.load_emulated`): its label, what that checks and what it does not."""
 
     @property
     def accuracy_drop(self) -> float | None:
@@ -108,7 +111,7 @@ def validate_bundle(bundle: Bundle, data: Dataset | None = None, *, samples: int
     elif examples.exists():
         shutil.rmtree(examples)
     own_runner = runner is None
-    runner = runner or bundle.load_runner()
+    runner = runner or bundle.load_runner(emulate=True)
     results: list[tuple[str, ValidationResult]] = []
     shapes: dict[str, dict[str, list[Any]]] = {}
     skipped: list[str] = []
@@ -181,7 +184,8 @@ def _validate_at(bundle: Bundle, data: Dataset | None, inputs: Any, *, samples: 
     threshold = min_cosine if min_cosine is not None else DEFAULT_MIN_COSINE.get(precision.split("+")[0], 0.98)
     names = [o.name for o in bundle.outputs]
     own_runner = runner is None
-    runner = runner or bundle.load_runner()
+    runner = runner or bundle.load_runner(emulate=True)
+    emulation = getattr(runner, "emulation", None)
     try:
         if own_runner:
             runner.__enter__()
@@ -220,4 +224,5 @@ def _validate_at(bundle: Bundle, data: Dataset | None, inputs: Any, *, samples: 
         reference_accuracy=result.reference_accuracy, min_cosine_required=threshold, passed=not failures,
         failures=tuple(failures), worst=kept, per_output=result.per_output, precision_used=precision,
         nonfinite_outputs=result.nonfinite, reference_nonfinite=result.reference_nonfinite,
+        evaluated_by=emulation.to_json() if emulation is not None else None,
     )

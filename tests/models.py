@@ -80,3 +80,77 @@ def ort_reference(model, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
     with reference_runner(model.path) as runner:
         return runner.run(feeds)
+
+
+def _prototypes(seed: int, size: int, classes: int = 10) -> np.ndarray:
+    return np.random.default_rng(seed + 100).standard_normal((classes, 8, size, size)).astype(np.float32)
+
+
+def make_outlier_cnn(seed: int = 0, channels: int = 32, size: int = 16, classes: int = 10, depth: int = 8,
+                     outliers: tuple[int, ...] = (3, 6), scale: float = 400.0) -> onnx.ModelProto:
+    """A CNN that per-tensor int8 breaks: ``depth`` Conv+Relu layers (``conv1``...), then Flatten + Gemm (``fc``).
+
+    Each layer ``conv{k}`` with k in ``outliers`` reads activations with a few channels ``scale`` times larger than
+    the rest: the layer before it writes them (its weight rows and biases for those channels are multiplied by
+    ``scale``) and the layer itself divides them back (its weight columns for them divided by ``scale``). The fp32
+    function is an ordinary CNN's (Relu is positively homogeneous), but one per-tensor activation scale must span
+    both the outliers and the small channels that carry the signal, so those tensors quantize to a few levels:
+    the outlier layers are ``conv{k-1}`` and ``conv{k}`` for each k (ONNX Runtime's QDQ quantizes a tensor when its
+    producer or a consumer is quantized). ``fc`` is a nearest-class-mean classifier over the features of
+    :func:`_prototypes`, so the samples of :func:`outlier_data` have wide margins and plain int8 is accurate
+    without the outliers.
+    """
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(seed)
+    c, inits, nodes = channels, [], []
+    loud = rng.choice(c, size=max(1, c // 16), replace=False)
+    source = "input"
+    for k in range(1, depth + 1):
+        cin = 8 if k == 1 else c
+        w = rng.standard_normal((c, cin, 3, 3)) * np.sqrt(2.0 / (cin * 9))
+        b = rng.standard_normal(c) * 0.05
+        if k + 1 in outliers:
+            w[loud] *= scale
+            b[loud] *= scale
+        if k in outliers:
+            w[:, loud] /= scale
+        inits += [_init(f"w{k}", w), _init(f"b{k}", b)]
+        nodes += [helper.make_node("Conv", [source, f"w{k}", f"b{k}"], [f"c{k}"], pads=[1, 1, 1, 1], name=f"conv{k}"),
+                  helper.make_node("Relu", [f"c{k}"], [f"r{k}"], name=f"relu{k}")]
+        source = f"r{k}"
+    inits.append(numpy_helper.from_array(np.array([0, -1], np.int64), "shape"))
+    nodes.append(helper.make_node("Reshape", [source, "shape"], ["flat"], name="flatten"))
+    x_info = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 8, size, size])
+    features = helper.make_model(helper.make_graph(nodes, "features", [x_info], [
+        helper.make_tensor_value_info("flat", TensorProto.FLOAT, ["N", c * size * size])], inits),
+        opset_imports=[helper.make_opsetid("", 17)])
+    features.ir_version = 8
+    session = ort.InferenceSession(features.SerializeToString(), providers=["CPUExecutionProvider"])
+    centres = session.run(None, {"input": _prototypes(seed, size, classes)})[0].astype(np.float64)
+    centres -= centres.mean(axis=0)
+    wf = centres / np.linalg.norm(centres, axis=1, keepdims=True)
+    inits += [_init("wf", wf), _init("bf", np.zeros(classes))]
+    nodes.append(helper.make_node("Gemm", ["flat", "wf", "bf"], ["logits"], transB=1, name="fc"))
+    graph = helper.make_graph(nodes, "outlier_cnn", [x_info],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="onnxsmith-tests")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def outlier_data(model: onnx.ModelProto, samples: int = 300, seed: int = 0, noise: float = 0.5,
+                 data_seed: int = 1) -> dict[str, np.ndarray]:
+    """Inputs for :func:`make_outlier_cnn` (built with ``seed``): noisy copies of its class prototypes, with labels
+    that are the fp32 model's own top-1 (its accuracy is 100 %)."""
+    import onnxruntime as ort
+
+    size = model.graph.input[0].type.tensor_type.shape.dim[2].dim_value
+    protos = _prototypes(seed, size)
+    rng = np.random.default_rng(data_seed)
+    x = (protos[rng.integers(0, len(protos), samples)]
+         + noise * rng.standard_normal((samples, *protos.shape[1:]))).astype(np.float32)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    logits = session.run(None, {"input": x})[0]
+    return {"input": x, "label": logits.argmax(axis=1).astype(np.int64)}

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from onnxsmith.errors import BackendError, first_line
 from onnxsmith.options import Option
-from onnxsmith.plugin import Artifact, CompileRequest, Compiler, Support
+from onnxsmith.plugin import Artifact, CompileRequest, Compiler, DeployProgram, Support, TritonModel
 from onnxsmith.reference import OnnxRuntimeRunner, available_providers, import_ort, session_options
 
 if TYPE_CHECKING:
@@ -113,11 +113,94 @@ class OnnxRuntimeCompiler(Compiler):
                          if request.model.shape_ranges else {})},
         )
 
+    def deploy_programs(self, artifact: Artifact, directory: Path, target: Target) -> list[DeployProgram]:
+        from onnxsmith.compilers.onnxruntime.deployment import programs
+
+        return programs(artifact, directory, target)
+
+    def triton_model(self, artifact: Artifact, target: Target) -> TritonModel | None:
+        from onnxsmith.compilers.onnxruntime.deployment import triton_model
+
+        return triton_model(artifact)
+
     def load(self, artifact: Artifact, directory: Path, target: Target) -> OnnxRuntimeRunner:
         providers = list(artifact.options.get("providers", ["CPUExecutionProvider"]))
         have = available_providers()
         providers = [p for p in providers if p in have] or ["CPUExecutionProvider"]
         return OnnxRuntimeRunner(directory / artifact.files[0], providers, int(artifact.options.get("threads", 0)))
+
+    def load_layers(self, artifact: Artifact, directory: Path, target: Target, tensors: list[str]
+                    ) -> OnnxRuntimeRunner | None:
+        """The artifact's own graph with ``tensors`` as extra outputs: float tensors as they are, tensors the
+        offline optimizer turned into int8 (``T_QuantizeLinear_Output`` of a fused QLinearConv/QGemm...)
+        through a DequantizeLinear with their own scale, so a QDQ artifact shows the values its int8 kernels
+        produce."""
+        import onnx
+
+        from onnxsmith.layers import _ort_runner_for
+
+        proto = onnx.load(str(directory / artifact.files[0]))
+        exposed = expose_tensors(proto, tensors)
+        if not exposed:
+            return None
+        have = available_providers()
+        providers = [p for p in artifact.options.get("providers", []) if p in have] or ["CPUExecutionProvider"]
+        return _ort_runner_for(proto, int(artifact.options.get("threads", 0)), providers)
+
+
+_SCALE_INPUTS = {"QuantizeLinear": (1, 2), "QLinearConv": (6, 7), "QLinearMatMul": (6, 7), "QGemm": (7, 8),
+                 "QLinearAdd": (6, 7), "QLinearMul": (6, 7), "QLinearConcat": (0, 1), "QLinearSigmoid": (3, 4),
+                 "QLinearLeakyRelu": (3, 4), "QLinearAveragePool": (3, 4), "QLinearGlobalAveragePool": (3, 4)}
+_PASS_THROUGH = {"Reshape", "Flatten", "Transpose", "MaxPool", "Squeeze", "Unsqueeze", "Identity", "Slice",
+                 "Gather", "Split", "Resize", "SpaceToDepth", "DepthToSpace"}
+
+
+def expose_tensors(proto: Any, tensors: list[str]) -> list[str]:
+    """Add ``tensors`` to ``proto``'s outputs where the graph holds them (in place); returns those added.
+
+    A tensor kept as float is exposed as it is; one that only exists quantized (ONNX Runtime's QDQ naming,
+    ``T_QuantizeLinear_Output``) is exposed through a DequantizeLinear with the scale and zero point of the node
+    that wrote it."""
+    import onnx
+
+    graph = proto.graph
+    producer = {out: node for node in graph.node for out in node.output}
+    present = {o.name for o in graph.output}
+    inferred = onnx.shape_inference.infer_shapes(proto) if proto.ByteSize() < 1_800_000_000 else proto
+    types = {v.name: v.type.tensor_type.elem_type for v in inferred.graph.value_info}
+    types.update({v.name: v.type.tensor_type.elem_type for v in [*graph.output, *graph.input]})
+    added = []
+
+    def qparams(name: str, depth: int = 0) -> tuple[str, str] | None:
+        node = producer.get(name)
+        if node is None or depth > 8:
+            return None
+        if node.op_type in _SCALE_INPUTS:
+            scale, zero = _SCALE_INPUTS[node.op_type]
+            if len(node.input) > zero:
+                return node.input[scale], node.input[zero]
+        if node.op_type in _PASS_THROUGH and node.input:
+            return qparams(node.input[0], depth + 1)
+        return None
+
+    for name in tensors:
+        if name in present:
+            added.append(name)
+            continue
+        if name in producer and types.get(name, 1) in (1, 10, 11, 16):
+            graph.output.append(onnx.helper.make_tensor_value_info(name, types.get(name, 1), None))
+        elif f"{name}_QuantizeLinear_Output" in producer:
+            params = qparams(f"{name}_QuantizeLinear_Output")
+            if params is None:
+                continue
+            graph.node.append(onnx.helper.make_node("DequantizeLinear", [f"{name}_QuantizeLinear_Output", *params],
+                                                    [name], name=f"{name}_onnxsmith_exposed"))
+            graph.output.append(onnx.helper.make_tensor_value_info(name, 1, None))
+        else:
+            continue
+        present.add(name)
+        added.append(name)
+    return added
 
 
 _INT8_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger",

@@ -15,7 +15,7 @@ from onnxsmith.compilers.openvino.common import (
 )
 from onnxsmith.compilers.openvino.config import OPTIONS, filter_supported, settings_for
 from onnxsmith.errors import BackendError, UnsupportedError
-from onnxsmith.plugin import PRECISIONS, Artifact, CompileRequest, Compiler, Support, Variant
+from onnxsmith.plugin import PRECISIONS, Artifact, CompileRequest, Compiler, DeployProgram, Support, TritonModel, Variant
 
 if TYPE_CHECKING:
     from onnxsmith.compilers.openvino.runner import OpenVINORunner
@@ -39,6 +39,9 @@ class OpenVINOCompiler(Compiler):
     extra = "openvino"
     artifact_kind = "OpenVINO IR (model.xml/.bin) + compiled blob for the device (model.blob)"
     options = OPTIONS
+
+    def keep_fp32_option(self, target: Target) -> str | None:
+        return "keep_fp32"
 
     def ladder_variants(self, target: Target, precision: str) -> list[Variant]:
         return [Variant(change="NNCF, same calibration set" if precision == "int8" else "")]
@@ -164,7 +167,7 @@ class OpenVINOCompiler(Compiler):
             from onnxsmith.compilers.openvino.quantize import quantize
 
             result = quantize(model, request.calibration, request.model.inputs, settings.subset_size,
-                              settings.model_type)
+                              settings.model_type, settings.keep_fp32)
             model = result.model
             metadata["quantization"] = result.metadata
             fake_quantize = int(result.metadata["fake_quantize_nodes"])
@@ -232,6 +235,16 @@ class OpenVINOCompiler(Compiler):
             notes.append(f"OpenVINO's {device} device cannot export compiled models; the IR is compiled when loaded")
         return precision_used, blob
 
+    def deploy_programs(self, artifact: Artifact, directory: Path, target: Target) -> list[DeployProgram]:
+        from onnxsmith.compilers.openvino.deployment import programs
+
+        return programs(artifact, directory, target)
+
+    def triton_model(self, artifact: Artifact, target: Target) -> TritonModel | None:
+        from onnxsmith.compilers.openvino.deployment import triton_model
+
+        return triton_model(artifact)
+
     def load(self, artifact: Artifact, directory: Path, target: Target) -> OpenVINORunner:
         from onnxsmith.compilers.openvino.runner import OpenVINORunner
 
@@ -262,6 +275,38 @@ class OpenVINOCompiler(Compiler):
             runner.notes += (f"{artifact.precision_used} in the manifest, but {device} computes in "
                              f"{runner.precision_used} here (INFERENCE_PRECISION_HINT read back at load)",)
         return runner
+
+    def load_layers(self, artifact: Artifact, directory: Path, target: Target, tensors: list[str]
+                    ) -> OpenVINORunner | None:
+        """The IR with every op output that carries one of ``tensors``' ONNX names (OpenVINO keeps them as tensor
+        names, NNCF's FakeQuantize nodes included) added as a model output, compiled with the bundle's
+        properties."""
+        from onnxsmith.compilers.openvino.runner import OpenVINORunner
+
+        require_device(artifact.device, target.id)
+        model = core().read_model(str(directory / IR_FILES[0]))
+        wanted = set(tensors)
+        outputs = list(artifact.metadata.get("outputs", []))
+        exposed: list[str] = []
+        ports = []
+        for op in model.get_ordered_ops():
+            if op.get_type_name() in ("Result", "Parameter", "Constant"):
+                continue
+            for port in op.outputs():
+                names = [n for n in port.get_names() if n in wanted and n not in exposed and n not in outputs]
+                if names:
+                    ports.append(port)
+                    exposed.append(names[0])
+        if not ports:
+            return None
+        model.add_outputs(ports)
+        properties = {str(k): str(v) for k, v in artifact.options.items()}
+        try:
+            compiled = core().compile_model(model, artifact.device, properties)
+        except Exception as exc:
+            raise BackendError("OpenVINO could not compile the IR with per-layer outputs", vendor_why(exc)) from exc
+        return OpenVINORunner(compiled, artifact.device, properties, directory / IR_FILES[0],
+                              list(artifact.metadata.get("inputs", [])), outputs + exposed, (), "IR")
 
 
 def _bound_inputs(model: Any, ranges: Mapping[str, ShapeRange]) -> dict[str, str]:

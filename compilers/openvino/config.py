@@ -28,6 +28,8 @@ OPTIONS = (
            minimum=1),
     Option("model_type", str, None, "int8: 'transformer' for NNCF's transformer scheme (default: generic)",
            choices=("transformer",)),
+    Option("keep_fp32", list, None, "int8: ONNX node names NNCF leaves unquantized (its ignored scope), e.g. "
+           "conv2,conv3 (a keep-list from 'onnxsmith debug precision')"),
 )
 _PRECISION_WORDS = {"fp32": "fp32", "f32": "fp32", "bf16": "bf16", "fp16": "fp16", "f16": "fp16"}
 
@@ -41,6 +43,8 @@ class CompileSettings:
     subset_size: int = 0
     """0: every calibration batch, at most 300."""
     model_type: str = ""
+    keep_fp32: tuple[str, ...] = ()
+    """int8: ONNX node names kept out of quantization (NNCF ignored scope)."""
     threads_source: str = ""
     """Where INFERENCE_NUM_THREADS came from (option, profile, target cores, or OpenVINO's own choice)."""
     notes: tuple[str, ...] = ()
@@ -95,9 +99,11 @@ def settings_for(request: CompileRequest, device: str, detected_host: bool) -> C
 
     subset = options.get("subset_size") or 0
     model_type = options.get("model_type") or ""
-    if precision != "int8" and ("subset_size" in options or "model_type" in options):
-        notes.append("options subset_size/model_type only apply to int8 and were ignored")
-    return CompileSettings(props, subset, model_type, threads_source, tuple(notes))
+    keep = tuple(str(n) for n in options.get("keep_fp32") or ())
+    if precision != "int8" and ("subset_size" in options or "model_type" in options or keep):
+        notes.append("options subset_size/model_type/keep_fp32 only apply to int8 and were ignored")
+        keep = ()
+    return CompileSettings(props, subset, model_type, keep, threads_source, tuple(notes))
 
 
 def filter_supported(properties: Mapping[str, str], supported: set[str], device: str) -> tuple[dict[str, str],

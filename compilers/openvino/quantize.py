@@ -83,15 +83,37 @@ def _quiet_nncf(nncf: Any) -> Iterator[list[str]]:
         logger.setLevel(level)
 
 
+def ignored_scope(model: Any, keep: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """The OpenVINO op names of the ONNX nodes in ``keep`` (the ONNX frontend names a Conv with bias
+    ``conv3/WithoutBiases`` + ``conv3``), and the ONNX names no op carries."""
+    ops = [op.get_friendly_name() for op in model.get_ordered_ops()]
+    names, missing = [], []
+    for node in keep:
+        found = [n for n in ops if n == node or n.startswith(node + "/")]
+        names += found
+        if not found:
+            missing.append(node)
+    return names, missing
+
+
 def quantize(model: Any, calibration: Dataset | None, inputs: tuple[TensorSpec, ...], subset_size: int = 0,
-             model_type: str = "") -> QuantizeResult:
-    """``nncf.quantize`` on ``model`` with the calibration feeds; FakeQuantize nodes end up in the IR."""
+             model_type: str = "", keep_fp32: tuple[str, ...] = ()) -> QuantizeResult:
+    """``nncf.quantize`` on ``model`` with the calibration feeds; FakeQuantize nodes end up in the IR. The ONNX
+    nodes in ``keep_fp32`` go into NNCF's ignored scope (left unquantized)."""
     feeds = calibration_feeds(calibration, inputs)
     nncf = nncf_module()
     subset = min(subset_size or DEFAULT_SUBSET, len(feeds))
     kwargs: dict[str, Any] = {"subset_size": subset}
     if model_type == "transformer":
         kwargs["model_type"] = nncf.ModelType.TRANSFORMER
+    ignored: list[str] = []
+    missing: list[str] = []
+    if keep_fp32:
+        ignored, missing = ignored_scope(model, keep_fp32)
+        if missing:
+            raise DataError(f"keep_fp32 names {', '.join(missing)}, which the model does not have",
+                            "the keep-list holds ONNX node names", "list them with 'onnxsmith inspect'")
+        kwargs["ignored_scope"] = nncf.IgnoredScope(names=ignored)
     start = time.perf_counter()
     try:
         with _quiet_nncf(nncf) as warnings:
@@ -116,4 +138,7 @@ def quantize(model: Any, calibration: Dataset | None, inputs: tuple[TensorSpec, 
         "model_type": model_type or "default",
         "quantize_seconds": round(seconds, 3),
     }
+    if keep_fp32:
+        metadata["ignored_scope"] = {"onnx_nodes": list(keep_fp32), "openvino_ops": ignored}
+        notes.append(f"kept in fp32 (NNCF ignored scope): {', '.join(keep_fp32)}")
     return QuantizeResult(quantized, metadata, tuple(notes))

@@ -168,6 +168,36 @@ class OpenVINORunner(Runner):
                     continue
                 entry = totals.setdefault(info.node_name, [info.node_type, info.exec_type, 0.0])
                 entry[2] += info.real_time.total_seconds() * 1000
-        layers = [LayerTime(name, op_type, round(ms / PROFILE_RUNS, 6), exec_type)
+        runtime = runtime_precisions(compiled)
+        layers = [LayerTime(name, op_type, round(ms / PROFILE_RUNS, 6), exec_type,
+                            runtime.get(name) or exec_precision(exec_type))
                   for name, (op_type, exec_type, ms) in totals.items()]
         return sorted(layers, key=lambda layer: -layer.time_ms)
+
+
+_OV_PRECISIONS = {"i8": "int8", "u8": "int8", "i4": "int4", "u4": "int4", "bf16": "bf16", "f16": "fp16",
+                  "f32": "fp32", "i32": "int32", "i64": "int64", "boolean": "bool", "u1": "bool"}
+
+
+def runtime_precisions(compiled: Any) -> dict[str, str]:
+    """Node name -> the precision the CPU plugin runs it in: the execution graph's ``runtimePrecision``."""
+    out = {}
+    try:
+        ops = compiled.get_runtime_model().get_ordered_ops()
+    except Exception:  # a device without an execution graph: the kernel names still tell
+        return out
+    for op in ops:
+        info = op.get_rt_info()
+        try:
+            value = str(info["runtimePrecision"].astype(str)) if "runtimePrecision" in info else ""
+        except Exception:
+            value = str(info["runtimePrecision"]) if "runtimePrecision" in info else ""
+        if value:
+            out[op.get_friendly_name()] = _OV_PRECISIONS.get(value.lower(), value.lower())
+    return out
+
+
+def exec_precision(exec_type: str) -> str:
+    """The precision in a CPU kernel name (``brgconv_avx512_amx_I8``, ``jit_avx512_f32``)."""
+    tail = exec_type.rsplit("_", 1)[-1].lower() if "_" in exec_type else ""
+    return _OV_PRECISIONS.get(tail, "")

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from onnxsmith.compilers.tensorrt.gpu import GpuInfo, gpu, matches, nvidia_gpus
+from onnxsmith.compilers.tensorrt.gpu import GpuInfo, cuda_query_note, gpu, matches, nvidia_gpus
 from onnxsmith.compilers.tensorrt.options import DECLARED, BuildOptions, parse_options, profile_copies
 
 from onnxsmith.errors import BundleError, DataError, MissingDependencyError, UnsupportedError, UserInputError
-from onnxsmith.plugin import Artifact, CompileRequest, Compiler, Support
+from onnxsmith.plugin import Artifact, CompileRequest, Compiler, DeployProgram, Support, TritonModel
 from onnxsmith.units import machine_arch
 
 if TYPE_CHECKING:
@@ -46,7 +47,9 @@ class TensorRTCompiler(Compiler):
         return str(_trt().__version__)
 
     def devices(self) -> list[str]:
-        return [f"cuda:{g.index} {g.name} (sm {g.compute_capability})" for g in nvidia_gpus()]
+        note = cuda_query_note()
+        return [f"cuda:{g.index} {g.name} (sm {g.compute_capability})" + (" (found by nvidia-smi: " + note + ")"
+                                                                          if note else "") for g in nvidia_gpus()]
 
     def supports(self, target: Target) -> Support:
         if target.vendor.lower() == "nvidia" and target.kind in ("gpu", "soc"):
@@ -66,8 +69,9 @@ class TensorRTCompiler(Compiler):
         opts = parse_options({}, target.options_for("tensorrt"), target.source_file)
         gpus = nvidia_gpus()
         if not gpus:
-            return Support(False, "this machine has no NVIDIA GPU (or its driver is not loaded)",
-                           "run on a machine with the target's GPU")
+            note = cuda_query_note()
+            return Support(False, "this machine has no NVIDIA GPU (or its driver is not loaded)" +
+                           (f"; {note}" if note else ""), "run on a machine with the target's GPU")
         if opts.device_id >= len(gpus):
             return Support(False, f"GPU {opts.device_id} does not exist here ({len(gpus)} GPU(s))")
         found = matches(gpus[opts.device_id], req.gpu, opts.compute_capability)
@@ -78,6 +82,10 @@ class TensorRTCompiler(Compiler):
                 check()
             except MissingDependencyError as exc:
                 return Support(False, f"{exc.what}: {exc.why}", exc.hint)
+        note = cuda_query_note()
+        if note:  # the GPU was found through nvidia-smi: the runner's own CUDA calls would fail the same way
+            return Support(False, f"CUDA's runtime does not work here: {note}", "install the cuda-python of the "
+                           "driver's CUDA major (pip install 'onnxsmith[tensorrt]' for CUDA 12)")
         return Support(True)
 
     def precisions(self, target: Target) -> tuple[str, ...]:
@@ -87,6 +95,9 @@ class TensorRTCompiler(Compiler):
         """Optimization profiles: every ranged input's MIN:OPT:MAX (kernels tuned at OPT); the runner sets each
         request's shapes with ``set_input_shape``."""
         return Support(True)
+
+    def keep_fp32_option(self, target: Target) -> str | None:
+        return "keep_fp32"
 
     def needs_calibration(self, precision: str, model: LoadedModel) -> bool:
         """int8 needs calibration data unless the model already carries Q/DQ nodes (explicit quantization)."""
@@ -125,7 +136,7 @@ class TensorRTCompiler(Compiler):
             raise UnsupportedError(f"TensorRT {trt.__version__} has no weak typing",
                                    "TensorRT 11 removed the precision builder flags; networks are strongly typed",
                                    "drop --option typing=weak")
-        strong = opts.typing == "strong" or not weak_ok
+        strong = strongly_typed(opts, request.precision, weak_ok)
         device = _build_gpu(target, opts)
         if opts.device_id:
             from onnxsmith.compilers.tensorrt import cuda
@@ -161,15 +172,17 @@ class TensorRTCompiler(Compiler):
                                             "loaded": eng.attach_timing_cache(config, cache_path)}
             start = time.perf_counter()
             try:
-                data = eng.build_serialized(builder, network, config, logger)
+                data = eng.build_serialized(builder, network, config, logger, calibrator)
             finally:
                 if calibrator is not None:
                     calibrator.free()
             metadata["build_seconds"] = round(time.perf_counter() - start, 3)
             if calibrator is not None:
-                if calibrator.error is not None:
-                    raise calibrator.error
                 metadata["int8"]["batches_fed"] = calibrator.batches_fed
+                metadata["int8"]["calibration_cache"] = {"path": str(calibrator.cache_path),
+                                                         "reused": calibrator.cache_reused}
+                if calibrator.cache_path.is_file():
+                    shutil.copyfile(calibrator.cache_path, workdir / "calibration.cache")
             if cache_path is not None:
                 eng.save_timing_cache(config, cache_path)
         (workdir / "model.engine").write_bytes(data)
@@ -215,7 +228,7 @@ class TensorRTCompiler(Compiler):
                 return source, proto, [precision.upper()], None
             proto = prec.to_float16(proto) if precision == "fp16" else prec.to_bfloat16(proto)
             notes.append(f"strongly typed build: the ONNX was converted to {precision} by ONNX Runtime's float16 "
-                         "converter (inputs/outputs stay fp32; ops it blocks stay fp32)")
+                         f"converter (inputs/outputs stay fp32; {', '.join(prec.FP32_KEEP_OPS)} stay fp32)")
             return save_model(proto, tmp / f"model.{precision}.onnx"), proto, [], None
         if precision != "int8":
             return source, proto, [], None
@@ -223,44 +236,85 @@ class TensorRTCompiler(Compiler):
         if any(counts.values()):
             metadata["int8"] = {"method": "explicit: Q/DQ nodes already in the model",
                                 **{k.lower(): v for k, v in counts.items()}}
-            return source, proto, [] if strong else ["INT8", *fallback], None
+            if strong:
+                return (*self._strong_qdq(source, proto, opts, tmp, notes, metadata), [], None)
+            return source, proto, ["INT8", *fallback], None
         from onnxsmith.compilers.tensorrt.calibrator import CalibrationFeeder, make_entropy_calibrator
         from onnxsmith.compilers.tensorrt.engine import legacy_calibration_available
 
         if request.calibration is None:
             raise DataError("int8 needs calibration data", "the model has no Q/DQ nodes to take scales from",
                             "pass --calibration calib.npz, or compile a model quantized with Q/DQ nodes")
-        method = opts.int8_method
-        if method == "auto":
-            method = "calibrator" if not strong and legacy_calibration_available(trt) else "qdq"
+        method = "qdq" if opts.int8_method == "auto" else opts.int8_method  # implicit int8 is deprecated since 10.1
         feeder = CalibrationFeeder(request.calibration, request.model.inputs_at("opt"), opts.calibration_batches)
         if feeder.dropped_samples:
             notes.append(f"calibration used {feeder.num_batches * feeder.batch_size} of "
                          f"{feeder.num_batches * feeder.batch_size + feeder.dropped_samples} samples "
                          f"(whole batches of {feeder.batch_size})")
+        if opts.keep_fp32 and method != "qdq":
+            raise UnsupportedError("keep_fp32 needs explicit quantization",
+                                   "TensorRT's calibrator picks precisions per layer itself",
+                                   "add --option int8_method=qdq")
         if method == "qdq":
             output = tmp / "model.qdq.onnx"
             metadata["int8"] = {"method": "explicit: Q/DQ nodes written by onnxsmith",
-                                **prec.quantize_qdq(source, output, feeder, opts.calibration_method)}
+                                **prec.quantize_qdq(source, output, feeder, opts.calibration_method,
+                                                    opts.keep_fp32)}
             import onnx
 
             notes.append("int8 by explicit quantization: Q/DQ (symmetric, per-channel weights) on Conv/MatMul/Gemm "
-                         "inputs, calibrated with ONNX Runtime; other layers run "
-                         + ("fp32 (strong typing)" if strong else f"{opts.int8_fallback} or fp32"))
-            return output, onnx.load(str(output)), [] if strong else ["INT8", *fallback], None
+                         "inputs, calibrated with ONNX Runtime")
+            written = onnx.load(str(output))
+            if strong:
+                return (*self._strong_qdq(output, written, opts, tmp, notes, metadata), [], None)
+            return output, written, ["INT8", *fallback], None
         if strong or not legacy_calibration_available(trt):
             raise UnsupportedError(f"TensorRT {trt.__version__} has no implicit int8 calibration",
                                    "IInt8EntropyCalibrator2 works only with weakly typed networks in TensorRT 10",
                                    "use --option int8_method=qdq (explicit quantization)")
         _cudart()
-        calibrator = make_entropy_calibrator(trt, feeder, workdir / "calibration.cache")
+        from onnxsmith.compilers.tensorrt.calibrator import calibration_cache_path
+
+        cache = calibration_cache_path(str(trt.__version__), request.model.fingerprint,
+                                       request.calibration.fingerprint(), feeder)
+        calibrator = make_entropy_calibrator(trt, feeder, cache)
         metadata["int8"] = {"method": "implicit: TensorRT IInt8EntropyCalibrator2", "batches": feeder.num_batches,
                             "batch_size": feeder.batch_size}
         notes.append("int8 by TensorRT's legacy entropy calibrator (implicit quantization, deprecated since "
                      "TensorRT 10.1 and removed in 11); --option int8_method=qdq gives explicit quantization")
         return source, proto, ["INT8", *fallback], calibrator
 
+    def _strong_qdq(self, path: Path, proto: onnx.ModelProto, opts: BuildOptions, tmp: Path, notes: list[str],
+                    metadata: dict[str, Any]) -> tuple[Path, onnx.ModelProto]:
+        """A Q/DQ network for a strongly typed build: with ``int8_fallback=fp16`` everything between the Q/DQ pairs
+        is rewritten to fp16 (fp16 scales), so the engine is int8+fp16 as a TensorRT 10 weakly typed one was;
+        TensorRT itself would run those layers in fp32 and ignore the fallback."""
+        from onnxsmith.compilers.tensorrt import precision as prec
+
+        from onnxsmith.model import save_model
+
+        if opts.int8_fallback != "fp16":
+            notes.append("int8 with strong typing: layers outside the Q/DQ pairs run in fp32 (int8_fallback=fp32)")
+            return path, proto
+        converted = prec.qdq_to_float16(proto, keep_nodes=opts.keep_fp32)  # the keep-list stays fp32, not fp16
+        metadata["int8"]["fallback"] = {"precision": "fp16", "kept_fp32": list(prec.FP32_KEEP_OPS),
+                                        **({"kept_fp32_nodes": list(opts.keep_fp32)} if opts.keep_fp32 else {})}
+        kept = f"; the keep_fp32 nodes {', '.join(opts.keep_fp32)} stay fp32 too" if opts.keep_fp32 else ""
+        notes.append("int8 with strong typing: the layers outside the Q/DQ pairs were rewritten to fp16 (Q/DQ "
+                     f"scales fp16, opset >= {prec.QDQ_FP16_OPSET}; {', '.join(prec.FP32_KEEP_OPS)} stay fp32{kept})")
+        return save_model(converted, tmp / "model.qdq.fp16.onnx"), converted
+
     # ---- load -------------------------------------------------------------------------------------------------
+
+    def deploy_programs(self, artifact: Artifact, directory: Path, target: Target) -> list[DeployProgram]:
+        from onnxsmith.compilers.tensorrt.deployment import programs
+
+        return programs(artifact, directory, target)
+
+    def triton_model(self, artifact: Artifact, target: Target) -> TritonModel | None:
+        from onnxsmith.compilers.tensorrt.deployment import triton_model
+
+        return triton_model(artifact)
 
     def load(self, artifact: Artifact, directory: Path, target: Target) -> TensorRTRunner:
         from onnxsmith.compilers.tensorrt.runner import TensorRTRunner
@@ -289,8 +343,20 @@ class TensorRTCompiler(Compiler):
                                    f"{here.compute_capability}",
                                    "compile again on this GPU, or build with --option hardware_compatibility="
                                    "ampere_plus")
+        from onnxsmith.compilers.tensorrt.timing import TimingSettings
+
+        timing = TimingSettings(cuda_graph=bool(artifact.options.get("cuda_graph", True)),
+                                spin_wait=bool(artifact.options.get("spin_wait", False)))
         return TensorRTRunner(directory / artifact.files[0], device_id,
-                              int(artifact.options.get("parallel_requests", 2)))
+                              int(artifact.options.get("parallel_requests", 2)), timing)
+
+
+def strongly_typed(opts: BuildOptions, precision: str, weak_ok: bool) -> bool:
+    """Whether the network is built strongly typed: always in TensorRT 11 (no weak typing), when asked, and for
+    int8 through Q/DQ nodes on 10.x too (NVIDIA's guidance: Q/DQ networks strongly typed, no precision flags)."""
+    if opts.typing == "strong" or not weak_ok:
+        return True
+    return opts.typing == "auto" and precision == "int8" and opts.int8_method != "calibrator"
 
 
 def _cudart() -> Any:
@@ -315,7 +381,10 @@ def _build_gpu(target: Target, opts: BuildOptions) -> GpuInfo:
             raise UnsupportedError("cannot build an Ampere-plus compatible engine here",
                                    f"{device.name} has compute capability {device.compute_capability} (needs 8.0+)")
         return device
-    found = matches(device, target.requires.gpu, opts.compute_capability)
+    # same_compute_capability: the engine runs on any GPU of the target's compute capability, so only that counts
+    wanted_name = "" if opts.hardware_compatibility == "same_compute_capability" and opts.compute_capability \
+        else target.requires.gpu
+    found = matches(device, wanted_name, opts.compute_capability)
     if not found:
         raise UnsupportedError(f"cannot build a TensorRT engine for {target.id} here", found.reason, found.hint)
     return device

@@ -89,12 +89,26 @@ class CalibrationFeeder:
         return [feed[name] for name in names]
 
 
+def calibration_cache_path(trt_version: str, model_fingerprint: str, data_fingerprint: str,
+                           feeder: CalibrationFeeder) -> Path:
+    """``<cache root>/tensorrt-calibration/<key>.cache``: the scales of one model calibrated on one data set
+    (batches fed, batch size and TensorRT version in the key), reused by later builds like the timing cache."""
+    import hashlib
+
+    from onnxsmith.cache import cache_root
+
+    key = hashlib.sha256("|".join([trt_version, model_fingerprint, data_fingerprint, str(feeder.num_batches),
+                                   str(feeder.batch_size), "entropy2"]).encode()).hexdigest()[:32]
+    return cache_root() / "tensorrt-calibration" / f"{key}.cache"
+
+
 def make_entropy_calibrator(trt: Any, feeder: CalibrationFeeder, cache_path: Path) -> Any:
     """A TensorRT 10 ``IInt8EntropyCalibrator2`` that feeds ``feeder``'s batches from GPU buffers.
 
-    The cache file is read back on later builds of the same network (TensorRT skips calibration then) and written
-    after calibration; the caller deletes it when the inputs change. Call ``.free()`` after the build.
+    ``cache_path`` (see :func:`calibration_cache_path`) is read back on later builds of the same model and data
+    (TensorRT skips calibration then) and written, atomically, after calibration. Call ``.free()`` after the build.
     """
+    import os
     from onnxsmith.compilers.tensorrt import cuda
 
     base = trt.IInt8EntropyCalibrator2
@@ -106,6 +120,8 @@ def make_entropy_calibrator(trt: Any, feeder: CalibrationFeeder, cache_path: Pat
             self.buffers: dict[str, cuda.DeviceBuffer] = {}
             self.batches_fed = 0
             self.error: BaseException | None = None
+            self.cache_path = cache_path
+            self.cache_reused = False
 
         def get_batch_size(self) -> int:
             return 1  # explicit-batch networks: the batch is part of each input's shape
@@ -131,10 +147,21 @@ def make_entropy_calibrator(trt: Any, feeder: CalibrationFeeder, cache_path: Pat
                 return None
 
         def read_calibration_cache(self) -> bytes | None:
-            return cache_path.read_bytes() if cache_path.is_file() and cache_path.stat().st_size else None
+            try:
+                data = cache_path.read_bytes() if cache_path.is_file() else b""
+            except OSError:
+                data = b""
+            self.cache_reused = bool(data)
+            return data or None
 
         def write_calibration_cache(self, cache: Any) -> None:
-            cache_path.write_bytes(bytes(memoryview(cache)))
+            try:  # called from C++: must not raise
+                cache_path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = cache_path.with_name(f".{cache_path.name}.{os.getpid()}.tmp")
+                tmp.write_bytes(bytes(memoryview(cache)))
+                os.replace(tmp, cache_path)
+            except OSError:  # an unwritable cache costs a later calibration, not this build
+                pass
 
         def free(self) -> None:
             for buffer in self.buffers.values():

@@ -35,11 +35,25 @@ def check(result: Any, call: str) -> Any:
         rt = cudart()
         name = rt.cudaGetErrorName(err)[1]
         text = name.decode() if isinstance(name, bytes) else str(name)
+        if "InsufficientDriver" in text or "CompatNotSupported" in text:
+            raise BackendError(f"CUDA call {call} failed", f"{text}: this cuda-python is built for a newer CUDA "
+                               "than the driver runs", "install the cuda-python of the driver's CUDA major: pip "
+                               "install 'onnxsmith[tensorrt]' (CUDA 12) or 'onnxsmith[tensorrt-cu13]' (R580+)")
         raise BackendError(f"CUDA call {call} failed", text,
                            "check the GPU and driver with nvidia-smi; another process may hold the GPU's memory")
     if not values:
         return None
     return values[0] if len(values) == 1 else values
+
+
+def native_handle(obj: Any) -> int:
+    """The address a cuda-python object wraps: ``cuda.bindings.utils.get_cuda_native_handle`` (cuda-bindings 13,
+    where ``int(obj)`` is deprecated), else ``int(obj)`` (12.x, which lacks the helper)."""
+    try:
+        from cuda.bindings.utils import get_cuda_native_handle
+    except ImportError:
+        return int(obj)
+    return int(get_cuda_native_handle(obj))
 
 
 def set_device(index: int) -> None:
@@ -58,7 +72,7 @@ class Stream:
 
     @property
     def handle(self) -> int:
-        return int(self._stream)
+        return native_handle(self._stream)
 
     def synchronize(self) -> None:
         check(cudart().cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")

@@ -55,6 +55,10 @@ def make_logger(trt: Any) -> Any:
         def __init__(self) -> None:
             trt.ILogger.__init__(self)
             self.messages: list[tuple[str, str]] = []
+            with contextlib.suppress(Exception):
+                # TensorRT drops lower severities before calling back: VERBOSE/INFO messages (thousands per build)
+                # never cross into Python
+                self.min_severity = trt.ILogger.Severity.WARNING
 
         def log(self, severity: Any, msg: str) -> None:  # called from C++: must not raise
             try:
@@ -256,8 +260,12 @@ def configure(trt: Any, builder: Any, network: Any, opts: BuildOptions, flags: l
     for flag in flags:
         config.set_flag(getattr(trt.BuilderFlag, flag))
     if opts.hardware_compatibility != "none":
-        config.hardware_compatibility_level = getattr(trt.HardwareCompatibilityLevel,
-                                                      opts.hardware_compatibility.upper())
+        level = getattr(trt.HardwareCompatibilityLevel, opts.hardware_compatibility.upper(), None)
+        if level is None:  # SAME_COMPUTE_CAPABILITY exists from TensorRT 10.9
+            raise UnsupportedError(f"TensorRT {getattr(trt, '__version__', '?')} has no hardware compatibility "
+                                   f"level {opts.hardware_compatibility}", "same_compute_capability arrived in "
+                                   "TensorRT 10.9", "use hardware_compatibility=ampere_plus, or a newer TensorRT")
+        config.hardware_compatibility_level = level
     inputs = [network.get_input(i) for i in range(network.num_inputs)]
     shapes = profile_shapes([(t.name, tuple(int(d) for d in t.shape)) for t in inputs], opts, ranges)
     first = None
@@ -272,16 +280,34 @@ def configure(trt: Any, builder: Any, network: Any, opts: BuildOptions, flags: l
     return config, first
 
 
-def build_serialized(builder: Any, network: Any, config: Any, logger: Any) -> bytes:
+def build_serialized(builder: Any, network: Any, config: Any, logger: Any, calibrator: Any = None) -> bytes:
+    """The serialized engine. When a calibrator failed during the build, its own error is raised (TensorRT only
+    sees a calibration that stopped early and fails with a generic message)."""
     try:
         serialized = builder.build_serialized_network(network, config)
     except Exception as exc:
+        _raise_calibrator_error(calibrator, exc)
         raise BackendError("TensorRT failed to build the engine", first_line(exc)) from exc
+    _raise_calibrator_error(calibrator, None)
     if serialized is None:
         errors = logger.errors()
         raise BackendError("TensorRT failed to build the engine", "; ".join(errors[-3:]) or "no error recorded",
                            "a smaller builder_optimization_level or workspace_mb, or another precision, may help")
     return bytes(memoryview(serialized))
+
+
+def _raise_calibrator_error(calibrator: Any, cause: BaseException | None) -> None:
+    from onnxsmith.errors import OnnxsmithError
+
+    error = getattr(calibrator, "error", None)
+    if error is None:
+        return
+    if isinstance(error, OnnxsmithError):
+        raise error from cause
+    raise BackendError("int8 calibration failed while TensorRT built the engine",
+                       f"{type(error).__name__}: {first_line(error)}",
+                       "check the calibration data; --option int8_method=qdq calibrates with ONNX Runtime instead")\
+        from error
 
 
 def deserialize(trt: Any, logger: Any, data: bytes) -> tuple[Any, Any]:

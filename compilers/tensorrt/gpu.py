@@ -14,6 +14,7 @@ import io
 import os
 import shutil
 import subprocess
+from typing import Any
 
 from onnxsmith.plugin import Support
 
@@ -67,7 +68,25 @@ def visible_indices(env: str | None, count: int) -> list[int]:
     return wanted
 
 
+_CUDA_NOTE: list[str] = []
+"""Why CUDA's runtime could not be asked (set by :func:`nvidia_gpus`; empty when it answered)."""
+
+
+def _cuda_error_text(cudart: Any, err: Any) -> str:
+    """``cudaErrorInsufficientDriver (35): CUDA driver version is insufficient...``, as far as the binding says."""
+    try:
+        name = cudart.cudaGetErrorName(err)[1]
+        text = cudart.cudaGetErrorString(err)[1]
+        name = name.decode() if isinstance(name, bytes) else str(name)
+        text = text.decode() if isinstance(text, bytes) else str(text)
+        return f"{name} ({int(err.value)}): {text}"
+    except Exception:
+        return f"CUDA error {getattr(err, 'value', err)}"
+
+
 def _from_cudart() -> list[GpuInfo] | None:
+    """The GPUs CUDA's runtime sees, or ``None`` when it cannot be asked (not installed, or it errors: a
+    cuda-python built for a newer CUDA than the driver, no driver), with the reason in :data:`_CUDA_NOTE`."""
     try:
         from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
     except ImportError:
@@ -75,19 +94,38 @@ def _from_cudart() -> list[GpuInfo] | None:
             from cuda import cudart  # older cuda-python
         except ImportError:
             return None
-    err, count = cudart.cudaGetDeviceCount()
-    if err.value:
-        return []
-    err, driver = cudart.cudaDriverGetVersion()
-    driver_text = f"CUDA {driver // 1000}.{driver % 1000 // 10}" if not err.value else ""
-    gpus = []
-    for index in range(count):
-        err, prop = cudart.cudaGetDeviceProperties(index)
+    try:
+        err, count = cudart.cudaGetDeviceCount()
         if err.value:
+            _CUDA_NOTE.append(f"cuda-python {_binding_version()} could not query the GPUs: "
+                              f"{_cuda_error_text(cudart, err)}")
+            return None
+        err, driver = cudart.cudaDriverGetVersion()
+        driver_text = f"CUDA {driver // 1000}.{driver % 1000 // 10}" if not err.value else ""
+        gpus = []
+        for index in range(count):
+            err, prop = cudart.cudaGetDeviceProperties(index)
+            if err.value:
+                continue
+            name = prop.name.split(b"\0")[0].decode() if isinstance(prop.name, bytes) else str(prop.name)
+            gpus.append(GpuInfo(index, name, f"{prop.major}.{prop.minor}", int(prop.totalGlobalMem) >> 20,
+                                driver_text))
+        return gpus
+    except Exception as exc:  # a binding that cannot load its CUDA runtime raises instead of returning an error
+        _CUDA_NOTE.append(f"cuda-python {_binding_version()} could not query the GPUs: {type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else ''}")
+        return None
+
+
+def _binding_version() -> str:
+    from importlib import metadata
+
+    for name in ("cuda-bindings", "cuda-python"):
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
             continue
-        name = prop.name.split(b"\0")[0].decode() if isinstance(prop.name, bytes) else str(prop.name)
-        gpus.append(GpuInfo(index, name, f"{prop.major}.{prop.minor}", int(prop.totalGlobalMem) >> 20, driver_text))
-    return gpus
+    return "?"
 
 
 def _from_nvidia_smi() -> list[GpuInfo]:
@@ -109,11 +147,24 @@ def _from_nvidia_smi() -> list[GpuInfo]:
 
 @functools.lru_cache(maxsize=1)
 def nvidia_gpus() -> tuple[GpuInfo, ...]:
-    """The NVIDIA GPUs CUDA programs see here (empty without a GPU or driver). Cached per process."""
+    """The NVIDIA GPUs CUDA programs see here (empty without a GPU or driver). Cached per process.
+
+    CUDA's runtime first; when cuda-python is missing or its query errors (e.g. cuda-python 13 on a driver older
+    than R580 returns ``cudaErrorInsufficientDriver``), ``nvidia-smi``; :func:`cuda_query_note` says which error."""
+    del _CUDA_NOTE[:]
     found = _from_cudart()
     if found is None:
         found = _from_nvidia_smi()
     return tuple(found)
+
+
+def cuda_query_note() -> str:
+    """Why CUDA's runtime could not list the GPUs (and ``nvidia-smi`` was asked instead), or ``""``."""
+    nvidia_gpus()
+    if not _CUDA_NOTE:
+        return ""
+    return _CUDA_NOTE[-1] + ("; its CUDA major must match the driver's: install onnxsmith[tensorrt] (CUDA 12) or "
+                             "onnxsmith[tensorrt-cu13] (CUDA 13, driver R580+)")
 
 
 def gpu(index: int = 0) -> GpuInfo | None:

@@ -22,11 +22,12 @@ _CHOICES = {
     "int8_fallback": ("fp16", "fp32"),
     "calibration_method": ("entropy", "minmax", "percentile"),
 }
-_BOOLS = ("timing_cache", "tf32")
+_BOOLS = ("timing_cache", "tf32", "cuda_graph", "spin_wait")
 _INTS = {"workspace_mb": (1, None), "builder_optimization_level": (0, 5), "device_id": (0, None),
          "min_batch": (1, None), "opt_batch": (1, None), "max_batch": (1, None), "calibration_batches": (1, None)}
 _TARGET_ONLY = ("compute_capability",)
-ALLOWED = tuple(sorted([*_CHOICES, *_BOOLS, *_INTS]))
+_LISTS = ("keep_fp32",)
+ALLOWED = tuple(sorted([*_CHOICES, *_BOOLS, *_INTS, *_LISTS]))
 _HELP = {
     "hardware_compatibility": "engine portability across GPU architectures",
     "typing": "weak: precision builder flags (TensorRT 10); strong: types from the ONNX (the only mode in 11)",
@@ -35,6 +36,8 @@ _HELP = {
     "calibration_method": "TensorRT calibrator's statistic",
     "timing_cache": "reuse kernel timings across builds (cached per GPU and TensorRT version)",
     "tf32": "allow TF32 for fp32 convolutions and matrix multiplies",
+    "cuda_graph": "run each inference as a captured CUDA graph (trtexec 11's default; off: plain enqueues)",
+    "spin_wait": "wait for the GPU by spinning on events instead of blocking (trtexec --useSpinWait)",
     "workspace_mb": "builder workspace limit in MiB (default: TensorRT's, all device memory)",
     "builder_optimization_level": "0 (fast build) .. 5 (slowest build, most tactics); TensorRT's default 3",
     "device_id": "CUDA device index",
@@ -42,10 +45,13 @@ _HELP = {
     "opt_batch": "optimization profile: batch tuned for",
     "max_batch": "optimization profile: largest batch",
     "calibration_batches": "calibrator: batches read",
+    "keep_fp32": "int8 by Q/DQ: ONNX node names left without Q/DQ, so a strongly typed build keeps them in fp32 "
+                 "(a keep-list from 'onnxsmith debug precision')",
 }
 DECLARED = tuple(
     Option(key, str, None, _HELP[key], choices=_CHOICES[key]) if key in _CHOICES else
     Option(key, bool, None, _HELP[key]) if key in _BOOLS else
+    Option(key, list, None, _HELP[key]) if key in _LISTS else
     Option(key, int, None, _HELP[key], minimum=_INTS[key][0], maximum=_INTS[key][1])
     for key in ALLOWED)
 """The ``--option`` declaration the core checks values against (:class:`onnxsmith.options.Option`)."""
@@ -63,6 +69,10 @@ class BuildOptions:
     timing_cache: bool = True
     tf32: bool = False
     """Allow TF32 for fp32 convolutions and matrix multiplies (off: fp32 means fp32)."""
+    cuda_graph: bool = True
+    """Run inferences as a captured CUDA graph, as trtexec 11 does by default (falls back when capture fails)."""
+    spin_wait: bool = False
+    """Spin on CUDA events instead of blocking (trtexec ``--useSpinWait``; off by default there too)."""
     typing: str = "auto"
     """``weak``: precision builder flags (TensorRT 10); ``strong``: types come from the ONNX (the only mode in 11)."""
     int8_method: str = "auto"
@@ -73,11 +83,14 @@ class BuildOptions:
     min_batch: int | None = None
     opt_batch: int | None = None
     max_batch: int | None = None
+    keep_fp32: tuple[str, ...] = ()
+    """int8 by Q/DQ: ONNX nodes left without Q/DQ nodes (kept in fp32 under strong typing)."""
     compute_capability: str = ""
     """From the target file only: the compute capability the target GPU has (``9.0``)."""
 
     def to_json(self) -> dict[str, Any]:
-        return {k: v for k, v in dataclasses.asdict(self).items() if v not in (None, "")}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
+                if v not in (None, "", ())}
 
 
 def _parse_value(key: str, value: Any, where: str) -> Any:
@@ -105,6 +118,9 @@ def _parse_value(key: str, value: Any, where: str) -> Any:
             limit = f"between {low} and {high}" if high is not None else f"an integer >= {low}"
             raise UnsupportedError(f"invalid tensorrt option {key}={value}{where}", f"expected {limit}")
         return number
+    if key in _LISTS:
+        items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+        return tuple(str(v).strip() for v in items if str(v).strip())
     return str(value)
 
 

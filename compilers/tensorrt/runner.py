@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,6 +15,7 @@ from onnxsmith.compilers.tensorrt.engine import (
     make_logger,
 )
 
+from onnxsmith.compilers.tensorrt.timing import Graph, TimingSettings, measure, parallel_throughput
 from onnxsmith.errors import BackendError, DataError
 from onnxsmith.model import TensorSpec
 from onnxsmith.plugin import LayerTime, Runner
@@ -40,17 +40,20 @@ class _Context:
     """One execution context with its own stream and device buffers (one per parallel request).
 
     ``profile``: the optimization profile it selects (engines with dynamic inputs: each live context its own,
-    as TensorRT requires; ``None`` for a static engine)."""
+    as TensorRT requires; ``None`` for a static engine). ``host_inputs``: shape tensors, read from host memory."""
 
     def __init__(self, engine: Any, names: list[str], inputs: set[str], dtypes: dict[str, str],
-                 profile: int | None = None) -> None:
+                 host_inputs: frozenset[str] = frozenset(), profile: int | None = None) -> None:
         self.context = engine.create_execution_context()
         if self.context is None:
             raise BackendError("TensorRT could not create an execution context", "out of GPU memory?")
         self.names, self.inputs, self.dtypes = names, inputs, dtypes
+        self.host_inputs = host_inputs
+        """Shape-tensor inputs: TensorRT reads their values on the host, so they get host memory."""
         self.stream = cuda.Stream()
         self.buffers: dict[str, cuda.DeviceBuffer] = {}
         self.shapes: dict[str, tuple[int, ...]] = {}
+        self.host_values: dict[str, np.ndarray] = {}
         self.profile = profile
         if profile is not None:
             if not self.context.set_optimization_profile_async(profile, self.stream.handle):
@@ -69,7 +72,6 @@ class _Context:
             if name not in feeds:
                 raise DataError("input missing for the TensorRT engine", f"no array for input '{name}'")
             array = np.asarray(feeds[name], dtype=np.dtype(self.dtypes[name]), order="C")
-            host[name] = array
             if self.shapes.get(name) != array.shape:
                 if not self.context.set_input_shape(name, array.shape):
                     bounds = ""
@@ -80,7 +82,15 @@ class _Context:
                                     f"shape {'x'.join(map(str, array.shape))} is outside its optimization "
                                     f"profile{bounds}", "give a shape inside the range the bundle was compiled for")
                 self.shapes[name] = array.shape
+            if name in self.host_inputs:
+                self.host_values[name] = array  # kept alive: TensorRT reads it at enqueue time
+                if not self.context.set_tensor_address(name, array.ctypes.data):
+                    raise BackendError("TensorRT rejected a host buffer", f"shape tensor '{name}'")
+            else:
+                host[name] = array
         for name in self.names:
+            if name in self.host_inputs:
+                continue
             shape = tuple(int(d) for d in self.context.get_tensor_shape(name))
             if any(d < 0 for d in shape):
                 raise BackendError("TensorRT could not infer an output shape", f"tensor '{name}' has shape {shape}")
@@ -125,10 +135,22 @@ class _Context:
         self.buffers.clear()
 
 
-class TensorRTRunner(Runner):
-    """A deserialized engine on one GPU. ``run`` copies in and out; ``bind`` keeps data on the GPU."""
+def shape_tensor_inputs(engine: Any, names: list[str], inputs: set[str]) -> frozenset[str]:
+    """Inputs whose values TensorRT needs on the host to infer shapes (``is_shape_inference_io``)."""
+    check = getattr(engine, "is_shape_inference_io", None)
+    if check is None:
+        return frozenset()
+    return frozenset(n for n in names if n in inputs and check(n))
 
-    def __init__(self, engine_path: Path, device_id: int = 0, parallel_requests: int = 2) -> None:
+
+class TensorRTRunner(Runner):
+    """A deserialized engine on one GPU. ``run`` copies in and out; ``bind`` keeps data on the GPU (and launches
+    a captured CUDA graph unless ``timing.cuda_graph`` is off)."""
+
+    def __init__(self, engine_path: Path, device_id: int = 0, parallel_requests: int = 2,
+                 timing: TimingSettings | None = None) -> None:
+        self._timing = timing or TimingSettings()
+        self._graph: Any = None
         self._trt = trt = import_tensorrt()
         cuda.set_device(device_id)
         self._logger = make_logger(trt)
@@ -138,6 +160,7 @@ class TensorRTRunner(Runner):
         self._names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         self._inputs = {n for n in self._names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT}
         self._dtypes = {n: numpy_dtype(engine.get_tensor_dtype(n)) for n in self._names}
+        self._host_inputs = shape_tensor_inputs(engine, self._names, self._inputs)
 
         def spec(name: str) -> TensorSpec:
             dims = tuple(int(d) if int(d) >= 0 else None for d in engine.get_tensor_shape(name))
@@ -168,7 +191,8 @@ class TensorRTRunner(Runner):
     def _new_context(self, quiet: bool) -> _Context:
         profile = self._take_profile()
         try:
-            ctx = _Context(self._engine, self._names, self._inputs, self._dtypes, profile)
+            ctx = _Context(self._engine, self._names, self._inputs, self._dtypes, self._host_inputs,
+                           profile=profile)
         except BaseException:
             if profile is not None and self._free_profiles is not None:
                 self._free_profiles.insert(0, profile)
@@ -182,6 +206,9 @@ class TensorRTRunner(Runner):
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self._graph is not None:
+            self._graph.destroy()
+            self._graph = None
         for ctx in [self._main, *self._extra]:
             if ctx is not None:
                 ctx.close()
@@ -201,15 +228,26 @@ class TensorRTRunner(Runner):
         ctx = self._main
         ctx.upload(ctx.prepare(feeds))
         ctx.stream.synchronize()
+        launch = ctx.enqueue
+        if self._timing.cuda_graph:
+            if self._graph is not None:
+                self._graph.destroy()
+                self._graph = None
+            try:
+                self._graph = Graph(cuda.cudart(), ctx.stream.raw, ctx.enqueue, cuda.check)
+                launch = self._graph.launch
+            except Exception:  # as trtexec: a capture that fails means plain enqueues
+                ctx.stream.synchronize()
 
         def call() -> None:
-            ctx.enqueue()
+            launch()
             ctx.stream.synchronize()
 
         return call
 
     def parallel_throughput(self, feeds: Mapping[str, np.ndarray], seconds: float) -> tuple[float, int] | None:
-        """Inferences/s with several execution contexts, each on its own stream, kept busy together."""
+        """Inferences/s with several execution contexts on independent streams, each re-enqueued as soon as its
+        own request finished (no lock-step)."""
         available = self._parallel if self._free_profiles is None else \
             min(self._parallel, len(self._extra) + len(self._free_profiles) - 1)  # one kept for layer_profile
         while len(self._extra) < available:
@@ -218,21 +256,17 @@ class TensorRTRunner(Runner):
         for ctx in contexts:
             ctx.upload(ctx.prepare(feeds))
             ctx.stream.synchronize()
-        for ctx in contexts:  # warm-up
-            ctx.enqueue()
-        for ctx in contexts:
-            ctx.stream.synchronize()
-        done = 0
-        start = time.perf_counter()
-        while True:
-            for ctx in contexts:
-                ctx.enqueue()
-            for ctx in contexts:
-                ctx.stream.synchronize()
-            done += len(contexts)
-            elapsed = time.perf_counter() - start
-            if elapsed >= seconds:
-                return done / elapsed, len(contexts)
+        return parallel_throughput(contexts, seconds, cuda.cudart(), cuda.check)
+
+    def vendor_timing(self, feeds: Mapping[str, np.ndarray]) -> dict[str, Any] | None:
+        """trtexec's measurement (:mod:`onnxsmith.compilers.tensorrt.timing`) on the main context."""
+        ctx = self._main
+        host = ctx.prepare(feeds)
+        result = measure(ctx, host, self._timing, cuda.cudart(), cuda.check)
+        if self._graph is not None:  # the main context's addresses were re-bound: recapture on the next bind
+            self._graph.destroy()
+            self._graph = None
+        return result
 
     def layer_profile(self, feeds: Mapping[str, np.ndarray]) -> list[LayerTime] | None:
         """Mean per-layer GPU time over 10 runs, from TensorRT's ``IProfiler`` on a separate context."""
@@ -261,6 +295,11 @@ class TensorRTRunner(Runner):
                 ctx.context.report_to_profiler()
         finally:
             self._release(ctx)
-        kinds = layer_types(engine_information(trt, self._engine))
-        return sorted((LayerTime(name, kinds.get(name, ("", ""))[0], ms / runs, kinds.get(name, ("", ""))[1])
-                       for name, ms in totals.items()), key=lambda t: -t.time_ms)
+        info = engine_information(trt, self._engine)
+        kinds = layer_types(info)
+        from onnxsmith.compilers.tensorrt.precision import layer_precision
+
+        precisions = {str(layer["Name"]): layer_precision(layer) for layer in info.get("Layers", [])
+                      if isinstance(layer, dict) and "Name" in layer}
+        return sorted((LayerTime(name, kinds.get(name, ("", ""))[0], ms / runs, kinds.get(name, ("", ""))[1],
+                                 precisions.get(name, "")) for name, ms in totals.items()), key=lambda t: -t.time_ms)

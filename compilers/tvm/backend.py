@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from onnxsmith.errors import BackendError, BundleError, UnsupportedError, UserInputError
 from onnxsmith.options import Option
-from onnxsmith.plugin import Artifact, CompileRequest, Compiler, Support, Variant
+from onnxsmith.plugin import Artifact, CompileRequest, Compiler, DeployProgram, Support, Variant
 
 from onnxsmith.compilers.tvm.common import IO_FILE, LIBRARY, TUNING_FILE, ffi_version, tvm, tvm_version, vendor_why
 from onnxsmith.compilers.tvm.targets import TVMTarget, check_cross_compiler, cuda_sm, machine_arch, tvm_target
@@ -293,6 +293,11 @@ class TVMCompiler(Compiler):
             raise UnsupportedError(f"cannot run the TVM artifact for {target.id} here", runs.reason, runs.hint)
         return TVMRunner(directory / LIBRARY, io, int(artifact.options.get("threads", 0) or 0),
                          tuned=artifact.metadata.get("tuning", "untuned"))
+
+    def deploy_programs(self, artifact: Artifact, directory: Path, target: Target) -> list[DeployProgram]:
+        from onnxsmith.compilers.tvm.deployment import programs
+
+        return programs(artifact, directory, target)
 
     def load_remote(self, artifact: Artifact, directory: Path, target: Target, address: str) -> RemoteRunner:
         """Load the artifact on a TVM RPC server (``python -m tvm.exec.rpc_server`` on the device)."""

@@ -64,11 +64,7 @@ def server_binary() -> Path:
     binary = directory / "rpc_server"
     if binary.is_file():
         return binary
-    directory.mkdir(parents=True, exist_ok=True)
-    for name, (prefix, member) in LIBS.items():
-        wheel = sorted(wheels_dir().glob(f"{prefix}*aarch64*.whl"))[-1]
-        with zipfile.ZipFile(wheel) as archive, archive.open(member) as src, open(directory / name, "wb") as dst:
-            shutil.copyfileobj(src, dst)
+    _extract_libraries(directory)
     import tvm_ffi
 
     include = Path(tvm_ffi.__file__).parent / "include"
@@ -78,6 +74,31 @@ def server_binary() -> Path:
                    check=True, capture_output=True, text=True)
     os.replace(tmp, binary)
     return binary
+
+
+def runtime_libraries() -> Path:
+    """A folder holding the aarch64 ``libtvm_runtime.so`` and ``libtvm_ffi.so`` (extracted once from the wheels),
+    e.g. to link a cross-compiled deployment program against."""
+    reason = missing()
+    if reason:
+        raise UnsupportedError("no aarch64 TVM runtime libraries", reason)
+    from onnxsmith.cache import cache_root
+    from onnxsmith.compilers.tvm.common import tvm_version
+
+    directory = cache_root() / "tvm-aarch64-runtime" / f"{tvm_version()}-libs"
+    if not all((directory / name).is_file() for name in LIBS):
+        _extract_libraries(directory)
+    return directory
+
+
+def _extract_libraries(directory: Path) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, (prefix, member) in LIBS.items():
+        wheel = sorted(wheels_dir().glob(f"{prefix}*aarch64*.whl"))[-1]
+        tmp = directory / f".{name}.{os.getpid()}"
+        with zipfile.ZipFile(wheel) as archive, archive.open(member) as src, open(tmp, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        os.replace(tmp, directory / name)
 
 
 @contextlib.contextmanager

@@ -21,11 +21,16 @@ COMMANDS = {
     "profile": ("profile", "profile_command", "Measure a bundle's latency, throughput and memory beside ONNX Runtime."),
     "validate": ("validate", "validate_command", "Compare a bundle's outputs with ONNX Runtime fp32 on real inputs."),
     "run": ("run", "run_command", "Run a bundle on inputs from an .npz and save the outputs."),
+    "export": ("export", "export_command", "Export a PyTorch model to ONNX, checked against eager PyTorch."),
+    "distill": ("distill", "distill_command", "Train a smaller PyTorch student on a teacher's outputs; export it."),
     "inspect": ("inspect", "inspect_command", "Show a model's inputs, ops, parameters, FLOPs and backend support."),
     "optimize": ("optimize", "optimize_command", "Walk the optimization ladder and keep the best measured artifact."),
+    "serving": ("serving", "serving_command", "Write a bundle's serving configuration (Triton, OVMS) from measurements."),
+    "serve-check": ("serving", "serve_check_command", "Serve a bundle with a real Triton server and compare with the simulation."),
     "targets": ("targets", "targets_group", "List the hardware catalogue, or show one target."),
     "profiles": ("targets", "profiles_command", "List the optimization presets."),
     "doctor": ("doctor", "doctor_command", "Show which backends and devices are usable here, and why not."),
+    "debug": ("debug", "debug_group", "Find the layer that broke: per-layer divergence, int8 sensitivity."),
 }
 
 

@@ -20,10 +20,14 @@ backend_option = click.option("--backend", "-b", default=None,
 shape_option = click.option("--shape", "shapes", multiple=True, metavar="NAME=DIMS|NAME=MIN:OPT:MAX",
                             help="Fix an input's dims, e.g. --shape input=1x3x224x224, or keep them dynamic within "
                                  "bounds, tuned for OPT: --shape input=1x3x224x224:8x3x224x224:32x3x224x224 "
-                                 "(repeatable).")
+                                 "(repeatable); for a PyTorch MODEL add the dtype: input_ids=1x128:int64 "
+                                 "(default float32).")
 batch_option = click.option("--batch", "batch", default=None, metavar="N|MIN..MAX[@OPT]",
                             help="The first dim of every input whose first dim is dynamic: fixed (--batch 8) or a "
                                  "range (--batch 1..32@8, OPT defaults to MAX). --shape wins for the inputs it names.")
+MODEL_FORMS = ("MODEL is an ONNX file, or a PyTorch model: package.module:factory (a function returning an "
+               "nn.Module), a torch.export .pt2 or a TorchScript file, exported to ONNX and checked against eager "
+               "PyTorch first (needs onnxsmith[torch]).")
 
 
 def data_option(flag: str, dest: str, role: str, required: bool = False) -> Callable[[Any], Any]:

@@ -46,6 +46,8 @@ class _CompileCommand(click.Command):
 @click.option("--tune-trials", type=click.IntRange(min=0), default=None, help="Shorthand for --option tune_trials=N (implies --tune).")
 @click.option("--tune-minutes", type=click.FloatRange(min=0, min_open=True), default=None, help="Shorthand for --option tune_minutes=M (implies --tune).")
 @click.option("--tune-more", is_flag=True, help="Shorthand for --option tune_more=1 (implies --tune).")
+@click.option("--validate", "validate_after", is_flag=True, help="Validate the bundle against ONNX Runtime fp32 "
+              "right after compiling (on --calibration data when given, else on generated inputs).")
 @click.option("--no-cache", is_flag=True, help="Compile even when the cache has this artifact.")
 @click.option("--force", is_flag=True, help="Replace a non-empty -o that is not an onnxsmith bundle (never one "
               "holding the model, data or cache).")
@@ -53,13 +55,17 @@ class _CompileCommand(click.Command):
 def compile_command(model: str, target_spec: str, backend: str | None, precision: str | None,
                     calibration: str | None, output: str | None, profile_spec: str, shapes: tuple[str, ...], batch: str | None,
                     raw_options: tuple[str, ...], tune: bool, tune_trials: int | None, tune_minutes: float | None,
-                    tune_more: bool, no_cache: bool, force: bool, as_json: bool) -> None:
-    """Compile an ONNX model for a target into a bundle."""
+                    tune_more: bool, validate_after: bool, no_cache: bool, force: bool, as_json: bool) -> None:
+    """Compile an ONNX model for a target into a bundle.
+
+    MODEL is an ONNX file, or a PyTorch model (package.module:factory, a torch.export .pt2, a TorchScript file)
+    exported to ONNX and checked against eager PyTorch first; give its inputs with --shape NAME=DIMS[:dtype]."""
     from onnxsmith.console import print_json, progress
     from onnxsmith.datasets import open_dataset
-    from onnxsmith.model import load_model, parse_batch, parse_shape_overrides
+    from onnxsmith.model import parse_batch
     from onnxsmith.profiles import load_profile
     from onnxsmith.targets import load_target
+    from onnxsmith.torchin import describe, open_model
 
     options = parse_options(raw_options)
     if tune or tune_trials or tune_minutes or tune_more:
@@ -72,11 +78,15 @@ def compile_command(model: str, target_spec: str, backend: str | None, precision
             options["tune_minutes"] = str(tune_minutes)
     target = load_target(target_spec)
     profile = load_profile(profile_spec)
-    loaded = load_model(model, parse_shape_overrides(shapes), batch=parse_batch(batch))
+    with progress(f"loading {model}", not as_json) as update:
+        loaded = open_model(model, shapes, target=target, data=calibration, progress=update,
+                            batch=parse_batch(batch))
+    if loaded.export is not None and not as_json:
+        echo_err(describe(loaded.export))
     precision = precision or profile.precision
     calib = open_dataset(calibration, loaded.inputs_at("opt"), what="calibration data",
                          known_batch=loaded.batch_inputs) if calibration else None
-    out = Path(output) if output else default_output(model, target_spec, precision)
+    out = Path(output) if output else default_output(str(loaded.source), target_spec, precision)
     from onnxsmith.compile import compile_model
 
     with progress(f"compiling {loaded.name} for {target.id} ({precision})", not as_json) as update:
@@ -85,9 +95,10 @@ def compile_command(model: str, target_spec: str, backend: str | None, precision
                                force=force)
     m = bundle.manifest
     if as_json:
-        print_json({"bundle": str(bundle.path), **{k: m[k] for k in ("backend", "backend_version", "precision",
-                    "precision_used", "compile_seconds", "cache", "runs_here", "notes", "shape_ranges")},
-                    "target": m["target"]["id"],
+        validation = _validate(bundle, calib, as_json) if validate_after else None
+        print_json({"validation": validation, "bundle": str(bundle.path), **{k: m[k] for k in ("backend", "backend_version", "precision",
+                    "precision_used", "compile_seconds", "cache", "runs_here", "notes", "shape_ranges")}, "target": m["target"]["id"],
+                    "export": m["model"].get("export"),
                     "artifact": m["artifact"]})
         return
     hit = " (from cache)" if m["cache"]["hit"] else ""
@@ -103,3 +114,29 @@ def compile_command(model: str, target_spec: str, backend: str | None, precision
                    f"{'x'.join(map(str, bounds['opt']))}, max {'x'.join(map(str, bounds['max']))} (one artifact)")
     click.echo(f"bundle: {bundle.path}")
     click.echo(f"report: {bundle.path / 'report.md'}")
+    if validate_after:
+        _validate(bundle, calib, as_json)
+
+
+def _validate(bundle, data, as_json: bool) -> dict | None:
+    """``--validate``: the bundle checked as ``onnxsmith validate`` checks it; exit 6 when it fails."""
+    from onnxsmith.console import progress
+    from onnxsmith.errors import CheckFailedError
+    from onnxsmith.report import write_report
+    from onnxsmith.validation import validate_bundle
+
+    if not bundle.manifest["runs_here"]["ok"]:
+        echo_err("note: not validated: the bundle cannot run on this machine")
+        return None
+    with progress("validating", not as_json):
+        result = validate_bundle(bundle, data)
+    record = result.to_json()
+    bundle.write_json("validation.json", record)
+    write_report(bundle)
+    if not as_json:
+        click.echo(f"validated {record['samples']} samples from {record['data']}: "
+                   f"{'PASSED' if record['passed'] else 'FAILED'} (cosine min {record['cosine_min']:.6f})")
+    if not result.passed:
+        raise CheckFailedError("validation failed", "; ".join(result.failures),
+                               "inspect the worst examples in the bundle's examples/ folder")
+    return record

@@ -43,21 +43,26 @@ def backend_support(model: Any, target: Any) -> list[dict[str, Any]]:
 @shape_option
 @batch_option
 @json_option
-def inspect_command(model: str, target_spec: str, shapes: tuple[str, ...], batch: str | None, as_json: bool) -> None:
-    """Show a model's inputs, ops, parameters, FLOPs and backend support."""
+def inspect_command(model: str, target_spec: str, shapes: tuple[str, ...], batch: str | None,
+                    as_json: bool) -> None:
+    """Show a model's inputs, ops, parameters, FLOPs and backend support.
+
+    MODEL is an ONNX file or a PyTorch model (package.module:factory, .pt2, TorchScript; exported first)."""
     from rich.table import Table
 
     from onnxsmith.analysis import summarize
     from onnxsmith.report import _flop
     from onnxsmith.console import print_json, stdout_console
-    from onnxsmith.model import load_model, parse_batch, parse_shape_overrides
+    from onnxsmith.model import parse_batch
     from onnxsmith.targets import load_target
+    from onnxsmith.torchin import open_model
     from onnxsmith.units import fmt_bytes
 
-    loaded = load_model(model, parse_shape_overrides(shapes), batch=parse_batch(batch), default_batch=None)
     target = load_target(target_spec)
+    loaded = open_model(model, shapes, target=target, default_batch=None, batch=parse_batch(batch))
     info = summarize(loaded)
     info["target"] = target.id
+    info["export"] = loaded.export
     info["backends"] = []
     if all(s.is_static for s in loaded.inputs):
         info["backends"] = backend_support(loaded, target)
@@ -65,7 +70,7 @@ def inspect_command(model: str, target_spec: str, shapes: tuple[str, ...], batch
         from onnxsmith.errors import OnnxsmithError
 
         try:  # a dynamic batch alone is fixed to 1 for the op-support probe (as compile does)
-            fixed = load_model(model, parse_shape_overrides(shapes), batch=parse_batch(batch))
+            fixed = open_model(model, shapes, target=target, batch=parse_batch(batch))
             info["backends"] = backend_support(fixed, target)
             fixed_info = summarize(fixed)
             info["flops"], info["flops_unknown_nodes"] = fixed_info["flops"], fixed_info["flops_unknown_nodes"]

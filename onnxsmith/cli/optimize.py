@@ -36,6 +36,16 @@ def _fraction(value: str) -> float:
 @click.option("--prune/--no-prune", default=None, help="Add the pruning steps (default: the profile's setting).")
 @click.option("--arrival-rate", type=click.FloatRange(min=0, min_open=True), default=None, metavar="PER_S",
               help="Request rate for the dynamic-batching simulation (default: derived from the measured throughput).")
+@click.option("--serve-check", "serve_check_seconds", type=click.FloatRange(min=0.5, max=600), default=None,
+              metavar="SECONDS", is_flag=False, flag_value=10.0,
+              help="Then serve the chosen bundle with a real Triton server on 127.0.0.1 for SECONDS (default 10) of "
+                   "Poisson load and compare with the simulation (see 'onnxsmith serve-check').")
+@click.option("--student", "student_spec", default=None, metavar="MODULE:FACTORY|DIR",
+              help="Add a distilled student as a step: package.module:factory (distilled here on --train-data) or "
+                   "an 'onnxsmith distill' output folder.")
+@data_option("--train-data", "train_spec", "Training data for distilling --student (never the validation data)")
+@click.option("--distill-minutes", type=click.FloatRange(min=0, min_open=True), default=3.0, show_default=True,
+              help="Time budget for distilling --student.")
 @click.option("--keep-steps", is_flag=True, help="Keep every step's bundle, not only the chosen one.")
 @click.option("--output", "-o", type=click.Path(file_okay=False), required=True, help="Output directory.")
 @click.option("--force", is_flag=True, help="Write into a non-empty -o that holds no previous optimize result.")
@@ -43,22 +53,25 @@ def _fraction(value: str) -> float:
 def optimize_command(model: str, target_spec: str, profile_spec: str, shapes: tuple[str, ...], batch: str | None,
                      max_accuracy_drop: str | None, latency_budget: float | None, data_spec: str | None,
                      labels: str | None, calibration_spec: str | None, backends: tuple[str, ...],
-                     prune: bool | None, arrival_rate: float | None, keep_steps: bool, output: str,
-                     force: bool, as_json: bool) -> None:
+                     prune: bool | None, arrival_rate: float | None, serve_check_seconds: float | None,
+                     student_spec: str | None, train_spec: str | None, distill_minutes: float, keep_steps: bool,
+                     output: str, force: bool, as_json: bool) -> None:
     """Walk the optimization ladder and keep the best measured artifact."""
     from pathlib import Path
 
     from onnxsmith.console import print_json, progress
     from onnxsmith.errors import CheckFailedError
-    from onnxsmith.model import load_model, parse_batch, parse_shape_overrides
+    from onnxsmith.model import parse_batch
     from onnxsmith.datasets import open_dataset
+    from onnxsmith.optimize.student import StudentSource
+    from onnxsmith.torchin import open_model
     from onnxsmith.optimize.ladder import run_ladder
     from onnxsmith.profiles import load_profile
     from onnxsmith.targets import load_target
 
     target = load_target(target_spec)
     profile = load_profile(profile_spec)
-    loaded = load_model(model, parse_shape_overrides(shapes), batch=parse_batch(batch))
+    loaded = open_model(model, shapes, target=target, data=data_spec, batch=parse_batch(batch))
     if loaded.shape_ranges:
         from onnxsmith.errors import UserInputError
 
@@ -77,12 +90,26 @@ def optimize_command(model: str, target_spec: str, profile_spec: str, shapes: tu
         card = run_ladder(loaded, target, profile, data=data, calibration=calibration, max_accuracy_drop=drop,
                           latency_budget_ms=latency_budget, output=Path(output), backends=backends or None,
                           prune=prune, arrival_rate=arrival_rate, keep_steps=keep_steps, progress=update,
-                          force=force)
+                          force=force, student=StudentSource(student_spec, model, shapes, train_spec, data_spec,
+                                                             labels, distill_minutes) if student_spec else None)
     record = card.to_json()
+    served = None
+    if serve_check_seconds is not None and record.get("bundle"):
+        from onnxsmith.bundle import Bundle
+        from onnxsmith.serving.check import serve_check
+
+        if (Path(output) / record["bundle"] / "serving" / "serving.json").is_file():
+            with progress("serve-check", not as_json) as update:
+                served = serve_check(Bundle.open(Path(output) / record["bundle"]), None, serve_check_seconds,
+                                     progress=update)
     if as_json:
-        print_json(record)
+        print_json({**record, "serve_check": served} if serve_check_seconds is not None else record)
     else:
         _print_summary(record, Path(output))
+        if served is not None:
+            from onnxsmith.cli.serving import print_result
+
+            print_result(served)
     if not record.get("chosen"):
         raise CheckFailedError("no step met the constraints", record.get("failure", "see the evidence card"),
                                "relax --max-accuracy-drop or --latency-budget")

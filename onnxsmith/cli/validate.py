@@ -17,9 +17,11 @@ from onnxsmith.cli.common import data_option, json_option
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for generated inputs.")
 @click.option("--keep-worst", type=click.IntRange(min=0), default=5, show_default=True, help="Worst examples kept in the bundle.")
 @click.option("--min-cosine", type=float, default=None, help="Required cosine similarity (default by precision).")
+@click.option("--layers", "layers", is_flag=True, help="Also compare every layer output with fp32 (as 'onnxsmith "
+              "debug diverge': layers.json, a plot and a report section).")
 @json_option
 def validate_command(bundle_path: str, data_file: str | None, labels: str | None, samples: int, seed: int,
-                     keep_worst: int, min_cosine: float | None, as_json: bool) -> None:
+                     keep_worst: int, min_cosine: float | None, layers: bool, as_json: bool) -> None:
     """Compare a bundle's outputs with ONNX Runtime fp32 on real inputs."""
     from onnxsmith.bundle import Bundle
     from onnxsmith.console import print_json, progress
@@ -39,11 +41,22 @@ def validate_command(bundle_path: str, data_file: str | None, labels: str | None
     record = result.to_json()
     bundle.write_json("validation.json", record)
     write_report(bundle)
+    if layers:
+        from onnxsmith.layers import diverge, write_divergence
+
+        with progress("comparing every layer output with fp32", not as_json):
+            divergence = write_divergence(bundle, diverge(bundle, data, samples=min(samples, 16), seed=seed))
+        record["layers"] = divergence
     if as_json:
         print_json(record)
     else:
         click.echo(f"validated {record['samples']} samples from {record['data']}: "
                    f"{'PASSED' if record['passed'] else 'FAILED'}")
+        if record["evaluated_by"]:
+            emulated = record["evaluated_by"]
+            click.echo(f"checked: {emulated['label']}")
+            click.echo(f"  what this checks: {'; '.join(emulated['checked'])}")
+            click.echo(f"  what it does not: {'; '.join(emulated['not_checked'])}")
         click.echo(f"cosine min {record['cosine_min']:.6f}, max abs error {record['max_abs_error']:.3g}")
         if record["top1_agreement"] is not None:
             click.echo(f"top-1 agreement {record['top1_agreement'] * 100:.2f} %")
@@ -56,6 +69,9 @@ def validate_command(bundle_path: str, data_file: str | None, labels: str | None
                            f"{point['cosine_min']:.6f}, {'passed' if point['passed'] else 'FAILED'}")
         if record["accuracy"] is not None:
             click.echo(f"accuracy {record['accuracy'] * 100:.2f} % (reference {record['reference_accuracy'] * 100:.2f} %)")
+        if layers:
+            click.echo("first layer past the tolerance: " + (f"{record['layers']['first']} "
+                       f"({record['layers']['first_tensor']})" if record["layers"]["first"] else "none"))
         click.echo(f"validation: {bundle.path / 'validation.json'}")
         click.echo(f"report: {bundle.path / 'report.md'}")
     if not result.passed:

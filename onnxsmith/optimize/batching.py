@@ -107,17 +107,29 @@ class SimulationResult:
 
 
 def simulate(sweep: BatchSweep, rate_per_s: float, max_batch: int, max_delay_ms: float, *, requests: int = 20000,
-             seed: int = 0, warmup: float = 0.1) -> SimulationResult:
+             seed: int = 0, warmup: float = 0.1, batch_overhead_ms: float = 0.0,
+             request_overhead_ms: float = 0.0, overhead_samples_ms: Sequence[float] | None = None) -> SimulationResult:
     """Simulate ``requests`` Poisson arrivals through the dynamic batcher; the first ``warmup`` fraction is dropped
-    from the latency figures."""
+    from the latency figures.
+
+    ``batch_overhead_ms``: a server's fixed cost per executed batch on top of the measured service time (it keeps
+    the server busy); ``request_overhead_ms``: latency every request spends outside the batcher (protocol,
+    transfer), which does not occupy the server. Both are measured by ``onnxsmith serve-check``; 0 by default.
+    ``overhead_samples_ms``: measured per-batch overheads; each batch draws one of them (seeded) instead of the fixed
+    ``batch_overhead_ms``, so a measured tail (scheduling delays on a busy machine) reaches the simulated tail."""
     import numpy as np
 
-    if rate_per_s <= 0 or max_batch < 1 or max_delay_ms < 0 or requests < 10:
+    if rate_per_s <= 0 or max_batch < 1 or max_delay_ms < 0 or requests < 10 or batch_overhead_ms < 0 \
+            or request_overhead_ms < 0:
         raise UserInputError("invalid batching simulation", "rate and requests must be positive, max batch >= 1 "
                              "and max delay >= 0")
     rng = np.random.default_rng(seed)
     arrivals = np.cumsum(rng.exponential(1000.0 / rate_per_s, size=requests))  # ms
-    service = [0.0] + [sweep.service_ms(b) for b in range(1, max_batch + 1)]
+    service = [0.0] + [sweep.service_ms(b) + batch_overhead_ms for b in range(1, max_batch + 1)]
+    draws = None
+    if overhead_samples_ms is not None and len(overhead_samples_ms):
+        samples = np.maximum(np.asarray(overhead_samples_ms, dtype=float), 0.0)
+        draws = np.random.default_rng(seed + 1).choice(samples, size=requests) - batch_overhead_ms
     finish = np.empty(requests)
     dispatch = np.empty(requests)
     t_free = 0.0
@@ -143,14 +155,14 @@ def simulate(sweep: BatchSweep, rate_per_s: float, max_batch: int, max_delay_ms:
                 if t_dispatch == float("inf"):  # the last requests of the run: nothing more will arrive
                     t_dispatch = deadline
                 size = min(int(np.searchsorted(arrivals, t_dispatch, side="right")) - i, max_batch)
-        s = service[size]
+        s = service[size] if draws is None else max(service[size] + float(draws[batches]), 1e-6)
         finish[i:i + size] = t_dispatch + s
         dispatch[i:i + size] = t_dispatch
         t_free = t_dispatch + s
         busy += s
         batches += 1
         i += size
-    latency = finish - arrivals
+    latency = finish - arrivals + request_overhead_ms
     start = int(n * warmup)
     kept = latency[start:]
     span = finish[-1] - arrivals[0]

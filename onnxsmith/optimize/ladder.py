@@ -27,6 +27,7 @@ from onnxsmith.optimize.steps import Recipe, StepRunner, pass_spec
 if TYPE_CHECKING:
     from onnxsmith.data import Dataset
     from onnxsmith.model import LoadedModel
+    from onnxsmith.optimize.student import StudentSource
     from onnxsmith.profiles import Profile
     from onnxsmith.targets import Target
 
@@ -36,6 +37,8 @@ BASELINE_BACKEND = "onnxruntime"
 PRUNE = (("prune-magnitude", pass_spec("prune", method="magnitude", sparsity=0.5), "magnitude pruning to 50 % "
           "sparsity (unstructured)"),
          ("prune-2:4", pass_spec("prune", method="2:4"), "2:4 structured pruning (50 % sparsity)"))
+SENSITIVITY_SECONDS = 900.0
+"""Time cap of the per-layer sensitivity search behind the mixed-precision step (large models, slow backends)."""
 _OWN_FILES = ("card.json", "card.md", "card.html")
 _OWN_DIRS = ("card_files", "steps", "examples", "bundle", ".models")
 
@@ -111,8 +114,11 @@ def run_ladder(model: LoadedModel, target: Target, profile: Profile, *, data: Da
                calibration: Dataset | None, max_accuracy_drop: float, latency_budget_ms: float | None,
                output: Path, backends: Sequence[str] | None = None, prune: bool | None = None,
                arrival_rate: float | None = None, keep_worst: int = 5, keep_steps: bool = False,
-               progress: Callable[[str], None] | None = None, force: bool = False) -> Card:
+               progress: Callable[[str], None] | None = None, force: bool = False,
+               student: StudentSource | None = None) -> Card:
     """Walk the ladder for ``model`` on ``target``; write the card and the chosen bundle under ``output``.
+
+    ``student``: a distilled student measured as one more step (:mod:`onnxsmith.optimize.student`).
 
     ``output`` is refused when it holds anything but a previous optimize result (unless ``force``), or when it
     contains the model, the data or the cache (always)."""
@@ -127,6 +133,8 @@ def run_ladder(model: LoadedModel, target: Target, profile: Profile, *, data: Da
 
     notes: list[str] = []
     usable = _usable_backends(target, backends, notes)  # before anything is written: a typo leaves no folder
+    if student is not None:
+        student.check()
     _prepare_output(output, protected_inputs(model, data, calibration), force)
     say = progress or (lambda message: None)
     if data is None:
@@ -175,6 +183,11 @@ def run_ladder(model: LoadedModel, target: Target, profile: Profile, *, data: Da
     if skipped:
         notes.append(f"precisions {', '.join(skipped)} skipped: {target.id} does not list them")
     steps += _precision_steps(runner, target, usable, ladder, chain, fp32_parent, notes)
+    steps += _mixed_steps(runner, target, steps, chain, constraints, notes)
+    if student is not None:
+        from onnxsmith.optimize.student import student_steps
+
+        steps += student_steps(runner, student.prepare(model, output, target, say), steps, constraints, notes)
     if profile.prune if prune is None else prune:
         steps += _prune_steps(runner, steps, chain, notes)
     steps = _runoff(runner, steps, constraints)
@@ -187,6 +200,14 @@ def run_ladder(model: LoadedModel, target: Target, profile: Profile, *, data: Da
         steps = _judge(steps + sweep_steps)
     final = select(steps, constraints, "baseline")
     bundle_rel = _publish(output, final.steps, final.chosen, keep_steps)
+    if bundle_rel and batching:
+        from onnxsmith.bundle import Bundle
+        from onnxsmith.serving import write_serving
+
+        say("writing the serving configuration")
+        write_serving(Bundle.open(output / bundle_rel, verify=False), batching,
+                      f"optimize's batch sweep of {batching['sweep'].get('step') or final.chosen} and its "
+                      f"dynamic-batching simulation (card.json); the bundle is the pick, {final.chosen}")
     steps_out = [dataclasses.replace(s, bundle=("bundle" if s.name == final.chosen else
                                                 s.bundle if keep_steps else None)) for s in final.steps]
     card = Card(
@@ -243,6 +264,52 @@ def _precision_steps(runner: StepRunner, target: Target, usable: list[str], ladd
                 if precision == "fp32" and step.status != "failed" and name not in measured_fp32:
                     measured_fp32[name] = step.name
     return steps
+
+
+def _mixed_steps(runner: StepRunner, target: Target, steps: list[Step], chain: tuple, constraints: Constraints,
+                 notes: list[str]) -> list[Step]:
+    """When an int8 step misses the accuracy budget, one more step per such backend: the same int8 with the
+    keep-list of :func:`onnxsmith.optimize.sensitivity.analyze` left in fp32. When int8 meets it, nothing."""
+    from onnxsmith.optimize.precision_debug import mixed_recipe
+    from onnxsmith.registry import get_backend
+
+    reference = next((s for s in steps if s.name == "baseline"), None)
+    ref_quality = None if reference is None else reference.quality(constraints.metric)
+    int8 = [s for s in steps if s.measured and runner.recipes[s.name].precision == "int8"]
+    missing = [s for s in int8 if ref_quality is not None and s.quality(constraints.metric) is not None
+               and float(ref_quality) - float(s.quality(constraints.metric) or 0.0) > constraints.max_accuracy_drop]
+    if not missing:
+        return []
+    from onnxsmith.optimize.sensitivity import analyze
+
+    runner.progress("int8 misses the accuracy budget: measuring per-layer sensitivity")
+    model, _ = runner.build(chain)
+    try:
+        sens = analyze(model, runner.data, runner.calibration, constraints.max_accuracy_drop,
+                       metric=constraints.metric, max_seconds=SENSITIVITY_SECONDS, progress=runner.progress)
+    except Exception as exc:  # the ladder goes on without the mixed step, and says why
+        from onnxsmith.errors import first_line
+
+        notes.append(f"int8 missed the budget; the per-layer sensitivity analysis failed: {first_line(exc)}")
+        return []
+    notes += [f"per-layer sensitivity: {n}" for n in sens.notes if "time cap" in n]
+    if not sens.keep or not sens.met:
+        notes.append("int8 missed the budget and no keep-list short of every layer in fp32 meets it"
+                     if not sens.met else "int8 missed the budget on some backend but not on ONNX Runtime's QDQ "
+                     "form, where the keep-list is measured: no mixed step")
+        return []
+    notes.append(f"int8 missed the budget: per-layer sensitivity ({sens.evaluations} QDQ variants on ONNX Runtime, "
+                 f"one calibration) keeps {', '.join(sens.keep_names)} in fp32 ({constraints.metric} drop "
+                 f"{sens.int8_drop:.4f} -> {sens.mixed_drop:.4f})")
+    out = []
+    for step in missing:
+        found = mixed_recipe(get_backend(step.backend), target, f"{step.name}-mixed", step.name, sens.keep_names,
+                             chain, runner.recipes[step.name].options)
+        if found is None:
+            notes.append(f"{step.backend} has no way to keep layers out of int8: no mixed step for {step.name}")
+            continue
+        out.append(runner.measure(found[0]))
+    return out
 
 
 def _prune_steps(runner: StepRunner, steps: list[Step], chain: tuple, notes: list[str]) -> list[Step]:

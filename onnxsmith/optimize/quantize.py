@@ -47,6 +47,9 @@ class Int8QdqConfig:
     nodes_to_exclude: tuple[str, ...] = ()
     op_types_to_quantize: tuple[str, ...] = ()
     """Empty: every op type ONNX Runtime can quantize."""
+    calibration_cache: str = ""
+    """A file for ONNX Runtime's calibration ranges: computed and written on first use, reused after (so variants
+    with different ``nodes_to_exclude`` share one calibration). Empty: calibrate every time."""
 
 
 def _quantization() -> Any:
@@ -144,12 +147,15 @@ class Int8QdqPass(Pass):
                         nodes_to_exclude=list(config.nodes_to_exclude) or None,
                         op_types_to_quantize=list(config.op_types_to_quantize) or None,
                         use_external_data_format=large, extra_options=extra,
+                        **({"calibration_cache_path": config.calibration_cache} if config.calibration_cache else {}),
                     )
             except Exception as exc:
                 raise BackendError("int8 quantization failed", first_line(exc),
                                    "check the calibration data; try calibrate_method='minmax'") from exc
             new = onnx.load_model(str(out))
         summary_ops = qdq_summary(new)
+        if config.nodes_to_exclude:
+            notes.append(f"kept in fp32 (left out of quantization): {', '.join(config.nodes_to_exclude)}")
         quantized = sum(summary_ops["quantized_ops"].values())
         if quantized == 0:
             notes.append("no op was quantized: the model has no op type ONNX Runtime quantizes")

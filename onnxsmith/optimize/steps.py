@@ -52,6 +52,8 @@ class Recipe:
     batch_range: tuple[int, int, int] | None = None
     """Compile one artifact whose batch dim is dynamic between (min, opt, max) (the batch sweep, where the backend
     compiles shape ranges); ``batch`` is then the max."""
+    source: str | None = None
+    """Build from this ONNX instead of the original model (the distilled student); it is its own reference."""
 
 
 SCREEN_FACTOR = 5.0
@@ -86,24 +88,37 @@ class StepRunner:
         """Per batch size, the fastest fully measured step so far (name, p50 ms): the bar for the probe."""
 
     # --- the ONNX a recipe compiles -----------------------------------------------------------------------------
-    def base_model(self, batch: int, batch_range: tuple[int, int, int] | None = None) -> LoadedModel:
-        """The original model with batch ``batch`` (re-loaded with the batch dim set; it must be dynamic), or with
-        its batch dim kept dynamic within ``batch_range`` (min, opt, max)."""
+    def preload(self, source: str, model: LoadedModel) -> None:
+        """Use ``model`` (already loaded, at batch 1) for recipes built from ``source``."""
+        self._models[((), 1, source)] = (model, None)
+
+    def base_model(self, batch: int, batch_range: tuple[int, int, int] | None = None,
+                   source: str | None = None) -> LoadedModel:
+        """The original model (or ``source``, a student) with batch ``batch`` (re-loaded with the batch dim set; it
+        must be dynamic), or with its batch dim kept dynamic within ``batch_range`` (min, opt, max)."""
         if batch_range is not None:
             from onnxsmith.model import load_model
 
-            static = {n: v for n, v in self.model.shape_overrides.items()
-                      if self.model.batch_inputs is None or n not in self.model.batch_inputs}
-            ranged = load_model(self.model.source, static, batch=batch_range)
+            static = {} if source is not None else {
+                n: v for n, v in self.model.shape_overrides.items()
+                if self.model.batch_inputs is None or n not in self.model.batch_inputs}
+            ranged = load_model(source or self.model.source, static, batch=batch_range)
             if not ranged.shape_ranges:
                 raise UserInputError(f"cannot sweep batches {batch_range[0]}..{batch_range[2]} in one artifact",
                                      "the model has no dynamic batch dim", "export the model with a dynamic batch dim")
             return ranged
-        if batch == 1 or (self.model.inputs and self.model.inputs[0].shape[:1] == (batch,)):
+        if source is not None and batch == 1:
+            key = ((), 1, source)
+            if key not in self._models:
+                from onnxsmith.model import load_model
+
+                self._models[key] = (load_model(source), None)
+            return self._models[key][0]
+        if source is None and (batch == 1 or (self.model.inputs and self.model.inputs[0].shape[:1] == (batch,))):
             return self.model
         from onnxsmith.model import load_model
 
-        raw = load_model(self.model.source, default_batch=None, check=False)
+        raw = load_model(source or self.model.source, default_batch=None, check=False)
         shapes = {}
         for spec in self.model.inputs:
             first = raw.input_spec(spec.name).shape[:1]
@@ -111,18 +126,19 @@ class StepRunner:
                 raise UserInputError(f"cannot sweep batch {batch}", f"input '{spec.name}' has its batch dim fixed "
                                      f"to {first[0]} in the model", "export the model with a dynamic batch dim")
             shapes[spec.name] = (batch, *(int(d) for d in spec.shape[1:]))  # type: ignore[arg-type]
-        return load_model(self.model.source, shapes)
+        return load_model(source or self.model.source, shapes)
 
-    def build(self, passes: tuple[PassSpec, ...], batch: int = 1, batch_range: tuple[int, int, int] | None = None
-              ) -> tuple[LoadedModel, dict[str, Any] | None]:
-        """The model after ``passes`` (cached by prefix), and the record of the last pass."""
-        key: tuple[Any, ...] = (passes, batch) if batch_range is None else (passes, batch, batch_range)
+    def build(self, passes: tuple[PassSpec, ...], batch: int = 1, batch_range: tuple[int, int, int] | None = None,
+              source: str | None = None) -> tuple[LoadedModel, dict[str, Any] | None]:
+        """The model (or ``source``) after ``passes`` (cached by prefix), and the record of the last pass."""
+        key: tuple[Any, ...] = (passes, batch, source) if batch_range is None else (passes, batch, source,
+                                                                                   batch_range)
         if key in self._models:
             return self._models[key]
         if not passes:
-            result: tuple[LoadedModel, dict[str, Any] | None] = (self.base_model(batch, batch_range), None)
+            result: tuple[LoadedModel, dict[str, Any] | None] = (self.base_model(batch, batch_range, source), None)
         else:
-            parent, _ = self.build(passes[:-1], batch, batch_range)
+            parent, _ = self.build(passes[:-1], batch, batch_range, source)
             name, config = passes[-1]
             from onnxsmith.model import load_model, save_model
             from onnxsmith.optimize.passes import get_pass
@@ -132,6 +148,8 @@ class StepRunner:
             digest = hashlib.sha256(repr(key).encode()).hexdigest()[:12]
             path = save_model(done.model, self.output / ".models" / digest / f"{self.model.name}.onnx")
             loaded = load_model(path, {n: r for n, r in parent.shape_ranges.items()})
+            if parent.batch_inputs and {s.name for s in loaded.inputs} >= set(parent.batch_inputs):
+                loaded.batch_inputs = parent.batch_inputs  # the batch dims the original model left dynamic
             result = (loaded, done.record.to_json())
         self._models[key] = result
         return result
@@ -143,7 +161,7 @@ class StepRunner:
         stage = "building the ONNX"
         record = None
         try:
-            model, record = self.build(recipe.passes, recipe.batch, recipe.batch_range)
+            model, record = self.build(recipe.passes, recipe.batch, recipe.batch_range, recipe.source)
             stage = "compiling"
             bundle = self._compile(recipe, model)
             stage = "profiling"
@@ -259,7 +277,8 @@ class StepRunner:
                              precision=recipe.compile_precision,
                              calibration=self.calibration if recipe.compile_precision == "int8" else None,
                              notes=(f"optimize step '{recipe.name}': {recipe.change}",),
-                             reference=self.base_model(recipe.batch, recipe.batch_range), progress=self.progress,
+                             reference=self.base_model(recipe.batch, recipe.batch_range, recipe.source),
+                             progress=self.progress,
                              options=dict(recipe.options))
 
     def _failed(self, recipe: Recipe, record: dict[str, Any] | None, reason: str) -> Step:

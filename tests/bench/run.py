@@ -9,6 +9,9 @@ Sections (pick with `python -m tests.bench.run [openvino] [benchmark_app] ...`; 
   second run reuses it and only measures.
 - optimize: `onnxsmith optimize` on ResNet-50 for host; its pick vs ONNX Runtime fp32, ONNX Runtime int8 QDQ,
   OpenVINO default and OpenVINO int8, all re-profiled here in alternating rounds (target: pick <= best).
+- precision: `onnxsmith debug precision` on a CNN whose outlier activations break per-tensor int8; the mixed
+  (keep-list) artifact vs the fp32 one on ONNX Runtime and OpenVINO, re-profiled in alternating rounds (target:
+  mixed meets the 1 % budget and its p50 < fp32's on both).
 Runs alternate A B A B so drift hits both sides; medians are quoted. Results go to .bench/results.json.
 """
 
@@ -181,11 +184,47 @@ def bench_tvm(results: dict) -> None:
           f"Runtime fp32 {statistics.median(ort):.2f} ms -> ratio {ratio:.3f} (target <= 1.5, stretch <= 1.0)")
 
 
+def bench_precision(results: dict) -> None:
+    import numpy as np
+    import onnx
+
+    from tests.models import make_outlier_cnn, outlier_data
+
+    model, val, calib, out = (WORK / "outlier.onnx", WORK / "outlier-val.npz", WORK / "outlier-calib.npz",
+                              WORK / "outlier-precision")
+    proto = make_outlier_cnn(channels=64, size=32, depth=8, outliers=(3, 6))
+    onnx.save(proto, model)
+    arrays = outlier_data(proto, 300)
+    np.savez(val, input=arrays["input"][:200], label=arrays["label"][:200])
+    np.savez(calib, input=arrays["input"][200:])
+    record = json.loads(sh(BIN / "onnxsmith", "debug", "precision", model, "--data", val, "--labels", "label",
+                           "--calibration", calib, "--max-accuracy-drop", "1%", "-b", "onnxruntime", "-b", "openvino",
+                           "-o", out, "--force", "--json"))
+    by = {e["backend"]: e for e in record["backends"]}
+    runs: dict[str, list[float]] = {}
+    names = [(b, k) for b in ("onnxruntime", "openvino") for k in ("fp32", "mixed")]
+    for round_ in range(ROUNDS):
+        for backend, kind in names if round_ % 2 == 0 else list(reversed(names)):
+            bundle = out / by[backend][f"{kind}_result"]["bundle"]
+            runs.setdefault(f"{backend}-{kind}", []).append(onnxsmith_profile(bundle)["latency_ms"]["p50"])
+    section = {"keep": record["sensitivity"]["keep_names"], "int8_drop": record["sensitivity"]["int8_drop"],
+               "load": os.getloadavg()[0]}
+    for backend in ("onnxruntime", "openvino"):
+        fp32, mixed = statistics.median(runs[f"{backend}-fp32"]), statistics.median(runs[f"{backend}-mixed"])
+        section[backend] = {"fp32_ms": fp32, "mixed_ms": mixed, "ratio": mixed / fp32,
+                            "mixed_drop": by[backend]["mixed_result"]["drop"],
+                            "int8_drop": by[backend]["int8_result"]["drop"]}
+        print(f"precision/{backend}: keep {', '.join(section['keep'])}; mixed {mixed:.3f} ms vs fp32 {fp32:.3f} ms "
+              f"= {mixed / fp32:.3f}x (target < 1), accuracy drop {by[backend]['mixed_result']['drop'] * 100:.2f} % "
+              f"(plain int8 {by[backend]['int8_result']['drop'] * 100:.2f} %)")
+    results["precision"] = section
+
+
 def main(sections: list[str]) -> None:
     WORK.mkdir(exist_ok=True)
     results_path = WORK / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    wanted = sections or ["openvino", "benchmark_app", "tvm", "optimize"]
+    wanted = sections or ["openvino", "benchmark_app", "tvm", "optimize", "precision"]
     bundle = None
     if "openvino" in wanted or "benchmark_app" in wanted:
         bundle = bench_openvino(results)
@@ -197,6 +236,8 @@ def main(sections: list[str]) -> None:
         results_path.write_text(json.dumps(results, indent=2))
     if "optimize" in wanted:
         bench_optimize(results)
+    if "precision" in wanted:
+        bench_precision(results)
     results_path.write_text(json.dumps(results, indent=2))
     print(f"results: {results_path}")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 from pathlib import Path
 
@@ -364,3 +365,578 @@ def test_unsupported_node_is_named(gpu_target: Target, tmp_path: Path) -> None:
     onnx.save(cnn, str(path))
     found = TensorRTCompiler().unsupported_ops(load_model(path), gpu_target)
     assert "weird_strings" in [name for names in found.values() for name in names]
+
+
+# ---- issue 15: fakes that record the calls made (no TensorRT, no GPU) ------------------------------------------
+
+class _Err:
+    """A cuda-python error code: ``.value`` 0 is success."""
+
+    def __init__(self, value: int = 0, name: str = "cudaSuccess") -> None:
+        self.value, self.name = value, name
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Err) and other.value == self.value
+
+    def __hash__(self) -> int:
+        return self.value
+
+
+def _fake_cuda_modules(monkeypatch: pytest.MonkeyPatch, runtime: object, utils: object | None = None) -> None:
+    import sys
+    import types
+
+    cuda = types.ModuleType("cuda")
+    bindings = types.ModuleType("cuda.bindings")
+    bindings.runtime = runtime  # type: ignore[attr-defined]
+    cuda.bindings = bindings  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "cuda", cuda)
+    monkeypatch.setitem(sys.modules, "cuda.bindings", bindings)
+    monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", runtime)
+    if utils is not None:
+        bindings.utils = utils  # type: ignore[attr-defined]
+        monkeypatch.setitem(sys.modules, "cuda.bindings.utils", utils)
+    else:
+        monkeypatch.setitem(sys.modules, "cuda.bindings.utils", None)  # import fails, as on cuda-python 12
+
+
+def test_gpu_query_falls_back_to_nvidia_smi_and_names_the_cuda_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """cuda-python 13 on a pre-R580 driver: cudaGetDeviceCount fails; the GPU must still be found (nvidia-smi)."""
+    import subprocess
+    import types
+
+    from onnxsmith.compilers.tensorrt import gpu as gpu_module
+
+    runtime = types.SimpleNamespace(
+        cudaGetDeviceCount=lambda: (_Err(35), 0),
+        cudaGetErrorName=lambda err: (_Err(), b"cudaErrorInsufficientDriver"),
+        cudaGetErrorString=lambda err: (_Err(), b"CUDA driver version is insufficient for CUDA runtime version"))
+    _fake_cuda_modules(monkeypatch, runtime)
+    calls: list[list[str]] = []
+
+    def fake_run(args: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+        calls.append(args)
+        return subprocess.CompletedProcess(args, 0, "0, NVIDIA H100 80GB HBM3, 9.0, 81559, 550.54.15\n", "")
+
+    monkeypatch.setattr(gpu_module.shutil, "which", lambda name: "/usr/bin/nvidia-smi")
+    monkeypatch.setattr(gpu_module.subprocess, "run", fake_run)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    gpu_module.nvidia_gpus.cache_clear()
+    try:
+        found = gpu_module.nvidia_gpus()
+        assert [(g.name, g.compute_capability) for g in found] == [("NVIDIA H100 80GB HBM3", "9.0")]
+        assert calls and calls[0][0] == "/usr/bin/nvidia-smi"
+        note = gpu_module.cuda_query_note()
+        assert "cudaErrorInsufficientDriver (35)" in note and "onnxsmith[tensorrt]" in note
+        # a binding that raises (cannot load its runtime) falls back the same way
+        runtime.cudaGetDeviceCount = lambda: (_ for _ in ()).throw(RuntimeError("libcudart.so.13: not found"))
+        gpu_module.nvidia_gpus.cache_clear()
+        assert len(gpu_module.nvidia_gpus()) == 1 and "libcudart.so.13" in gpu_module.cuda_query_note()
+        verdict = TensorRTCompiler().runs_here(nvidia_target("H100"))
+        assert not verdict  # found by nvidia-smi, but TensorRT's own CUDA calls would fail the same way
+    finally:
+        gpu_module.nvidia_gpus.cache_clear()
+
+
+def test_extras_pin_cuda_python_to_the_tensorrt_cuda_major() -> None:
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
+
+    root = Path(__file__).resolve().parents[2]
+    extras = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert "cuda-python>=12.6,<13" in extras["tensorrt"] and any(r.startswith("tensorrt-cu12") for r in extras["tensorrt"])
+    assert "cuda-python>=13,<14" in extras["tensorrt-cu13"] and any(r.startswith("tensorrt-cu13")
+                                                                    for r in extras["tensorrt-cu13"])
+
+
+def test_stream_handle_uses_the_native_handle_helper(monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    from onnxsmith.compilers.tensorrt import cuda as trt_cuda
+
+    class Stream:
+        def __int__(self) -> int:
+            raise AssertionError("int(cudaStream_t) is deprecated in cuda-bindings 13")
+
+    stream = Stream()
+    runtime = types.SimpleNamespace(cudaStreamCreate=lambda: (_Err(), stream))
+    _fake_cuda_modules(monkeypatch, runtime, types.SimpleNamespace(get_cuda_native_handle=lambda obj: 0xBEEF))
+    assert trt_cuda.Stream().handle == 0xBEEF
+    _fake_cuda_modules(monkeypatch, types.SimpleNamespace(cudaStreamCreate=lambda: (_Err(), 7)))
+    assert trt_cuda.Stream().handle == 7  # cuda-python 12: no helper, int() still right
+
+
+def test_trtexec_percentile_and_median_rules() -> None:
+    from onnxsmith.compilers.tensorrt.timing import summarize, trtexec_median, trtexec_percentile
+
+    ten = [float(v) for v in range(1, 11)]
+    assert trtexec_percentile(ten, 90) == 9.0 and trtexec_percentile(ten, 99) == 10.0
+    assert trtexec_percentile(ten, 50) == 5.0 and trtexec_percentile(ten, 0) == 1.0
+    assert trtexec_median(ten) == 5.5 and trtexec_median(ten[:9]) == 5.0
+    assert float(np.percentile(ten, 90)) != 9.0  # numpy interpolates; trtexec does not
+    stats = summarize(list(reversed(ten)))
+    assert (stats["min"], stats["max"], stats["mean"], stats["p95"]) == (1.0, 10.0, 5.5, 10.0)
+
+
+class _FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class _FakeTimingRuntime:
+    """cuda-python runtime calls used by the timing loop; GPU time advances per recorded event."""
+
+    cudaEventBlockingSync = 1
+
+    class cudaStreamCaptureMode:  # noqa: N801 - cuda-python's name
+        cudaStreamCaptureModeThreadLocal = "thread-local"
+
+    def __init__(self, clock: _FakeClock, fail_capture: bool = False) -> None:
+        self.clock, self.fail_capture, self.calls = clock, fail_capture, []
+        self.gpu_ms = 0.0
+        self.stamps: dict[int, float] = {}
+        self.next = 0
+
+    def _log(self, *call: object) -> tuple[_Err]:
+        self.calls.append(call)
+        return (_Err(),)
+
+    def cudaEventCreateWithFlags(self, flags: int) -> tuple[_Err, int]:  # noqa: N802
+        self.calls.append(("create", flags))
+        self.next += 1
+        return _Err(), self.next
+
+    def cudaEventRecord(self, event: int, stream: object) -> tuple[_Err]:  # noqa: N802
+        self.stamps[event] = self.gpu_ms
+        return (_Err(),)
+
+    def cudaEventSynchronize(self, event: int) -> tuple[_Err]:  # noqa: N802
+        self.clock.now += 0.001  # each iteration takes 1 ms of wall clock
+        return (_Err(),)
+
+    def cudaEventElapsedTime(self, start: int, end: int) -> tuple[_Err, float]:  # noqa: N802
+        return _Err(), self.stamps[end] - self.stamps[start]
+
+    def cudaEventDestroy(self, event: int) -> tuple[_Err]:  # noqa: N802
+        return self._log("destroy-event", event)
+
+    def cudaStreamSynchronize(self, stream: object) -> tuple[_Err]:  # noqa: N802
+        return self._log("sync", stream)
+
+    def cudaStreamBeginCapture(self, stream: object, mode: str) -> tuple[_Err]:  # noqa: N802
+        if self.fail_capture:
+            return (_Err(900, "cudaErrorStreamCaptureUnsupported"),)
+        return self._log("begin-capture", mode)
+
+    def cudaStreamEndCapture(self, stream: object) -> tuple[_Err, str]:  # noqa: N802
+        self._log("end-capture")
+        return _Err(), "graph"
+
+    def cudaGraphInstantiate(self, graph: str, flags: int) -> tuple[_Err, str]:  # noqa: N802
+        self._log("instantiate", graph, flags)
+        return _Err(), "exec"
+
+    def cudaGraphLaunch(self, graph_exec: str, stream: object) -> tuple[_Err]:  # noqa: N802
+        self.gpu_ms += 2.0  # 2 ms of GPU compute per launch
+        return self._log("launch", graph_exec)
+
+    def cudaGraphDestroy(self, graph: str) -> tuple[_Err]:  # noqa: N802
+        return self._log("destroy-graph", graph)
+
+    def cudaGraphExecDestroy(self, graph_exec: str) -> tuple[_Err]:  # noqa: N802
+        return self._log("destroy-exec", graph_exec)
+
+
+class _FakeTimedContext:
+    def __init__(self, rt: _FakeTimingRuntime) -> None:
+        import types
+
+        self.rt = rt
+        self.stream = types.SimpleNamespace(raw="stream", synchronize=lambda: None)
+        self.enqueues = 0
+
+    def upload(self, host: dict) -> None:
+        self.rt.gpu_ms += 0.25  # H2D
+
+    def enqueue(self) -> None:
+        self.enqueues += 1
+        self.rt.gpu_ms += 2.0
+
+    def download(self) -> dict:
+        self.rt.gpu_ms += 0.5  # D2H
+        return {}
+
+
+def _check(result: object, call: str) -> object:
+    err, *values = result if isinstance(result, tuple) else (result,)
+    if err.value:
+        raise RuntimeError(f"{call}: {err.name}")
+    return values[0] if len(values) == 1 else (values or None)
+
+
+def test_trtexec_style_measurement_with_cuda_events_and_graphs() -> None:
+    from onnxsmith.compilers.tensorrt.timing import TimingSettings, measure
+
+    clock = _FakeClock()
+    rt = _FakeTimingRuntime(clock)
+    ctx = _FakeTimedContext(rt)
+    result = measure(ctx, {}, TimingSettings(), rt, _check, clock)
+    assert result["cuda_graph"] and result["sync"] == "blocking" and "trtexec 11.0" in result["method"]
+    assert ("create", 1) in rt.calls  # blocking-sync events, trtexec's default
+    assert ("begin-capture", "thread-local") in rt.calls and ("instantiate", "graph", 0) in rt.calls
+    assert ctx.enqueues == 2  # one plain enqueue before the capture, one captured: the loop only launches graphs
+    assert result["warmup_iterations"] == 200  # 200 ms of warm-up at 1 ms per iteration
+    assert result["iterations"] >= 3000 and result["seconds"] >= 3.0  # >= 3 s (and >= 10 iterations)
+    assert result["gpu_compute_ms"]["median"] == 2.0 and result["h2d_ms"]["median"] == 0.25
+    assert result["d2h_ms"]["median"] == 0.5 and result["host_latency_ms"]["median"] == 2.75
+    assert ("destroy-exec", "exec") in rt.calls
+
+    spin = measure(_FakeTimedContext(rt), {}, TimingSettings(duration_s=0.0, warmup_ms=0, spin_wait=True,
+                                                             cuda_graph=False), rt, _check, clock)
+    assert spin["iterations"] == 10 and spin["sync"] == "spin-wait" and not spin["cuda_graph"]
+    assert ("create", 0) in rt.calls
+
+
+def test_cuda_graph_capture_failure_falls_back_to_enqueues() -> None:
+    from onnxsmith.compilers.tensorrt.timing import TimingSettings, measure
+
+    clock = _FakeClock()
+    rt = _FakeTimingRuntime(clock, fail_capture=True)
+    ctx = _FakeTimedContext(rt)
+    result = measure(ctx, {}, TimingSettings(duration_s=0.0, warmup_ms=0), rt, _check, clock)
+    assert not result["cuda_graph"] and "capture failed" in result["note"]
+    assert result["gpu_compute_ms"]["median"] == 2.0 and ctx.enqueues == 11  # the probe enqueue + 10 timed
+
+
+def test_parallel_throughput_streams_are_independent() -> None:
+    """A fast stream is not held back by a slow one (the old loop synchronized every stream each round)."""
+    import types
+
+    from onnxsmith.compilers.tensorrt.timing import parallel_throughput
+
+    clock = _FakeClock()
+
+    class Ctx:
+        def __init__(self, name: str, ms: float) -> None:
+            self.name, self.ms, self.done_at, self.count = name, ms, 0.0, 0
+            self.stream = types.SimpleNamespace(raw=self, synchronize=lambda: None)
+
+        def enqueue(self) -> None:
+            self.done_at = clock.now + self.ms / 1000
+            self.count += 1
+
+    not_ready = _Err(600, "cudaErrorNotReady")
+
+    def query(stream: Ctx) -> tuple[_Err]:
+        clock.now += 0.0001
+        return (_Err() if clock.now >= stream.done_at else not_ready,)
+
+    rt = types.SimpleNamespace(cudaError_t=types.SimpleNamespace(cudaErrorNotReady=not_ready), cudaStreamQuery=query)
+    fast, slow = Ctx("fast", 1.0), Ctx("slow", 10.0)
+    rate, requests = parallel_throughput([fast, slow], 1.0, rt, _check, clock)
+    assert requests == 2
+    assert fast.count > 5 * slow.count  # lock-step would have made them equal
+    assert 850 < rate < 1150  # ~1000/s fast + ~100/s slow, less the fake 0.1 ms per stream query
+
+
+def _fake_trt(**extra: object) -> object:
+    import types
+
+    severity = types.SimpleNamespace(INTERNAL_ERROR=0, ERROR=1, WARNING=2, INFO=3, VERBOSE=4)
+
+    class ILogger:
+        Severity = severity
+
+        def __init__(self) -> None:
+            self.min_severity = severity.VERBOSE
+
+    namespace = types.SimpleNamespace(ILogger=ILogger, __version__="10.8.0", **extra)
+    return namespace
+
+
+def test_logger_filters_verbose_messages_before_the_callback() -> None:
+    from onnxsmith.compilers.tensorrt.engine import make_logger
+
+    trt = _fake_trt()
+    logger = make_logger(trt)
+    assert logger.min_severity == trt.ILogger.Severity.WARNING
+    logger.log(trt.ILogger.Severity.ERROR, "boom")
+    assert logger.errors() == ["boom"]
+
+
+def test_same_compute_capability_is_refused_before_tensorrt_10_9() -> None:
+    import types
+
+    from onnxsmith.compilers.tensorrt.engine import configure
+
+    calls: list[tuple] = []
+    config = types.SimpleNamespace(set_memory_pool_limit=lambda *a: calls.append(a), clear_flag=lambda f: None,
+                                   set_flag=lambda f: None)
+    builder = types.SimpleNamespace(create_builder_config=lambda: config)
+    network = types.SimpleNamespace(num_inputs=0, get_input=lambda i: None)
+    trt = _fake_trt(MemoryPoolType=types.SimpleNamespace(WORKSPACE="ws"),
+                    ProfilingVerbosity=types.SimpleNamespace(DETAILED="detailed"),
+                    BuilderFlag=types.SimpleNamespace(TF32="tf32"),
+                    HardwareCompatibilityLevel=types.SimpleNamespace(AMPERE_PLUS="ampere+"))
+    with pytest.raises(UnsupportedError, match="10.9"):
+        configure(trt, builder, network, BuildOptions(hardware_compatibility="same_compute_capability"), [])
+    configured, _ = configure(trt, builder, network, BuildOptions(hardware_compatibility="ampere_plus"), [])
+    assert configured.hardware_compatibility_level == "ampere+"
+    trt.HardwareCompatibilityLevel.SAME_COMPUTE_CAPABILITY = "same-cc"
+    configured, _ = configure(trt, builder, network, BuildOptions(hardware_compatibility="same_compute_capability"), [])
+    assert configured.hardware_compatibility_level == "same-cc"
+
+
+def test_a_calibrator_failure_is_reported_as_itself() -> None:
+    import types
+
+    from onnxsmith.compilers.tensorrt.engine import build_serialized
+    from onnxsmith.errors import BackendError
+
+    logger = types.SimpleNamespace(errors=lambda: ["Calibration failure occurred with no scaling factors detected"])
+    builder = types.SimpleNamespace(build_serialized_network=lambda network, config: None)
+    calibrator = types.SimpleNamespace(error=DataError("calibration data does not fit the network", "no 'mask'"))
+    with pytest.raises(DataError, match="no 'mask'"):
+        build_serialized(builder, None, None, logger, calibrator)
+    calibrator.error = ZeroDivisionError("division by zero")
+    with pytest.raises(BackendError, match="int8 calibration failed.*ZeroDivisionError"):
+        build_serialized(builder, None, None, logger, calibrator)
+    with pytest.raises(BackendError, match="TensorRT failed to build the engine.*scaling factors"):
+        build_serialized(builder, None, None, logger, types.SimpleNamespace(error=None))
+
+
+def test_calibration_cache_is_kept_in_the_cache_and_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    from onnxsmith.compilers.tensorrt.calibrator import calibration_cache_path, make_entropy_calibrator
+
+    monkeypatch.setenv("ONNXSMITH_CACHE_DIR", str(tmp_path / "cache"))
+    data = Dataset({"image": np.zeros((4, 3, 4, 4)), "scale": np.zeros((4, 1))})
+    feeder = CalibrationFeeder(data, _specs())
+    path = calibration_cache_path("10.8.0", "model-sha", data.fingerprint(), feeder)
+    assert path.parent.name == "tensorrt-calibration" and (tmp_path / "cache") in path.parents
+    assert path != calibration_cache_path("10.8.0", "model-sha", "other-data", feeder)
+
+    class Base:
+        def __init__(self) -> None:
+            pass
+
+    trt = types.SimpleNamespace(IInt8EntropyCalibrator2=Base)
+    first = make_entropy_calibrator(trt, feeder, path)
+    assert first.read_calibration_cache() is None and not first.cache_reused
+    first.write_calibration_cache(b"TRT-1080-EntropyCalibration2\nimage: 3c010a14\n")
+    second = make_entropy_calibrator(trt, feeder, path)
+    assert second.read_calibration_cache().startswith(b"TRT-1080") and second.cache_reused
+
+
+def test_shape_tensor_inputs_get_host_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    from onnxsmith.compilers.tensorrt import cuda as trt_cuda
+    from onnxsmith.compilers.tensorrt.runner import _Context, shape_tensor_inputs
+
+    addresses: dict[str, int] = {}
+    mallocs: list[int] = []
+    runtime = types.SimpleNamespace(cudaStreamCreate=lambda: (_Err(), 1),
+                                    cudaMalloc=lambda n: (mallocs.append(n), (_Err(), 0x1000 + len(mallocs)))[1])
+    _fake_cuda_modules(monkeypatch, runtime)
+    context = types.SimpleNamespace(set_input_shape=lambda name, shape: True,
+                                    get_tensor_shape=lambda name: (2, 3) if name == "y" else (2,),
+                                    set_tensor_address=lambda name, ptr: addresses.__setitem__(name, ptr) or True)
+    engine = types.SimpleNamespace(create_execution_context=lambda: context,
+                                   is_shape_inference_io=lambda name: name == "shape")
+    names, inputs = ["x", "shape", "y"], {"x", "shape"}
+    host_inputs = shape_tensor_inputs(engine, names, inputs)
+    assert host_inputs == {"shape"}
+    ctx = _Context(engine, names, inputs, {"x": "float32", "shape": "int64", "y": "float32"}, host_inputs)
+    shape = np.array([2, 3], np.int64)
+    host = ctx.prepare({"x": np.zeros(2, np.float32), "shape": shape})
+    assert set(host) == {"x"}  # only device inputs are uploaded
+    assert addresses["shape"] == ctx.host_values["shape"].ctypes.data  # a host pointer TensorRT reads
+    assert addresses["x"] >= 0x1000 and addresses["y"] >= 0x1000 and len(mallocs) == 2
+    assert trt_cuda.cudart() is runtime
+
+
+def test_strong_typing_for_qdq_networks_on_tensorrt_10() -> None:
+    from onnxsmith.compilers.tensorrt.backend import strongly_typed
+
+    auto = BuildOptions()
+    assert strongly_typed(auto, "int8", weak_ok=True)  # 10.x, Q/DQ: strongly typed, no precision flags
+    assert not strongly_typed(auto, "fp16", weak_ok=True)  # 10.x fp16 keeps the builder flag
+    assert not strongly_typed(BuildOptions(int8_method="calibrator"), "int8", weak_ok=True)
+    assert not strongly_typed(BuildOptions(typing="weak"), "int8", weak_ok=True)
+    assert strongly_typed(auto, "fp16", weak_ok=False)  # 11.x: always
+
+
+def test_int8_strong_graph_computes_fp16_around_the_qdq_nodes(cnn_path: Path, tmp_path: Path) -> None:
+    """TensorRT 11 runs every non-quantized layer in the type the ONNX gives: fp16 there, not fp32."""
+    from onnxsmith.compilers.tensorrt.precision import FP32_KEEP_OPS, qdq_to_float16
+
+    model = load_model(cnn_path)
+    qdq_path = tmp_path / "cnn.qdq.onnx"
+    quantize_qdq(model.path, qdq_path, CalibrationFeeder(synthetic(model, 16, seed=1), model.inputs), "minmax")
+    converted = qdq_to_float16(onnx.load(str(qdq_path)))
+    assert next(o.version for o in converted.opset_import if o.domain in ("", "ai.onnx")) >= 19
+    assert count_qdq(converted) == count_qdq(onnx.load(str(qdq_path)))
+    scales = {n.input[1] for n in converted.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")}
+    assert {t.data_type for t in converted.graph.initializer if t.name in scales} == {TensorProto.FLOAT16}
+    types = {v.name: v.type.tensor_type.elem_type for v in [*converted.graph.value_info, *converted.graph.output]}
+    conv_out = [n.output[0] for n in converted.graph.node if n.op_type == "Conv"]
+    assert all(types.get(name) == TensorProto.FLOAT16 for name in conv_out)
+    softmax = next(n for n in converted.graph.node if n.op_type == "Softmax")
+    assert "Softmax" in FP32_KEEP_OPS and types.get(softmax.output[0]) == TensorProto.FLOAT
+    out = tmp_path / "cnn.qdq.fp16.onnx"
+    onnx.save(converted, str(out))
+    feeds = {"input": synthetic(model, 1, seed=7).arrays["input"]}
+    expected = _reference(model.path, feeds)
+    got = _reference(out, feeds, disable_optimizations=True)
+    assert got.dtype == np.float32 and np.abs(got - expected).max() < 0.05 * np.abs(expected).max() + 0.01
+
+
+def test_bf16_weights_come_from_fp32_not_through_fp16(tmp_path: Path) -> None:
+    import ml_dtypes
+
+    big, tiny = np.float32(100000.0), np.float32(1e-9)
+    weight = np.array([[big, tiny], [1.0, 3.1415927]], np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])], [onnx.numpy_helper.from_array(weight, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    brain = to_bfloat16(model)
+    stored = onnx.numpy_helper.to_array(next(t for t in brain.graph.initializer if t.name == "w")).astype(np.float32)
+    assert np.array_equal(stored, weight.astype(ml_dtypes.bfloat16).astype(np.float32))
+    assert stored[0, 0] > 65504 and stored[0, 1] < 5.9e-8  # no fp16 clamp, no fp16 flush
+
+
+def test_fp16_keeps_normalization_softmax_and_reductions_fp32() -> None:
+    from onnxsmith.compilers.tensorrt.precision import to_float16
+
+    n = helper.make_node
+    graph = helper.make_graph(
+        [n("MatMul", ["x", "w"], ["h"]), n("LayerNormalization", ["h", "g", "b"], ["ln"], axis=-1),
+         n("Softmax", ["ln"], ["p"], axis=-1), n("ReduceSum", ["p", "axes"], ["s"], keepdims=1),
+         n("Relu", ["s"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1])],
+        [onnx.numpy_helper.from_array(np.eye(4, dtype=np.float32), "w"),
+         onnx.numpy_helper.from_array(np.ones(4, np.float32), "g"),
+         onnx.numpy_helper.from_array(np.zeros(4, np.float32), "b"),
+         onnx.numpy_helper.from_array(np.array([1], np.int64), "axes")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    half = onnx.shape_inference.infer_shapes(to_float16(model))
+    types = {v.name: v.type.tensor_type.elem_type for v in [*half.graph.value_info, *half.graph.output]}
+    nodes = {n.op_type: n for n in half.graph.node}
+    assert types[nodes["MatMul"].output[0]] == TensorProto.FLOAT16  # the MatMul computes fp16
+    for op in ("LayerNormalization", "Softmax", "ReduceSum"):  # kept fp32, with Casts around them
+        assert types[nodes[op].output[0]] == TensorProto.FLOAT, op
+    assert nodes["Softmax"].input[0] == nodes["LayerNormalization"].output[0]  # no fp16 round trip between them
+    assert nodes["ReduceSum"].input[0] == nodes["Softmax"].output[0]
+    x = {"x": np.array([[1.0, 2.0, 3.0, 4.5]], np.float32)}
+    import onnxruntime as ort
+
+    want = ort.InferenceSession(model.SerializeToString()).run(None, x)[0]
+    got = ort.InferenceSession(half.SerializeToString()).run(None, x)[0]
+    assert np.allclose(got, want, atol=1e-3)
+    mixed = onnx.shape_inference.infer_shapes(to_float16(model, keep_ops=()))
+    types = {v.name: v.type.tensor_type.elem_type for v in [*mixed.graph.value_info, *mixed.graph.output]}
+    ln = next(n for n in mixed.graph.node if n.op_type == "LayerNormalization")
+    assert types[ln.output[0]] == TensorProto.FLOAT16  # without the keep-list it was fp16
+
+
+def test_profile_record_carries_the_vendor_timing() -> None:
+    from onnxsmith.profiles import Measure
+    from onnxsmith.profiling import Measurement, measure_runner
+    from onnxsmith.plugin import Runner
+
+    class Timed(Runner):
+        def run(self, feeds: dict) -> dict:
+            return {}
+
+        def vendor_timing(self, feeds: dict) -> dict:
+            return {"method": "trtexec 11.0 defaults", "gpu_compute_ms": {"median": 1.0, "p99": 2.0},
+                    "h2d_ms": {"median": 0.1}, "d2h_ms": {"median": 0.2}, "host_latency_ms": {"median": 1.3},
+                    "iterations": 10}
+
+    result = measure_runner(Timed(), {}, Measure(warmup_iterations=0, min_iterations=2, min_seconds=0.0,
+                                                 max_seconds=1.0, throughput_seconds=0), 1)
+    assert result["vendor_timing"]["method"] == "trtexec 11.0 defaults"
+    assert {"latency_ms", "first_inference_ms", "load_seconds", "peak_rss_mb"} - set(result) == \
+        {"load_seconds", "peak_rss_mb"}
+    measurement = Measurement.from_json({**result, "load_seconds": 0.1, "peak_rss_mb": 1.0})
+    assert measurement.vendor_timing["gpu_compute_ms"]["p99"] == 2.0
+
+
+# ---- issue 15 on a GPU with TensorRT (skipped here) ------------------------------------------------------------
+
+@pytest.mark.gpu
+def test_gpu_vendor_timing_and_cuda_graph_bind(gpu_target: Target, cnn_path: Path, tmp_path: Path) -> None:
+    model, artifact, workdir = _compile(cnn_path, gpu_target, "fp16", tmp_path)
+    feeds = {"input": synthetic(model, 1, seed=5).arrays["input"]}
+    with TensorRTCompiler().load(artifact, workdir, gpu_target) as runner:
+        runner._timing = dataclasses.replace(runner._timing, duration_s=0.3, warmup_ms=20)
+        timing = runner.vendor_timing(feeds)
+        assert timing["cuda_graph"] and timing["iterations"] >= 10 and timing["gpu_compute_ms"]["median"] > 0
+        assert timing["host_latency_ms"]["median"] >= timing["gpu_compute_ms"]["median"]
+        call = runner.bind(feeds)
+        call()
+        assert runner._graph is not None  # the bound call launches a captured graph
+        expected = _reference(model.path, feeds)
+        assert np.abs(runner.run(feeds)["probs"] - expected).max() < 5e-3
+        rate, requests = runner.parallel_throughput(feeds, 0.2)
+        assert rate > 0 and requests >= 2
+
+
+@pytest.mark.gpu
+def test_gpu_int8_strong_engine_is_int8_plus_fp16(gpu_target: Target, cnn_path: Path, tmp_path: Path) -> None:
+    calibration = synthetic(load_model(cnn_path), 16)
+    _, artifact, _ = _compile(cnn_path, gpu_target, "int8", tmp_path, calibration)
+    assert artifact.metadata["typing"] == "strong"
+    assert "int8" in artifact.precision_used and "fp16" in artifact.precision_used
+    assert artifact.metadata["int8"]["fallback"]["precision"] == "fp16"
+
+
+@pytest.mark.gpu
+def test_gpu_bf16_engine(gpu_target: Target, mlp_path: Path, tmp_path: Path) -> None:
+    gpus = nvidia_gpus()
+    if float(gpus[0].compute_capability) < 8.0:
+        pytest.skip("bf16 needs Ampere or newer")
+    model, artifact, workdir = _compile(mlp_path, gpu_target, "bf16", tmp_path)
+    feeds = {"x": np.random.default_rng(1).standard_normal((1, 32)).astype(np.float32)}
+    with TensorRTCompiler().load(artifact, workdir, gpu_target) as runner:
+        got = runner.run(feeds)["logits"]
+    assert np.abs(got - _reference(model.path, feeds)).max() < 5e-2
+
+
+def test_int8_build_input_is_the_fp16_qdq_graph_without_precision_flags(cnn_path: Path, tmp_path: Path) -> None:
+    """What the builder is given for int8 on 10.x (typing auto) and 11.x: Q/DQ + fp16 ONNX, no builder flags."""
+    import types
+
+    from onnxsmith.compilers.tensorrt.backend import strongly_typed
+    from onnxsmith.plugin import CompileRequest
+    from onnxsmith.profiles import load_profile
+
+    model = load_model(cnn_path)
+    request = CompileRequest(model, nvidia_target(), "int8", load_profile("quick"), synthetic(model, 8, seed=2))
+    trt10 = types.SimpleNamespace(__version__="10.8.0", BuilderFlag=types.SimpleNamespace(FP16=1, INT8=2),
+                                  IInt8EntropyCalibrator2=object)
+    opts = BuildOptions()
+    strong = strongly_typed(opts, "int8", weak_ok=True)
+    notes: list[str] = []
+    metadata: dict = {}
+    (tmp_path / "tmp").mkdir()
+    path, proto, flags, calibrator = TensorRTCompiler()._prepare(
+        trt10, request, opts, strong, GpuInfo(0, "NVIDIA H100", "9.0"), tmp_path / "tmp", tmp_path, notes, metadata)
+    assert strong and flags == [] and calibrator is None
+    assert path.name == "model.qdq.fp16.onnx" and path.is_file()
+    assert count_qdq(proto)["QuantizeLinear"] >= 3 and metadata["int8"]["fallback"]["precision"] == "fp16"
+    assert any("rewritten to fp16" in note for note in notes)
+    weak = TensorRTCompiler()._prepare(trt10, request, BuildOptions(typing="weak"), False,
+                                       GpuInfo(0, "NVIDIA H100", "9.0"), tmp_path / "tmp", tmp_path, [], {})
+    assert weak[2] == ["INT8", "FP16"]  # asked for weak typing: TensorRT 10's precision flags

@@ -113,6 +113,7 @@ class FakeStream:
     def __init__(self) -> None:
         FakeStream.count += 1
         self.handle = 1000 + FakeStream.count
+        self.raw = self.handle
 
     def synchronize(self) -> None:
         pass
@@ -202,8 +203,13 @@ def fake_runner(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> tuple[trt_ru
     monkeypatch.setattr(trt_runner, "import_tensorrt", fake_trt)
     monkeypatch.setattr(trt_runner, "deserialize", lambda trt, logger, data: (object(), engine))
     monkeypatch.setattr(trt_runner, "make_logger", lambda trt: None)
+    ready = types.SimpleNamespace(value=0)  # cudaSuccess: every request done when queried
+    runtime = types.SimpleNamespace(cudaError_t=types.SimpleNamespace(cudaErrorNotReady=object()),
+                                    cudaStreamQuery=lambda stream: (ready,))
     monkeypatch.setattr(trt_runner, "cuda", types.SimpleNamespace(Stream=FakeStream, DeviceBuffer=FakeBuffer,
-                                                                  set_device=lambda index: None))
+                                                                  set_device=lambda index: None,
+                                                                  cudart=lambda: runtime,
+                                                                  check=lambda result, call: result[1:]))
     (tmp_path / "model.engine").write_bytes(b"engine")
     return trt_runner.TensorRTRunner(tmp_path / "model.engine", 0, 2), engine
 

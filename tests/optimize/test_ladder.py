@@ -145,3 +145,25 @@ def test_a_far_slower_step_is_cut_after_a_probe_but_still_validated(tmp_path: Pa
     assert cut.latency_p50_ms > 0 and cut.accuracy == pytest.approx(by["baseline"].accuracy)
     assert cut.samples_checked == 360
     assert "probe" in (tmp_path / "out" / "card.md").read_text()
+
+
+def test_optimize_writes_a_triton_repository_with_the_simulations_setting(digits_card: tuple[Path, object]) -> None:
+    """The chosen bundle's serving/ parses with Triton's own schema; the batching values are the simulation's."""
+    pytest.importorskip("tritonclient")
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    output, card = digits_card
+    best = card.batching["best"]  # type: ignore[attr-defined]
+    text = (output / "bundle" / "serving" / "triton" / "digits_cnn" / "config.pbtxt").read_text()
+    config = text_format.Parse(text, model_config_pb2.ModelConfig())
+    assert config.backend == "python" and config.max_batch_size == best["max_batch"]
+    assert list(config.dynamic_batching.preferred_batch_size) == [best["max_batch"]]
+    assert config.dynamic_batching.max_queue_delay_microseconds == round(best["max_delay_ms"] * 1000)
+    assert [i.name for i in config.input] == ["image"] and list(config.input[0].dims) == [1, 8, 8]
+    native = text_format.Parse((output / "bundle" / "serving" / "triton-native" / "digits_cnn" / "config.pbtxt")
+                               .read_text(), model_config_pb2.ModelConfig())
+    assert native.platform == "onnxruntime_onnx" and native.max_batch_size == 0  # a static artifact
+    record = json.loads((output / "bundle" / "serving" / "serving.json").read_text())
+    assert record["best"] == best and record["sweep"] == card.batching["sweep"]  # type: ignore[attr-defined]
+    assert "max_queue_delay_microseconds" in (output / "bundle" / "serving" / "README.md").read_text()

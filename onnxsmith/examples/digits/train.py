@@ -6,6 +6,8 @@ Writes, next to this file (or under ``--out``):
   opset 17, dynamic batch ``N``.
 - ``calibration.npz``: ``image``, 200 training samples (stratified) for int8 calibration.
 - ``validation.npz``: ``image`` and ``label`` (int64), the 360 held-out samples.
+- ``train.npz``: ``image`` and ``label`` (int64), the 1,437 training samples (for ``onnxsmith distill``);
+  ``--train-data-only`` writes just this file (compressed) without training.
 
 Run: ``python onnxsmith/examples/digits/train.py`` (needs torch, scikit-learn, onnx; onnxruntime to check the
 export). Seeded and single-process; it trains in about 10 s on 2 cores and prints train/validation accuracy.
@@ -126,8 +128,14 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent, help="output folder")
+    parser.add_argument("--train-data-only", action="store_true", help="write train.npz only, without training")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.train_data_only:
+        x_train, _, y_train, _ = load_split()
+        np.savez_compressed(args.out / "train.npz", image=x_train, label=y_train)
+        print(f"wrote {args.out / 'train.npz'} ({len(x_train)} samples)")
+        return
     torch.set_num_threads(1)  # one thread: bit-for-bit the same weights on every machine with this torch
 
     x_train, x_val, y_train, y_val = load_split()
@@ -140,11 +148,12 @@ def main(argv: list[str] | None = None) -> None:
     export(model, onnx_path)
     np.savez(args.out / "calibration.npz", image=calibration_subset(x_train, y_train))
     np.savez(args.out / "validation.npz", image=x_val, label=y_val)
+    np.savez_compressed(args.out / "train.npz", image=x_train, label=y_train)
     try:
         print(f"ONNX Runtime validation accuracy {onnxruntime_accuracy(onnx_path, x_val, y_val):.4f}")
     except ImportError:
         print("onnxruntime not installed: export not checked")
-    for name in ("digits_cnn.onnx", "calibration.npz", "validation.npz"):
+    for name in ("digits_cnn.onnx", "calibration.npz", "validation.npz", "train.npz"):
         print(f"wrote {args.out / name} ({(args.out / name).stat().st_size} bytes)")
 
 

@@ -1,0 +1,116 @@
+"""Distillation (onnxsmith distill) and the student as a ladder step (optimize --student)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from onnxsmith.cli import main
+
+pytest.importorskip("torch")
+DIGITS = Path(__file__).resolve().parents[1] / "onnxsmith" / "examples" / "digits"
+TEACHER = str(DIGITS / "digits_cnn.onnx")
+MLP = "onnxsmith.examples.digits.student:mlp"
+
+
+def cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    out, err = capsys.readouterr()
+    return int(exc.value.code or 0), out, err
+
+
+def test_distill_trains_checkpoints_resumes_and_exports(tmp_path: Path) -> None:
+    from onnxsmith.distill import Settings, distill
+
+    out = tmp_path / "d"
+    settings = Settings(epochs=6, seed=1)
+    seen: list[int] = []
+
+    def interrupt(line, _total) -> None:
+        seen.append(line.epoch)
+        if line.epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        distill(TEACHER, MLP, train_spec=str(DIGITS / "train.npz"), val_spec=str(DIGITS / "validation.npz"),
+                labels="label", output=out, settings=settings, on_epoch=interrupt)
+    assert (out / "checkpoint.pt").is_file() and not (out / "student.onnx").exists()
+    record = distill(TEACHER, MLP, train_spec=str(DIGITS / "train.npz"), val_spec=str(DIGITS / "validation.npz"),
+                     labels="label", output=out, settings=settings, on_epoch=lambda line, _: seen.append(line.epoch))
+    assert record["resumed"] and seen == [1, 2, 3, 4, 5, 6] and record["epochs"] == 6
+    assert [h["epoch"] for h in record["history"]] == [1, 2, 3, 4, 5, 6]
+    assert record["parameters"]["student"] == 7212 and record["parameters"]["teacher"] == 40394
+    assert record["validation"]["samples"] == 360 and record["validation"]["student_accuracy"] > 0.8
+    assert record["export"]["check"]["cosine_min"] >= 0.9999 and record["export"]["outputs"] == ["logits"]
+    assert record["latency_ms"]["student"] > 0 and record["latency_ms"]["teacher"] > 0
+    assert json.loads((out / "distill.json").read_text())["status"] == "done"
+    # a rerun of the same distillation finds it done; other settings are refused, not silently mixed
+    again = distill(TEACHER, MLP, train_spec=str(DIGITS / "train.npz"), val_spec=str(DIGITS / "validation.npz"),
+                    labels="label", output=out, settings=settings)
+    assert again["identity"] == record["identity"] and again["train_seconds"] == record["train_seconds"]
+
+
+def test_distill_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["distill", TEACHER, "--data", str(DIGITS / "train.npz"), "-o", str(tmp_path / "d")]
+    code, _, err = cli([*base, "--student", "tests.torch_models:not_a_module", "--epochs", "1"], capsys)
+    assert code == 2 and "not a torch.nn.Module" in err
+    code, _, err = cli([*base, "--student", str(DIGITS / "digits_cnn.onnx"), "--epochs", "1"], capsys)
+    assert code == 2 and "invalid --student" in err
+    code, _, err = cli([*base, "--student", MLP, "--epochs", "1", "--labels", "nope"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+
+
+def test_optimize_student_is_a_step(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from onnxsmith.distill import Settings, distill
+
+    distill(TEACHER, MLP, train_spec=str(DIGITS / "train.npz"), val_spec=str(DIGITS / "validation.npz"),
+            labels="label", output=tmp_path / "student", settings=Settings(epochs=40))
+    code, out, err = cli(["optimize", TEACHER, "--profile", "quick", "--backend", "onnxruntime", "--data",
+                          str(DIGITS / "validation.npz"), "--labels", "label", "--calibration",
+                          str(DIGITS / "calibration.npz"), "--student", str(tmp_path / "student"),
+                          "--max-accuracy-drop", "5%", "--keep-steps", "-o", str(tmp_path / "opt"), "--json"], capsys)
+    assert code == 0, err
+    card = json.loads(out)
+    steps = {s["name"]: s for s in card["steps"]}
+    student = steps["student"]
+    assert student["parent"] == "baseline" and student["change"].startswith("architecture: the distilled student")
+    assert student["status"] != "failed" and student["accuracy"] is not None and student["samples_checked"] == 360
+    assert student["size_bytes"] < steps["baseline"]["size_bytes"]
+    assert any(n.startswith("student ") for n in card["notes"])
+    assert "student-onnxruntime-int8" in steps and steps["student-onnxruntime-int8"]["parent"] == "student"
+    assert "student" in (tmp_path / "opt" / "card.md").read_text()
+    manifest = json.loads((tmp_path / "opt" / student["bundle"] / "manifest.json").read_text())
+    assert manifest["model"]["export"]["from"] == f"{MLP} (distilled)"
+    code, _, err = cli(["optimize", TEACHER, "--student", MLP, "-o", str(tmp_path / "opt2")], capsys)
+    assert code == 2 and "--train-data" in err
+
+
+@pytest.mark.slow
+def test_digits_student_acceptance(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The acceptance run: <= 1/4 of the teacher's parameters, <= 3 minutes, within 1 point, lower latency."""
+    code, out, err = cli(["distill", TEACHER, "--student", MLP, "--data", str(DIGITS / "train.npz"), "--val",
+                          str(DIGITS / "validation.npz"), "--labels", "label", "--minutes", "3", "-o",
+                          str(tmp_path / "d"), "--json"], capsys)
+    assert code == 0, err
+    record = json.loads(out)
+    assert record["parameters"]["ratio"] <= 0.25 and record["train_seconds"] <= 180
+    val = record["validation"]
+    assert val["samples"] == 360 and val["teacher_accuracy"] - val["student_accuracy"] <= 0.01
+    assert record["latency_ms"]["student"] < record["latency_ms"]["teacher"]
+
+
+def test_pytorch_teacher_runs_eagerly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import numpy as np
+
+    train = np.load(DIGITS / "train.npz")
+    np.savez(tmp_path / "train.npz", input=train["image"][:256], label=train["label"][:256])
+    code, out, err = cli(["distill", "onnxsmith.examples.digits.train:build_model", "--shape", "input=1x1x8x8",
+                          "--student", MLP, "--data", str(tmp_path / "train.npz"), "--labels", "label",
+                          "--epochs", "2", "-o", str(tmp_path / "d"), "--json"], capsys)
+    assert code == 0, err
+    record = json.loads(out)
+    assert record["epochs"] == 2 and record["export"]["outputs"] == ["output"]
+    assert record["parameters"]["student"] == 7212
