@@ -117,6 +117,7 @@ def render_report(manifest: dict[str, Any], profile: dict[str, Any] | None,
                 p50, base_p50 = profile["latency_ms"]["p50"], base["latency_ms"]["p50"]
                 lines.append(f"\n**Warning**: its p50 is {p50 / base_p50:.1f}x ONNX Runtime fp32's ({p50:.3f} ms "
                              f"vs {base_p50:.3f} ms), measured in this run; {advice}.")
+        lines += _noise_lines(profile)
         if profile.get("layers"):
             lines += ["", "Slowest layers (backend profiler):", "", "| layer | op | kernel | time |", "|---|---|---|---|"]
             for layer in profile["layers"][:10]:
@@ -156,6 +157,32 @@ def render_report(manifest: dict[str, Any], profile: dict[str, Any] | None,
     lines += ["", "## Improved, worse, risky", ""]
     lines += summarize_changes(manifest, profile, validation)
     return "\n".join(lines) + "\n"
+
+
+def _noise_lines(profile: dict[str, Any]) -> list[str]:
+    """The interleaved comparison with the baseline (ratio with its interval and runs), the machine it ran on,
+    and the warnings: a busy machine, an artifact slower than ONNX Runtime fp32."""
+    from onnxsmith.profiling import busy_warning, slower_than_baseline
+    from onnxsmith.stats import RatioCI
+
+    out = []
+    comparison = profile.get("comparison") or {}
+    if comparison.get("ratio_p50"):
+        ratio = RatioCI.from_json(comparison["ratio_p50"])
+        word = {"better": "faster than", "worse": "slower than"}.get(ratio.verdict(), "no significant change against")
+        out.append(f"\nInterleaved runs ({ratio.runs_a} of {comparison['round_seconds']:g} s per side, alternating): "
+                   f"p50 ratio to the baseline {ratio.text('x')}: {word} ONNX Runtime fp32.")
+    env = profile.get("environment") or {}
+    if env:
+        other = env.get("other_processes_cpu_share")
+        out.append(f"\nMachine: {env.get('cpu_model')}, {env.get('usable_cores')} usable cores, frequency governor "
+                   f"{env.get('frequency_governor') or 'not readable'}; load average {env.get('load_average_before')} "
+                   f"before the run, {env.get('load_average_after')} after"
+                   + ("" if other is None else f"; other processes used {other * 100:.0f} % of the CPU during it") + ".")
+    for warning in (busy_warning(env), slower_than_baseline(profile)):
+        if warning:
+            out.append(f"\n**Warning**: {warning}.")
+    return out
 
 
 def summarize_changes(manifest: dict[str, Any], profile: dict[str, Any] | None,
