@@ -4,6 +4,11 @@ Each runner is measured in its own fresh process (as Polygraphy's comparator doe
 runner's own and a crashing backend cannot take the CLI down. Timing: load, one first inference, warm-up, then
 at least ``min_iterations`` and ``min_seconds`` (capped at ``max_seconds``) of bound single-request calls, then
 the backend's parallel-requests throughput when it has one.
+
+A measuring process (:class:`MeasureWorker`) stays alive and takes commands, so two or more runners can be loaded
+at once and timed in interleaved runs (:func:`interleave`: A B, B A, ...); the artifact-to-baseline ratio of
+medians then gets a confidence interval (:mod:`onnxsmith.stats`). Each profile records the machine it ran on and
+how busy it was (:func:`environment`, :class:`LoadWatch`).
 """
 
 from __future__ import annotations

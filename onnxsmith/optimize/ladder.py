@@ -3,9 +3,12 @@
 Order: ``baseline`` (ONNX Runtime fp32, the original model) -> ``simplify`` (onnxslim) -> every precision of the
 profile's ladder that the target lists, on every backend of the target that runs here (ONNX Runtime gets fp16 and
 int8 through the ONNX passes; other backends compile the precision natively, int8 from the same calibration set)
--> pruning (magnitude and 2:4, on the fastest fp32 backend) where the profile enables it -> the chosen step at the
-profile's other batch sizes, and a dynamic-batching plan from those latencies. Each step names its parent and the
-one thing it changed; all figures come from the measured :class:`~onnxsmith.optimize.record.Card`.
+-> pruning (magnitude and 2:4, on the fastest fp32 backend) where the profile enables it -> runtime knobs of the best
+step's backend (one declared option each) where the profile enables them -> a head-to-head of the leaders and their
+ancestors in interleaved runs -> the chosen step at the profile's other batch sizes, and a dynamic-batching plan
+from those latencies. Each step names its parent and the one thing it changed; a step that does not beat its parent
+significantly (the confidence interval of the ratio of medians, :mod:`onnxsmith.stats`) is "no significant change"
+and the parent is kept. All figures come from the measured :class:`~onnxsmith.optimize.record.Card`.
 """
 
 from __future__ import annotations

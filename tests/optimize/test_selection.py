@@ -193,3 +193,25 @@ def test_the_head_to_head_times_leaders_with_their_ancestors_and_decides_by_thos
     result = select(again, Constraints(max_accuracy_drop=0.01), "baseline")
     assert result.chosen == "fp16"
     assert {s.name: s for s in result.steps}["int8"].verdict == "not_significant"
+
+
+def test_the_card_shows_the_interval_and_the_runs(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from onnxsmith.optimize.card import write_card
+
+    base = _timed(_step("baseline", 10.0, 0.95), _noisy(10.0, seed=1))
+    simplify = _timed(_step("simplify", 9.93, 0.95), _noisy(9.93, seed=2))
+    result = select([base, simplify], Constraints(max_accuracy_drop=0.01), "baseline")
+    card = Card(model="m", model_fingerprint="f", target="host", profile="quick",
+                constraints=Constraints(max_accuracy_drop=0.01), reference="baseline", steps=result.steps,
+                chosen=result.chosen)
+    files = write_card(card, Path(str(tmp_path)))
+    md, html = files["md"].read_text(), files["html"].read_text()
+    ci = {s.name: s for s in result.steps}["simplify"].vs_parent
+    assert ci is not None
+    cell = f"{ci['ratio']:.3f} [{ci['low']:.3f}, {ci['high']:.3f}] n=8 (ns)"
+    assert "vs parent (95 % CI, runs)" in md and f"| {cell} |" in md and f"<td>{cell}</td>" in html
+    assert "runs: 8 interleaved runs (head to head 1)" in md
+    assert "(95 % bootstrap CI, 8 vs 8 runs, paired) — no significant change" in md
+    assert Card.from_json(card.to_json()) == card
