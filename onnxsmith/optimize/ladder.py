@@ -129,6 +129,13 @@ def run_ladder(model: LoadedModel, target: Target, profile: Profile, *, data: Da
     from onnxsmith.compile import protected_inputs
 
     notes: list[str] = []
+    from onnxsmith.profiling import LoadWatch, environment, is_busy
+
+    env, load = environment(), LoadWatch().load_before
+    notes.append(f"machine: {env['cpu_model']}, {env['usable_cores']} usable cores, frequency governor "
+                 f"{env['frequency_governor'] or 'not readable'}; load average {load} when the ladder started"
+                 + ("; the machine was busy: timings are noisy, and steps within noise keep their parent"
+                    if is_busy(load, env["usable_cores"] or 1) else ""))
     usable = _usable_backends(target, backends, notes)  # before anything is written: a typo leaves no folder
     _prepare_output(output, protected_inputs(model, data, calibration), force)
     say = progress or (lambda message: None)
@@ -331,8 +338,8 @@ def _contest(runner: StepRunner, steps: list[Step], constraints: Constraints, ro
                                            "comparisons use these runs")))
         out.append(step)
     if notes:
-        out = [dataclasses.replace(s, notes=(*s.notes, *[n for n in notes if n.startswith(s.name + " ")]))
-               for s in out]
+        out = [dataclasses.replace(s, notes=(*s.notes, *[n.removeprefix(s.name + " ") for n in notes
+                                                         if n.startswith(s.name + " ")])) for s in out]
     return out
 
 

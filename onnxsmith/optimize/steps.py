@@ -157,6 +157,11 @@ class StepRunner:
         latency = prof["latency_ms"]
         throughput = max(prof.get("throughput_per_s") or 0.0, prof.get("parallel_throughput_per_s") or 0.0)
         notes = []
+        from onnxsmith.profiling import busy_warning
+
+        busy = busy_warning(prof.get("environment") or {})
+        if busy:
+            notes.append(f"profile: {busy}")
         if (prof.get("parallel_throughput_per_s") or 0.0) > (prof.get("throughput_per_s") or 0.0):
             notes.append(f"throughput with {prof.get('parallel_requests')} parallel requests "
                          f"({prof['throughput_per_s']:,.1f}/s one at a time)")
@@ -221,7 +226,7 @@ class StepRunner:
         from onnxsmith.bundle import Bundle
         from onnxsmith.cache import owner_tag
         from onnxsmith.data import feed_batch, save_npz
-        from onnxsmith.profiling import MeasureWorker, interleave, profile_feeds
+        from onnxsmith.profiling import LoadWatch, MeasureWorker, interleave, profile_feeds
 
         notes: list[str] = []
         with tempfile.TemporaryDirectory(prefix=f"onnxsmith-contest-{owner_tag()}-") as tmp:
@@ -241,7 +246,19 @@ class StepRunner:
                 if len(workers) < 2:
                     return {}, notes
                 self.progress(f"head to head: {', '.join(workers)} ({rounds} interleaved runs each)")
-                return interleave(workers, rounds, seconds, mode=mode, progress=self.progress), notes
+                watch = LoadWatch()
+                for worker in workers.values():
+                    watch.track(worker.proc.pid)
+                runs = interleave(workers, rounds, seconds, mode=mode, progress=self.progress)
+                for worker in workers.values():
+                    watch.untrack(worker.proc.pid)
+                env = watch.finish()
+                other = env["other_processes_cpu_share"]
+                machine = (f"during the head-to-head: load average {env['load_average_before']} -> "
+                           f"{env['load_average_after']} on {watch.cores} cores"
+                           + ("" if other is None else f", other processes used {other * 100:.0f} % of the CPU")
+                           + ("; the machine was busy, so the intervals are wide" if env["busy"] else ""))
+                return runs, notes + [f"{name} {machine}" for name in runs]
             finally:
                 for worker in workers.values():
                     worker.close()
