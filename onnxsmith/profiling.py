@@ -373,6 +373,9 @@ def run_isolated(kind: str, bundle: Bundle, feeds_path: Path, measure: Measure, 
         return worker.measure(measure)
 
 
+PAUSE_S = 0.05
+
+
 def interleave(workers: dict[str, MeasureWorker], rounds: int, seconds: float, min_iterations: int = 5,
                mode: str = "latency", progress: Any | None = None) -> dict[str, list[float]]:
     """Time every worker ``rounds`` times in alternating order (A B C, C B A, ...): per name, one figure per
@@ -384,6 +387,7 @@ def interleave(workers: dict[str, MeasureWorker], rounds: int, seconds: float, m
         if progress:
             progress(f"interleaved runs: round {round_ + 1} of {rounds}")
         for name in names if round_ % 2 == 0 else reversed(names):
+            time.sleep(PAUSE_S)  # let the previous runner's spinning threads go idle before the next one runs
             runs[name].append(float(workers[name].block(seconds, min_iterations, mode)[key]))
     return runs
 
