@@ -701,9 +701,9 @@ def profile_bundle(bundle: Bundle, profile: Profile, *, baseline: bool = True, d
     )
 
 
-def slower_than_baseline(record: dict[str, Any]) -> str | None:
+def slower_than_baseline(record: dict[str, Any], manifest: dict[str, Any] | None = None) -> str | None:
     """When the artifact is significantly slower than its ONNX Runtime fp32 baseline (interleaved runs): what to
-    say, naming the faster choice; else None."""
+    say, naming the faster choice (with the command, given the bundle's ``manifest``); else None."""
     comparison = record.get("comparison") or {}
     ci = comparison.get("ratio_p50")
     if not ci:
@@ -711,12 +711,17 @@ def slower_than_baseline(record: dict[str, Any]) -> str | None:
     ratio = RatioCI.from_json(ci)
     if not (ratio.significant and ratio.ratio > 1):
         return None
+    command = ""
+    if manifest:
+        source = (manifest.get("model") or {}).get("source") or "MODEL"
+        target = (manifest.get("target") or {}).get("id") or "TARGET"
+        command = f"onnxsmith compile {source} --target {target} --backend onnxruntime --precision fp32"
     if record["backend"] == "onnxruntime":
         faster = (f"the fp32 model on ONNX Runtime (this {record['precision_used']} graph costs more than it saves "
-                  "here): compile with --precision fp32")
+                  f"here): {command or 'compile with --precision fp32'}")
     else:
-        faster = (f"ONNX Runtime fp32 (compile with --backend onnxruntime), or let 'onnxsmith optimize' measure "
-                  f"every backend")
+        faster = (f"ONNX Runtime fp32 ({command or 'compile with --backend onnxruntime'}), or let 'onnxsmith "
+                  "optimize' measure every backend")
     return (f"the {record['backend']} {record['precision_used']} artifact is {ratio.ratio:.2f}x slower than ONNX "
             f"Runtime fp32 on this machine (p50 ratio {ratio.text()}); the faster choice here is {faster}")
 

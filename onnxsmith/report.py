@@ -121,7 +121,7 @@ def render_report(manifest: dict[str, Any], profile: dict[str, Any] | None,
                 p50, base_p50 = profile["latency_ms"]["p50"], base["latency_ms"]["p50"]
                 lines.append(f"\n**Warning**: its p50 is {p50 / base_p50:.1f}x ONNX Runtime fp32's ({p50:.3f} ms "
                              f"vs {base_p50:.3f} ms), measured in this run; {advice}.")
-        lines += _noise_lines(profile)
+        lines += _noise_lines(profile, manifest)
         if profile.get("layers"):
             lines += ["", "Slowest layers (backend profiler):", "", "| layer | op | kernel | time |", "|---|---|---|---|"]
             for layer in profile["layers"][:10]:
@@ -171,7 +171,7 @@ def _interleaved_ratio(profile: dict[str, Any]) -> Any:
     return RatioCI.from_json(ci) if ci else None
 
 
-def _noise_lines(profile: dict[str, Any]) -> list[str]:
+def _noise_lines(profile: dict[str, Any], manifest: dict[str, Any]) -> list[str]:
     """The interleaved comparison with the baseline (ratio with its interval and runs), the machine it ran on,
     and the warnings: a busy machine, an artifact slower than ONNX Runtime fp32."""
     from onnxsmith.profiling import busy_warning, slower_than_baseline
@@ -191,7 +191,7 @@ def _noise_lines(profile: dict[str, Any]) -> list[str]:
                    f"{env.get('frequency_governor') or 'not readable'}; load average {env.get('load_average_before')} "
                    f"before the run, {env.get('load_average_after')} after"
                    + ("" if other is None else f"; other processes used {other * 100:.0f} % of the CPU during it") + ".")
-    for warning in (busy_warning(env), slower_than_baseline(profile)):
+    for warning in (busy_warning(env), slower_than_baseline(profile, manifest)):
         if warning:
             out.append(f"\n**Warning**: {warning}.")
     return out

@@ -124,6 +124,9 @@ def test_a_significantly_slower_artifact_is_called_out_with_the_faster_choice() 
     message = slower_than_baseline(record)
     assert message is not None and message.startswith("the openvino fp32 artifact is 2.30x slower than ONNX Runtime fp32")
     assert "the faster choice here is ONNX Runtime fp32 (compile with --backend onnxruntime)" in message
+    manifest = {"model": {"source": "m.onnx"}, "target": {"id": "host"}}
+    assert ("ONNX Runtime fp32 (onnxsmith compile m.onnx --target host --backend onnxruntime --precision fp32)"
+            in (slower_than_baseline(record, manifest) or ""))
     assert "load average 3.1 before the run on 2 cores" in (busy_warning(record["environment"]) or "")
     lines = profile_verdict_lines(record)
     assert any(line.startswith("warning: the openvino fp32 artifact") for line in lines)
