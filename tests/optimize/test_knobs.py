@@ -64,3 +64,20 @@ def test_knob_steps_change_one_option_of_the_best_step_and_win_only_significantl
         key, value = card.chosen.split("+", 1)[1].split("=")
         field = {"graph_optimization_level": "load_graph_level"}.get(key, key)
         assert str(chosen.artifact.options[field]) == value
+
+
+def test_onnxruntime_knobs_reach_the_session(tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    from onnxsmith.compile import compile_model
+
+    model = load_model(DIGITS / "digits_cnn.onnx")
+    bundle = compile_model(model, load_target("host"), profile=load_profile("quick"), output=tmp_path / "b",
+                           backend="onnxruntime", precision="fp32",
+                           options={"execution_mode": "parallel", "graph_optimization_level": "extended",
+                                    "threads": "1"})
+    with bundle.load_runner() as runner:
+        opts = runner.session.get_session_options()
+        assert opts.execution_mode == ort.ExecutionMode.ORT_PARALLEL
+        assert opts.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        assert opts.intra_op_num_threads == 1
