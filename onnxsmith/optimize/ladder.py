@@ -288,12 +288,14 @@ def _prune_steps(runner: StepRunner, steps: list[Step], chain: tuple, notes: lis
 
 
 def _contest(runner: StepRunner, steps: list[Step], constraints: Constraints, rounds: int, seconds: float,
-             tag: int, within: float = 0.25, most: int = 5, cap: int = 8) -> list[Step]:
+             tag: int, within: float | None = None, most: int = 6, cap: int = 8) -> list[Step]:
     """Time the leading candidates and their ancestors head to head in interleaved runs; every later comparison
     (the selection's "significantly better than its parent", improved/worse) uses those runs.
 
-    Leaders: the steps that meet the constraints and lie within ``within`` of the best (at most ``most``), plus the
-    ancestors of each that meet them too, so a step and the parent it must beat are always timed side by side.
+    Leaders: the best ``most`` steps that meet the constraints (only those within ``within`` of the best, when
+    given), plus the ancestors of each that meet them too, so a step and the parent it must beat are always timed
+    side by side. No fixed window by default: on a shared machine the load drifts by tens of per cent between one
+    step's profile and the next, so single profiles cannot say which steps are close.
     Each is loaded once in its own process; then ``rounds`` runs of ``seconds`` each, in alternating order, so
     drift and load from other processes hit every candidate alike and run i of one pairs with run i of another."""
     from onnxsmith.optimize.selection import figure
@@ -310,6 +312,8 @@ def _contest(runner: StepRunner, steps: list[Step], constraints: Constraints, ro
     best = figure(by[selection.chosen], objective) or 0.0
 
     def close(name: str) -> bool:
+        if within is None:
+            return True
         value = figure(by[name], objective) or 0.0
         return value <= best * (1 + within) if objective == "latency" else value >= best / (1 + within)
 

@@ -185,7 +185,7 @@ def test_the_head_to_head_times_leaders_with_their_ancestors_and_decides_by_thos
     contest = _Contest({"baseline": _noisy(10.0, seed=1), "fp16": _noisy(4.2, seed=2),
                         "int8": _noisy(4.18, seed=3)})
     again = _contest(contest, steps, Constraints(max_accuracy_drop=0.01), rounds=6, seconds=0.5,  # type: ignore[arg-type]
-                     tag=1)
+                     tag=1, within=0.25)
     assert sorted(contest.asked) == ["baseline", "fp16", "int8"]  # leaders and their ancestors; 'far' is not close
     by = {s.name: s for s in again}
     assert by["int8"].runs_kind == "interleaved#1" and len(by["int8"].runs) == 6
@@ -215,3 +215,15 @@ def test_the_card_shows_the_interval_and_the_runs(tmp_path: object) -> None:
     assert "runs: 8 interleaved runs (head to head 1)" in md
     assert "(95 % bootstrap CI, 8 vs 8 runs, paired) — no significant change" in md
     assert Card.from_json(card.to_json()) == card
+
+
+def test_by_default_every_step_that_meets_the_constraints_takes_part() -> None:
+    from onnxsmith.optimize.ladder import _contest
+
+    steps = [dataclasses.replace(_step("baseline", 10.0, 0.95), bundle="b0"),
+             dataclasses.replace(_step("fp16", 4.3, 0.95), bundle="b1"),
+             dataclasses.replace(_step("far", 16.0, 0.95, parent="fp16"), bundle="b3"),
+             dataclasses.replace(_step("bad", 1.0, 0.5), bundle="b4")]  # misses the accuracy budget
+    contest = _Contest({"baseline": _noisy(10.0, seed=1), "fp16": _noisy(4.2, seed=2), "far": _noisy(9.0, seed=3)})
+    _contest(contest, steps, Constraints(max_accuracy_drop=0.01), rounds=6, seconds=0.5, tag=1)  # type: ignore[arg-type]
+    assert sorted(contest.asked) == ["baseline", "far", "fp16"]
