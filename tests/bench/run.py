@@ -128,8 +128,11 @@ def bench_optimize(results: dict) -> None:
     chosen = card["chosen"]
     if chosen is None:
         raise SystemExit(f"optimize chose nothing: {card['failure']}")
-    names = {label: step for label, step in PEERS.items() if by.get(step, {}).get("bundle")}
-    missing = sorted(set(PEERS) - set(names))
+    peers = dict(PEERS)
+    if by.get("openvino-bf16", {}).get("bundle"):
+        peers["OpenVINO default"] = "openvino-bf16"  # a BF16 CPU: OpenVINO's CPU plugin defaults to bf16 there
+    names = {label: step for label, step in peers.items() if by.get(step, {}).get("bundle")}
+    missing = sorted(set(peers) - set(names))
     bundles = sorted({*names.values(), chosen})
     times: dict[str, list[float]] = {name: [] for name in bundles}
     for round_ in range(ROUNDS):
