@@ -193,7 +193,7 @@ _RUNNER_NAMES = frozenset({"inputs", "outputs", "device_name", "emulation", "run
 _COMPILER_NAMES = frozenset({"name", "extra", "install_hint", "artifact_kind", "options", "check_environment",
                              "version", "devices", "supports", "runs_here", "precisions", "unsupported_ops",
                              "needs_calibration", "cache_token", "compile", "load", "load_emulated", "load_remote",
-                             "ladder_variants",
+                             "ladder_variants", "runtime_knobs",
                              "onnx_pass_precisions", "slow_artifact_advice", "portable_across_versions",
                              "load_layers", "keep_fp32_option", "deploy_programs", "triton_model",
                              "max_opset", "vendor_import", "install_command"})
@@ -362,6 +362,14 @@ class Compiler:
     def ladder_variants(self, target: Target, precision: str) -> list[Variant]:
         """The steps ``optimize`` tries for ``precision`` with this backend. Default: one, with no options."""
         return [Variant()]
+
+    def runtime_knobs(self, target: Target, profile: Profile, options: Mapping[str, Any]) -> list[Variant]:
+        """Runtime settings ``optimize`` tries as ladder steps on this backend's best artifact, one change each
+        (threads, streams, performance hint, graph optimization level...), chosen for the profile's objective
+        (``profile.performance_hint``); ``options`` are the ones that artifact was compiled with. Each variant's
+        options must be declared in :attr:`options`. A knob is kept only if its step wins significantly.
+        Default: none."""
+        return []
 
     def onnx_pass_precisions(self, target: Target) -> dict[str, str]:
         """Precisions this backend reaches by running an ONNX graph an onnxsmith pass transformed, not natively:

@@ -47,12 +47,12 @@ def profile_command(bundle_path: str, profile_spec: str, input_file: str | None,
     if as_json:
         print_json(record)
         return
-    print_profile(record)
+    print_profile(record, bundle.manifest)
     click.echo(f"profile: {bundle.path / 'profile.json'}")
     click.echo(f"report: {bundle.path / 'report.md'}")
 
 
-def print_profile(record: dict) -> None:
+def print_profile(record: dict, manifest: dict | None = None) -> None:
     from rich.table import Table
 
     from onnxsmith.console import stdout_console
@@ -74,6 +74,32 @@ def print_profile(record: dict) -> None:
         table.add_row(label, "-" if ours is None else f"{ours:.2f}", "-" if theirs is None else f"{theirs:.2f}",
                       "-" if not (ours and theirs) else f"{ours / theirs:.2f}x")
     stdout_console().print(table)
+    for line in profile_verdict_lines(record, manifest):
+        click.echo(line)
     if record.get("efficiency") is not None:
         click.echo(f"efficiency: {record['achieved_tflops'] * 1000:.2f} GFLOP/s = {record['efficiency'] * 100:.2f} % "
                    f"of {record['peak_tflops']} TFLOP/s peak ({record['precision_used']})")
+
+
+def profile_verdict_lines(record: dict, manifest: dict | None = None) -> list[str]:
+    """The interleaved comparison with the baseline, the machine, and the warnings, one line each."""
+    from onnxsmith.profiling import busy_warning, slower_than_baseline
+    from onnxsmith.stats import RatioCI
+
+    lines = []
+    ci = (record.get("comparison") or {}).get("ratio_p50")
+    if ci:
+        ratio = RatioCI.from_json(ci)
+        word = {"better": "faster than", "worse": "slower than"}.get(ratio.verdict(), "no significant change against")
+        lines.append(f"p50 vs ONNX Runtime fp32 in interleaved runs: {ratio.text('x')} ({word} the baseline)")
+    env = record.get("environment") or {}
+    if env:
+        other = env.get("other_processes_cpu_share")
+        lines.append(f"machine: {env.get('cpu_model')}, {env.get('usable_cores')} cores"
+                     + (f", governor {env['frequency_governor']}" if env.get("frequency_governor") else "")
+                     + f"; load average {env.get('load_average_before')} before, {env.get('load_average_after')} "
+                     "after" + ("" if other is None else f"; other processes {other * 100:.0f} % of CPU during"))
+    for warning in (busy_warning(env), slower_than_baseline(record, manifest)):
+        if warning:
+            lines.append(f"warning: {warning}")
+    return lines
