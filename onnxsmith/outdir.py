@@ -22,6 +22,7 @@ from onnxsmith.errors import UserInputError
 KINDS = {
     "bundle": ("manifest.json", "an onnxsmith bundle"),
     "optimize": ("card.json", "an 'onnxsmith optimize' result"),
+    "compare": ("compare.json", "an 'onnxsmith compare' result"),
 }
 
 
@@ -33,7 +34,7 @@ def _is_result(path: Path, kind: str) -> bool:
         return False
     if kind == "bundle":
         return isinstance(data, dict) and "files" in data and "format_version" in data
-    return isinstance(data, dict) and "steps" in data
+    return isinstance(data, dict) and ("cells" if kind == "compare" else "steps") in data
 
 
 def _contains(outer: Path, inner: Path) -> bool:

@@ -140,7 +140,7 @@ _COMPILER_NAMES = frozenset({"name", "extra", "install_hint", "artifact_kind", "
                              "version", "devices", "supports", "runs_here", "precisions", "unsupported_ops",
                              "needs_calibration", "cache_token", "compile", "load", "load_remote", "ladder_variants",
                              "onnx_pass_precisions", "slow_artifact_advice", "portable_across_versions",
-                             "vendor_import", "install_command"})
+                             "builds_on_device", "emulated_device", "vendor_import", "install_command"})
 
 
 def _check_names(cls: type, known: frozenset[str], kind: str) -> None:
@@ -302,6 +302,17 @@ class Compiler:
     def portable_across_versions(self, artifact: Artifact) -> bool:
         """Whether an artifact built by another version of the vendor library still loads. Default: no."""
         return False
+
+    def builds_on_device(self, target: Target) -> bool:
+        """Whether an artifact for ``target`` must be built on the device itself (a TensorRT engine is specific to
+        the GPU and TensorRT version), so a fleet compiles it where it profiles it. Default: no (it cross-builds)."""
+        return False
+
+    def emulated_device(self, target: Target) -> contextlib.AbstractContextManager[str] | None:
+        """A context manager that starts an emulator of ``target``'s device on 127.0.0.1 and yields the address
+        :meth:`load_remote` takes, or None when this backend has none here (its timings mean nothing: a fleet labels
+        them emulated and never ranks them). Default: none."""
+        return None
 
     # --- helpers ------------------------------------------------------------------------------------------------
     def install_command(self) -> str:
