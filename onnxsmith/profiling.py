@@ -260,6 +260,15 @@ class ProfileResult:
     host: str
     remote: str | None
     measure: dict[str, Any]
+    measured_peak_tflops: float | None = None
+    """This machine's peak for the precision measured by ``onnxsmith probe`` (None: not probed, or remote)."""
+
+    @property
+    def efficiency_of_measured_peak(self) -> float | None:
+        achieved = self.achieved_tflops
+        if achieved is None or not self.measured_peak_tflops:
+            return None
+        return achieved / self.measured_peak_tflops
 
     @property
     def achieved_tflops(self) -> float | None:
@@ -291,6 +300,9 @@ class ProfileResult:
             "achieved_tflops": None if self.achieved_tflops is None else round(self.achieved_tflops, 6),
             "peak_tflops": self.peak_tflops,
             "efficiency": None if self.efficiency is None else round(self.efficiency, 6),
+            "measured_peak_tflops": self.measured_peak_tflops,
+            "efficiency_of_measured_peak": None if self.efficiency_of_measured_peak is None
+            else round(self.efficiency_of_measured_peak, 6),
             "speedup_vs_baseline": None if self.speedup_vs_baseline is None else round(self.speedup_vs_baseline, 4),
             "baseline": None,
             "host": self.host, "remote": self.remote, "measure": self.measure,
@@ -386,7 +398,18 @@ def profile_bundle(bundle: Bundle, profile: Profile, *, baseline: bool = True, d
         flops=flops, peak_tflops=target.peak.for_precision(precision_used),
         host=f"{platform.node()} {platform.machine()} {platform.processor() or ''}".strip(), remote=remote,
         measure=dataclasses.asdict(profile.measure),
+        measured_peak_tflops=None if remote or target.kind != "cpu" else _measured_peak(precision_used),
     )
+
+
+def _measured_peak(precision: str) -> float | None:
+    """This CPU's peak from ``onnxsmith probe`` (stored per device fingerprint), when it was probed."""
+    from onnxsmith.probe import measured_peak
+
+    try:
+        return measured_peak(precision)
+    except Exception:  # a damaged peaks file never fails a profile
+        return None
 
 
 if __name__ == "__main__":

@@ -74,6 +74,15 @@ def print_profile(record: dict) -> None:
         table.add_row(label, "-" if ours is None else f"{ours:.2f}", "-" if theirs is None else f"{theirs:.2f}",
                       "-" if not (ours and theirs) else f"{ours / theirs:.2f}x")
     stdout_console().print(table)
-    if record.get("efficiency") is not None:
-        click.echo(f"efficiency: {record['achieved_tflops'] * 1000:.2f} GFLOP/s = {record['efficiency'] * 100:.2f} % "
-                   f"of {record['peak_tflops']} TFLOP/s peak ({record['precision_used']})")
+    if record.get("efficiency") is not None or record.get("efficiency_of_measured_peak") is not None:
+        parts = []
+        if record.get("efficiency_of_measured_peak") is not None:
+            parts.append(f"{record['efficiency_of_measured_peak'] * 100:.2f} % of measured peak "
+                         f"({record['measured_peak_tflops'] * 1000:.1f} G/s, onnxsmith probe)")
+        else:
+            parts.append("measured peak: not probed (run 'onnxsmith probe')")
+        if record.get("efficiency") is not None:
+            parts.append(f"{record['efficiency'] * 100:.2f} % of nominal peak ({record['peak_tflops']} T/s, "
+                         "target file)")
+        click.echo(f"efficiency ({record['precision_used']}): {record['achieved_tflops'] * 1000:.2f} GFLOP/s = "
+                   + "; ".join(parts))

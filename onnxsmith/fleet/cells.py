@@ -62,7 +62,7 @@ class CellSpec:
 
 def default_precision(backend: Any, target: Any, profile: Any) -> str:
     """The profile's precision when target and backend offer it, else the first the backend offers the target."""
-    offered = [p for p in backend.precisions(target) if p in target.precisions]
+    offered = [p for p in (*backend.precisions(target), *backend.onnx_pass_precisions(target)) if p in target.precisions]
     if profile.precision in offered:
         return profile.precision
     if not offered:
@@ -90,13 +90,40 @@ def compile_stage(req: dict[str, Any]) -> dict[str, Any]:
     backend.check_environment()
     precision = req.get("precision") or default_precision(backend, target, profile)
     calibration = None
-    if backend.needs_calibration(precision, model) and req.get("calibration"):
-        calibration = open_dataset(req["calibration"], model.inputs, what="calibration data",
-                                   known_batch=model.batch_inputs)
-    bundle = compile_model(model, target, profile=profile, output=req["output"], backend=backend.name,
-                           precision=precision, calibration=calibration, options=req.get("options") or {})
+    onnx_pass = None
+    if precision not in backend.precisions(target):
+        onnx_pass = backend.onnx_pass_precisions(target).get(precision)  # e.g. int8 as an ONNX QDQ graph
+    if onnx_pass or backend.needs_calibration(precision, model):
+        if req.get("calibration"):
+            calibration = open_dataset(req["calibration"], model.inputs, what="calibration data",
+                                       known_batch=model.batch_inputs)
+    compiled, reference, notes = model, None, ()
+    if onnx_pass:
+        import tempfile
+
+        from onnxsmith.model import save_model
+        from onnxsmith.optimize.passes import get_pass
+
+        if precision not in target.precisions:
+            from onnxsmith.errors import UnsupportedError
+
+            raise UnsupportedError(f"{target.id} does not support {precision}",
+                                   f"its precisions are {', '.join(target.precisions)}")
+        done = get_pass(onnx_pass).run(model, calibration=calibration)
+        scratch = tempfile.mkdtemp(prefix="onnxsmith-cell-pass-")
+        compiled = load_model(save_model(done.model, Path(scratch) / f"{model.name}.onnx"))
+        reference, notes = model, (f"{precision} through onnxsmith's {onnx_pass} pass, compiled as fp32 by "
+                                   f"{backend.name}",)
+    bundle = compile_model(compiled, target, profile=profile, output=req["output"], backend=backend.name,
+                           precision="fp32" if onnx_pass else precision, calibration=None if onnx_pass else calibration,
+                           options=req.get("options") or {}, reference=reference, notes=notes)
+    if onnx_pass:
+        import shutil
+
+        shutil.rmtree(scratch, ignore_errors=True)
     m = bundle.manifest
-    return {"backend": m["backend"], "backend_version": m["backend_version"], "precision": m["precision"],
+    return {"backend": m["backend"], "backend_version": m["backend_version"], "precision": precision,
+            "onnx_pass": onnx_pass,
             "precision_used": m["precision_used"], "compile_seconds": m["compile_seconds"],
             "cache_hit": m["cache"]["hit"], "artifact_size_bytes": bundle.artifact_size(),
             "runs_here": m["runs_here"], "notes": m["notes"], "target": m["target"]["id"],

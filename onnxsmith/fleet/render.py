@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-COLUMNS = ("cell", "status", "worker", "p50 ms", "p99 ms", "vs ORT fp32", "efficiency", "quality", "size",
+COLUMNS = ("cell", "status", "worker", "p50 ms", "p99 ms", "speed-up vs ORT fp32", "efficiency", "quality", "size",
            "compile s", "note")
 
 
@@ -57,7 +57,7 @@ def rows(record: Mapping[str, Any]) -> list[list[str]]:
         speed = c.get("speedup_vs_baseline")
         out.append([c["cell"] + (f" ({c['backend']} {c['precision_used']})" if c.get("precision_used") else ""),
                     c["status"], c.get("worker") or "-", _fmt(c.get("p50_ms")), _fmt(c.get("p99_ms")),
-                    _fmt(speed, ".2f", "x faster"), _efficiency(c), _quality(c),
+                    _fmt(speed, ".2f", "x"), _efficiency(c), _quality(c),
                     "-" if size is None else f"{size / 1e6:.2f} MB", _fmt(c.get("compile_seconds"), ".2f"),
                     _note(c)])
     return out
@@ -67,7 +67,9 @@ def print_table(record: Mapping[str, Any]) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from onnxsmith.console import stdout_console
+    import sys
+
+    from rich.console import Console
 
     where = record["executor"] + (f" at {record['cluster']}" if record.get("cluster") else "")
     table = Table(title=f"compare {record['model']['name']} ({record['profile']} profile, {where}, "
@@ -76,7 +78,7 @@ def print_table(record: Mapping[str, Any]) -> None:
         table.add_column(col, justify="right" if col in ("p50 ms", "p99 ms", "size", "compile s") else "left")
     for row in rows(record):
         table.add_row(*(escape(x) for x in row))
-    stdout_console().print(table)
+    Console(width=None if sys.stdout.isatty() else 220).print(table)
 
 
 def markdown(record: Mapping[str, Any]) -> str:
