@@ -100,17 +100,20 @@ def compile_task(request: dict[str, Any], payloads: dict[str, tuple[str, str, li
     from onnxsmith.fleet import objects
     from onnxsmith.fleet.cells import run_stage
 
+    started = time.perf_counter()
     transfers: dict[str, str] = {}
     for key, (sha, name, box) in payloads.items():
         request[key] = str(_materialize(ray, sha, box, transfers, key) / name)
     with tempfile.TemporaryDirectory(prefix="onnxsmith-fleet-compile-") as tmp:
         request["output"] = str(Path(tmp) / "bundle")
+        stage_start = time.perf_counter()
         outcome = run_stage("compile", request, Path(tmp) / "stage")
+        outcome["stage_s"] = time.perf_counter() - stage_start
         data = b""
         if outcome["status"] == "ok":
             data = objects.pack({"bundle": Path(tmp) / "bundle"})
             outcome["bundle_sha"] = objects.digest(data)
-    outcome.update(worker=_worker_name(), transfers=transfers)
+    outcome.update(worker=_worker_name(), transfers=transfers, task_s=time.perf_counter() - started)
     return outcome, data
 
 
@@ -125,6 +128,7 @@ def measure_task(request: dict[str, Any], target_id: str, bundle: tuple[str, lis
     from onnxsmith.fleet import objects
     from onnxsmith.fleet.cells import run_stage
 
+    started = time.perf_counter()
     transfers: dict[str, str] = {}
     device = json.loads(os.environ.get(DEVICES_ENV) or "{}").get(target_id) or {}
     for key, (sha, name, box) in payloads.items():
@@ -134,10 +138,12 @@ def measure_task(request: dict[str, Any], target_id: str, bundle: tuple[str, lis
         work = Path(tmp) / "bundle"
         shutil.copytree(source, work)  # the cached payload stays as it arrived
         request.update(bundle=str(work), remote=device.get("remote"), emulated=bool(device.get("emulated")))
+        stage_start = time.perf_counter()
         outcome = run_stage("measure", request, Path(tmp) / "stage")
+        outcome["stage_s"] = time.perf_counter() - stage_start
         data = objects.pack({"bundle": work}) if outcome["status"] == "ok" else b""
     outcome.update(worker=_worker_name(), transfers=transfers, emulated=bool(device.get("emulated")),
-                   remote=device.get("remote"))
+                   remote=device.get("remote"), task_s=time.perf_counter() - started)
     return outcome, data
 
 
@@ -272,6 +278,10 @@ class RayExecutor:
                         progress(cell, cell.reason)
                     continue
                 cell.seconds[stage] = cell.seconds.get(stage, 0.0) + seconds
+                for part in ("task_s", "stage_s"):  # the Ray overhead is what the driver waited beyond the stage
+                    if outcome.get(part) is not None:
+                        key = f"{stage}_{part[:-2]}"
+                        cell.seconds[key] = cell.seconds.get(key, 0.0) + outcome[part]
                 cell.transfers.update({f"{stage}:{k}": v for k, v in outcome.get("transfers", {}).items()})
                 cell.worker = outcome.get("worker")
                 if outcome["status"] != "ok":

@@ -140,6 +140,9 @@ def main(out: Path, scenario: str) -> None:
         if scenario == "bench":  # once more each, caches warm: the figures quoted are from this pair
             info["ray_warm"] = _compare(out / "ray2", True, head_env)
             info["local_warm"] = _compare(out / "local2", False, _env(caches["local"]))
+        if scenario == "acceptance":  # the acceptance compare, through the cluster
+            info["acceptance"] = _compare(out / "acceptance", True, head_env,
+                                          ["host", "arm/raspberry-pi-5", "nvidia/h100", "apple/m3"])
         if scenario == "test":
             stop, killed = threading.Event(), []
             thread = threading.Thread(target=_killer, args=(stop, killed), daemon=True)
