@@ -17,9 +17,11 @@ from onnxsmith.cli.common import data_option, json_option
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for generated inputs.")
 @click.option("--keep-worst", type=click.IntRange(min=0), default=5, show_default=True, help="Worst examples kept in the bundle.")
 @click.option("--min-cosine", type=float, default=None, help="Required cosine similarity (default by precision).")
+@click.option("--cluster", default=None, metavar="auto|HOST:PORT", help="Validate on the Ray fleet worker that owns "
+              "the bundle's device (see 'onnxsmith worker').")
 @json_option
 def validate_command(bundle_path: str, data_file: str | None, labels: str | None, samples: int, seed: int,
-                     keep_worst: int, min_cosine: float | None, as_json: bool) -> None:
+                     keep_worst: int, min_cosine: float | None, cluster: str | None, as_json: bool) -> None:
     """Compare a bundle's outputs with ONNX Runtime fp32 on real inputs."""
     from onnxsmith.bundle import Bundle
     from onnxsmith.console import print_json, progress
@@ -33,12 +35,24 @@ def validate_command(bundle_path: str, data_file: str | None, labels: str | None
     bundle = Bundle.open(bundle_path)
     data = open_dataset(data_file, bundle.inputs, labels=labels, what="validation data",
                         limit=None if labels else samples, known_batch=bundle.batch_inputs) if data_file else None
-    with progress("validating", not as_json):
-        result = validate_bundle(bundle, data, samples=samples, seed=seed, keep_worst=keep_worst,
-                                 min_cosine=min_cosine)
-    record = result.to_json()
-    bundle.write_json("validation.json", record)
-    write_report(bundle)
+    if cluster:
+        from onnxsmith.fleet.ray_executor import fleet_measure
+
+        if seed or keep_worst != 5 or min_cosine is not None:
+            raise UserInputError("--cluster takes --data, --labels and --samples only", "the other settings are the "
+                                 "defaults the fleet worker uses", "drop --seed, --keep-worst and --min-cosine")
+        with progress("validating on the fleet", not as_json):
+            fleet_measure(cluster, bundle_path, ("validate",), profile="quick", data=data_file, labels=labels,
+                          samples=samples)
+        record = Bundle.open(bundle_path).read_json("validation.json")
+        result = None
+    else:
+        with progress("validating", not as_json):
+            result = validate_bundle(bundle, data, samples=samples, seed=seed, keep_worst=keep_worst,
+                                     min_cosine=min_cosine)
+        record = result.to_json()
+        bundle.write_json("validation.json", record)
+        write_report(bundle)
     if as_json:
         print_json(record)
     else:
@@ -51,6 +65,6 @@ def validate_command(bundle_path: str, data_file: str | None, labels: str | None
             click.echo(f"accuracy {record['accuracy'] * 100:.2f} % (reference {record['reference_accuracy'] * 100:.2f} %)")
         click.echo(f"validation: {bundle.path / 'validation.json'}")
         click.echo(f"report: {bundle.path / 'report.md'}")
-    if not result.passed:
-        raise CheckFailedError("validation failed", "; ".join(result.failures),
+    if not record["passed"]:
+        raise CheckFailedError("validation failed", "; ".join(record["failures"]),
                                "inspect the worst examples in the bundle's examples/ folder")

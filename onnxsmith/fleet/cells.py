@@ -145,34 +145,38 @@ def measure_stage(req: dict[str, Any]) -> dict[str, Any]:
     bundle = Bundle.open(req["bundle"])
     profile = load_profile(req["profile"])
     remote = req.get("remote")
-    batch = model_batch(bundle.inputs[0]) if bundle.inputs else 1
-    data = None
-    if req.get("data"):
-        data = open_dataset(req["data"], bundle.inputs, what="input data", limit=batch, known_batch=bundle.batch_inputs)
-    result = profile_bundle(bundle, profile, baseline=not remote, data=data, remote=remote)
-    record = result.to_json()
-    if req.get("emulated"):
-        record["emulated"] = True
-        record.setdefault("notes", []).append("profiled under emulation: the timings are the emulator's, not the "
-                                               "device's")
-    bundle.write_json("profile.json", record)
-    labels = req.get("labels")
-    vdata = None
-    if req.get("data"):
-        vdata = open_dataset(req["data"], bundle.inputs, labels=labels, what="validation data",
-                             limit=None if labels else req.get("samples", 64), known_batch=bundle.batch_inputs)
-    runner = None
-    if remote:
-        runner = get_backend(bundle.backend).load_remote(bundle.artifact, bundle.artifact_dir, bundle.target(), remote)
-    try:
-        if runner is not None:
-            runner.__enter__()
-        validation = validate_bundle(bundle, vdata, samples=req.get("samples", 64), runner=runner)
-    finally:
-        if runner is not None:
-            runner.__exit__(None, None, None)
-    vrecord = validation.to_json()
-    bundle.write_json("validation.json", vrecord)
+    parts = req.get("do") or ["profile", "validate"]
+    record = vrecord = None
+    if "profile" in parts:
+        batch = model_batch(bundle.inputs[0]) if bundle.inputs else 1
+        data = None
+        if req.get("data"):
+            data = open_dataset(req["data"], bundle.inputs, what="input data", limit=batch, known_batch=bundle.batch_inputs)
+        result = profile_bundle(bundle, profile, baseline=not remote, data=data, remote=remote)
+        record = result.to_json()
+        if req.get("emulated"):
+            record["emulated"] = True
+            record.setdefault("notes", []).append("profiled under emulation: the timings are the emulator's, not the "
+                                                   "device's")
+        bundle.write_json("profile.json", record)
+    if "validate" in parts:
+        labels = req.get("labels")
+        vdata = None
+        if req.get("data"):
+            vdata = open_dataset(req["data"], bundle.inputs, labels=labels, what="validation data",
+                                 limit=None if labels else req.get("samples", 64), known_batch=bundle.batch_inputs)
+        runner = None
+        if remote:
+            runner = get_backend(bundle.backend).load_remote(bundle.artifact, bundle.artifact_dir, bundle.target(), remote)
+        try:
+            if runner is not None:
+                runner.__enter__()
+            validation = validate_bundle(bundle, vdata, samples=req.get("samples", 64), runner=runner)
+        finally:
+            if runner is not None:
+                runner.__exit__(None, None, None)
+        vrecord = validation.to_json()
+        bundle.write_json("validation.json", vrecord)
     write_report(bundle)
     return {"profile": record, "validation": vrecord}
 

@@ -87,6 +87,11 @@ class Plan:
     calibration: Path | None
     samples: int
     options: dict[str, str]
+    stages: tuple[str, ...] = ("compile", "measure")
+    """``compile --cluster`` stops after compile."""
+    measure_parts: tuple[str, ...] = ("profile", "validate")
+    bundle: Path | None = None
+    """``profile/validate --cluster``: measure this existing bundle instead of compiling the model."""
 
     def compile_request(self, spec: CellSpec, output: Path, model: Path | None = None,
                         calibration: Path | None = None) -> dict[str, Any]:
@@ -99,7 +104,8 @@ class Plan:
                         data: Path | None = None) -> dict[str, Any]:
         data = data or self.data
         return {"bundle": str(bundle), "profile": self.profile, "data": None if data is None else str(data),
-                "labels": self.labels, "samples": self.samples, "remote": remote, "emulated": emulated}
+                "labels": self.labels, "samples": self.samples, "remote": remote, "emulated": emulated,
+                "do": list(self.measure_parts)}
 
 
 Progress = Callable[[CellOutcome, str], None]

@@ -233,6 +233,8 @@ class RayExecutor:
             cell.attempts += 1
 
         def submit_measure(cell: CellOutcome, target_id: str, bundle: tuple[str, list[Any]]) -> None:
+            if tasks.get(id(cell), ("",))[0] != "measure":
+                cell.attempts = 0  # attempts count the submissions of the cell's last stage
             request = plan.measure_request(Path("unused"), None, False)
             task = measure_fn.options(num_cpus=0, resources={DEVICE + target_id: 1}, max_retries=0, num_returns=2)
             outcome_ref, data_ref = task.remote(request, target_id, bundle, dict(measure_payloads))
@@ -242,7 +244,23 @@ class RayExecutor:
             cell.attempts += 1
 
         compiled_data: dict[int, Any] = {}
-        for cell in cells:
+        if plan.bundle is not None:  # profile/validate --cluster: measure an existing bundle where its device is
+            from onnxsmith.bundle import Bundle
+
+            cell = cells[0]
+            manifest = Bundle.open(plan.bundle).manifest
+            target_id = manifest["target"]["id"]
+            cell.compile = {"target": target_id, "backend": manifest["backend"], "precision": manifest["precision"],
+                            "precision_used": manifest["precision_used"]}
+            if not any(target_id in n["devices"] for n in nodes):
+                raise UnsupportedError(f"no worker in the fleet owns a {target_id} device",
+                                       f"the fleet's devices: {', '.join(sorted({d for n in nodes for d in n['devices']})) or 'none'}",
+                                       "start one with 'onnxsmith worker --address HEAD:PORT [--device ...]'")
+            sha, _, box = self._put("bundle", plan.bundle)
+            compiled_data[id(cell)] = box[0]
+            progress(cell, f"profiling on the worker that owns {target_id}")
+            submit_measure(cell, target_id, (sha, box))
+        for cell in cells if plan.bundle is None else []:
             backend, resources, why = self._placement(cell.spec, nodes)
             if why:
                 cell.status, cell.reason = "failed", why
@@ -295,6 +313,11 @@ class RayExecutor:
                     target_id = cell.compile["target"]
                     bundle = (outcome["bundle_sha"], [data_ref])
                     compiled_data[id(cell)] = data_ref
+                    if "measure" not in plan.stages:
+                        cell.status = "compiled"
+                        self._unpack(data_ref, work, cell)
+                        progress(cell, f"compiled on {cell.worker}")
+                        continue
                     if not any(target_id in n["devices"] for n in fleet_nodes(ray)):
                         cell.status, cell.reason = "compiled", NO_DEVICE
                         self._unpack(data_ref, work, cell)
@@ -373,3 +396,55 @@ def probe_cluster(address: str, backend: str | None, quick: bool) -> list[dict[s
                          scheduling_strategy=NodeAffinitySchedulingStrategy(n["id"], soft=False)).remote(backend, quick)
             for n in nodes]
     return ray.get(refs)
+
+
+def fleet_compile(address: str, model: str, target: str, output: str, *, backend: str | None, precision: str | None,
+                  profile: str, shapes: dict[str, list[int]], calibration: str | None, options: dict[str, str],
+                  force: bool = False, progress: Progress | None = None) -> CellOutcome:
+    """``compile --cluster``: compile on a worker that has the backend (or the device, when the artifact must be
+    built there) and write the bundle at ``output`` (atomically)."""
+    from onnxsmith.cache import private_dir, replace_dir
+    from onnxsmith.errors import BackendError
+    from onnxsmith.outdir import check_output_dir
+
+    out = check_output_dir(output, "bundle", [model, *([calibration] if calibration else [])], force=force)
+    spec = CellSpec(target, backend, precision)
+    plan = Plan(model=Path(model).resolve(), shapes=shapes, cells=(spec,), profile=profile, data=None, labels=None,
+                calibration=None if calibration is None else Path(calibration).resolve(), samples=0, options=options,
+                stages=("compile",))
+    with private_dir(out.parent, out.name) as work:
+        cell = RayExecutor(address).run(plan, work, progress or (lambda c, m: None))[0]
+        if cell.status != "compiled":
+            raise BackendError(f"compiling on the fleet failed for {target}", cell.reason or cell.status)
+        replace_dir(work / "cells" / spec.slug, out)
+    return cell
+
+
+def fleet_measure(address: str, bundle: str, parts: tuple[str, ...], *, profile: str, data: str | None = None,
+                  labels: str | None = None, samples: int = 64, progress: Progress | None = None) -> CellOutcome:
+    """``profile/validate --cluster``: measure ``bundle`` on the worker that owns its device; its profile.json /
+    validation.json (and worst examples) come back into the local bundle."""
+    import shutil
+
+    from onnxsmith.bundle import Bundle
+    from onnxsmith.cache import private_dir
+    from onnxsmith.errors import BackendError
+    from onnxsmith.report import write_report
+
+    local = Bundle.open(bundle)
+    plan = Plan(model=local.reference_model, shapes={}, cells=(CellSpec(local.manifest["target"]["id"]),),
+                profile=profile, data=None if data is None else Path(data).resolve(), labels=labels, samples=samples,
+                calibration=None, options={}, measure_parts=parts, bundle=local.path)
+    with private_dir(local.path.parent, f"{local.path.name}-fleet") as work:
+        cell = RayExecutor(address).run(plan, work, progress or (lambda c, m: None))[0]
+        if cell.status != "measured" and not (cell.profile or cell.validation):
+            raise BackendError(f"measuring on the fleet failed for {local.path}", cell.reason or cell.status)
+        came = work / "cells" / cell.spec.slug
+        for part, name in (("profile", "profile.json"), ("validate", "validation.json")):
+            if part in parts and (came / name).is_file():
+                shutil.copyfile(came / name, local.path / name)
+        if "validate" in parts and (came / "examples").is_dir():
+            shutil.rmtree(local.path / "examples", ignore_errors=True)
+            shutil.copytree(came / "examples", local.path / "examples")
+    write_report(local)
+    return cell

@@ -150,6 +150,17 @@ def main(out: Path, scenario: str) -> None:
             info["kill"] = _compare(out / "kill", True, head_env, CELLS[:2])
             stop.set()
             info["killed"] = killed
+            bundle = out / "verbs-bundle"  # compile, profile and validate --cluster on one bundle
+            verbs = {}
+            for verb, args in (("compile", ["compile", str(EXAMPLE / "digits_cnn.onnx"), "-t", "host", "-b",
+                                             "onnxruntime", "-p", "quick", "-o", str(bundle), "--cluster", HEAD]),
+                               ("profile", ["profile", str(bundle), "-p", "quick", "--cluster", HEAD, "--json"]),
+                               ("validate", ["validate", str(bundle), "--data", str(EXAMPLE / "validation.npz"),
+                                             "--labels", "label", "--cluster", HEAD, "--json"])):
+                proc = _onnxsmith(*args, env=head_env)
+                verbs[verb] = {"exit": proc.returncode, "stdout": proc.stdout[-3000:], "stderr": proc.stderr[-2000:]}
+            verbs["bundle"] = str(bundle)
+            info["verbs"] = verbs
     finally:
         subprocess.run([*ray_bin, "stop", "--force"], capture_output=True, timeout=120)
         for proc in workers:

@@ -92,3 +92,20 @@ def test_a_killed_worker_is_retried_and_its_timings_never_counted(scenario: dict
     for c in cells.values():
         assert (out / c["bundle"] / "profile.json").is_file() and (out / c["bundle"] / "validation.json").is_file()
     assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}")]
+
+
+def test_compile_profile_validate_take_cluster(scenario: dict) -> None:
+    import json
+
+    verbs = scenario["verbs"]
+    for verb in ("compile", "profile", "validate"):
+        assert verbs[verb]["exit"] == 0, (verb, verbs[verb]["stderr"])
+    assert "compiled on fleet worker host-worker" in verbs["compile"]["stdout"]
+    bundle = Path(verbs["bundle"])
+    profile = json.loads((bundle / "profile.json").read_text())
+    assert profile == json.loads(verbs["profile"]["stdout"]) and profile["latency_ms"]["p50"] > 0
+    validation = json.loads((bundle / "validation.json").read_text())
+    assert validation["passed"] and validation["accuracy"] > 0.9 and validation["samples"] > 0
+    from onnxsmith.bundle import Bundle
+
+    Bundle.open(bundle)  # the bundle that came back is whole: checksums verified
