@@ -68,7 +68,7 @@ def _matmul(path: Path, m: int, k: int, n: int) -> None:
     graph = helper.make_graph([helper.make_node("MatMul", ["A", "B"], ["Y"])], "gemm",
                               [helper.make_tensor_value_info("A", TensorProto.FLOAT, [m, k])],
                               [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [m, n])], [weight])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
 
 
 def _conv(path: Path, c: int, h: int, w: int, out: int, kernel: int) -> None:
@@ -82,7 +82,7 @@ def _conv(path: Path, c: int, h: int, w: int, out: int, kernel: int) -> None:
     graph = helper.make_graph([helper.make_node("Conv", ["X", "W"], ["Y"], pads=[pad] * 4)], "conv",
                               [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, c, h, w])],
                               [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, out, h, w])], [weight])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
 
 
 def memory_bandwidth_gbps(repeats: int = 5) -> float:

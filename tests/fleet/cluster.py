@@ -48,7 +48,11 @@ def run_in_namespace(out: Path, scenario: str, timeout: float) -> dict:
     if not result.exists():
         raise AssertionError(f"the fleet scenario failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n"
                              f"{proc.stderr[-5000:]}")
-    return json.loads(result.read_text())
+    info = json.loads(result.read_text())
+    if "error" in info:
+        logs = "".join(f"\n--- {p.name}\n" + p.read_text()[-2000:] for p in sorted(out.glob("*.log")))
+        raise AssertionError(f"the fleet scenario failed:\n{info['error']}{logs}")
+    return info
 
 
 def _env(cache: Path) -> dict[str, str]:
@@ -72,7 +76,8 @@ def _compare(out: Path, cluster: bool, env: dict[str, str], cells: list[str] = C
             "record": json.loads((out / "compare.json").read_text()) if (out / "compare.json").exists() else None}
 
 
-def _wait_for_workers(names: set[str], timeout: float = 180) -> None:
+def _wait_for_workers(names: set[str], proc: subprocess.Popen[str], timeout: float = 480) -> bool:
+    """True once the workers ``names`` have joined; False when ``proc`` (the worker command) exited first."""
     import ray
 
     ray.init(address=HEAD, logging_level="ERROR", log_to_driver=False)
@@ -82,7 +87,9 @@ def _wait_for_workers(names: set[str], timeout: float = 180) -> None:
             have = {k.split(":", 2)[2] for n in ray.nodes() if n["Alive"] for k in n["Resources"]
                     if k.startswith("onnxsmith:worker:")}
             if names <= have:
-                return
+                return True
+            if proc.poll() is not None:
+                return False
             time.sleep(1)
         raise RuntimeError(f"workers {names} did not join (have {have})")
     finally:
@@ -127,12 +134,19 @@ def main(out: Path, scenario: str) -> None:
                         "127.0.0.1", "--object-store-memory", str(300 * 2**20), "--disable-usage-stats",
                         "--include-dashboard", "false"], check=True, env=head_env, capture_output=True, timeout=180)
         for name, extra in (("host-worker", []), ("arm-worker", ["--no-host", "--device", "arm/raspberry-pi-5=qemu"])):
-            log = open(out / f"{name}.log", "w")
-            workers.append(subprocess.Popen(
-                [sys.executable, "-m", "onnxsmith", "worker", "--address", HEAD, "--name", name, "--num-cpus", "1",
-                 "--node-ip-address", "127.0.0.1", *extra], env=_env(caches[name]), stdout=log, stderr=log,
-                cwd=ROOT, text=True))
-        _wait_for_workers({"host-worker", "arm-worker"})
+            # one at a time, and once more if Ray's fixed 30 s node start-up wait ran out on a loaded machine
+            for attempt in range(3):
+                log = open(out / f"{name}.log", "a")
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "onnxsmith", "worker", "--address", HEAD, "--name", name, "--num-cpus",
+                     "1", "--node-ip-address", "127.0.0.1", *extra], env=_env(caches[name]), stdout=log, stderr=log,
+                    cwd=ROOT, text=True)
+                if _wait_for_workers({name}, proc):
+                    workers.append(proc)
+                    break
+                proc.wait()
+            else:
+                raise RuntimeError(f"worker {name} did not join the cluster in 3 attempts (see {name}.log)")
         info["cluster_start_s"] = time.perf_counter() - start
         if scenario in ("test", "bench"):
             info["ray"] = _compare(out / "ray", True, head_env)
@@ -140,7 +154,7 @@ def main(out: Path, scenario: str) -> None:
         if scenario == "bench":  # once more each, caches warm: the figures quoted are from this pair
             info["ray_warm"] = _compare(out / "ray2", True, head_env)
             info["local_warm"] = _compare(out / "local2", False, _env(caches["local"]))
-        if scenario == "acceptance":  # the issue's acceptance compare, through the cluster
+        if scenario in ("acceptance", "bench"):  # the issue's acceptance compare, through the cluster
             info["acceptance"] = _compare(out / "acceptance", True, head_env,
                                           ["host", "arm/raspberry-pi-5", "nvidia/h100", "apple/m3"])
         if scenario == "test":
@@ -161,6 +175,11 @@ def main(out: Path, scenario: str) -> None:
                 verbs[verb] = {"exit": proc.returncode, "stdout": proc.stdout[-3000:], "stderr": proc.stderr[-2000:]}
             verbs["bundle"] = str(bundle)
             info["verbs"] = verbs
+    except BaseException:
+        import traceback
+
+        info["error"] = traceback.format_exc()
+        raise
     finally:
         subprocess.run([*ray_bin, "stop", "--force"], capture_output=True, timeout=120)
         for proc in workers:
