@@ -329,7 +329,7 @@ class RayExecutor:
                 result = outcome["result"]
                 cell.profile, cell.validation = result["profile"], result["validation"]
                 cell.emulated = bool(outcome.get("emulated"))
-                cell.device = cell.profile.get("device")
+                cell.device = (cell.profile or {}).get("device")
                 cell.status = "measured"
                 compiled_data.pop(id(cell), None)
                 self._unpack(data_ref, work, cell)
