@@ -27,6 +27,8 @@ def _quality(cell: Mapping[str, Any]) -> str:
 
 
 def _efficiency(cell: Mapping[str, Any]) -> str:
+    if cell.get("emulated"):
+        return "-"  # an emulator's speed says nothing about the device's peak
     parts = []
     if cell.get("efficiency_of_measured_peak") is not None:
         parts.append(f"{cell['efficiency_of_measured_peak'] * 100:.1f} % meas.")
@@ -37,7 +39,7 @@ def _efficiency(cell: Mapping[str, Any]) -> str:
 
 def _note(cell: Mapping[str, Any]) -> str:
     notes = []
-    if cell["status"] == "measured":
+    if cell["status"] == "measured" and not cell.get("emulated"):
         notes.append(f"rank {cell['rank']}" if cell["rank"] else "not ranked")
     if cell.get("emulated"):
         notes.append("EMULATED (qemu): timings not ranked")
