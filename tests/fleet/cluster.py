@@ -172,7 +172,7 @@ def main(out: Path, scenario: str) -> None:
                                ("validate", ["validate", str(bundle), "--data", str(EXAMPLE / "validation.npz"),
                                              "--labels", "label", "--cluster", HEAD, "--json"])):
                 proc = _onnxsmith(*args, env=head_env)
-                verbs[verb] = {"exit": proc.returncode, "stdout": proc.stdout[-3000:], "stderr": proc.stderr[-2000:]}
+                verbs[verb] = {"exit": proc.returncode, "stdout": proc.stdout, "stderr": proc.stderr[-2000:]}
             verbs["bundle"] = str(bundle)
             info["verbs"] = verbs
     except BaseException:
