@@ -196,7 +196,8 @@ _COMPILER_NAMES = frozenset({"name", "extra", "install_hint", "artifact_kind", "
                              "ladder_variants", "runtime_knobs",
                              "onnx_pass_precisions", "slow_artifact_advice", "portable_across_versions",
                              "load_layers", "keep_fp32_option", "deploy_programs", "triton_model",
-                             "max_opset", "vendor_import", "install_command"})
+                             "max_opset", "builds_on_device", "emulated_device", "vendor_import",
+                             "install_command"})
 
 
 def _check_names(cls: type, known: frozenset[str], kind: str) -> None:
@@ -410,6 +411,17 @@ class Compiler:
 
     def triton_model(self, artifact: Artifact, target: Target) -> TritonModel | None:
         """How Triton serves the artifact natively; ``None`` (default): through Triton's Python backend."""
+        return None
+
+    def builds_on_device(self, target: Target) -> bool:
+        """Whether an artifact for ``target`` must be built on the device itself (a TensorRT engine is specific to
+        the GPU and TensorRT version), so a fleet compiles it where it profiles it. Default: no (it cross-builds)."""
+        return False
+
+    def emulated_device(self, target: Target) -> contextlib.AbstractContextManager[str] | None:
+        """A context manager that starts an emulator of ``target``'s device on 127.0.0.1 and yields the address
+        :meth:`load_remote` takes, or None when this backend has none here (its timings mean nothing: a fleet labels
+        them emulated and never ranks them). Default: none."""
         return None
 
     # --- helpers ------------------------------------------------------------------------------------------------

@@ -590,6 +590,15 @@ class ProfileResult:
     comparison: dict[str, Any] | None = None
     """The artifact against the baseline in interleaved runs: ``ratio_p50`` (a :class:`RatioCI` as JSON, artifact
     over baseline) and each side's per-run medians."""
+    measured_peak_tflops: float | None = None
+    """This machine's peak for the precision measured by ``onnxsmith probe`` (None: not probed, or remote)."""
+
+    @property
+    def efficiency_of_measured_peak(self) -> float | None:
+        achieved = self.achieved_tflops
+        if achieved is None or not self.measured_peak_tflops:
+            return None
+        return achieved / self.measured_peak_tflops
 
     @property
     def achieved_tflops(self) -> float | None:
@@ -621,6 +630,9 @@ class ProfileResult:
             "achieved_tflops": None if self.achieved_tflops is None else round(self.achieved_tflops, 6),
             "peak_tflops": self.peak_tflops,
             "efficiency": None if self.efficiency is None else round(self.efficiency, 6),
+            "measured_peak_tflops": self.measured_peak_tflops,
+            "efficiency_of_measured_peak": None if self.efficiency_of_measured_peak is None
+            else round(self.efficiency_of_measured_peak, 6),
             "speedup_vs_baseline": None if self.speedup_vs_baseline is None else round(self.speedup_vs_baseline, 4),
             "baseline": None,
             "host": self.host, "remote": self.remote, "measure": self.measure,
@@ -735,6 +747,7 @@ def profile_bundle(bundle: Bundle, profile: Profile, *, baseline: bool = True, d
         host=f"{platform.node()} {platform.machine()} {platform.processor() or ''}".strip(), remote=remote,
         measure=dataclasses.asdict(profile.measure), environment=environment() | watch.finish(),
         comparison=comparison,
+        measured_peak_tflops=None if remote or target.kind != "cpu" else _measured_peak(precision_used),
     )
 
 
@@ -761,6 +774,16 @@ def slower_than_baseline(record: dict[str, Any], manifest: dict[str, Any] | None
                   "optimize' measure every backend")
     return (f"the {record['backend']} {record['precision_used']} artifact is {ratio.ratio:.2f}x slower than ONNX "
             f"Runtime fp32 on this machine (p50 ratio {ratio.text()}); the faster choice here is {faster}")
+
+
+def _measured_peak(precision: str) -> float | None:
+    """This CPU's peak from ``onnxsmith probe`` (stored per device fingerprint), when it was probed."""
+    from onnxsmith.probe import measured_peak
+
+    try:
+        return measured_peak(precision)
+    except Exception:  # a damaged peaks file never fails a profile
+        return None
 
 
 if __name__ == "__main__":

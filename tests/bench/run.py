@@ -14,6 +14,10 @@ Sections (pick with `python -m tests.bench.run [openvino] [benchmark_app] ...`; 
 - precision: `onnxsmith debug precision` on a CNN whose outlier activations break per-tensor int8; the mixed
   (keep-list) artifact vs the fp32 one on ONNX Runtime and OpenVINO, re-profiled in alternating rounds (target:
   mixed meets the 1 % budget and its p50 < fp32's on both).
+- fleet: `onnxsmith compare` of three cells (host OpenVINO fp32, host ONNX Runtime int8, arm/raspberry-pi-5 TVM
+  under qemu) through a two-worker Ray cluster on 127.0.0.1 (in a network namespace) vs the local executor on the
+  same machine: wall-time ratio (goal <= 0.7: compiles overlap, profiles never share a device) and the per-cell
+  time Ray adds beyond the stages themselves (scheduling, queueing for a device, payload transfer and packing).
 Runs alternate A B A B so drift hits both sides; medians are quoted. Results go to .bench/results.json.
 """
 
@@ -288,11 +292,43 @@ def bench_precision(results: dict) -> None:
     results["precision"] = section
 
 
+def bench_fleet(results: dict) -> None:
+    from tests.fleet import cluster
+
+    out = WORK / "fleet"
+    if out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    info = cluster.run_in_namespace(out, "bench", timeout=3600)
+    load = os.getloadavg()
+    section: dict = {"load_average": load, "cluster_start_s": round(info["cluster_start_s"], 1)}
+    for label, ray_key, local_key in (("cold", "ray", "local"), ("warm", "ray_warm", "local_warm")):
+        ray_run, local_run = info[ray_key], info[local_key]
+        if ray_run["exit"] or local_run["exit"]:
+            raise SystemExit(f"fleet compare failed:\n{ray_run['stderr'][-2000:]}\n{local_run['stderr'][-2000:]}")
+        ratio = ray_run["wall_s"] / local_run["wall_s"]
+        overheads = []
+        for cell in ray_run["record"]["cells"]:
+            st = cell["stage_seconds"]
+            driver = st.get("compile", 0) + st.get("measure", 0)
+            stages = st.get("compile_stage", 0) + st.get("measure_stage", 0)
+            overheads.append(driver - stages)
+        section[label] = {"ray_wall_s": round(ray_run["wall_s"], 2), "local_wall_s": round(local_run["wall_s"], 2),
+                          "ratio": round(ratio, 3), "ray_overhead_per_cell_s": [round(x, 2) for x in overheads],
+                          "cells": [(c["cell"], c["status"], c["worker"]) for c in ray_run["record"]["cells"]]}
+        print(f"fleet ({label} caches): {len(overheads)} cells through the 2-worker Ray cluster "
+              f"{ray_run['wall_s']:.1f} s vs local executor {local_run['wall_s']:.1f} s -> ratio {ratio:.3f} "
+              f"(goal <= 0.7); time Ray adds per cell beyond the stages: median "
+              f"{statistics.median(overheads):.2f} s (max {max(overheads):.2f}); load average {load[0]:.1f}")
+    results["fleet"] = section
+
+
 def main(sections: list[str]) -> None:
     WORK.mkdir(exist_ok=True)
     results_path = WORK / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    wanted = sections or ["openvino", "benchmark_app", "tvm", "optimize", "precision"]
+    wanted = sections or ["openvino", "benchmark_app", "tvm", "optimize", "precision", "fleet"]
     bundle = None
     if "openvino" in wanted or "benchmark_app" in wanted:
         bundle = bench_openvino(results)
@@ -306,6 +342,9 @@ def main(sections: list[str]) -> None:
         bench_optimize(results)
     if "precision" in wanted:
         bench_precision(results)
+        results_path.write_text(json.dumps(results, indent=2))
+    if "fleet" in wanted:
+        bench_fleet(results)
     results_path.write_text(json.dumps(results, indent=2))
     print(f"results: {results_path}")
 
