@@ -116,14 +116,13 @@ def _peak_rss_mb() -> float:
 
 def _measure_child(request: dict[str, Any]) -> dict[str, Any]:
     """Body of the measuring process: load one runner, time it, return the figures."""
-    import numpy as np
-
     from onnxsmith.bundle import Bundle
     from onnxsmith.profiles import Measure
+    from onnxsmith.values import read_values
 
-    with np.load(request["feeds"]) as npz:
-        feeds = {k: npz[k] for k in npz.files}
     bundle = Bundle.open(request["bundle"], verify=False)
+    feeds = read_values(request["feeds"], bundle.inputs)  # sequences and optionals assembled again; no pickle
+    feeds = {s.name: feeds[s.name] for s in bundle.inputs if s.name in feeds}
     rss_before = _peak_rss_mb()
     start = time.perf_counter()
     if request["kind"] == "baseline":

@@ -55,6 +55,8 @@ class ValidationResult:
     """Output values that are NaN or infinite where the reference is finite (any makes validation fail)."""
     reference_nonfinite: int = 0
     """Output values the fp32 reference itself gives as NaN or infinite (left out of the comparison)."""
+    mismatched_samples: int = 0
+    """Samples whose string outputs, or sequence/optional structure, differ from the reference (any fails)."""
 
     @property
     def accuracy_drop(self) -> float | None:
@@ -121,7 +123,9 @@ def validate_bundle(bundle: Bundle, data: Dataset | None = None, *, samples: int
     feeds: dict[str, Any] = dict(data.arrays)
     whole: tuple[str, ...] = data.whole
     if data.one_feed:  # one feed (every array exactly its input's shape) is one sample, its outputs compared whole
-        got, want, feeds = ({k: np.asarray(v)[None] for k, v in d.items()} for d in (got, want, feeds))
+        wrapped = {s.name for s in (*bundle.inputs, *bundle.outputs) if s.wrap}
+        got, want = ({k: v if k in wrapped else np.asarray(v)[None] for k, v in d.items()} for d in (got, want))
+        feeds = {k: [v] if k in wrapped else np.asarray(v)[None] for k, v in feeds.items()}
         whole = ()
     result = compare(got, want, data.labels, names)
     n = result.samples
@@ -134,6 +138,9 @@ def validate_bundle(bundle: Bundle, data: Dataset | None = None, *, samples: int
     if result.nonfinite:
         failures.append(f"{result.nonfinite} output value(s) are NaN or infinite where the reference is finite "
                         f"(first on sample {result.first_nonfinite})")
+    if result.mismatched:
+        failures.append(f"{result.mismatched} sample(s) differ exactly (string outputs, or the structure of a "
+                        f"sequence or optional output; first on sample {result.first_mismatch})")
     if result.cosine_min < threshold:
         failures.append(f"cosine similarity {result.cosine_min:.6f} on sample {int(result.cosine.argmin())} "
                         f"is below the {threshold} required for {precision}")
@@ -146,4 +153,6 @@ def validate_bundle(bundle: Bundle, data: Dataset | None = None, *, samples: int
         reference_accuracy=result.reference_accuracy, min_cosine_required=threshold, passed=not failures,
         failures=tuple(failures), worst=worst, per_output=result.per_output, precision_used=precision,
         nonfinite_outputs=result.nonfinite, reference_nonfinite=result.reference_nonfinite,
+        mismatched_samples=result.mismatched,
     )
+

@@ -33,6 +33,7 @@ class OnnxRuntimeCompiler(Compiler):
     artifact_kind = "ONNX model (optimized offline by ONNX Runtime)"
     options = (Option("threads", int, None, "intra-op threads (default: the profile's runtime.threads, else ONNX "
                       "Runtime's choice)", minimum=1),)
+    value_types = frozenset({"string", "sequence", "optional"})
 
     def check_environment(self) -> None:
         import_ort()
