@@ -114,7 +114,7 @@ def compare(got: Mapping[str, np.ndarray], want: Mapping[str, np.ndarray], label
     import numpy as np
 
     names = names or list(want)
-    n = min(len(np.asarray(got[names[0]])), len(np.asarray(want[names[0]])))
+    n = min(_samples(got[names[0]]), _samples(want[names[0]]))
     cosine = np.ones(n)
     max_abs = np.zeros(n)
     per_output: dict[str, dict[str, float]] = {}
@@ -178,6 +178,13 @@ def compare(got: Mapping[str, np.ndarray], want: Mapping[str, np.ndarray], label
                       reference_nonfinite, bool(classifier), preds, ref_preds, label_values, top1, top5, accuracy,
                       ref_accuracy, order, int(mismatch.sum()),
                       int(np.argmax(mismatch)) if mismatch.any() else None)
+
+
+def _samples(value: Any) -> int:
+    """Samples in one output: its first dim, or the values of a sequence/optional output (one per sample)."""
+    import numpy as np
+
+    return len(value) if isinstance(value, list) else len(np.asarray(value))
 
 
 def _exact_kind(value: Any) -> bool:

@@ -170,6 +170,9 @@ def assemble(spec: TensorSpec, names: Collection[str], read: Callable[[str], np.
                                 "absent one")
             return build(key, rest)
         length_key = f"{key}.{LENGTH}"
+        if key in present:
+            raise DataError(f"{where} does not fit the model", f"'{key}' is one array, and input '{spec.name}' takes "
+                            f"a {spec.type_text()}", _HINT)
         count = 0
         while count <= MAX_SEQUENCE and has(f"{key}.{count}"):
             count += 1
