@@ -72,7 +72,7 @@ class StepRunner:
         self.data = data
         self.calibration = calibration
         self.reference = reference
-        self.output = output
+        self.output = Path(output).resolve()  # bundles are opened by their resolved path
         self.work = output / "steps"
         self.keep_worst = keep_worst
         self.progress = progress or (lambda message: None)
