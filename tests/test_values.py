@@ -239,6 +239,7 @@ def test_strings_through_compile_run_and_validate(concat_path: Path, tmp_path: P
     assert code == 0, err
     result = json.loads(out)
     assert result["passed"] and result["per_output"]["echo"]["exact_match"] == 1.0
+    assert "`echo` 100.00 % of samples equal" in (bundle / "report.md").read_text()
     _assert_one_line_error(*cli(["validate", str(bundle)], capsys), 2, "validate --data")
 
 

@@ -42,6 +42,8 @@ class Evaluation:
     worst: tuple[Example, ...]
     partial: bool = False
     """Stopped at the time cap before every sample was checked."""
+    mismatched: int = 0
+    """Samples whose string outputs or sequence/optional structure differ from the reference (exact checks)."""
 
 
 def reference_outputs(model: LoadedModel, data: Dataset) -> Reference:
@@ -98,4 +100,4 @@ def evaluate(bundle: Bundle, data: Dataset, reference: Reference, examples_dir: 
     elif n < len(data):
         checked += f"; the last {len(data) - n} do not fill a batch of {batch}"
     return Evaluation(result.accuracy, result.top1_agreement, result.cosine_min, result.cosine_mean, n, checked,
-                      worst, partial)
+                      worst, partial, result.mismatched)
