@@ -26,7 +26,8 @@ FLOAT_SEQ = helper.make_sequence_type_proto(helper.make_tensor_type_proto(Tensor
 
 
 def _save(tmp_path: Path, name: str, nodes: list, inputs: list, outputs: list, opset: int = 17) -> Path:
-    m = helper.make_model(helper.make_graph(nodes, "g", inputs, outputs), opset_imports=[helper.make_opsetid("", opset)])
+    m = helper.make_model(helper.make_graph(nodes, "g", inputs, outputs),
+                          opset_imports=[helper.make_opsetid("", opset)])
     m.ir_version = 9 if opset >= 19 else 8
     path = tmp_path / f"{name}.onnx"
     onnx.save_model(m, str(path))
