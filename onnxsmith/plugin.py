@@ -16,7 +16,8 @@ module top level.
 What the core has checked before it calls :meth:`Compiler.compile`, so a backend need not check again: the backend
 is installed (:meth:`~Compiler.check_environment`) and :meth:`~Compiler.supports` the target; the precision is one of
 the target's and of :meth:`~Compiler.precisions`; calibration data is present when :meth:`~Compiler.needs_calibration`;
-:meth:`~Compiler.unsupported_ops` is empty; the model's inputs are static; ``request.options`` holds only declared
+:meth:`~Compiler.unsupported_ops` is empty; the model's inputs are static; every input and output is a numeric tensor
+or of a kind in :attr:`~Compiler.value_types`; ``request.options`` holds only declared
 options (:attr:`Compiler.options`), each parsed to its declared type.
 
 Errors: raise :mod:`onnxsmith.errors` exceptions (``UserInputError`` exit 2, ``MissingDependencyError`` 3,
@@ -197,7 +198,7 @@ _COMPILER_NAMES = frozenset({"name", "extra", "install_hint", "artifact_kind", "
                              "onnx_pass_precisions", "slow_artifact_advice", "portable_across_versions",
                              "load_layers", "keep_fp32_option", "deploy_programs", "triton_model",
                              "max_opset", "builds_on_device", "emulated_device", "vendor_import",
-                             "install_command"})
+                             "install_command", "value_types"})
 
 
 def _check_names(cls: type, known: frozenset[str], kind: str) -> None:
@@ -286,6 +287,10 @@ class Compiler:
     """What the artifact is, for manifests: e.g. ``OpenVINO IR + compiled blob``."""
     options: ClassVar[tuple[Option, ...]] = ()
     """The ``--option KEY=VALUE`` settings this backend takes (see :class:`onnxsmith.options.Option`)."""
+    value_types: ClassVar[frozenset[str]] = frozenset()
+    """What the backend takes as model inputs and outputs besides numeric tensors: ``string`` (string tensors,
+    fed as numpy text arrays), ``sequence``, ``optional``. The core refuses a model needing anything else before
+    :meth:`compile` is called. Default: numeric tensors only."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -174,10 +174,12 @@ class _ChildState:
     """What the measuring process holds between commands: the runner, its feeds and the bound call."""
 
     def __init__(self, request: dict[str, Any]) -> None:
-        import numpy as np
+        from onnxsmith.bundle import Bundle
+        from onnxsmith.values import read_values
 
-        with np.load(request["feeds"]) as npz:
-            self.feeds = {k: npz[k] for k in npz.files}
+        inputs = Bundle.open(request["bundle"], verify=False).inputs
+        feeds = read_values(request["feeds"], inputs)  # sequences and optionals assembled again; no pickle
+        self.feeds = {s.name: feeds[s.name] for s in inputs if s.name in feeds}
         self.request = request
         self.rss_before = _peak_rss_mb()
         start = time.perf_counter()

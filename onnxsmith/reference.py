@@ -79,6 +79,7 @@ class OnnxRuntimeRunner(Runner):
         self.inputs = tuple(_spec(i) for i in self.session.get_inputs())
         self.outputs = tuple(_spec(o) for o in self.session.get_outputs())
         self._names = [o.name for o in self.outputs]
+        self._plain = not all(s.numeric for s in (*self.inputs, *self.outputs))
 
     def __enter__(self) -> OnnxRuntimeRunner:
         return self
@@ -91,9 +92,20 @@ class OnnxRuntimeRunner(Runner):
             results = self.session.run(self._names, dict(feeds))
         except Exception as exc:
             raise BackendError("ONNX Runtime inference failed", first_line(exc)) from exc
+        if self._plain:
+            from onnxsmith.values import to_plain
+
+            results = [to_plain(r) for r in results]  # string outputs as '<U' arrays, sequences as lists
         return dict(zip(self._names, results))
 
     def bind(self, feeds: Mapping[str, np.ndarray]) -> Callable[[], None]:
+        if self._plain:  # I/O binding takes numeric tensors only: strings, sequences and optionals go through run
+            session, names, given = self.session, self._names, dict(feeds)
+
+            def run_once() -> None:
+                session.run(names, given)
+
+            return run_once
         binding = self.session.io_binding()
         device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
         ort = import_ort()
@@ -158,9 +170,17 @@ def ort_precision(args: Mapping[str, Any]) -> str:
 
 
 def _spec(arg: Any) -> TensorSpec:
-    dtype = arg.type.replace("tensor(", "").rstrip(")")
+    """ONNX Runtime's type text (``tensor(float)``, ``seq(tensor(string))``, ``optional(seq(tensor(int64)))``)."""
+    text, wrap = arg.type, []
+    while text.startswith(("seq(", "optional(")):
+        head, _, text = text.partition("(")
+        wrap.append("sequence" if head == "seq" else "optional")
+        text = text[:-1]
+    dtype = text.replace("tensor(", "").rstrip(")")
     dtype = {"float": "float32", "double": "float64", "float16": "float16"}.get(dtype, dtype)
-    return TensorSpec(arg.name, dtype, tuple(d if isinstance(d, int) else None for d in arg.shape))
+    if wrap:
+        return TensorSpec(arg.name, dtype, (), tuple(wrap))
+    return TensorSpec(arg.name, dtype, tuple(d if isinstance(d, int) else None for d in (arg.shape or ())))
 
 
 def reference_runner(model_path: Path, device: str = "cpu", threads: int = 0) -> OnnxRuntimeRunner:

@@ -177,6 +177,10 @@ def render_report(manifest: dict[str, Any], profile: dict[str, Any] | None,
             f"- cosine min {v['cosine_min']:.6f}, mean {v['cosine_mean']:.6f}; max abs error "
             f"{v['max_abs_error']:.3g}, max rel error {v['max_rel_error']:.3g}",
         ]
+        exact = {k: s for k, s in (v.get("per_output") or {}).items() if "exact_match" in s}
+        if exact:  # string outputs and sequence/optional structure: compared exactly, no cosine
+            lines.append("- compared exactly (strings, sequence/optional structure): " + ", ".join(
+                f"`{k}` {s['exact_match'] * 100:.2f} % of samples equal" for k, s in exact.items()))
         if v.get("top1_agreement") is not None:
             lines.append(f"- top-1 agreement {v['top1_agreement'] * 100:.2f} %, reference top-1 within top-5 "
                          f"{v['top5_agreement'] * 100:.2f} %")

@@ -41,6 +41,8 @@ class OnnxRuntimeCompiler(Compiler):
                Option("execution_mode", str, None, "run independent branches of the graph in parallel (default: "
                       "sequential)", choices=("sequential", "parallel")))
 
+    value_types = frozenset({"string", "sequence", "optional"})
+
     def runtime_knobs(self, target: Target, profile: Profile, options: Mapping[str, Any]) -> list[Variant]:
         """Intra-op threads (half the cores: on a shared machine fewer threads can wait less), the load-time graph
         optimization level one step down (extended instead of all: the layout changes of 'all' do not always pay),

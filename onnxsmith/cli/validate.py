@@ -75,6 +75,9 @@ def validate_command(bundle_path: str, data_file: str | None, labels: str | None
             click.echo(f"  what this checks: {'; '.join(emulated['checked'])}")
             click.echo(f"  what it does not: {'; '.join(emulated['not_checked'])}")
         click.echo(f"cosine min {record['cosine_min']:.6f}, max abs error {record['max_abs_error']:.3g}")
+        if record.get("mismatched_samples"):
+            click.echo(f"{record['mismatched_samples']} sample(s) differ exactly (string outputs, or a sequence's "
+                       "structure)")
         if record["top1_agreement"] is not None:
             click.echo(f"top-1 agreement {record['top1_agreement'] * 100:.2f} %")
         if record["accuracy"] is not None:

@@ -74,7 +74,7 @@ class StepRunner:
         self.data = data
         self.calibration = calibration
         self.reference = reference
-        self.output = output
+        self.output = Path(output).resolve()  # bundles are opened by their resolved path
         self.work = output / "steps"
         self.keep_worst = keep_worst
         self.progress = progress or (lambda message: None)
@@ -170,6 +170,9 @@ class StepRunner:
             return self._failed(recipe, record, f"{stage} failed: {exc.one_line()}")
         except Exception as exc:  # a vendor library raising something unwrapped must not end the whole ladder
             return self._failed(recipe, record, f"{stage} failed: {type(exc).__name__}: {first_line(exc)}")
+        if ev.mismatched:  # exact comparisons (strings, sequence structure) have no tolerance to trade
+            return self._failed(recipe, record, f"validating failed: {ev.mismatched} sample(s) differ exactly from "
+                                "fp32 (string outputs, or a sequence's or optional's structure)")
         latency = prof["latency_ms"]
         throughput = max(prof.get("throughput_per_s") or 0.0, prof.get("parallel_throughput_per_s") or 0.0)
         notes = []
