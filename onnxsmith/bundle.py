@@ -93,6 +93,9 @@ def _check_manifest(manifest: Any, where: Path) -> None:
             if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) \
                     or not isinstance(spec.get("shape"), list):
                 raise bad(f"'model.signature.{kind}' holds {str(spec)[:60]!r}, not a name, dtype and shape")
+            wrap = spec.get("wrap", [])
+            if not isinstance(wrap, list) or not all(w in ("sequence", "optional") for w in wrap):
+                raise bad(f"'model.signature.{kind}' gives '{spec['name']}' the containers {str(wrap)[:60]!r}")
             if spec.get("dtype") not in _ONNX_DTYPES.values():
                 raise BundleError(f"bundle '{where}' cannot be used", f"{kind[:-1]} '{spec['name']}' has element type "
                                   f"{spec.get('dtype')!r}, which onnxsmith cannot feed or compare",
@@ -320,6 +323,9 @@ class Bundle:
         for spec in specs:
             if spec.name not in feeds:
                 raise DataError(f"missing input '{spec.name}'", f"the model takes {spec.shape_text()} {spec.dtype}")
+            if not spec.numeric:
+                _check_feed(feeds[spec.name], spec)
+                continue
             arr = np.asarray(feeds[spec.name])
             if spec.name in ranges:
                 outside = ranges[spec.name].outside(tuple(arr.shape))
@@ -344,8 +350,9 @@ class Bundle:
                 raise DataError(f"input '{spec.name}' has the wrong dtype", f"got {arr.dtype}, expected {spec.dtype}",
                                 f"convert it with .astype('{spec.dtype}')")
 
-    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run one inference (inputs checked against the compiled signature)."""
+    def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        """Run one inference (inputs checked against the compiled signature). String tensors are numpy text
+        arrays, sequences lists, an absent optional ``None`` (:mod:`onnxsmith.values`)."""
         self.check_inputs(inputs)
         if self._runner is None:
             self._runner = self.load_runner()
@@ -368,3 +375,21 @@ class Bundle:
         m = self.manifest
         return f"Bundle({str(self.path)!r}, backend={m['backend']!r}, target={m['target']['id']!r}, " \
                f"precision={m['artifact']['precision_used']!r})"
+
+
+def _check_feed(value: Any, spec: TensorSpec) -> None:
+    """A string tensor (a text array of the compiled shape), or a sequence or optional value."""
+    import numpy as np
+
+    from onnxsmith.values import check_value
+
+    if spec.wrap:
+        check_value(value, spec, "input")
+        return
+    arr = value if isinstance(value, np.ndarray) else np.asarray(value)
+    if arr.dtype.kind not in "UO":  # from Python, an object array of str is fine (nothing is unpickled)
+        raise DataError(f"input '{spec.name}' has the wrong dtype", f"got {arr.dtype}, the input takes strings",
+                        "give a numpy unicode array: np.array([...], dtype=str)")
+    if tuple(arr.shape) != tuple(spec.shape):
+        raise DataError(f"input '{spec.name}' has the wrong shape", f"got {'x'.join(map(str, arr.shape)) or 'scalar'}"
+                        f", the compiled model takes {spec.shape_text()}", "reshape it, or compile again with --shape")

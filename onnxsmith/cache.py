@@ -58,7 +58,14 @@ _OWNER = re.compile(r"^(?:\.|onnxsmith-).*-p(\d+)h([0-9a-f]{8})-[^/]*$")
 
 @functools.lru_cache(maxsize=1)
 def _host() -> str:
-    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+    """This host and PID namespace: a pid means the same process only within one namespace, so a process in
+    another one (a container, ``unshare --pid`` as the Ray test clusters use) never sweeps this one's live
+    directories as a dead owner's, nor the other way round."""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        namespace = ""
+    return hashlib.sha256(f"{socket.gethostname()}\0{namespace}".encode()).hexdigest()[:8]
 
 
 def owner_tag() -> str:

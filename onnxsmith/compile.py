@@ -24,14 +24,14 @@ from onnxsmith.signing import seal
 
 if TYPE_CHECKING:
     from onnxsmith.data import Dataset
-    from onnxsmith.model import LoadedModel
+    from onnxsmith.model import LoadedModel, TensorSpec
     from onnxsmith.profiles import Profile
     from onnxsmith.targets import Target
 
 
-def choose_backend(target: Target, backend: str | None = None) -> Compiler:
+def choose_backend(target: Target, backend: str | None = None, model: LoadedModel | None = None) -> Compiler:
     """The explicit ``backend`` (installed), or the first of the target's preferences that is installed and
-    supports it."""
+    supports it (and takes ``model``'s strings, sequences or optionals, when it has any)."""
     if backend:
         chosen = get_backend(backend)
         chosen.check_environment()
@@ -44,6 +44,11 @@ def choose_backend(target: Target, backend: str | None = None) -> Compiler:
             continue
         candidate = get_backend(name)
         support = candidate.supports(target)
+        lacking = missing_value_types(candidate, model) if model is not None else []
+        if support and lacking:
+            kind, spec, _ = lacking[0]
+            skipped.append(f"{name} (cannot take {kind} '{spec.name}', {spec.type_text()})")
+            continue
         if support:
             return candidate
         skipped.append(f"{name} ({support.reason})")
@@ -65,6 +70,41 @@ def _check_precision(backend: Compiler, target: Target, precision: str) -> None:
     if precision not in offered:
         raise UnsupportedError(f"backend '{backend.name}' cannot compile {precision} for {target.id}",
                                f"it offers {', '.join(offered)}", "choose another --precision or --backend")
+
+
+def missing_value_types(backend: Compiler, model: LoadedModel) -> list[tuple[str, TensorSpec, set[str]]]:
+    """(input/output, spec, kinds the backend lacks) for each value that is not a numeric tensor and needs kinds
+    (``string``, ``sequence``, ``optional``) outside ``backend.value_types``."""
+    lacking = []
+    for kind, specs in (("input", model.inputs), ("output", model.outputs)):
+        for spec in specs:
+            need = set(spec.wrap) | ({"string"} if spec.dtype == "string" else set())
+            if need - backend.value_types:
+                lacking.append((kind, spec, need - backend.value_types))
+    return lacking
+
+
+def check_value_types(backend: Compiler, model: LoadedModel) -> None:
+    """Refuse, before compiling, a model whose inputs or outputs the backend cannot take (strings, sequences,
+    optionals), naming the first such value and its type."""
+    lacking = missing_value_types(backend, model)
+    if lacking:
+        kind, spec, missing = lacking[0]
+        from onnxsmith.registry import backend_names
+
+        able = [n for n in backend_names() if not missing - _value_types_of(n)]
+        raise UnsupportedError(f"backend '{backend.name}' cannot take {kind} '{spec.name}' ({spec.type_text()})",
+                               f"it compiles numeric tensors" + (f" and {', '.join(sorted(backend.value_types))}"
+                               if backend.value_types else " only") + (f"; {len(lacking) - 1} other input(s)/"
+                               "output(s) too" if len(lacking) > 1 else ""),
+                               f"use --backend {able[0]}" if able else "no installed backend takes it")
+
+
+def _value_types_of(name: str) -> frozenset[str]:
+    try:
+        return get_backend(name).value_types
+    except OnnxsmithError:
+        return frozenset()
 
 
 def protected_inputs(*items: LoadedModel | Dataset | None) -> list[Path]:
@@ -96,6 +136,7 @@ def checked_request(backend: Compiler, request: CompileRequest) -> CompileReques
             raise UnsupportedError(f"backend '{backend.name}' cannot compile the shape range {name}="
                                    f"{bounds.bounds_text()} for {target.id}", dynamic.reason, dynamic.hint)
     _check_precision(backend, target, precision)
+    check_value_types(backend, model)
     options = parse_backend_options(backend, request.options)
     if backend.needs_calibration(precision, model) and request.calibration is None:
         raise DataError(f"{precision} needs calibration data", "post-training quantization measures activation "
@@ -150,7 +191,7 @@ def compile_model(model: LoadedModel, target: Target, *, profile: Profile, outpu
     # the compiling child starts now and imports the likely backend's library while the checks below run
     worker = start_worker(backend or (target.backends[0] if target.backends else None))
     try:
-        chosen = choose_backend(target, backend)
+        chosen = choose_backend(target, backend, model)
         request = checked_request(chosen, CompileRequest(
             model=model, target=target, precision=precision or profile.precision, profile=profile,
             calibration=calibration, options=dict(options or {}), progress=progress))

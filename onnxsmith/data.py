@@ -55,8 +55,11 @@ class Dataset:
 
     def fingerprint(self) -> str:
         digest = hashlib.sha256()
-        for name in sorted(self.arrays):
-            arr = self.arrays[name]
+        from onnxsmith.values import flatten
+
+        arrays = {k: a for name, value in self.arrays.items() for k, a in flatten(name, value).items()}
+        for name in sorted(arrays):
+            arr = arrays[name]
             digest.update(f"{name}:{arr.dtype}:{arr.shape}".encode())
             digest.update(_contiguous(arr))  # the bytes tobytes() gives, without a copy of a C-order array
         if self.labels is not None:
@@ -83,7 +86,10 @@ class Dataset:
 def _contiguous(arr: np.ndarray) -> memoryview:
     import numpy as np
 
-    return memoryview(np.ascontiguousarray(arr)).cast("B")
+    arr = np.ascontiguousarray(arr)
+    if arr.dtype.kind in "USV" or not arr.dtype.isnative:  # no buffer format memoryview can cast
+        return memoryview(arr.reshape(-1).view(np.uint8)) if arr.size and arr.dtype.itemsize else memoryview(b"")
+    return memoryview(arr).cast("B")
 
 
 def model_batch(spec: TensorSpec) -> int:
@@ -133,17 +139,28 @@ def check_against_model(arrays: Mapping[str, np.ndarray], model_inputs: tuple[Te
                         f"save one array per model input, named {', '.join(names)}")
     for spec in model_inputs:
         arr = arrays[spec.name]
+        if spec.wrap:
+            _check_structured(arr, spec, where)
+            continue
+        if spec.dtype == "string":
+            if not (hasattr(arr, "dtype") and np.dtype(arr.dtype).kind in "US"):
+                raise DataError(f"{where} does not fit the model", f"array '{spec.name}' is "
+                                f"{getattr(arr, 'dtype', type(arr).__name__)}, the input takes strings",
+                                "give a numpy text array (np.array([...], dtype=str)); object arrays are not read")
+            continue
         if np.dtype(arr.dtype).name != spec.dtype and not _void_of(arr.dtype, spec.dtype):
             raise DataError(f"{where} does not fit the model",
                             f"array '{spec.name}' is {arr.dtype}, the input takes {spec.dtype}",
                             f"convert it with .astype('{spec.dtype}')")
     batched = batch_inputs(model_inputs, known_batch)
-    if all(_fits(arrays[s.name].shape, s.shape) for s in model_inputs) and not (labelled and batched):
+    if all(s.wrap or _fits(arrays[s.name].shape, s.shape) for s in model_inputs) and not (labelled and batched):
         return tuple(s.name for s in model_inputs), 1
     counts: dict[str, int] = {}
     batch_sizes = set()
     for spec in model_inputs:
         arr = arrays[spec.name]
+        if spec.wrap:  # a sequence or optional has no sample axis: it goes whole into every feed
+            continue
         shape = "x".join(map(str, arr.shape)) or "scalar"
         if spec.name not in batched:
             if not _fits(arr.shape, spec.shape):
@@ -170,12 +187,27 @@ def check_against_model(arrays: Mapping[str, np.ndarray], model_inputs: tuple[Te
     return whole, (batch_sizes.pop() if batch_sizes else 1)
 
 
+def _check_structured(value: Any, spec: TensorSpec, where: str) -> None:
+    """A sequence or optional input's value: assembled from its keys (:func:`onnxsmith.values.assemble`), or
+    given in Python; never an array header standing in for it."""
+    from onnxsmith.values import check_value
+
+    if hasattr(value, "fortran_order"):  # an ArrayHeader: the .npz stored it as one plain array
+        raise DataError(f"{where} does not fit the model", f"'{spec.name}' is one array, the input takes a "
+                        f"{spec.type_text()}", "store a sequence NAME as NAME.0, NAME.1, ... and NAME.length; an "
+                        "absent optional as NAME.none (see onnxsmith.values)")
+    check_value(value, spec, where)
+
+
 def check_finite(arrays: Mapping[str, np.ndarray], model_inputs: tuple[TensorSpec, ...], where: str) -> None:
     """Name the first float input array holding NaN or infinity, and where."""
     import numpy as np
 
     for spec in model_inputs:
         arr = arrays[spec.name]
+        if spec.wrap:
+            _check_finite_elements(arr, spec, where)
+            continue
         if not np.issubdtype(arr.dtype, np.floating):
             continue
         bad = ~np.isfinite(arr)
@@ -186,6 +218,18 @@ def check_finite(arrays: Mapping[str, np.ndarray], model_inputs: tuple[TensorSpe
                             f"first in sample {first}", "clean the data (numpy.nan_to_num, or drop those samples)")
 
 
+def _check_finite_elements(value: Any, spec: TensorSpec, where: str) -> None:
+    import numpy as np
+
+    from onnxsmith.values import flatten
+
+    for key, arr in flatten(spec.name, value).items():
+        if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+            raise DataError(f"{where} holds NaN or infinite values", f"element '{key}' of {spec.type_text()} "
+                            f"input '{spec.name}' has {int((~np.isfinite(arr)).sum())} of them",
+                            "clean the data (numpy.nan_to_num)")
+
+
 def make_dataset(arrays: dict[str, np.ndarray], label_array: np.ndarray | None, model_inputs: tuple[TensorSpec, ...],
                  where: str, source: str, files: tuple[Path, ...] = (), finite: bool = True,
                  known_batch: Collection[str] | None = None) -> Dataset:
@@ -193,8 +237,9 @@ def make_dataset(arrays: dict[str, np.ndarray], label_array: np.ndarray | None, 
 
     ``finite``: refuse NaN or infinite values in float inputs (calibration and validation data; ``run`` may feed
     them on purpose)."""
-    dtypes = {s.name: s.dtype for s in model_inputs}
+    dtypes = {s.name: s.dtype for s in model_inputs if s.is_tensor}
     arrays = {k: _ml_dtype(v, dtypes[k]) if k in dtypes else v for k, v in arrays.items()}
+    arrays = _text_inputs(arrays, model_inputs, where)
     whole, batch = check_against_model(arrays, model_inputs, where, known_batch, labelled=label_array is not None)
     if finite:
         check_finite(arrays, model_inputs, where)
@@ -206,6 +251,17 @@ def make_dataset(arrays: dict[str, np.ndarray], label_array: np.ndarray | None, 
     if label_array is not None and len(label_array) != n:
         raise DataError(f"cannot use {where}", f"{len(label_array)} labels for {n} samples")
     return data
+
+
+def _text_inputs(arrays: dict[str, Any], model_inputs: tuple[TensorSpec, ...], where: str) -> dict[str, Any]:
+    """String inputs as native unicode arrays (UTF-8 bytes decoded, code points checked)."""
+    from onnxsmith.values import text_array
+
+    for spec in model_inputs:
+        if spec.is_tensor and spec.dtype == "string" and spec.name in arrays and hasattr(arrays[spec.name], "dtype") \
+                and arrays[spec.name].dtype.kind in "US":
+            arrays[spec.name] = text_array(arrays[spec.name], where, spec.name)
+    return arrays
 
 
 def _ml_dtype(arr: np.ndarray, dtype: str) -> np.ndarray:
@@ -264,6 +320,11 @@ def synthetic(model: LoadedModel, samples: int, seed: int = 0, known_batch: Coll
     batched = batch_inputs(specs, known)
     arrays: dict[str, np.ndarray] = {}
     for spec in specs:
+        if not spec.numeric:
+            raise DataError(f"cannot generate inputs for '{model.name}'", f"input '{spec.name}' takes "
+                            f"{spec.type_text()}, and onnxsmith generates numbers only (generated text or sequences "
+                            "would test nothing real)", "give real inputs: validate --data, profile --input, "
+                            "optimize --data (an .npz; strings as np.array([...], dtype=str))")
         shape = tuple(d if isinstance(d, int) else 1 for d in spec.shape)
         full = (samples * shape[0], *shape[1:]) if spec.name in batched else shape
         if spec.dtype in _FLOAT_KINDS:
@@ -278,11 +339,15 @@ def synthetic(model: LoadedModel, samples: int, seed: int = 0, known_batch: Coll
 
 
 def save_npz(path: Path, arrays: Mapping[str, Any]) -> None:
-    """Write an .npz atomically."""
+    """Write an .npz atomically, pickle-free: strings as ``'<U'`` arrays, sequences and optionals by the
+    :mod:`onnxsmith.values` convention (``NAME.0``..., ``NAME.length``, ``NAME.none``)."""
     import os
 
     import numpy as np
 
+    from onnxsmith.values import flatten_values
+
+    arrays = flatten_values(arrays)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as f:

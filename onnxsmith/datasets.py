@@ -112,14 +112,36 @@ def _read_inputs(source: ArrayFiles, model_inputs: tuple[TensorSpec, ...], label
         label_header = source.header(labels)
     # headers stand in for the arrays (shape, ndim, dtype); other keys are listed by name, never read
     present: dict[str, Any] = dict.fromkeys(n for n in source.names if n != labels)
-    present.update({s.name: source.header(s.name) for s in model_inputs if s.name in present})
+    structured, struct_parts = _read_structured(source, model_inputs, where)
+    present.update(structured)
+    present.update({s.name: source.header(s.name) for s in model_inputs if s.is_tensor and s.name in present})
     whole, _ = check_against_model(present, model_inputs, where, known_batch, labelled=label_header is not None)
     rows = {s.name: None if label_header is not None or s.name in whole else _rows(source.header(s.name), s, limit)
-            for s in model_inputs}
-    parts = [(source.header(n), r) for n, r in rows.items()]
+            for s in model_inputs if s.is_tensor}
+    parts = [(source.header(n), r) for n, r in rows.items()] + struct_parts
     check_budget(parts + ([(label_header, None)] if label_header is not None else []), where)
-    arrays = {n: source.read(n, r) for n, r in rows.items()}
+    arrays: dict[str, Any] = {n: source.read(n, r) for n, r in rows.items()}
+    arrays.update(structured)
     return arrays, None if labels is None else source.read(labels)
+
+
+def _read_structured(source: ArrayFiles, model_inputs: tuple[TensorSpec, ...], where: str
+                     ) -> tuple[dict[str, Any], list[tuple[ArrayHeader, int | None]]]:
+    """The sequence and optional inputs, each assembled from its keys (``NAME.0``, ``NAME.length``, ``NAME.none``:
+    :mod:`onnxsmith.values`) after their headers passed the byte cap; with the headers read, for the total."""
+    from onnxsmith.values import assemble, keys_for
+
+    values: dict[str, Any] = {}
+    parts: list[tuple[ArrayHeader, int | None]] = []
+    for spec in model_inputs:
+        if not spec.wrap:
+            continue
+        keys = keys_for(spec.name, source.names)
+        headers = [(source.header(k), None) for k in keys]
+        check_budget(parts + headers, where)
+        parts += headers
+        values[spec.name] = assemble(spec, keys, source.read, where)
+    return values, parts
 
 
 def from_array_file(path: Path, model_inputs: tuple[TensorSpec, ...], labels: str | None = None,
@@ -155,7 +177,7 @@ def from_npy_folder(folder: Path, model_inputs: tuple[TensorSpec, ...], labels: 
     if labels is not None and labels not in files:
         raise DataError(f"cannot use {where}", f"it has no '{labels}.npy' for the labels",
                         f"files present: {', '.join(sorted(files)) or 'none'}")
-    if all(n in files for n in names):
+    if all(n in files for n in names) or any(s.wrap for s in model_inputs):
         arrays, label_array = _read_inputs(ArrayFiles.files(files, where), model_inputs, labels, where, limit,
                                            "'{}.npy'", known_batch)
         return make_dataset(arrays, label_array, model_inputs, where, str(folder), files=(folder,), finite=finite,
@@ -227,6 +249,11 @@ def from_callable(spec: str, model_inputs: tuple[TensorSpec, ...], labels: str |
     import numpy as np
 
     where = f"{what} '{spec}'"
+    structured = [s.name for s in model_inputs if s.wrap]
+    if structured:
+        raise DataError(f"cannot use {where}", f"input '{structured[0]}' is a sequence or optional, which "
+                        "module:function data does not carry", "save the inputs as an .npz (a sequence NAME as "
+                        "NAME.0, NAME.1, ..., NAME.length; see onnxsmith.values)")
     most = limit if limit is not None and labels is None else MAX_SAMPLES
     cap = max_bytes()
     func = _import_function(spec, where)

@@ -180,11 +180,30 @@ def _outcome(name: str, returncode: int, result_path: Path, printed: str) -> Art
                        "another --backend or --precision, or run with --debug") from RuntimeError(printed[-4000:])
 
 
+def _exit_with_parent(interval: float = 0.5) -> None:
+    """End this child when its parent is gone (SIGKILL, a crashed Ray task): it was reparented, so nobody waits for
+    its result, and a build left running would hold the cache shard's lock. A watcher thread, not
+    ``PR_SET_PDEATHSIG``, which fires when the *thread* that started the child ends (compiles run in threads)."""
+    import threading
+    import time
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval)
+            if os.getppid() != parent:
+                os._exit(128 + 9)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def child_main(io_dir: str, progress_fd: str, warm: str = "") -> None:
     """``python -m onnxsmith.isolate IO_DIR FD [WARM]``: import WARM's vendor library, wait for ``go`` on stdin,
     then compile the pickled request and write the outcome."""
     io = Path(io_dir)
     fd = int(progress_fd)
+    _exit_with_parent()
     os.set_inheritable(fd, False)  # never handed on to the vendor's own worker processes
     if warm:
         try:

@@ -34,6 +34,7 @@ _ONNX_DTYPES = {
     # the float8/4 and int4 types, named as ml_dtypes (onnx's own numpy types) names them
     17: "float8_e4m3fn", 18: "float8_e4m3fnuz", 19: "float8_e5m2", 20: "float8_e5m2fnuz", 21: "uint4", 22: "int4",
     23: "float4_e2m1fn", 24: "float8_e8m0fnu",
+    8: "string",  # UTF-8 text: fixed-width numpy unicode ('<U') in data files (onnxsmith.values)
 }
 
 
@@ -45,6 +46,19 @@ class TensorSpec:
     dtype: str
     """numpy dtype name (``float32``, ``int64``...)."""
     shape: tuple[Dim, ...]
+    wrap: tuple[str, ...] = ()
+    """Containers around the tensor, outermost first: ``("sequence",)``, ``("optional",)``,
+    ``("optional", "sequence")``; empty for a plain tensor. ``dtype`` is then the element tensors' type and
+    ``shape`` is ``()`` (elements may differ in shape). Data files give them by :mod:`onnxsmith.values`."""
+
+    @property
+    def is_tensor(self) -> bool:
+        return not self.wrap
+
+    @property
+    def numeric(self) -> bool:
+        """A plain tensor of numbers (what every backend takes), not text, a sequence or an optional."""
+        return not self.wrap and self.dtype != "string"
 
     @property
     def dynamic_dims(self) -> list[int]:
@@ -55,14 +69,23 @@ class TensorSpec:
         return not self.dynamic_dims
 
     def shape_text(self) -> str:
+        if self.wrap:
+            return " of ".join(self.wrap) + f" of {self.dtype} tensors"
         return "x".join(str(d) if isinstance(d, int) else (d or "?") for d in self.shape) or "scalar"
 
+    def type_text(self) -> str:
+        """``float32``, ``string``, ``sequence of float32``, ``optional of sequence of int64``."""
+        return " of ".join((*self.wrap, self.dtype))
+
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+        data = {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+        if self.wrap:
+            data["wrap"] = list(self.wrap)
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> TensorSpec:
-        return cls(data["name"], data["dtype"], tuple(data["shape"]))
+        return cls(data["name"], data["dtype"], tuple(data["shape"]), tuple(data.get("wrap", ())))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,6 +208,8 @@ def specs_at(specs: tuple[TensorSpec, ...], ranges: Mapping[str, ShapeRange], po
 
 
 def _value_spec(value: onnx.ValueInfoProto) -> TensorSpec:
+    if not value.type.HasField("tensor_type"):
+        return _wrapped_spec(value)
     t = value.type.tensor_type
     dims: list[Dim] = []
     for d in t.shape.dim:
@@ -410,7 +435,8 @@ def load_model(path: str | os.PathLike[str], shapes: Mapping[str, ShapeValue] | 
 
 def _check_graph(proto: onnx.ModelProto, source: Path) -> None:
     """What the later stages cannot handle, refused at load: an opset or IR newer than the installed onnx
-    knows, a graph without outputs, non-numeric (string...) inputs or outputs."""
+    knows, a graph without outputs, inputs or outputs that are maps, sparse tensors or of unknown element types
+    (strings, sequences and optionals load; backends that cannot take them refuse at compile)."""
     import onnx
 
     where = f"cannot use model '{source}'"
@@ -426,22 +452,68 @@ def _check_graph(proto: onnx.ModelProto, source: Path) -> None:
         raise ModelError(where, "its graph has no outputs", "export the model with its outputs")
     for kind, values in (("input", _graph_inputs(proto)), ("output", list(proto.graph.output))):
         for value in values:
-            if not value.type.HasField("tensor_type"):
-                raise ModelError(where, f"{kind} '{value.name}' is not a tensor (a sequence, map or optional)",
-                                 "onnxsmith compiles models whose inputs and outputs are numeric tensors")
-            elem = value.type.tensor_type.elem_type
-            if elem not in _ONNX_DTYPES:
-                name = onnx.TensorProto.DataType.Name(elem) if elem in onnx.TensorProto.DataType.values() else elem
-                raise ModelError(where, f"{kind} '{value.name}' has element type {name}, which onnxsmith cannot "
-                                 "feed, compare or compile", "give the model numeric inputs and outputs "
-                                 "(e.g. do tokenization outside it)")
+            _check_value_type(value, kind, where)
+        _check_convention_names([v.name for v in values], [_value_spec(v) for v in values], kind, where)
+
+
+def _unwrap(type_proto: onnx.TypeProto) -> tuple[tuple[str, ...], onnx.TypeProto]:
+    """The containers around a value's type (outermost first) and the innermost type."""
+    wrap: list[str] = []
+    while True:
+        field = type_proto.WhichOneof("value")
+        if field == "sequence_type":
+            wrap.append("sequence")
+            type_proto = type_proto.sequence_type.elem_type
+        elif field == "optional_type":
+            wrap.append("optional")
+            type_proto = type_proto.optional_type.elem_type
+        else:
+            return tuple(wrap), type_proto
+
+
+def _check_value_type(value: onnx.ValueInfoProto, kind: str, where: str) -> None:
+    """Tensors of the known element types (numbers or strings), and sequences and optionals of them; maps and
+    sparse tensors are refused."""
+    import onnx
+
+    wrap, inner = _unwrap(value.type)
+    field = inner.WhichOneof("value")
+    if field != "tensor_type":
+        what = {"map_type": "a map", "sparse_tensor_type": "a sparse tensor", None: "of no type"}.get(field, field)
+        raise ModelError(where, f"{kind} '{value.name}' is {what}" + (f" inside a {' of '.join(wrap)}" if wrap
+                         else ""), "onnxsmith feeds and compares tensors, and sequences and optionals of tensors")
+    elem = inner.tensor_type.elem_type
+    if elem not in _ONNX_DTYPES:
+        name = onnx.TensorProto.DataType.Name(elem) if elem in onnx.TensorProto.DataType.values() else elem
+        raise ModelError(where, f"{kind} '{value.name}' has element type {name}, which onnxsmith cannot "
+                         "feed, compare or compile", "give the model inputs and outputs of numbers or strings")
+
+
+def _wrapped_spec(value: onnx.ValueInfoProto) -> TensorSpec:
+    wrap, inner = _unwrap(value.type)
+    elem = inner.tensor_type.elem_type
+    return TensorSpec(value.name, _ONNX_DTYPES.get(elem, f"onnx:{elem}"), (), wrap)
+
+
+def _check_convention_names(names: list[str], specs: list[TensorSpec], kind: str, where: str) -> None:
+    """A sequence or optional NAME is stored in data files as keys ``NAME.0``, ``NAME.length``, ``NAME.none``
+    (:mod:`onnxsmith.values`): no other input or output name may start with ``NAME.``."""
+    for spec in specs:
+        if not spec.wrap:
+            continue
+        clash = [n for n in names if n != spec.name and n.startswith(spec.name + ".")]
+        if clash:
+            raise ModelError(where, f"{kind} '{spec.name}' is a {spec.type_text()} and {kind} '{clash[0]}' "
+                             f"starts with '{spec.name}.', so their arrays in an .npz would collide",
+                             "rename one of them in the model (onnxsmith stores a sequence NAME as NAME.0, "
+                             "NAME.1, ..., NAME.length)")
 
 
 def _check_input_sizes(model: LoadedModel) -> None:
     import numpy as np
 
     for spec in model.inputs_at("max"):
-        if not spec.is_static:
+        if not spec.is_static or not spec.numeric:  # strings: their width is the data's; containers: ragged
             continue
         count = functools.reduce(lambda a, b: a * b, spec.shape, 1)
         size = count * np.dtype(spec.dtype if spec.dtype != "bfloat16" else "float16").itemsize

@@ -1,7 +1,8 @@
 """``.npy`` arrays, alone, in a folder or inside an ``.npz``, read header first.
 
 Every array's header (shape, dtype, memory order) is parsed before any of its data is read or decompressed, and
-checked: no Python objects, the data the header claims must fit in what the file (or zip member) holds, and all the
+checked: no Python objects (text is fixed-width ``'<U'``/``'|S'`` data, at most :data:`MAX_STRING_CHARS` wide),
+the data the header claims must fit in what the file (or zip member) holds, and all the
 bytes to load together must stay under a cap (:data:`DEFAULT_MAX_BYTES`, overridden by ``$ONNXSMITH_MAX_DATA_BYTES``,
 e.g. ``16GiB``). Only the rows asked for are read (C-order arrays keep their samples contiguous), so a big file costs
 the memory of the samples used, and a forged or zip-bomb file is refused in milliseconds.
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
 DEFAULT_MAX_BYTES = 4 * 2**30
 """Default cap on the bytes one data option loads (4 GiB)."""
 MAX_BYTES_VARIABLE = "ONNXSMITH_MAX_DATA_BYTES"
+MAX_STRING_CHARS = 2**20
+"""The widest text element (fixed-width ``'<U'`` characters or ``'|S'`` bytes) a data file may declare."""
 _CHUNK = 16 * 2**20
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6, "mib": 2**20,
           "g": 10**9, "gb": 10**9, "gib": 2**30, "t": 10**12, "tb": 10**12, "tib": 2**40}
@@ -201,12 +204,27 @@ def _parse_header(fp: IO[bytes], name: str, available: int, file_name: str, wher
     if dtype.hasobject:
         raise DataError(f"cannot read {where}", f"'{file_name}' holds Python objects ({dtype}), which are not read "
                         "(loading them could run code)", "save numeric arrays")
+    _check_text_width(dtype, file_name, where)
     data_bytes = available - fp.tell()
     if header.nbytes > data_bytes:
         raise DataError(f"cannot read {where}", f"the header of '{file_name}' declares {header.describe()} "
                         f"({fmt_bytes(header.nbytes)}) but the file holds {fmt_bytes(max(data_bytes, 0))} of data",
                         "the file is truncated or forged: save it again with numpy.save or numpy.savez")
     return header
+
+
+def _check_text_width(dtype: np.dtype, file_name: str, where: str) -> None:
+    """Text arrays (``'<U'``, ``'|S'``) are plain fixed-width data; a forged header may declare absurd widths."""
+    if dtype.kind not in "US":
+        return
+    chars = dtype.itemsize // (4 if dtype.kind == "U" else 1)
+    if chars > MAX_STRING_CHARS:
+        raise DataError(f"cannot read {where}", f"'{file_name}' declares text elements of {chars:,} characters "
+                        f"({dtype}), more than the {MAX_STRING_CHARS:,} read", "store long text in fewer, shorter "
+                        "elements, or check the file: it may be forged")
+    if dtype.names is None and chars == 0:
+        raise DataError(f"cannot read {where}", f"'{file_name}' declares text elements of width 0 ({dtype})",
+                        "save it again with numpy (np.array([''], dtype=str) has width 1)")
 
 
 def _read_data(fp: IO[bytes], header: ArrayHeader, rows: int | None, file_name: str, where: str) -> np.ndarray:

@@ -11,7 +11,11 @@ Rules, in one place:
   positions where the reference itself is not finite are left out and counted;
 * classifier: the first output holds one score vector per sample (``N x C``, C >= 2, floating point): top-1 and
   top-5 agreement with the reference, and task accuracy of both when labels are given;
-* worst first: wrong against the label, then disagreeing with the reference, then lowest cosine.
+* string outputs (and the text inside sequences) are compared for exact equality: no cosine, a sample whose text
+  differs is a mismatch (counted; validation fails on any); a sequence or optional output is compared per sample
+  (feed) by its structure (length, presence, element shapes: any difference is a mismatch), then its numeric
+  elements together as one vector (cosine, errors) and its text exactly;
+* worst first: wrong against the label, then disagreeing with the reference, then mismatched, then lowest cosine.
 """
 
 from __future__ import annotations
@@ -51,6 +55,10 @@ class Comparison:
     reference_accuracy: float | None
     order: tuple[int, ...]
     """Sample indices, worst first."""
+    mismatched: int = 0
+    """Samples whose string outputs differ from the reference, or whose sequence/optional outputs differ in
+    structure (exact comparisons)."""
+    first_mismatch: int | None = None
 
     @property
     def cosine_min(self) -> float:
@@ -62,11 +70,11 @@ class Comparison:
 
     @property
     def max_abs_error(self) -> float:
-        return max((s["max_abs_error"] for s in self.per_output.values()), default=0.0)
+        return max((s.get("max_abs_error", 0.0) for s in self.per_output.values()), default=0.0)
 
     @property
     def max_rel_error(self) -> float:
-        return max((s["max_rel_error"] for s in self.per_output.values()), default=0.0)
+        return max((s.get("max_rel_error", 0.0) for s in self.per_output.values()), default=0.0)
 
 
 def collect(runner: Any, batches: Iterable[Mapping[str, np.ndarray]], names: list[str],
@@ -77,15 +85,22 @@ def collect(runner: Any, batches: Iterable[Mapping[str, np.ndarray]], names: lis
 
     parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
     start = time.perf_counter()
+    from onnxsmith.values import is_structured
+
+    structured = {o.name for o in getattr(runner, "outputs", ()) if getattr(o, "wrap", ())}
     for feeds in batches:
         got = runner.run(feeds)
         for name in names:
-            parts[name].append(np.asarray(got[name]))
+            if is_structured(got[name]) or name in structured:
+                structured.add(name)  # a sequence or optional: one value per feed, kept as a list of them
+                parts[name].append(got[name])
+            else:
+                parts[name].append(np.asarray(got[name]))
         if max_seconds is not None and time.perf_counter() - start > max_seconds:
             break
     if not names or not parts[names[0]]:
         raise DataError("not enough validation samples", "not one full batch to run")
-    return {n: v[0] if len(v) == 1 else np.concatenate(v) for n, v in parts.items()}
+    return {n: list(v) if n in structured else v[0] if len(v) == 1 else np.concatenate(v) for n, v in parts.items()}
 
 
 def _rows(a: np.ndarray, n: int) -> np.ndarray:
@@ -100,13 +115,22 @@ def compare(got: Mapping[str, np.ndarray], want: Mapping[str, np.ndarray], label
     import numpy as np
 
     names = names or list(want)
-    n = min(len(np.asarray(got[names[0]])), len(np.asarray(want[names[0]])))
+    n = min(_samples(got[names[0]]), _samples(want[names[0]]))
     cosine = np.ones(n)
     max_abs = np.zeros(n)
     per_output: dict[str, dict[str, float]] = {}
     abs_sum, abs_count, nonfinite, reference_nonfinite = 0.0, 0, 0, 0
     broken_any = np.zeros(n, bool)
+    mismatch = np.zeros(n, bool)
     for name in names:
+        if _exact_kind(want[name]):
+            cos, row_abs, match, stats, sums = _compare_exact(name, got[name], want[name], n)
+            cosine, max_abs, mismatch = np.minimum(cosine, cos), np.maximum(max_abs, row_abs), mismatch | ~match
+            per_output[name] = stats
+            abs_sum, abs_count = abs_sum + sums[0], abs_count + sums[1]
+            nonfinite, reference_nonfinite = nonfinite + sums[2], reference_nonfinite + sums[3]
+            broken_any |= sums[4]
+            continue
         g, w = np.asarray(got[name])[:n], np.asarray(want[name])[:n]
         if g.shape != w.shape:
             raise DataError(f"output '{name}' differs in shape", f"artifact {g.shape}, reference {w.shape}")
@@ -132,8 +156,9 @@ def compare(got: Mapping[str, np.ndarray], want: Mapping[str, np.ndarray], label
                             "cosine_min": float(cos.min(initial=1.0))}
         abs_sum += float(diff.sum())
         abs_count += int(both.sum())
-    first = np.asarray(want[names[0]])[:n]
-    classifier = first.ndim == 2 and first.shape[1] >= 2 and np.issubdtype(first.dtype, np.floating)
+    first = want[names[0]][:n] if isinstance(want[names[0]], list) else np.asarray(want[names[0]])[:n]
+    classifier = not isinstance(first, list) and first.ndim == 2 and first.shape[1] >= 2 \
+        and np.issubdtype(first.dtype, np.floating)
     preds = ref_preds = label_values = None
     top1 = top5 = accuracy = ref_accuracy = None
     if classifier and n:
@@ -150,11 +175,79 @@ def compare(got: Mapping[str, np.ndarray], want: Mapping[str, np.ndarray], label
             ref_accuracy = float((ref_preds == label_values).mean())
     wrong = (preds != label_values) if label_values is not None and preds is not None else np.zeros(n, bool)
     disagree = (preds != ref_preds) if preds is not None else np.zeros(n, bool)
-    order = tuple(int(i) for i in np.lexsort((cosine, ~disagree, ~wrong)))
+    order = tuple(int(i) for i in np.lexsort((cosine, ~mismatch, ~disagree, ~wrong)))
     first_bad = int(np.argmax(broken_any)) if broken_any.any() else None
     return Comparison(n, cosine, max_abs, per_output, abs_sum / max(abs_count, 1), nonfinite, first_bad,
                       reference_nonfinite, bool(classifier), preds, ref_preds, label_values, top1, top5, accuracy,
-                      ref_accuracy, order)
+                      ref_accuracy, order, int(mismatch.sum()),
+                      int(np.argmax(mismatch)) if mismatch.any() else None)
+
+
+def _samples(value: Any) -> int:
+    """Samples in one output: its first dim, or the values of a sequence/optional output (one per sample)."""
+    import numpy as np
+
+    return len(value) if isinstance(value, list) else len(np.asarray(value))
+
+
+def _exact_kind(value: Any) -> bool:
+    """Compared exactly, not by cosine: string tensors, and sequences/optionals (a list of one value per sample)."""
+    return isinstance(value, list) or getattr(value, "dtype", None) is not None and value.dtype.kind in "USO"
+
+
+def _compare_exact(name: str, got: Any, want: Any, n: int) -> tuple[Any, Any, Any, dict[str, float], tuple]:
+    """One string, sequence or optional output, per sample: (cosine of its numeric part, max abs error, exact
+    match, per-output stats, (abs error sum, count, artifact non-finite, reference non-finite, broken rows))."""
+    import numpy as np
+
+    from onnxsmith.values import flatten
+
+    if not isinstance(want, list):  # a string tensor, samples along axis 0
+        g, w = np.asarray(got)[:n], np.asarray(want)[:n]
+        if g.shape != w.shape:
+            raise DataError(f"output '{name}' differs in shape", f"artifact {g.shape}, reference {w.shape}")
+        match = (g.reshape(n, -1) == w.reshape(n, -1)).all(axis=1) if n else np.ones(0, bool)
+        stats = {"exact_match": float(match.mean()) if n else 1.0, "mismatched_samples": int((~match).sum())}
+        return np.ones(n), np.zeros(n), match, stats, (0.0, 0, 0, 0, np.zeros(n, bool))
+    if not isinstance(got, list) or len(got) < n or len(want) < n:
+        raise DataError(f"output '{name}' is a sequence or optional", "it is compared one value per sample, and "
+                        f"the runs gave {len(got) if isinstance(got, list) else 'an array'} and {len(want)} for "
+                        f"{n} samples", "validate it with one sample per feed (batch 1, or one feed)")
+    cosine, max_abs, match = np.ones(n), np.zeros(n), np.ones(n, bool)
+    broken = np.zeros(n, bool)
+    structure = abs_count = nonfinite = reference_nonfinite = 0
+    abs_sum, rel_max = 0.0, 0.0
+    for i in range(n):
+        fg, fw = flatten(name, got[i]), flatten(name, want[i])
+        if fg.keys() != fw.keys() or any(fg[k].shape != fw[k].shape for k in fw):
+            match[i], cosine[i] = False, 0.0
+            structure += 1
+            continue
+        text = [k for k in fw if fw[k].dtype.kind in "USO"]
+        if any(not np.array_equal(fg[k], fw[k]) for k in text):
+            match[i] = False
+        keys = [k for k in fw if k not in text]
+        if not keys:
+            continue
+        gv = np.concatenate([fg[k].astype(np.float64).reshape(-1) for k in keys])
+        wv = np.concatenate([fw[k].astype(np.float64).reshape(-1) for k in keys])
+        both = np.isfinite(gv) & np.isfinite(wv)
+        bad = int((np.isfinite(wv) & ~np.isfinite(gv)).sum())
+        nonfinite += bad
+        reference_nonfinite += int((~np.isfinite(wv)).sum())
+        gz, wz = np.where(both, gv, 0.0), np.where(both, wv, 0.0)
+        diff = np.abs(gz - wz)
+        na, nb = np.linalg.norm(gz), np.linalg.norm(wz)
+        cos = 1.0 if na == 0 and nb == 0 else 0.0 if (na == 0) != (nb == 0) else float(gz @ wz / (na * nb))
+        cosine[i] = 0.0 if bad else cos
+        broken[i] = bad > 0
+        max_abs[i] = float(diff.max(initial=0.0))
+        rel_max = max(rel_max, float((diff / np.maximum(np.abs(wz), 1e-6)).max(initial=0.0)))
+        abs_sum, abs_count = abs_sum + float(diff.sum()), abs_count + int(both.sum())
+    stats = {"max_abs_error": float(max_abs.max(initial=0.0)), "max_rel_error": rel_max,
+             "cosine_min": float(cosine.min(initial=1.0)), "exact_match": float(match.mean()) if n else 1.0,
+             "mismatched_samples": int((~match).sum()), "structure_mismatches": structure}
+    return cosine, max_abs, match, stats, (abs_sum, abs_count, nonfinite, reference_nonfinite, broken)
 
 
 def save_examples(comparison: Comparison, inputs: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray],
@@ -171,11 +264,22 @@ def save_examples(comparison: Comparison, inputs: Mapping[str, np.ndarray], got:
         import shutil
 
         shutil.rmtree(directory)
+    from onnxsmith.values import flatten, flatten_values
+
+    def sample(values: Any, index: int, prefix: str) -> dict[str, Any]:
+        if isinstance(values, list):  # a sequence or optional: one value per sample
+            return flatten(prefix, values[index])
+        return {prefix: values[index:index + 1]}
+
     records = []
     for rank, index in enumerate(comparison.order[:keep], 1):
-        arrays = {f"input.{k}": v if k in whole else v[index:index + 1] for k, v in inputs.items()}
-        arrays.update({f"artifact.{k}": got[k][index:index + 1] for k in want})
-        arrays.update({f"reference.{k}": want[k][index:index + 1] for k in want})
+        arrays = flatten_values({f"input.{k}": v for k, v in inputs.items() if k in whole})
+        for k, v in inputs.items():
+            if k not in whole:
+                arrays.update(sample(v, index, f"input.{k}"))
+        for k in want:
+            arrays.update(sample(got[k], index, f"artifact.{k}"))
+            arrays.update(sample(want[k], index, f"reference.{k}"))
         label = None if comparison.labels is None else int(comparison.labels[index])
         if label is not None:
             arrays["label"] = comparison.labels[index:index + 1]
@@ -186,7 +290,8 @@ def save_examples(comparison: Comparison, inputs: Mapping[str, np.ndarray], got:
             from onnxsmith.optimize.plots import input_png
 
             name, first = next(iter(inputs.items()))
-            picture = None if name in whole else input_png(first[index:index + 1])
+            numeric = getattr(first, "dtype", None) is not None and first.dtype.kind in "biuf"
+            picture = None if name in whole or not numeric else input_png(first[index:index + 1])
             if picture is not None:
                 png_path = directory / f"worst-{rank:02d}.png"
                 png_path.write_bytes(picture)

@@ -24,6 +24,7 @@ KINDS = {
     "optimize": ("card.json", "an 'onnxsmith optimize' result"),
     "precision": ("precision.json", "an 'onnxsmith debug precision' result"),
     "distill": ("distill.json", "an 'onnxsmith distill' result"),
+    "compare": ("compare.json", "an 'onnxsmith compare' result"),
 }
 
 
@@ -37,7 +38,7 @@ def _is_result(path: Path, kind: str) -> bool:
         return isinstance(data, dict) and "files" in data and "format_version" in data
     if kind == "distill":
         return isinstance(data, dict) and "student" in data and "settings" in data
-    return isinstance(data, dict) and "steps" in data
+    return isinstance(data, dict) and ("cells" if kind == "compare" else "steps") in data
 
 
 def _contains(outer: Path, inner: Path) -> bool:

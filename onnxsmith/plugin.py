@@ -18,7 +18,8 @@ is installed (:meth:`~Compiler.check_environment`) and :meth:`~Compiler.supports
 the target's and of :meth:`~Compiler.precisions`; calibration data is present when :meth:`~Compiler.needs_calibration`;
 :meth:`~Compiler.unsupported_ops` is empty; the model's inputs are static, except the dims of
 ``request.model.shape_ranges`` (``--shape NAME=MIN:OPT:MAX``, ``--batch``), which only reach a backend whose
-:meth:`~Compiler.dynamic_shapes` says yes; ``request.options`` holds only declared
+:meth:`~Compiler.dynamic_shapes` says yes; every input and output is a numeric tensor or of a kind in
+:attr:`~Compiler.value_types`; ``request.options`` holds only declared
 options (:attr:`Compiler.options`), each parsed to its declared type.
 
 Errors: raise :mod:`onnxsmith.errors` exceptions (``UserInputError`` exit 2, ``MissingDependencyError`` 3,
@@ -195,10 +196,11 @@ _RUNNER_NAMES = frozenset({"inputs", "outputs", "device_name", "emulation", "run
 _COMPILER_NAMES = frozenset({"name", "extra", "install_hint", "artifact_kind", "options", "check_environment",
                              "version", "devices", "supports", "runs_here", "precisions", "unsupported_ops",
                              "needs_calibration", "cache_token", "compile", "load", "load_emulated", "load_remote",
-                             "ladder_variants",
+                             "ladder_variants", "runtime_knobs",
                              "onnx_pass_precisions", "slow_artifact_advice", "portable_across_versions",
                              "dynamic_shapes", "load_layers", "keep_fp32_option", "deploy_programs", "triton_model",
-                             "max_opset", "vendor_import", "install_command"})
+                             "max_opset", "builds_on_device", "emulated_device", "vendor_import",
+                             "install_command", "value_types"})
 
 
 def _check_names(cls: type, known: frozenset[str], kind: str) -> None:
@@ -287,6 +289,10 @@ class Compiler:
     """What the artifact is, for manifests: e.g. ``OpenVINO IR + compiled blob``."""
     options: ClassVar[tuple[Option, ...]] = ()
     """The ``--option KEY=VALUE`` settings this backend takes (see :class:`onnxsmith.options.Option`)."""
+    value_types: ClassVar[frozenset[str]] = frozenset()
+    """What the backend takes as model inputs and outputs besides numeric tensors: ``string`` (string tensors,
+    fed as numpy text arrays), ``sequence``, ``optional``. The core refuses a model needing anything else before
+    :meth:`compile` is called. Default: numeric tensors only."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -365,6 +371,14 @@ class Compiler:
         """The steps ``optimize`` tries for ``precision`` with this backend. Default: one, with no options."""
         return [Variant()]
 
+    def runtime_knobs(self, target: Target, profile: Profile, options: Mapping[str, Any]) -> list[Variant]:
+        """Runtime settings ``optimize`` tries as ladder steps on this backend's best artifact, one change each
+        (threads, streams, performance hint, graph optimization level...), chosen for the profile's objective
+        (``profile.performance_hint``); ``options`` are the ones that artifact was compiled with. Each variant's
+        options must be declared in :attr:`options`. A knob is kept only if its step wins significantly.
+        Default: none."""
+        return []
+
     def onnx_pass_precisions(self, target: Target) -> dict[str, str]:
         """Precisions this backend reaches by running an ONNX graph an onnxsmith pass transformed, not natively:
         precision -> pass name (``fp16``, ``int8_qdq``). Default: none."""
@@ -412,6 +426,17 @@ class Compiler:
 
     def triton_model(self, artifact: Artifact, target: Target) -> TritonModel | None:
         """How Triton serves the artifact natively; ``None`` (default): through Triton's Python backend."""
+        return None
+
+    def builds_on_device(self, target: Target) -> bool:
+        """Whether an artifact for ``target`` must be built on the device itself (a TensorRT engine is specific to
+        the GPU and TensorRT version), so a fleet compiles it where it profiles it. Default: no (it cross-builds)."""
+        return False
+
+    def emulated_device(self, target: Target) -> contextlib.AbstractContextManager[str] | None:
+        """A context manager that starts an emulator of ``target``'s device on 127.0.0.1 and yields the address
+        :meth:`load_remote` takes, or None when this backend has none here (its timings mean nothing: a fleet labels
+        them emulated and never ranks them). Default: none."""
         return None
 
     # --- helpers ------------------------------------------------------------------------------------------------

@@ -4,6 +4,11 @@ Each runner is measured in its own fresh process (as Polygraphy's comparator doe
 runner's own and a crashing backend cannot take the CLI down. Timing: load, one first inference, warm-up, then
 at least ``min_iterations`` and ``min_seconds`` (capped at ``max_seconds``) of bound single-request calls, then
 the backend's parallel-requests throughput when it has one.
+
+A measuring process (:class:`MeasureWorker`) stays alive and takes commands, so two or more runners can be loaded
+at once and timed in interleaved runs (:func:`interleave`: A B, B A, ...); the artifact-to-baseline ratio of
+medians then gets a confidence interval (:mod:`onnxsmith.stats`). Each profile records the machine it ran on and
+how busy it was (:func:`environment`, :class:`LoadWatch`).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from onnxsmith.errors import BackendError, OnnxsmithError
+from onnxsmith.stats import RatioCI, block_medians, compare_runs, is_busy
 
 if TYPE_CHECKING:
     import numpy as np
@@ -107,6 +113,7 @@ def measure_runner(runner: Any, feeds: dict[str, np.ndarray], measure: Measure, 
         "parallel_throughput_per_s": None,
         "parallel_requests": None,
         "layers": None,
+        "block_p50_ms": block_medians(samples),
     }
     if measure.throughput_seconds > 0:
         parallel = runner.parallel_throughput(feeds, measure.throughput_seconds)
@@ -147,33 +154,46 @@ def _peak_rss_mb() -> float:
     return round(peak / (1024 * 1024) if platform.system() == "Darwin" else peak / 1024, 1)
 
 
-def _measure_child(request: dict[str, Any]) -> dict[str, Any]:
-    """Body of the measuring process: load one runner, time it, return the figures."""
-    import numpy as np
-
+def _load_child_runner(request: dict[str, Any]) -> Any:
     from onnxsmith.bundle import Bundle
-    from onnxsmith.profiles import Measure
 
-    with np.load(request["feeds"]) as npz:
-        feeds = {k: npz[k] for k in npz.files}
     bundle = Bundle.open(request["bundle"], verify=False)
-    rss_before = _peak_rss_mb()
-    start = time.perf_counter()
     if request["kind"] == "baseline":
         from onnxsmith.reference import reference_runner
 
         device = "cuda" if bundle.target().kind == "gpu" else "cpu"
-        runner = reference_runner(bundle.reference_model, device)
-    elif request.get("remote"):
+        return reference_runner(bundle.reference_model, device)
+    if request.get("remote"):
         from onnxsmith.registry import get_backend
 
         backend = get_backend(bundle.backend)
-        runner = backend.load_remote(bundle.artifact, bundle.artifact_dir, bundle.target(), request["remote"])
-    else:
-        runner = bundle.load_runner()
-    with runner:
-        load_seconds = time.perf_counter() - start
-        measure = Measure(**request["measure"])
+        return backend.load_remote(bundle.artifact, bundle.artifact_dir, bundle.target(), request["remote"])
+    return bundle.load_runner()
+
+
+class _ChildState:
+    """What the measuring process holds between commands: the runner, its feeds and the bound call."""
+
+    def __init__(self, request: dict[str, Any]) -> None:
+        from onnxsmith.bundle import Bundle
+        from onnxsmith.values import read_values
+
+        inputs = Bundle.open(request["bundle"], verify=False).inputs
+        feeds = read_values(request["feeds"], inputs)  # sequences and optionals assembled again; no pickle
+        self.feeds = {s.name: feeds[s.name] for s in inputs if s.name in feeds}
+        self.request = request
+        self.rss_before = _peak_rss_mb()
+        start = time.perf_counter()
+        self.runner = _load_child_runner(request)
+        self.runner.__enter__()
+        self.load_seconds = time.perf_counter() - start
+        self.call: Any = None
+
+    def measure(self, measure_args: dict[str, Any]) -> dict[str, Any]:
+        from onnxsmith.profiles import Measure
+
+        request, runner, feeds = self.request, self.runner, self.feeds
+        measure = Measure(**measure_args)
         result = measure_runner(runner, feeds, measure, request["batch"])
         result["device"] = runner.device_name
         samples = runner.device_latencies_ms(feeds, max(measure.min_iterations, 10)) if request.get("remote") else None
@@ -183,68 +203,335 @@ def _measure_child(request: dict[str, Any]) -> dict[str, Any]:
             result["rpc_round_trip_ms"] = result["latency_ms"]
             result["latency_ms"] = dataclasses.asdict(stats)
             result["throughput_per_s"] = round(request["batch"] * 1000 / stats.mean, 3)
-    result["load_seconds"] = round(load_seconds, 3)
-    result["peak_rss_mb"] = _peak_rss_mb()
-    result["rss_before_load_mb"] = rss_before
-    return result
+            result["block_p50_ms"] = block_medians(samples)
+        result["load_seconds"] = round(self.load_seconds, 3)
+        result["peak_rss_mb"] = _peak_rss_mb()
+        result["rss_before_load_mb"] = self.rss_before
+        return result
+
+    def block(self, seconds: float, min_iterations: int, mode: str, warmup: int) -> dict[str, Any]:
+        """One run of an interleaved comparison: ``latency`` (median of single requests for ``seconds``) or
+        ``throughput`` (the backend's parallel requests when it has them, else single requests)."""
+        import statistics
+
+        if self.call is None:
+            self.call = self.runner.bind(self.feeds)
+            for _ in range(max(1, warmup)):
+                self.call()
+        batch = self.request["batch"]
+        if mode == "throughput":
+            parallel = self.runner.parallel_throughput(self.feeds, seconds)
+            if parallel:
+                return {"throughput_per_s": round(parallel[0] * batch, 4), "parallel_requests": parallel[1]}
+        clock, call = time.perf_counter, self.call
+        samples: list[float] = []
+        begin = clock()
+        while True:
+            t0 = clock()
+            call()
+            samples.append((clock() - t0) * 1000)
+            if (len(samples) >= min_iterations and clock() - begin >= seconds) or clock() - begin >= 10 * seconds + 5:
+                break
+        wall = clock() - begin
+        return {"p50_ms": round(statistics.median(samples), 5), "iterations": len(samples),
+                "throughput_per_s": round(batch * len(samples) / wall, 4)}
+
+    def close(self) -> None:
+        self.runner.__exit__(None, None, None)
 
 
-def child_main(request_path: str, result_path: str) -> None:
-    """``python -m onnxsmith.profiling REQUEST RESULT``: run :func:`_measure_child`, write the outcome as JSON."""
+def worker_main(request_path: str) -> None:
+    """``python -m onnxsmith.profiling --worker REQUEST``: load one runner, then answer JSON commands read from
+    stdin (``measure``, ``block``, ``quit``) with one JSON line each on the original stdout. Whatever the vendor
+    library prints goes to stderr, so it cannot garble the replies."""
     import json
+    import os
+    import sys
+
+    replies = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+
+    def reply(outcome: dict[str, Any]) -> None:
+        replies.write(json.dumps(outcome) + "\n")
+        replies.flush()
+
+    def guarded(fn: Any) -> dict[str, Any]:
+        try:
+            return {"status": "ok", "result": fn()}
+        except OnnxsmithError as exc:
+            return {"status": "error", "error": [type(exc).__name__, exc.what, exc.why, exc.hint]}
+        except BaseException as exc:  # vendor crashes become backend errors; the traceback is kept for --debug
+            return {"status": "crash", "error": [f"{type(exc).__name__}: {exc}", traceback.format_exc()]}
 
     request = json.loads(Path(request_path).read_text())
-    try:
-        outcome: dict[str, Any] = {"status": "ok", "result": _measure_child(request)}
-    except OnnxsmithError as exc:
-        outcome = {"status": "error", "error": [type(exc).__name__, exc.what, exc.why, exc.hint]}
-    except BaseException as exc:  # vendor crashes become backend errors; the traceback is kept for --debug
-        outcome = {"status": "crash", "error": [f"{type(exc).__name__}: {exc}", traceback.format_exc()]}
-    Path(result_path).write_text(json.dumps(outcome))
+    holder: list[_ChildState] = []
+    first = guarded(lambda: holder.append(_ChildState(request)) or {"load_seconds": round(holder[0].load_seconds, 3)})
+    reply(first)
+    if first["status"] != "ok":
+        return
+    state = holder[0]
+    for line in sys.stdin:
+        command = json.loads(line)
+        op = command.get("op")
+        if op == "quit":
+            break
+        if op == "measure":
+            reply(guarded(lambda: state.measure(command["measure"])))
+        elif op == "block":
+            reply(guarded(lambda: state.block(float(command["seconds"]), int(command.get("min_iterations", 5)),
+                                              str(command.get("mode", "latency")),
+                                              int(command.get("warmup", 5)))))
+        else:
+            reply({"status": "crash", "error": [f"unknown command {op!r}", ""]})
+    guarded(state.close)
+
+
+class MeasureWorker:
+    """One runner of a bundle ('artifact' or 'baseline') loaded in its own fresh Python process, measured on
+    command; several workers alive at once are how two runners are timed interleaved (A B A B ...)."""
+
+    def __init__(self, kind: str, bundle: Bundle, feeds_path: Path, batch: int, remote: str | None = None,
+                 timeout: float = 600.0, label: str | None = None) -> None:
+        import json
+        import subprocess
+        import sys
+
+        self.kind, self.bundle, self.batch, self.timeout = kind, bundle, batch, timeout
+        self.label = label or kind
+        work = feeds_path.parent
+        request_path = work / f"{self.label}.request.json"
+        self._stderr_path = work / f"{self.label}.stderr.txt"
+        request_path.write_text(json.dumps({"kind": kind, "bundle": str(bundle.path), "feeds": str(feeds_path),
+                                            "batch": batch, "remote": remote}))
+        self._stderr = self._stderr_path.open("w")
+        self.proc = subprocess.Popen([sys.executable, "-m", "onnxsmith.profiling", "--worker", str(request_path)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, text=True)
+        self.load = self._read(timeout)
+
+    def __enter__(self) -> MeasureWorker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _crashed(self) -> BackendError:
+        import signal
+
+        try:
+            self.proc.wait(timeout=10)
+        except Exception:
+            self.proc.kill()
+            self.proc.wait()
+        self._stderr.flush()
+        text = self._stderr_path.read_text(errors="replace") if self._stderr_path.exists() else ""
+        tail = text.strip().splitlines()[-1:] or ["no output"]
+        code = self.proc.returncode
+        how = f"exit code {code}"
+        if code is not None and code < 0:
+            try:
+                how = f"killed by {signal.Signals(-code).name}"
+            except ValueError:
+                how = f"killed by signal {-code}"
+        return BackendError(f"profiling the {self.kind} of backend '{self.bundle.backend}' crashed",
+                            f"the measuring process died ({how}: {tail[0][:200]})",
+                            "run with --debug; a backend segfault shows up this way")
+
+    def _read(self, timeout: float) -> dict[str, Any]:
+        import json
+        import select
+
+        from onnxsmith import errors
+
+        assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        if not ready:
+            self.proc.kill()
+            self.proc.wait()
+            raise BackendError(f"profiling the {self.kind} timed out", f"no result after {timeout:.0f} s")
+        line = self.proc.stdout.readline()
+        if not line:
+            raise self._crashed()
+        outcome = json.loads(line)
+        if outcome["status"] == "ok":
+            return outcome["result"]
+        self.close()
+        if outcome["status"] == "error":
+            cls_name, what, why, hint = outcome["error"]
+            cls = getattr(errors, cls_name, errors.BackendError)
+            exc = errors.OnnxsmithError.__new__(cls)
+            errors.OnnxsmithError.__init__(exc, what, why, hint)
+            raise exc
+        message, tb = outcome["error"]
+        raise BackendError(f"profiling the {self.kind} failed", message) from RuntimeError(tb)
+
+    def _send(self, command: dict[str, Any], timeout: float) -> dict[str, Any]:
+        import json
+
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(json.dumps(command) + "\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            raise self._crashed() from None
+        return self._read(timeout)
+
+    def measure(self, measure: Measure) -> dict[str, Any]:
+        """The full measurement (:func:`measure_runner`) in the worker."""
+        limit = measure.max_seconds * 2 + measure.throughput_seconds + 600
+        return self._send({"op": "measure", "measure": dataclasses.asdict(measure)}, limit)
+
+    def block(self, seconds: float, min_iterations: int = 5, mode: str = "latency", warmup: int = 5) -> dict[str, Any]:
+        """One run of an interleaved comparison (see ``_ChildState.block``)."""
+        return self._send({"op": "block", "seconds": seconds, "min_iterations": min_iterations, "mode": mode,
+                           "warmup": warmup}, 20 * seconds + 300)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                assert self.proc.stdin is not None
+                self.proc.stdin.write('{"op": "quit"}\n')
+                self.proc.stdin.flush()
+                self.proc.stdin.close()
+                self.proc.wait(timeout=30)
+            except Exception:
+                self.proc.kill()
+                self.proc.wait()
+        self._stderr.close()
 
 
 def run_isolated(kind: str, bundle: Bundle, feeds_path: Path, measure: Measure, batch: int,
                  remote: str | None = None, timeout: float | None = None) -> dict[str, Any]:
     """Measure one runner of ``bundle`` ('artifact' or 'baseline') in a fresh Python process."""
-    import json
-    import subprocess
-    import sys
-
-    from onnxsmith import errors
-
-    work = feeds_path.parent
-    request_path, result_path = work / f"{kind}.request.json", work / f"{kind}.result.json"
-    request_path.write_text(json.dumps({"kind": kind, "bundle": str(bundle.path), "feeds": str(feeds_path),
-                                        "measure": dataclasses.asdict(measure), "batch": batch, "remote": remote}))
     limit = timeout or (measure.max_seconds * 2 + measure.throughput_seconds + 600)
-    try:
-        proc = subprocess.run([sys.executable, "-m", "onnxsmith.profiling", str(request_path), str(result_path)],
-                              capture_output=True, text=True, timeout=limit)
-    except subprocess.TimeoutExpired:
-        raise BackendError(f"profiling the {kind} timed out", f"no result after {limit:.0f} s") from None
-    if not result_path.exists():
-        import signal
+    with MeasureWorker(kind, bundle, feeds_path, batch, remote, timeout=limit) as worker:
+        return worker.measure(measure)
 
-        tail = (proc.stderr or "").strip().splitlines()[-1:] or ["no output"]
-        how = f"exit code {proc.returncode}"
-        if proc.returncode < 0:
-            try:
-                how = f"killed by {signal.Signals(-proc.returncode).name}"
-            except ValueError:
-                how = f"killed by signal {-proc.returncode}"
-        raise BackendError(f"profiling the {kind} of backend '{bundle.backend}' crashed", f"the measuring process "
-                           f"died ({how}: {tail[0][:200]})", "run with --debug; a backend segfault shows up this way")
-    outcome = json.loads(result_path.read_text())
-    if outcome["status"] == "ok":
-        return outcome["result"]
-    if outcome["status"] == "error":
-        cls_name, what, why, hint = outcome["error"]
-        cls = getattr(errors, cls_name, errors.BackendError)
-        exc = errors.OnnxsmithError.__new__(cls)
-        errors.OnnxsmithError.__init__(exc, what, why, hint)
-        raise exc
-    message, tb = outcome["error"]
-    raise BackendError(f"profiling the {kind} failed", message) from RuntimeError(tb)
+
+PAUSE_S = 0.05
+
+
+def interleave(workers: dict[str, MeasureWorker], rounds: int, seconds: float, min_iterations: int = 5,
+               mode: str = "latency", progress: Any | None = None) -> dict[str, list[float]]:
+    """Time every worker ``rounds`` times in alternating order (A B C, C B A, ...): per name, one figure per
+    run (median latency in ms, or throughput per second with ``mode='throughput'``)."""
+    names = list(workers)
+    runs: dict[str, list[float]] = {n: [] for n in names}
+    key = "p50_ms" if mode == "latency" else "throughput_per_s"
+    for round_ in range(rounds):
+        if progress:
+            progress(f"interleaved runs: round {round_ + 1} of {rounds}")
+        for name in names if round_ % 2 == 0 else reversed(names):
+            time.sleep(PAUSE_S)  # let the previous runner's spinning threads go idle before the next one runs
+            runs[name].append(float(workers[name].block(seconds, min_iterations, mode)[key]))
+    return runs
+
+
+def _cpu_jiffies() -> tuple[int, int] | None:
+    """(busy, total) jiffies of every CPU from ``/proc/stat``, or None where it is not readable."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError, IndexError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return sum(fields[:8]) - idle, sum(fields[:8])
+
+
+def _process_jiffies(pid: int) -> int | None:
+    try:
+        parts = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(parts[11]) + int(parts[12])  # utime + stime
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class LoadWatch:
+    """How busy the machine was while we measured: the load average before and after, and the share of CPU time
+    spent by *other* processes during the run (``/proc/stat`` minus our measuring processes and ourselves)."""
+
+    def __init__(self) -> None:
+        import os
+
+        self.cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        self.load_before = _loadavg()
+        self._start = _cpu_jiffies()
+        self._own_start = _process_jiffies(os.getpid())
+        self._pids: dict[int, int] = {}
+        self._own_cpu = 0
+
+    def track(self, pid: int) -> None:
+        """Count a measuring process's CPU time as ours (call once it has started; its time so far counts too)."""
+        self._pids.setdefault(pid, 0)
+
+    def untrack(self, pid: int) -> None:
+        """Add what a measuring process used before it exits (its ``/proc`` entry goes with it)."""
+        used = _process_jiffies(pid)
+        if used is not None:
+            self._own_cpu += used
+        self._pids.pop(pid, None)
+
+    def finish(self) -> dict[str, Any]:
+        import os
+
+        own = self._own_cpu + sum(_process_jiffies(pid) or 0 for pid in self._pids)
+        me = _process_jiffies(os.getpid())
+        if me is not None and self._own_start is not None:
+            own += me - self._own_start
+        others = None
+        end = _cpu_jiffies()
+        if self._start and end and end[1] > self._start[1]:
+            busy, total = end[0] - self._start[0], end[1] - self._start[1]
+            others = round(max(0.0, (busy - own) / total), 3)
+        load_after = _loadavg()
+        busy_flag = bool(is_busy(self.load_before, self.cores) or (others is not None and others >= 0.25))
+        return {"load_average_before": self.load_before, "load_average_after": load_after,
+                "other_processes_cpu_share": others, "busy": busy_flag}
+
+
+def _loadavg() -> float | None:
+    import os
+
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
+def environment() -> dict[str, Any]:
+    """The machine a profile ran on: CPU model, cores, frequency governor and clock where readable."""
+    import os
+
+    model, mhz = "", None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and not model:
+                model = value.strip()
+            if key.strip() == "cpu MHz" and mhz is None:
+                mhz = round(float(value), 0)
+    except (OSError, ValueError):
+        pass
+    governor = None
+    try:
+        governor = Path("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor").read_text().strip()
+    except OSError:
+        pass
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    return {"cpu_model": model or platform.processor() or platform.machine(), "logical_cores": os.cpu_count(), "usable_cores": usable,
+            "frequency_governor": governor, "cpu_mhz": mhz, "python": platform.python_version()}
+
+
+def busy_warning(env: dict[str, Any]) -> str | None:
+    """One line when the machine was busy while measuring, else None."""
+    if not env.get("busy"):
+        return None
+    parts = []
+    if env.get("load_average_before") is not None:
+        parts.append(f"load average {env['load_average_before']} before the run on {env.get('usable_cores')} cores")
+    if env.get("other_processes_cpu_share") is not None:
+        parts.append(f"other processes used {env['other_processes_cpu_share'] * 100:.0f} % of the CPU time during it")
+    return ("the machine was busy while measuring (" + "; ".join(parts) + "): timings are noisy; compare ratios "
+            "measured in the same run, or measure again on a quiet machine")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -265,6 +552,8 @@ class Measurement:
     """Share of the per-layer profiled time at each precision (:func:`precision_shares`)."""
     vendor_timing: dict[str, Any] | None = None
     """The runtime's own measurement in its vendor tool's method (:meth:`onnxsmith.plugin.Runner.vendor_timing`)."""
+    block_p50_ms: list[float] | None = None
+    """Medians of contiguous blocks of the timed loop (:func:`onnxsmith.stats.block_medians`)."""
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Measurement:
@@ -274,7 +563,8 @@ class Measurement:
                    peak_rss_mb=data["peak_rss_mb"], parallel_throughput_per_s=data.get("parallel_throughput_per_s"),
                    parallel_requests=data.get("parallel_requests"), layers=data.get("layers"),
                    rpc_round_trip_ms=None if rpc is None else LatencyStats(**rpc),
-                   layer_precision=data.get("layer_precision"), vendor_timing=data.get("vendor_timing"))
+                   layer_precision=data.get("layer_precision"), vendor_timing=data.get("vendor_timing"),
+                   block_p50_ms=data.get("block_p50_ms"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -301,6 +591,20 @@ class ProfileResult:
     shapes: tuple[dict[str, Any], ...] = ()
     """A bundle compiled for a shape range: the figures at each of its ``min``, ``opt`` and ``max`` points (the
     main figures are those at ``opt``)."""
+    environment: dict[str, Any] | None = None
+    """CPU model, cores, governor, load before/after and other processes' CPU share during the run."""
+    comparison: dict[str, Any] | None = None
+    """The artifact against the baseline in interleaved runs: ``ratio_p50`` (a :class:`RatioCI` as JSON, artifact
+    over baseline) and each side's per-run medians."""
+    measured_peak_tflops: float | None = None
+    """This machine's peak for the precision measured by ``onnxsmith probe`` (None: not probed, or remote)."""
+
+    @property
+    def efficiency_of_measured_peak(self) -> float | None:
+        achieved = self.achieved_tflops
+        if achieved is None or not self.measured_peak_tflops:
+            return None
+        return achieved / self.measured_peak_tflops
 
     @property
     def achieved_tflops(self) -> float | None:
@@ -332,9 +636,13 @@ class ProfileResult:
             "achieved_tflops": None if self.achieved_tflops is None else round(self.achieved_tflops, 6),
             "peak_tflops": self.peak_tflops,
             "efficiency": None if self.efficiency is None else round(self.efficiency, 6),
+            "measured_peak_tflops": self.measured_peak_tflops,
+            "efficiency_of_measured_peak": None if self.efficiency_of_measured_peak is None
+            else round(self.efficiency_of_measured_peak, 6),
             "speedup_vs_baseline": None if self.speedup_vs_baseline is None else round(self.speedup_vs_baseline, 4),
             "baseline": None,
             "host": self.host, "remote": self.remote, "measure": self.measure,
+            "environment": self.environment, "comparison": self.comparison,
         }
         if self.shapes:
             data["shapes"] = list(self.shapes)
@@ -430,25 +738,48 @@ def profile_bundle(bundle: Bundle, profile: Profile, *, baseline: bool = True, d
     from onnxsmith.cache import owner_tag
 
     points = points or range_points(bundle)
+    headline = next((i for i, (label, _) in enumerate(points) if label == "compiled" or "opt" in label.split("=")),
+                    len(points) - 1)
+    watch = LoadWatch()
+    comparison = None
+    measure = profile.measure
+    limit = measure.max_seconds * 2 + measure.throughput_seconds + 600
     measured = []
     with tempfile.TemporaryDirectory(prefix=f"onnxsmith-profile-{owner_tag()}-") as tmp:
-        for label, specs in points:
+        for index, (label, specs) in enumerate(points):
             feeds, source = profile_feeds(bundle, data, specs=specs)
             batch = feed_batch(specs, bundle.batch_inputs)
             feeds_path = Path(tmp) / label / "feeds.npz"
             save_npz(feeds_path, feeds)
             at = "" if label == "compiled" else f" at {label} ({_shape_words(specs, bundle)})"
             if progress:
-                progress(f"profiling {bundle.backend}{at} ({profile.measure.min_seconds:g} s+)")
-            main = run_isolated("artifact", bundle, feeds_path, profile.measure, batch, remote)
-            base = None
-            if baseline:
-                if progress:
-                    progress(f"profiling the ONNX Runtime fp32 baseline{at}")
-                base = run_isolated("baseline", bundle, feeds_path, profile.measure, batch)
+                progress(f"profiling {bundle.backend}{at} ({measure.min_seconds:g} s+)")
+            with MeasureWorker("artifact", bundle, feeds_path, batch, remote, timeout=limit) as worker:
+                watch.track(worker.proc.pid)
+                main = worker.measure(measure)
+                base = None
+                if baseline:
+                    if progress:
+                        progress(f"profiling the ONNX Runtime fp32 baseline{at}")
+                    with MeasureWorker("baseline", bundle, feeds_path, batch, timeout=limit) as base_worker:
+                        watch.track(base_worker.proc.pid)
+                        base = base_worker.measure(measure)
+                        # The interleaved comparison at the headline point (OPT for a shape range) only: the
+                        # other points carry their own artifact and baseline figures, measured one after the other.
+                        if index == headline and measure.rounds >= 2 and not remote:
+                            runs = interleave({"artifact": worker, "baseline": base_worker}, measure.rounds,
+                                              measure.round_seconds, progress=progress)
+                            ci = compare_runs(runs["artifact"], runs["baseline"], paired=True)
+                            comparison = {"ratio_p50": ci.to_json(), "artifact_runs_p50_ms": runs["artifact"],
+                                          "baseline_runs_p50_ms": runs["baseline"],
+                                          "round_seconds": measure.round_seconds,
+                                          "order": "interleaved, alternating A B / B A each round"}
+                            if label != "compiled":
+                                comparison["point"] = label
+                        watch.untrack(base_worker.proc.pid)
+                watch.untrack(worker.proc.pid)
             measured.append((label, specs, feeds, source, batch, main, base))
-    opt = next((m for m in measured if m[0] == "compiled" or "opt" in m[0].split("=")), measured[-1])
-    _, opt_specs, _, source, batch, main, base = opt
+    _, opt_specs, _, source, batch, main, base = measured[headline]
     ranges = bundle.shape_ranges
 
     def flops_at(specs: tuple[TensorSpec, ...]) -> int:
@@ -480,6 +811,8 @@ def profile_bundle(bundle: Bundle, profile: Profile, *, baseline: bool = True, d
         flops=flops, peak_tflops=target.peak.for_precision(precision_used),
         host=f"{platform.node()} {platform.machine()} {platform.processor() or ''}".strip(), remote=remote,
         measure=dataclasses.asdict(profile.measure), shapes=tuple(shapes),
+        environment=environment() | watch.finish(), comparison=comparison,
+        measured_peak_tflops=None if remote or target.kind != "cpu" else _measured_peak(precision_used),
     )
 
 
@@ -488,7 +821,43 @@ def _shape_words(specs: tuple[TensorSpec, ...], bundle: Bundle) -> str:
     return ", ".join(f"{s.name} {s.shape_text()}" for s in specs if s.name in ranges)
 
 
+def slower_than_baseline(record: dict[str, Any], manifest: dict[str, Any] | None = None) -> str | None:
+    """When the artifact is significantly slower than its ONNX Runtime fp32 baseline (interleaved runs): what to
+    say, naming the faster choice (with the command, given the bundle's ``manifest``); else None."""
+    comparison = record.get("comparison") or {}
+    ci = comparison.get("ratio_p50")
+    if not ci:
+        return None
+    ratio = RatioCI.from_json(ci)
+    if not (ratio.significant and ratio.ratio > 1):
+        return None
+    command = ""
+    if manifest:
+        source = (manifest.get("model") or {}).get("source") or "MODEL"
+        target = (manifest.get("target") or {}).get("id") or "TARGET"
+        command = f"onnxsmith compile {source} --target {target} --backend onnxruntime --precision fp32"
+    if record["backend"] == "onnxruntime":
+        faster = (f"the fp32 model on ONNX Runtime (this {record['precision_used']} graph costs more than it saves "
+                  f"here): {command or 'compile with --precision fp32'}")
+    else:
+        faster = (f"ONNX Runtime fp32 ({command or 'compile with --backend onnxruntime'}), or let 'onnxsmith "
+                  "optimize' measure every backend")
+    return (f"the {record['backend']} {record['precision_used']} artifact is {ratio.ratio:.2f}x slower than ONNX "
+            f"Runtime fp32 on this machine (p50 ratio {ratio.text()}); the faster choice here is {faster}")
+
+
+def _measured_peak(precision: str) -> float | None:
+    """This CPU's peak from ``onnxsmith probe`` (stored per device fingerprint), when it was probed."""
+    from onnxsmith.probe import measured_peak
+
+    try:
+        return measured_peak(precision)
+    except Exception:  # a damaged peaks file never fails a profile
+        return None
+
+
 if __name__ == "__main__":
     import sys
 
-    child_main(sys.argv[1], sys.argv[2])
+    if sys.argv[1:2] == ["--worker"]:
+        worker_main(sys.argv[2])

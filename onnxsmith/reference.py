@@ -39,11 +39,19 @@ def available_providers() -> list[str]:
     return list(ort.get_available_providers())
 
 
-def session_options(threads: int = 0, profile_file: str | None = None) -> Any:
+GRAPH_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
+                "all": "ORT_ENABLE_ALL"}
+
+
+def session_options(threads: int = 0, profile_file: str | None = None, graph_level: str = "all",
+                    execution_mode: str = "sequential") -> Any:
+    """Session options: ``graph_level`` one of :data:`GRAPH_LEVELS`, ``execution_mode`` sequential or parallel."""
     ort = import_ort()
     opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, GRAPH_LEVELS[graph_level])
     opts.log_severity_level = 4  # fatal only: an error is raised to us and reported as one line, never logged too
+    if execution_mode == "parallel":
+        opts.execution_mode = ort.ExecutionMode.ORT_PARALLEL
     if threads:
         opts.intra_op_num_threads = threads
     if profile_file:
@@ -55,19 +63,23 @@ def session_options(threads: int = 0, profile_file: str | None = None) -> Any:
 class OnnxRuntimeRunner(Runner):
     """An ONNX Runtime session with I/O binding for the timed loop."""
 
-    def __init__(self, model_path: Path, providers: list[str], threads: int = 0) -> None:
+    def __init__(self, model_path: Path, providers: list[str], threads: int = 0, graph_level: str = "all",
+                 execution_mode: str = "sequential") -> None:
         ort = import_ort()
         self._path = model_path
         self._providers = providers
         self._threads = threads
+        self._session_args = {"graph_level": graph_level, "execution_mode": execution_mode}
         try:
-            self.session = ort.InferenceSession(str(model_path), session_options(threads), providers=providers)
+            self.session = ort.InferenceSession(str(model_path), session_options(threads, **self._session_args),
+                                                providers=providers)
         except Exception as exc:
             raise BackendError(f"ONNX Runtime could not load '{model_path.name}'", first_line(exc)) from exc
         self.providers = self.session.get_providers()
         self.inputs = tuple(_spec(i) for i in self.session.get_inputs())
         self.outputs = tuple(_spec(o) for o in self.session.get_outputs())
         self._names = [o.name for o in self.outputs]
+        self._plain = not all(s.numeric for s in (*self.inputs, *self.outputs))
 
     def __enter__(self) -> OnnxRuntimeRunner:
         return self
@@ -80,9 +92,20 @@ class OnnxRuntimeRunner(Runner):
             results = self.session.run(self._names, dict(feeds))
         except Exception as exc:
             raise BackendError("ONNX Runtime inference failed", first_line(exc)) from exc
+        if self._plain:
+            from onnxsmith.values import to_plain
+
+            results = [to_plain(r) for r in results]  # string outputs as '<U' arrays, sequences as lists
         return dict(zip(self._names, results))
 
     def bind(self, feeds: Mapping[str, np.ndarray]) -> Callable[[], None]:
+        if self._plain:  # I/O binding takes numeric tensors only: strings, sequences and optionals go through run
+            session, names, given = self.session, self._names, dict(feeds)
+
+            def run_once() -> None:
+                session.run(names, given)
+
+            return run_once
         binding = self.session.io_binding()
         device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
         ort = import_ort()
@@ -106,7 +129,7 @@ class OnnxRuntimeRunner(Runner):
     def layer_profile(self, feeds: Mapping[str, np.ndarray]) -> list[LayerTime] | None:
         ort = import_ort()
         with tempfile.TemporaryDirectory() as tmp:
-            opts = session_options(self._threads, os.path.join(tmp, "ort"))
+            opts = session_options(self._threads, os.path.join(tmp, "ort"), **self._session_args)
             session = ort.InferenceSession(str(self._path), opts, providers=self._providers)
             for _ in range(3):
                 session.run(None, dict(feeds))
@@ -147,9 +170,17 @@ def ort_precision(args: Mapping[str, Any]) -> str:
 
 
 def _spec(arg: Any) -> TensorSpec:
-    dtype = arg.type.replace("tensor(", "").rstrip(")")
+    """ONNX Runtime's type text (``tensor(float)``, ``seq(tensor(string))``, ``optional(seq(tensor(int64)))``)."""
+    text, wrap = arg.type, []
+    while text.startswith(("seq(", "optional(")):
+        head, _, text = text.partition("(")
+        wrap.append("sequence" if head == "seq" else "optional")
+        text = text[:-1]
+    dtype = text.replace("tensor(", "").rstrip(")")
     dtype = {"float": "float32", "double": "float64", "float16": "float16"}.get(dtype, dtype)
-    return TensorSpec(arg.name, dtype, tuple(d if isinstance(d, int) else None for d in arg.shape))
+    if wrap:
+        return TensorSpec(arg.name, dtype, (), tuple(wrap))
+    return TensorSpec(arg.name, dtype, tuple(d if isinstance(d, int) else None for d in (arg.shape or ())))
 
 
 def reference_runner(model_path: Path, device: str = "cpu", threads: int = 0) -> OnnxRuntimeRunner:

@@ -140,6 +140,10 @@ def render_report(manifest: dict[str, Any], profile: dict[str, Any] | None,
         speed = profile.get("speedup_vs_baseline")
         if speed is not None:
             verdict = "faster than" if speed > 1.03 else "slower than" if speed < 0.97 else "as fast as"
+            ratio = _interleaved_ratio(profile)
+            if ratio is not None:  # decided by the interval of the interleaved runs, not by a fixed threshold
+                verdict = {"better": "faster than", "worse": "slower than"}.get(
+                    ratio.verdict(), "no significant difference from")
             lines.append(f"\n**Verdict**: p50 is {speed:.2f}x the baseline's speed ({verdict} ONNX Runtime fp32).")
             advice = _slow_advice(manifest) if speed < 1 else ""
             if advice:
@@ -158,6 +162,7 @@ def render_report(manifest: dict[str, Any], profile: dict[str, Any] | None,
             shares = profile["layer_precision"]
             lines.append(f"\n**Time at each precision** (backend profiler, {shares['total_ms']:.3f} ms over "
                          f"{sum(shares['layers'].values())} layers): {precision_line(shares)}.")
+        lines += _noise_lines(profile, manifest)
         if profile.get("layers"):
             lines += ["", "Slowest layers (backend profiler):", "", "| layer | op | kernel | precision | time |",
                       "|---|---|---|---|---|"]
@@ -185,6 +190,10 @@ def render_report(manifest: dict[str, Any], profile: dict[str, Any] | None,
             f"- cosine min {v['cosine_min']:.6f}, mean {v['cosine_mean']:.6f}; max abs error "
             f"{v['max_abs_error']:.3g}, max rel error {v['max_rel_error']:.3g}",
         ]
+        exact = {k: s for k, s in (v.get("per_output") or {}).items() if "exact_match" in s}
+        if exact:  # string outputs and sequence/optional structure: compared exactly, no cosine
+            lines.append("- compared exactly (strings, sequence/optional structure): " + ", ".join(
+                f"`{k}` {s['exact_match'] * 100:.2f} % of samples equal" for k, s in exact.items()))
         if v.get("top1_agreement") is not None:
             lines.append(f"- top-1 agreement {v['top1_agreement'] * 100:.2f} %, reference top-1 within top-5 "
                          f"{v['top5_agreement'] * 100:.2f} %")
@@ -216,6 +225,40 @@ def render_report(manifest: dict[str, Any], profile: dict[str, Any] | None,
     return "\n".join(lines) + "\n"
 
 
+def _interleaved_ratio(profile: dict[str, Any]) -> Any:
+    """The artifact-to-baseline p50 ratio of the interleaved runs (a ``RatioCI``), or None."""
+    from onnxsmith.stats import RatioCI
+
+    ci = (profile.get("comparison") or {}).get("ratio_p50")
+    return RatioCI.from_json(ci) if ci else None
+
+
+def _noise_lines(profile: dict[str, Any], manifest: dict[str, Any]) -> list[str]:
+    """The interleaved comparison with the baseline (ratio with its interval and runs), the machine it ran on,
+    and the warnings: a busy machine, an artifact slower than ONNX Runtime fp32."""
+    from onnxsmith.profiling import busy_warning, slower_than_baseline
+    from onnxsmith.stats import RatioCI
+
+    out = []
+    comparison = profile.get("comparison") or {}
+    if comparison.get("ratio_p50"):
+        ratio = RatioCI.from_json(comparison["ratio_p50"])
+        word = {"better": "faster than", "worse": "slower than"}.get(ratio.verdict(), "no significant change against")
+        out.append(f"\nInterleaved runs ({ratio.runs_a} of {comparison['round_seconds']:g} s per side, alternating): "
+                   f"p50 ratio to the baseline {ratio.text('x')}: {word} ONNX Runtime fp32.")
+    env = profile.get("environment") or {}
+    if env:
+        other = env.get("other_processes_cpu_share")
+        out.append(f"\nMachine: {env.get('cpu_model')}, {env.get('usable_cores')} usable cores, frequency governor "
+                   f"{env.get('frequency_governor') or 'not readable'}; load average {env.get('load_average_before')} "
+                   f"before the run, {env.get('load_average_after')} after"
+                   + ("" if other is None else f"; other processes used {other * 100:.0f} % of the CPU during it") + ".")
+    for warning in (busy_warning(env), slower_than_baseline(profile, manifest)):
+        if warning:
+            out.append(f"\n**Warning**: {warning}.")
+    return out
+
+
 def summarize_changes(manifest: dict[str, Any], profile: dict[str, Any] | None,
                       validation: dict[str, Any] | None) -> list[str]:
     out = []
@@ -225,12 +268,15 @@ def summarize_changes(manifest: dict[str, Any], profile: dict[str, Any] | None,
                   ("p99 latency", profile["latency_ms"]["p99"], base["latency_ms"]["p99"], True),
                   ("throughput", profile["throughput_per_s"], base["throughput_per_s"], False),
                   ("peak memory", profile["peak_rss_mb"], base["peak_rss_mb"], True)]
+        interleaved = _interleaved_ratio(profile)
         for name, ours, theirs, lower in checks:
             if not theirs:
                 continue
             ratio = ours / theirs
             improved = ratio < 0.97 if lower else ratio > 1.03
             worse = ratio > 1.03 if lower else ratio < 0.97
+            if name == "p50 latency" and interleaved is not None:
+                improved, worse = interleaved.verdict() == "better", interleaved.verdict() == "worse"
             word = "Improved" if improved else "Worse" if worse else "Unchanged"
             out.append(f"- {word}: {name} {ours:.3f} vs {theirs:.3f} ({ratio:.2f}x the baseline)")
     if validation:

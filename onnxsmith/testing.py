@@ -125,6 +125,15 @@ def check_backend(backend: Compiler, workdir: Path, target: Target | None = None
         "dynamic_shapes": backend.dynamic_shapes(loaded, target),
         "install_command": backend.install_command(),
     }
+    declared = {o.name: o for o in backend.options}
+    for profile_name in ("latency", "throughput"):
+        knobs = backend.runtime_knobs(target, load_profile(profile_name), request.options)
+        for knob in knobs:
+            assert knob.options, "runtime_knobs() variants change an option each"
+            for key, value in knob.options.items():
+                assert key in declared, f"runtime_knobs() proposes '{key}', which the backend's options do not declare"
+                declared[key].parse(str(value))
+        hooks[f"runtime_knobs({profile_name})"] = [dataclasses.asdict(v) for v in knobs]
     assert isinstance(hooks["cache_token"], str), "cache_token() returns a string"
     assert isinstance(hooks["dynamic_shapes"], Support), "dynamic_shapes() returns a Support"
     return ContractReport(backend.name, version, precisions, tuple(artifact.files), round(worst, 8),

@@ -61,6 +61,8 @@ class ValidationResult:
     evaluated_by: dict[str, Any] | None = None
     """Where the bundle cannot run here and its backend evaluated the compiled program instead
     (:meth:`onnxsmith.plugin.Compiler.load_emulated`): its label, what that checks and what it does not."""
+    mismatched_samples: int = 0
+    """Samples whose string outputs, or sequence/optional structure, differ from the reference (any fails)."""
 
     @property
     def accuracy_drop(self) -> float | None:
@@ -199,7 +201,9 @@ def _validate_at(bundle: Bundle, data: Dataset | None, inputs: Any, *, samples: 
     feeds: dict[str, Any] = dict(data.arrays)
     whole: tuple[str, ...] = data.whole
     if data.one_feed:  # one feed (every array exactly its input's shape) is one sample, its outputs compared whole
-        got, want, feeds = ({k: np.asarray(v)[None] for k, v in d.items()} for d in (got, want, feeds))
+        wrapped = {s.name for s in (*bundle.inputs, *bundle.outputs) if s.wrap}
+        got, want = ({k: v if k in wrapped else np.asarray(v)[None] for k, v in d.items()} for d in (got, want))
+        feeds = {k: [v] if k in wrapped else np.asarray(v)[None] for k, v in feeds.items()}
         whole = ()
     result = compare(got, want, data.labels, names)
     n = result.samples
@@ -212,6 +216,9 @@ def _validate_at(bundle: Bundle, data: Dataset | None, inputs: Any, *, samples: 
     if result.nonfinite:
         failures.append(f"{result.nonfinite} output value(s) are NaN or infinite where the reference is finite "
                         f"(first on sample {result.first_nonfinite})")
+    if result.mismatched:
+        failures.append(f"{result.mismatched} sample(s) differ exactly (string outputs, or the structure of a "
+                        f"sequence or optional output; first on sample {result.first_mismatch})")
     if result.cosine_min < threshold:
         failures.append(f"cosine similarity {result.cosine_min:.6f} on sample {int(result.cosine.argmin())} "
                         f"is below the {threshold} required for {precision}")
@@ -225,4 +232,6 @@ def _validate_at(bundle: Bundle, data: Dataset | None, inputs: Any, *, samples: 
         failures=tuple(failures), worst=kept, per_output=result.per_output, precision_used=precision,
         nonfinite_outputs=result.nonfinite, reference_nonfinite=result.reference_nonfinite,
         evaluated_by=emulation.to_json() if emulation is not None else None,
+        mismatched_samples=result.mismatched,
     )
+

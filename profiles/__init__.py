@@ -28,6 +28,10 @@ class Measure:
     max_seconds: float = 60.0
     throughput_seconds: float = 3.0
     """Length of the parallel-requests throughput run (0 disables it)."""
+    rounds: int = 6
+    """Interleaved runs per side whenever two runners are compared (profile vs its baseline, ladder steps): each
+    run lasts ``round_seconds``; the ratio of medians gets a bootstrap confidence interval from them (< 2: off)."""
+    round_seconds: float = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +56,8 @@ class Profile:
     prune: bool
     simplify: bool
     measure: Measure
+    knobs: bool = False
+    """``optimize`` tries the backends' runtime knobs (threads, streams, hints, graph level...) as ladder steps."""
     source_file: str = ""
 
     def to_json(self) -> dict[str, Any]:
@@ -63,9 +69,10 @@ def parse_profile(data: dict[str, Any], path: Path | str) -> Profile:
     f.unknown({"name", "description", "precision", "ladder", "batch_sizes", "max_accuracy_drop", "runtime",
                "measure", "passes"})
     runtime = f.table("runtime")
-    runtime.unknown({"performance_hint", "streams", "threads"})
+    runtime.unknown({"performance_hint", "streams", "threads", "knobs"})
     measure = f.table("measure")
-    measure.unknown({"warmup_iterations", "min_iterations", "min_seconds", "max_seconds", "throughput_seconds"})
+    measure.unknown({"warmup_iterations", "min_iterations", "min_seconds", "max_seconds", "throughput_seconds",
+                     "rounds", "round_seconds"})
     passes = f.table("passes")
     passes.unknown({"simplify", "prune"})
     batch_sizes = f.get("batch_sizes", list, [1])
@@ -80,10 +87,14 @@ def parse_profile(data: dict[str, Any], path: Path | str) -> Profile:
         min_seconds=measure.get("min_seconds", float, 3.0),
         max_seconds=measure.get("max_seconds", float, 60.0),
         throughput_seconds=measure.get("throughput_seconds", float, 3.0),
+        rounds=measure.get("rounds", int, 6),
+        round_seconds=measure.get("round_seconds", float, 0.5),
     )
     if m.min_iterations < 1 or m.warmup_iterations < 0 or m.min_seconds < 0 or m.max_seconds < m.min_seconds:
         raise TargetError(f"invalid {path}", "table 'measure' needs min_iterations >= 1, warmup_iterations >= 0 "
                           "and 0 <= min_seconds <= max_seconds")
+    if m.rounds < 0 or m.rounds > 1000 or not 0 < m.round_seconds <= 60:
+        raise TargetError(f"invalid {path}", "table 'measure' needs 0 <= rounds <= 1000 and 0 < round_seconds <= 60")
     return Profile(
         name=f.get("name", str),
         description=f.get("description", str, ""),
@@ -97,6 +108,7 @@ def parse_profile(data: dict[str, Any], path: Path | str) -> Profile:
         prune=passes.get("prune", bool, False),
         simplify=passes.get("simplify", bool, True),
         measure=m,
+        knobs=runtime.get("knobs", bool, False),
         source_file=str(path),
     )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 from pathlib import Path
 
 import pytest
@@ -84,3 +85,46 @@ def test_two_processes_building_the_same_key_leave_one_valid_entry(tmp_path: Pat
     assert (found[1] / "a.bin").read_bytes() in (b"one", b"two")
     leftovers = [p.name for p in found[1].parent.iterdir() if p.name != key]
     assert leftovers == []
+
+
+def test_sweep_leaves_another_pid_namespaces_directories(tmp_path: Path) -> None:
+    """A pid means one process only within its PID namespace: a directory made by a process in another namespace
+    (a container, ``unshare --pid``) whose pid looks dead from here is not swept; our own dead owner's is."""
+    import hashlib
+    import socket
+    import subprocess
+    import time
+
+    from onnxsmith.cache import owner_tag, sweep_stale
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    ours = owner_tag().split("h", 1)[1]
+    other = hashlib.sha256(f"{socket.gethostname()}\0pid:[1]".encode()).hexdigest()[:8]
+    assert other != ours
+    mine = tmp_path / f".build-p{dead.pid}h{ours}-x"
+    theirs = tmp_path / f".build-p{dead.pid}h{other}-x"
+    for path in (mine, theirs):
+        path.mkdir()
+        os.utime(path, (time.time() - 3600, time.time() - 3600))
+    assert sweep_stale(tmp_path) == [mine]
+    assert theirs.is_dir() and not mine.exists()
+
+
+def test_owner_tag_differs_in_another_pid_namespace() -> None:
+    """The real case: a process in a new PID namespace (same host name) gets another owner tag, so the pids it
+    sees, which mean other processes here, are never taken for dead owners of this namespace's directories."""
+    import shutil
+    import subprocess
+    import sys
+
+    if not shutil.which("unshare"):
+        pytest.skip("unshare is not installed")
+    from onnxsmith.cache import owner_tag
+
+    proc = subprocess.run(["unshare", "--pid", "--fork", sys.executable, "-c",
+                           "from onnxsmith.cache import owner_tag; print(owner_tag())"],
+                          capture_output=True, text=True, timeout=60)
+    if proc.returncode:
+        pytest.skip(f"cannot make a PID namespace here: {proc.stderr.strip()[:200]}")
+    assert proc.stdout.split("h", 1)[1].strip() != owner_tag().split("h", 1)[1]

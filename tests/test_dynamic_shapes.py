@@ -113,6 +113,10 @@ def test_one_artifact_runs_the_range(backend: str, dyn_cnn: Path, tmp_path: Path
     assert [p["point"] for p in record["shapes"]] == ["min", "opt", "max"]
     assert all(p["latency_ms"]["p50"] > 0 and p["baseline_latency_ms"]["p50"] > 0 for p in record["shapes"])
     assert record["shapes"][2]["flops"] == 4 * record["shapes"][1]["flops"]  # FLOPs at each point's batch
+    comparison = record["comparison"]  # the interleaved artifact-vs-baseline runs are at OPT, the headline point
+    assert comparison["point"] == "opt" and len(comparison["artifact_runs_p50_ms"]) >= 2
+    assert len(comparison["artifact_runs_p50_ms"]) == len(comparison["baseline_runs_p50_ms"])
+    assert record["environment"]["usable_cores"] >= 1
 
     code, out, _ = cli(["validate", str(bundle), "--samples", "16", "--json"], capsys)
     result = json.loads(out)

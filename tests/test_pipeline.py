@@ -94,6 +94,47 @@ def test_profile_reports_percentiles_baseline_and_efficiency(bundle) -> None:
     assert result["layers"] and result["layers"][0]["time_ms"] >= result["layers"][-1]["time_ms"]
 
 
+def test_profile_compares_with_the_baseline_in_interleaved_runs_and_records_the_machine(bundle) -> None:
+    from onnxsmith.report import write_report
+
+    result = profile_bundle(bundle, load_profile("quick")).to_json()
+    comparison = result["comparison"]
+    ci = comparison["ratio_p50"]
+    assert len(comparison["artifact_runs_p50_ms"]) == len(comparison["baseline_runs_p50_ms"]) == 4  # quick: 4 rounds
+    assert ci["paired"] and ci["runs_a"] == 4 and ci["low"] <= ci["ratio"] <= ci["high"]
+    env = result["environment"]
+    assert env["cpu_model"] and env["usable_cores"] >= 1 and env["load_average_before"] is not None
+    assert isinstance(env["busy"], bool) and "frequency_governor" in env
+    assert len(result["block_p50_ms"]) >= 1
+    bundle.write_json("profile.json", result)
+    text = write_report(bundle)
+    assert "Interleaved runs (4 of 0.05 s per side, alternating): p50 ratio to the baseline" in text
+    assert f"Machine: {env['cpu_model']}" in text
+
+
+def test_a_significantly_slower_artifact_is_called_out_with_the_faster_choice() -> None:
+    from onnxsmith.cli.profile import profile_verdict_lines
+    from onnxsmith.profiling import busy_warning, slower_than_baseline
+    from onnxsmith.stats import compare_runs
+
+    slow = compare_runs([2.3, 2.31, 2.28, 2.33, 2.29, 2.3], [1.0, 1.01, 0.99, 1.0, 1.02, 0.98]).to_json()
+    record = {"backend": "openvino", "precision_used": "fp32", "comparison": {"ratio_p50": slow},
+              "environment": {"busy": True, "load_average_before": 3.1, "usable_cores": 2,
+                              "other_processes_cpu_share": 0.4, "cpu_model": "x"}}
+    message = slower_than_baseline(record)
+    assert message is not None and message.startswith("the openvino fp32 artifact is 2.30x slower than ONNX Runtime fp32")
+    assert "the faster choice here is ONNX Runtime fp32 (compile with --backend onnxruntime)" in message
+    manifest = {"model": {"source": "m.onnx"}, "target": {"id": "host"}}
+    assert ("ONNX Runtime fp32 (onnxsmith compile m.onnx --target host --backend onnxruntime --precision fp32)"
+            in (slower_than_baseline(record, manifest) or ""))
+    assert "load average 3.1 before the run on 2 cores" in (busy_warning(record["environment"]) or "")
+    lines = profile_verdict_lines(record)
+    assert any(line.startswith("warning: the openvino fp32 artifact") for line in lines)
+    within = compare_runs([1.0, 1.02, 0.99, 1.01], [1.01, 1.0, 1.0, 0.99]).to_json()
+    assert slower_than_baseline({**record, "comparison": {"ratio_p50": within}}) is None
+    assert busy_warning({"busy": False}) is None
+
+
 def test_validate_with_labels_keeps_worst_examples(bundle, cnn_path: Path) -> None:
     data = synthetic(load_model(cnn_path), 20, seed=3)
     labels = np.arange(20) % 10

@@ -9,11 +9,14 @@ from typing import TYPE_CHECKING, Any
 
 from onnxsmith.errors import BackendError, first_line
 from onnxsmith.options import Option
-from onnxsmith.plugin import Artifact, CompileRequest, Compiler, DeployProgram, Support, TritonModel
-from onnxsmith.reference import OnnxRuntimeRunner, available_providers, import_ort, session_options
+from onnxsmith.plugin import Artifact, CompileRequest, Compiler, DeployProgram, Support, TritonModel, Variant
+from onnxsmith.reference import GRAPH_LEVELS, OnnxRuntimeRunner, available_providers, import_ort, session_options
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from onnxsmith.model import LoadedModel
+    from onnxsmith.profiles import Profile
     from onnxsmith.targets import Target
 
 _PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
@@ -33,7 +36,33 @@ class OnnxRuntimeCompiler(Compiler):
     extra = "onnxruntime"
     artifact_kind = "ONNX model (optimized offline by ONNX Runtime)"
     options = (Option("threads", int, None, "intra-op threads (default: the profile's runtime.threads, else ONNX "
-                      "Runtime's choice)", minimum=1),)
+                      "Runtime's choice)", minimum=1),
+               Option("graph_optimization_level", str, None, "graph optimizations applied when the session loads "
+                      "(default: all; the saved model is optimized at 'extended' already)", choices=("disable", "basic", "extended", "all")),
+               Option("execution_mode", str, None, "run independent branches of the graph in parallel (default: "
+                      "sequential)", choices=("sequential", "parallel")))
+
+    value_types = frozenset({"string", "sequence", "optional"})
+
+    def runtime_knobs(self, target: Target, profile: Profile, options: Mapping[str, Any]) -> list[Variant]:
+        """Intra-op threads (half the cores: on a shared machine fewer threads can wait less), the load-time graph
+        optimization level one step down (extended instead of all: the layout changes of 'all' do not always pay),
+        and the parallel execution mode (for graphs with independent branches). Under either objective a single
+        session is timed, so the same knobs apply."""
+        import os
+
+        cores = target.cores or os.cpu_count() or 1
+        threads = int(options.get("threads") or profile.threads or 0) or cores
+        knobs = []
+        if threads > 1:
+            fewer = max(1, threads // 2)
+            knobs.append(Variant({"threads": fewer}, f"intra-op threads {threads} -> {fewer}"))
+        level = options.get("graph_optimization_level") or "all"
+        if level == "all":
+            knobs.append(Variant({"graph_optimization_level": "extended"}, "graph optimization level all -> extended"))
+        if (options.get("execution_mode") or "sequential") == "sequential":
+            knobs.append(Variant({"execution_mode": "parallel"}, "execution mode sequential -> parallel"))
+        return knobs
 
     def check_environment(self) -> None:
         import_ort()
@@ -100,13 +129,17 @@ class OnnxRuntimeCompiler(Compiler):
             (workdir / "model.onnx").unlink()
         files += [p.name for p in workdir.glob("*.data")]
         providers = providers_for(request.target)
+        level = request.options.get("graph_optimization_level") or "all"
+        mode = request.options.get("execution_mode") or "sequential"
         used = graph_precision(request.model.proto)
         notes = () if used == "fp32" else (f"the ONNX graph itself is {used} (an ONNX pass transformed it); ONNX "
                                            "Runtime runs it as given",)
         return Artifact(
             backend=self.name, backend_version=self.version(), device=providers[0], precision="fp32",
             precision_used=used, files=tuple(files), notes=notes,
-            options={"providers": providers, "graph_optimization_level": "ORT_ENABLE_EXTENDED offline, ORT_ENABLE_ALL at load",
+            options={"providers": providers,
+                     "graph_optimization_level": f"ORT_ENABLE_EXTENDED offline, {GRAPH_LEVELS[level]} at load",
+                     "load_graph_level": level, "execution_mode": mode,
                      "threads": int(request.options.get("threads", request.profile.threads or 0))},
             metadata={"optimize_seconds": round(time.perf_counter() - start, 3),
                       **({"dynamic_shapes": "the ONNX graph keeps its symbolic dims; any shape in the range runs"}
@@ -127,7 +160,9 @@ class OnnxRuntimeCompiler(Compiler):
         providers = list(artifact.options.get("providers", ["CPUExecutionProvider"]))
         have = available_providers()
         providers = [p for p in providers if p in have] or ["CPUExecutionProvider"]
-        return OnnxRuntimeRunner(directory / artifact.files[0], providers, int(artifact.options.get("threads", 0)))
+        return OnnxRuntimeRunner(directory / artifact.files[0], providers, int(artifact.options.get("threads", 0)),
+                                 str(artifact.options.get("load_graph_level", "all")),
+                                 str(artifact.options.get("execution_mode", "sequential")))
 
     def load_layers(self, artifact: Artifact, directory: Path, target: Target, tensors: list[str]
                     ) -> OnnxRuntimeRunner | None:

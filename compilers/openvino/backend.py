@@ -20,6 +20,7 @@ from onnxsmith.plugin import PRECISIONS, Artifact, CompileRequest, Compiler, Dep
 if TYPE_CHECKING:
     from onnxsmith.compilers.openvino.runner import OpenVINORunner
     from onnxsmith.model import LoadedModel, ShapeRange
+    from onnxsmith.profiles import Profile
     from onnxsmith.targets import Target
 
 IR_FILES = ("model.xml", "model.bin")
@@ -27,7 +28,7 @@ BLOB = "model.blob"
 CONFIG_FILE = "openvino_config.json"
 """The applied properties in ``benchmark_app -load_config`` format, so the IR can be run by hand the same way."""
 READ_BACK = ("INFERENCE_PRECISION_HINT", "PERFORMANCE_HINT", "NUM_STREAMS", "INFERENCE_NUM_THREADS",
-             "OPTIMAL_NUMBER_OF_INFER_REQUESTS", "EXECUTION_DEVICES")
+             "OPTIMAL_NUMBER_OF_INFER_REQUESTS", "EXECUTION_DEVICES", "ENABLE_CPU_PINNING")
 _STATIC_PRECISIONS = {"gpu": ("fp32", "fp16", "int8"), "npu": ("fp16", "int8")}
 _HINTS = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
 
@@ -45,6 +46,33 @@ class OpenVINOCompiler(Compiler):
 
     def ladder_variants(self, target: Target, precision: str) -> list[Variant]:
         return [Variant(change="NNCF, same calibration set" if precision == "int8" else "")]
+
+    def runtime_knobs(self, target: Target, profile: Profile, options: Mapping[str, Any]) -> list[Variant]:
+        """CPU knobs for the profile's objective. Latency (one request at a time): inference threads halved and
+        CPU pinning off (on a shared machine a pinned thread waits for its core). Throughput (parallel requests):
+        streams set to one per core instead of the hint's choice, the latency hint instead of the throughput
+        hint, and pinning off. Other devices have none of these."""
+        import os
+
+        if target.kind != "cpu":
+            return []
+        cores = target.cores or os.cpu_count() or 1
+        knobs = []
+        pinned = str(options.get("pinning", "on")).lower() not in ("0", "false", "off", "no")
+        hint = str(options.get("performance_hint") or profile.performance_hint)
+        if hint == "throughput":
+            streams = int(options.get("num_streams") or profile.streams or 0)
+            if streams != cores:
+                knobs.append(Variant({"num_streams": cores}, f"streams {streams or 'auto'} -> {cores} (one per core)"))
+            knobs.append(Variant({"performance_hint": "latency"}, "performance hint throughput -> latency"))
+        else:
+            threads = int(options.get("num_threads") or profile.threads or 0) or cores
+            if threads > 1:
+                knobs.append(Variant({"num_threads": max(1, threads // 2)},
+                                     f"inference threads {threads} -> {max(1, threads // 2)}"))
+        if pinned:
+            knobs.append(Variant({"pinning": False}, "CPU pinning on -> off"))
+        return knobs
 
     def check_environment(self) -> None:
         ov()

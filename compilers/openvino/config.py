@@ -24,6 +24,8 @@ OPTIONS = (
            choices=("latency", "throughput")),
     Option("num_streams", int, None, "parallel streams (default: the profile's runtime.streams)", minimum=1),
     Option("num_threads", int, None, "inference threads (default: the profile's runtime.threads)", minimum=1),
+    Option("pinning", bool, None, "CPU: pin inference threads to cores (ENABLE_CPU_PINNING; default: OpenVINO's, "
+           "on for Linux)"),
     Option("subset_size", int, None, "int8: calibration batches NNCF uses (default: all of them, at most 300)",
            minimum=1),
     Option("model_type", str, None, "int8: 'transformer' for NNCF's transformer scheme (default: generic)",
@@ -96,6 +98,11 @@ def settings_for(request: CompileRequest, device: str, detected_host: bool) -> C
             threads_source = "OpenVINO's default for this machine"
     elif "num_threads" in options:
         notes.append(f"option num_threads ignored: OpenVINO's {device} device has no thread setting")
+    if "pinning" in options:
+        if device == "CPU":
+            props["ENABLE_CPU_PINNING"] = "YES" if options["pinning"] else "NO"
+        else:
+            notes.append(f"option pinning ignored: OpenVINO's {device} device has no CPU pinning")
 
     subset = options.get("subset_size") or 0
     model_type = options.get("model_type") or ""

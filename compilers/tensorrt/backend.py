@@ -57,6 +57,10 @@ class TensorRTCompiler(Compiler):
         return Support(False, f"TensorRT compiles only for NVIDIA GPUs; {target.id} is a {target.vendor} {target.kind}",
                        "choose an nvidia/* target, or another --backend for this target")
 
+    def builds_on_device(self, target: Target) -> bool:
+        """An engine is specific to the GPU and the TensorRT version that built it."""
+        return True
+
     def runs_here(self, target: Target) -> Support:
         supported = self.supports(target)
         if not supported:

@@ -305,6 +305,21 @@ class TVMCompiler(Compiler):
 
         return RemoteRunner(directory / LIBRARY, read_io(directory), address)
 
+    def emulated_device(self, target: Target) -> Any:
+        """An aarch64 CPU target runs under qemu-aarch64 through the C RPC server (:mod:`.emulate`) where the Debian
+        packages and the aarch64 runtime wheels are present."""
+        from onnxsmith.compilers.tvm import emulate
+        from onnxsmith.compilers.tvm.targets import tvm_target
+
+        if target.kind != "cpu" or emulate.missing():
+            return None
+        try:
+            if tvm_target(target).arch != "aarch64":
+                return None
+        except Exception:  # a malformed target file is reported when compiling
+            return None
+        return emulate.emulated_server()
+
 
 def read_io(directory: Path) -> dict[str, Any]:
     try:

@@ -49,13 +49,16 @@ class _CompileCommand(click.Command):
 @click.option("--validate", "validate_after", is_flag=True, help="Validate the bundle against ONNX Runtime fp32 "
               "right after compiling (on --calibration data when given, else on generated inputs).")
 @click.option("--no-cache", is_flag=True, help="Compile even when the cache has this artifact.")
+@click.option("--cluster", default=None, metavar="auto|HOST:PORT", help="Compile on a Ray fleet worker that has the "
+              "backend (or the device, when the artifact must be built there); see 'onnxsmith worker'.")
 @click.option("--force", is_flag=True, help="Replace a non-empty -o that is not an onnxsmith bundle (never one "
               "holding the model, data or cache).")
 @json_option
 def compile_command(model: str, target_spec: str, backend: str | None, precision: str | None,
                     calibration: str | None, output: str | None, profile_spec: str, shapes: tuple[str, ...], batch: str | None,
                     raw_options: tuple[str, ...], tune: bool, tune_trials: int | None, tune_minutes: float | None,
-                    tune_more: bool, validate_after: bool, no_cache: bool, force: bool, as_json: bool) -> None:
+                    tune_more: bool, validate_after: bool, no_cache: bool,
+                    cluster: str | None, force: bool, as_json: bool) -> None:
     """Compile an ONNX model for a target into a bundle.
 
     MODEL is an ONNX file, or a PyTorch model (package.module:factory, a torch.export .pt2, a TorchScript file)
@@ -87,12 +90,24 @@ def compile_command(model: str, target_spec: str, backend: str | None, precision
     calib = open_dataset(calibration, loaded.inputs_at("opt"), what="calibration data",
                          known_batch=loaded.batch_inputs) if calibration else None
     out = Path(output) if output else default_output(str(loaded.source), target_spec, precision)
-    from onnxsmith.compile import compile_model
+    if cluster:
+        from onnxsmith.bundle import Bundle
+        from onnxsmith.fleet.ray_executor import fleet_compile
 
-    with progress(f"compiling {loaded.name} for {target.id} ({precision})", not as_json) as update:
-        bundle = compile_model(loaded, target, profile=profile, output=out, backend=backend, precision=precision,
-                               calibration=calib, options=options, use_cache=not no_cache, progress=update,
-                               force=force)
+        with progress(f"compiling {loaded.name} for {target.id} on the fleet", not as_json):
+            cell = fleet_compile(cluster, model, target_spec, str(out), backend=backend, precision=precision,
+                                 profile=profile_spec, shapes={k: list(v) for k, v in loaded.shape_overrides.items()},
+                                 calibration=calibration, options=options, force=force)
+        bundle = Bundle.open(out)
+        if not as_json:
+            click.echo(f"compiled on fleet worker {cell.worker}")
+    else:
+        from onnxsmith.compile import compile_model
+
+        with progress(f"compiling {loaded.name} for {target.id} ({precision})", not as_json) as update:
+            bundle = compile_model(loaded, target, profile=profile, output=out, backend=backend, precision=precision,
+                                   calibration=calib, options=options, use_cache=not no_cache, progress=update,
+                                   force=force)
     m = bundle.manifest
     if as_json:
         validation = _validate(bundle, calib, as_json) if validate_after else None

@@ -21,6 +21,7 @@ def doctor_command(as_json: bool) -> None:
     from onnxsmith.cache import cache_root
     from onnxsmith.console import print_json, stdout_console
     from onnxsmith.registry import backend_names, backend_status
+    from onnxsmith.probe import describe, load_peaks
     from onnxsmith.targets.host import detect_host
 
     host = detect_host()
@@ -32,6 +33,7 @@ def doctor_command(as_json: bool) -> None:
         "host": {"name": host.name, "cores": host.cores, "cpu_features": list(host.requires.cpu_flags),
                  "precisions": list(host.precisions), "peak_tflops": dict(host.peak.tflops)},
         "cache": str(cache_root()),
+        "measured_peaks": load_peaks(),
         "backends": [dataclasses.asdict(s) for s in statuses],
     }
     if as_json:
@@ -42,6 +44,9 @@ def doctor_command(as_json: bool) -> None:
     out.print(f"host: {host.name}; features: {', '.join(host.requires.cpu_flags) or '-'}; "
               f"precisions: {', '.join(host.precisions)}")
     out.print(f"cache: {data['cache']}")
+    from rich.markup import escape
+
+    out.print(escape(describe(data["measured_peaks"])))
     table = Table(title="backends")
     for col in ("backend", "usable", "version", "devices", "why not / fix"):
         table.add_column(col)

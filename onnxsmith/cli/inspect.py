@@ -27,6 +27,13 @@ def backend_support(model: Any, target: Any) -> list[dict[str, Any]]:
             row.update(supports_target=support.ok, runs_here=runs.ok,
                        reason="; ".join(r for r in (support.reason, runs.reason) if r))
             if support:
+                from onnxsmith.compile import missing_value_types
+
+                lacking = missing_value_types(backend, model)
+                if lacking:
+                    kind, spec, _ = lacking[0]
+                    row["reason"] = "; ".join(r for r in (row["reason"], f"cannot take {kind} '{spec.name}' "
+                                                          f"({spec.type_text()})") if r)
                 try:
                     row["unsupported_ops"] = backend.unsupported_ops(model, target)
                 except OnnxsmithError as exc:
@@ -88,7 +95,8 @@ def inspect_command(model: str, target_spec: str, shapes: tuple[str, ...], batch
         io.add_column(col)
     for kind, specs in (("input", info["inputs"]), ("output", info["outputs"])):
         for s in specs:
-            io.add_row(kind, s["name"], s["dtype"], "x".join(str(d) if d is not None else "?" for d in s["shape"]))
+            dtype = " of ".join((*s.get("wrap", ()), s["dtype"]))
+            io.add_row(kind, s["name"], dtype, "x".join(str(d) if d is not None else "?" for d in s["shape"]))
     out.print(io)
     out.print(f"{info['nodes']} nodes, {info['parameters']:,} parameters ({fmt_bytes(info['parameter_bytes'])}), "
               f"{_flop(info['flops'])} per inference (Conv/Gemm/MatMul)")

@@ -123,20 +123,30 @@ def _print_summary(record: dict, output) -> None:
 
     metric = record["constraints"].get("metric", "accuracy")
     table = Table(title=f"{record['model']} on {record['target']} ({metric})")
-    for column in ("step", "backend", "precision", "batch", "p50 ms", "p99 ms", "size", metric, "status"):
+    for column in ("step", "backend", "precision", "batch", "p50 ms", "vs parent (95 % CI)", "p99 ms", "size", metric,
+                   "status"):
         table.add_column(column, justify="right" if column in ("batch", "p50 ms", "p99 ms", "size") else "left")
+
+    def interval(ci):
+        if not ci:
+            return "-"
+        return (f"{ci['ratio']:.3f} [{ci['low']:.3f}, {ci['high']:.3f}] n={ci['runs_a']}"
+                + ("" if ci.get("significant") else " ns"))
 
     def fmt(value, spec):
         return "-" if value is None else format(value, spec)
 
     for step in record["steps"]:
         table.add_row(step["name"], step["backend"], step["precision"], str(step.get("batch", 1)),
-                      fmt(step.get("latency_p50_ms"), ".3f"), fmt(step.get("latency_p99_ms"), ".3f"),
+                      fmt(step.get("latency_p50_ms"), ".3f"), interval(step.get("vs_parent")),
+                      fmt(step.get("latency_p99_ms"), ".3f"),
                       fmt_bytes(step.get("size_bytes")), fmt(step.get(metric), ".4f"), step["status"])
     console = stdout_console()
     if not console.is_terminal:
-        console.width = 140  # logs and pipes: no wrapped cells
+        console.width = 170  # logs and pipes: no wrapped cells
     console.print(table)
     chosen = record.get("chosen")
+    console.print("vs parent: the step's objective figure over its parent's, with the 95 % bootstrap interval and "
+                  "runs per side; ns = no significant change (the simpler parent is kept)")
     console.print(f"chosen: {chosen or 'none'}" + (f"  bundle: {record['bundle']}" if record.get("bundle") else ""))
     console.print(f"evidence card: {output / 'card.html'} (also card.md, card.json)")

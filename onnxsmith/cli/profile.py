@@ -14,11 +14,14 @@ from onnxsmith.cli.common import data_option, json_option, profile_option
              "that batch is read)")
 @click.option("--no-baseline", is_flag=True, help="Skip the ONNX Runtime fp32 baseline.")
 @click.option("--rpc", default=None, metavar="HOST:PORT", help="Profile on a remote device's RPC server (TVM).")
+@click.option("--cluster", default=None, metavar="auto|HOST:PORT", help="Profile on the Ray fleet worker that owns "
+              "the bundle's device (see 'onnxsmith worker').")
 @click.option("--iterations", type=click.IntRange(min=1), default=None, help="Override the profile's minimum timed iterations.")
 @click.option("--seconds", type=click.FloatRange(min=0), default=None, help="Override the profile's minimum timed seconds.")
 @json_option
 def profile_command(bundle_path: str, profile_spec: str, input_file: str | None, no_baseline: bool,
-                    rpc: str | None, iterations: int | None, seconds: float | None, as_json: bool) -> None:
+                    rpc: str | None, cluster: str | None, iterations: int | None, seconds: float | None,
+                    as_json: bool) -> None:
     """Measure a bundle's latency, throughput and memory beside ONNX Runtime."""
     import dataclasses
 
@@ -32,6 +35,22 @@ def profile_command(bundle_path: str, profile_spec: str, input_file: str | None,
 
     bundle = Bundle.open(bundle_path)
     profile = load_profile(profile_spec)
+    if cluster:
+        from onnxsmith.errors import UserInputError
+        from onnxsmith.fleet.ray_executor import fleet_measure
+
+        if rpc or no_baseline or iterations or seconds is not None:
+            raise UserInputError("--cluster takes the profile preset only", "--rpc, --no-baseline, --iterations and "
+                                 "--seconds are set by the worker that owns the device", "use -p/--profile")
+        with progress("profiling on the fleet", not as_json):
+            cell = fleet_measure(cluster, bundle_path, ("profile",), profile=profile_spec, data=input_file)
+        record = Bundle.open(bundle_path).read_json("profile.json")
+        if as_json:
+            print_json(record)
+            return
+        click.echo(f"profiled on fleet worker {cell.worker}" + (" (emulated)" if cell.emulated else ""))
+        print_profile(record)
+        return
     if iterations or seconds is not None:
         measure = dataclasses.replace(profile.measure, **{k: v for k, v in (("min_iterations", iterations),
                                                                               ("min_seconds", seconds)) if v})
@@ -48,12 +67,12 @@ def profile_command(bundle_path: str, profile_spec: str, input_file: str | None,
     if as_json:
         print_json(record)
         return
-    print_profile(record)
+    print_profile(record, bundle.manifest)
     click.echo(f"profile: {bundle.path / 'profile.json'}")
     click.echo(f"report: {bundle.path / 'report.md'}")
 
 
-def print_profile(record: dict) -> None:
+def print_profile(record: dict, manifest: dict | None = None) -> None:
     from rich.table import Table
 
     from onnxsmith.console import stdout_console
@@ -77,9 +96,20 @@ def print_profile(record: dict) -> None:
     stdout_console().print(table)
     if record.get("shapes"):
         print_shapes(record)
-    if record.get("efficiency") is not None:
-        click.echo(f"efficiency: {record['achieved_tflops'] * 1000:.2f} GFLOP/s = {record['efficiency'] * 100:.2f} % "
-                   f"of {record['peak_tflops']} TFLOP/s peak ({record['precision_used']})")
+    for line in profile_verdict_lines(record, manifest):
+        click.echo(line)
+    if record.get("efficiency") is not None or record.get("efficiency_of_measured_peak") is not None:
+        parts = []
+        if record.get("efficiency_of_measured_peak") is not None:
+            parts.append(f"{record['efficiency_of_measured_peak'] * 100:.2f} % of measured peak "
+                         f"({record['measured_peak_tflops'] * 1000:.1f} G/s, onnxsmith probe)")
+        else:
+            parts.append("measured peak: not probed (run 'onnxsmith probe')")
+        if record.get("efficiency") is not None:
+            parts.append(f"{record['efficiency'] * 100:.2f} % of nominal peak ({record['peak_tflops']} T/s, "
+                         "target file)")
+        click.echo(f"efficiency ({record['precision_used']}): {record['achieved_tflops'] * 1000:.2f} GFLOP/s = "
+                   + "; ".join(parts))
 
 
 def print_shapes(record: dict) -> None:
@@ -99,3 +129,27 @@ def print_shapes(record: dict) -> None:
                       f"{point['throughput_per_s']:.2f}", "-" if not base else f"{base['p50']:.3f}",
                       "-" if not point.get("speedup_vs_baseline") else f"{point['speedup_vs_baseline']:.2f}x")
     stdout_console().print(table)
+
+
+def profile_verdict_lines(record: dict, manifest: dict | None = None) -> list[str]:
+    """The interleaved comparison with the baseline, the machine, and the warnings, one line each."""
+    from onnxsmith.profiling import busy_warning, slower_than_baseline
+    from onnxsmith.stats import RatioCI
+
+    lines = []
+    ci = (record.get("comparison") or {}).get("ratio_p50")
+    if ci:
+        ratio = RatioCI.from_json(ci)
+        word = {"better": "faster than", "worse": "slower than"}.get(ratio.verdict(), "no significant change against")
+        lines.append(f"p50 vs ONNX Runtime fp32 in interleaved runs: {ratio.text('x')} ({word} the baseline)")
+    env = record.get("environment") or {}
+    if env:
+        other = env.get("other_processes_cpu_share")
+        lines.append(f"machine: {env.get('cpu_model')}, {env.get('usable_cores')} cores"
+                     + (f", governor {env['frequency_governor']}" if env.get("frequency_governor") else "")
+                     + f"; load average {env.get('load_average_before')} before, {env.get('load_average_after')} "
+                     "after" + ("" if other is None else f"; other processes {other * 100:.0f} % of CPU during"))
+    for warning in (busy_warning(env), slower_than_baseline(record, manifest)):
+        if warning:
+            lines.append(f"warning: {warning}")
+    return lines

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from onnxsmith.cli.common import data_option, json_option
@@ -26,6 +28,7 @@ def run_command(bundle_path: str, input_file: str, output_file: str | None, as_j
     from onnxsmith.data import save_npz
     from onnxsmith.datasets import open_dataset
     from onnxsmith.errors import DataError
+    from onnxsmith.values import flatten_values, is_structured
 
     from onnxsmith.outdir import check_output_file
 
@@ -37,12 +40,18 @@ def run_command(bundle_path: str, input_file: str, output_file: str | None, as_j
     if not data.one_feed and len(data) % batch:
         raise DataError(f"input data '{input_file}' does not fit the model",
                         f"{len(data)} samples is not a multiple of the compiled batch {batch}")
-    outputs: dict[str, list[np.ndarray]] = {}
+    structured = [o.name for o in bundle.outputs if o.wrap]
+    feeds_count = 1 if data.one_feed else len(data) // batch
+    if structured and feeds_count > 1:
+        raise DataError(f"input data '{input_file}' gives {feeds_count} feeds", f"output '{structured[0]}' is a "
+                        "sequence or optional, which has no sample axis to join feeds along",
+                        "run one feed at a time (arrays of exactly the compiled shapes)")
+    outputs: dict[str, list[Any]] = {}
     start = time.perf_counter()
     with bundle:
         for feeds in data.batches(batch):
             for name, value in bundle.run(feeds).items():
-                outputs.setdefault(name, []).append(np.asarray(value))
+                outputs.setdefault(name, []).append(value if is_structured(value) else np.asarray(value))
     seconds = time.perf_counter() - start
     samples = len(data)
     ranged = [s.name for s in bundle.inputs if s.name in bundle.shape_ranges and s.shape
@@ -51,13 +60,28 @@ def run_command(bundle_path: str, input_file: str, output_file: str | None, as_j
         samples = int(np.asarray(data.arrays[ranged[0]]).shape[0])
     merged = {k: v[0] if len(v) == 1 else np.concatenate(v) for k, v in outputs.items()}
     if output_file:
-        save_npz(Path(output_file), merged)
+        save_npz(Path(output_file), flatten_values(merged))  # strings '<U', sequences NAME.0..., no pickle
     summary = {"bundle": str(bundle.path), "samples": samples, "seconds": round(seconds, 4),
-               "outputs": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in merged.items()},
-               "output_file": output_file}
+               "outputs": {k: _describe(v) for k, v in merged.items()}, "output_file": output_file}
     if as_json:
         print_json(summary)
         return
     for name, info in summary["outputs"].items():
-        click.echo(f"{name}: {'x'.join(map(str, info['shape']))} {info['dtype']}")
+        click.echo(f"{name}: {info['text']}")
     click.echo(f"ran {samples} samples in {seconds:.3f} s" + (f"; outputs saved to {output_file}" if output_file else ""))
+
+
+def _describe(value: Any) -> dict[str, Any]:
+    """Shape and dtype of a tensor output (``string`` for text); ``kind`` and ``length`` for a sequence or
+    optional."""
+    import numpy as np
+
+    from onnxsmith.values import describe
+
+    if value is None:
+        return {"kind": "optional", "present": False, "text": describe(value)}
+    if isinstance(value, (list, tuple)):
+        return {"kind": "sequence", "length": len(value), "text": describe(value)}
+    arr = np.asarray(value)
+    dtype = "string" if arr.dtype.kind in "US" else str(arr.dtype)
+    return {"shape": list(arr.shape), "dtype": dtype, "text": describe(value)}

@@ -53,6 +53,10 @@ def show_command(target_id: str, as_json: bool) -> None:
     data = target.to_json()
     runs = _runs_here(target)
     data["runs_here"] = {"ok": runs[0], "reason": runs[1]}
+    if target.id == "host":
+        from onnxsmith.probe import load_peaks
+
+        data["measured_peaks"] = load_peaks()
     options = backend_options(target.backends)
     data["backend_options"] = {name: [o.to_json() for o in opts] for name, opts in options.items()}
     if as_json:
@@ -67,6 +71,10 @@ def show_command(target_id: str, as_json: bool) -> None:
     click.echo("  peak: " + ", ".join(f"{k} {v} T{'OP' if k == 'int8' else 'FLOP'}/s" for k, v in target.peak.tflops.items())
                + f", memory {target.peak.memory_bandwidth_gbps} GB/s")
     click.echo(f"  peak source: {target.peak.source}")
+    if target.id == "host":
+        from onnxsmith.probe import describe, load_peaks
+
+        click.echo(f"  {describe(load_peaks())}")
     for backend, opts in target.device_options.items():
         click.echo(f"  {backend}: " + ", ".join(f"{k}={v}" for k, v in opts.items()))
     click.echo(f"  runs here: {'yes' if runs[0] else 'no: ' + runs[1]}")

@@ -19,9 +19,12 @@ from onnxsmith.cli.common import data_option, json_option
 @click.option("--min-cosine", type=float, default=None, help="Required cosine similarity (default by precision).")
 @click.option("--layers", "layers", is_flag=True, help="Also compare every layer output with fp32 (as 'onnxsmith "
               "debug diverge': layers.json, a plot and a report section).")
+@click.option("--cluster", default=None, metavar="auto|HOST:PORT", help="Validate on the Ray fleet worker that owns "
+              "the bundle's device (see 'onnxsmith worker').")
 @json_option
 def validate_command(bundle_path: str, data_file: str | None, labels: str | None, samples: int, seed: int,
-                     keep_worst: int, min_cosine: float | None, layers: bool, as_json: bool) -> None:
+                     keep_worst: int, min_cosine: float | None, layers: bool, cluster: str | None,
+                     as_json: bool) -> None:
     """Compare a bundle's outputs with ONNX Runtime fp32 on real inputs."""
     from onnxsmith.bundle import Bundle
     from onnxsmith.console import print_json, progress
@@ -35,18 +38,32 @@ def validate_command(bundle_path: str, data_file: str | None, labels: str | None
     bundle = Bundle.open(bundle_path)
     data = open_dataset(data_file, bundle.inputs, labels=labels, what="validation data",
                         limit=None if labels else samples, known_batch=bundle.batch_inputs) if data_file else None
-    with progress("validating", not as_json):
-        result = validate_bundle(bundle, data, samples=samples, seed=seed, keep_worst=keep_worst,
-                                 min_cosine=min_cosine)
-    record = result.to_json()
-    bundle.write_json("validation.json", record)
-    write_report(bundle)
-    if layers:
-        from onnxsmith.layers import diverge, write_divergence
+    if cluster:
+        if layers:
+            raise UserInputError("--cluster does not take --layers", "per-layer comparison runs where the bundle is", "run 'onnxsmith debug diverge' on the worker's machine")
+        from onnxsmith.fleet.ray_executor import fleet_measure
 
-        with progress("comparing every layer output with fp32", not as_json):
-            divergence = write_divergence(bundle, diverge(bundle, data, samples=min(samples, 16), seed=seed))
-        record["layers"] = divergence
+        if seed or keep_worst != 5 or min_cosine is not None:
+            raise UserInputError("--cluster takes --data, --labels and --samples only", "the other settings are the "
+                                 "defaults the fleet worker uses", "drop --seed, --keep-worst and --min-cosine")
+        with progress("validating on the fleet", not as_json):
+            fleet_measure(cluster, bundle_path, ("validate",), profile="quick", data=data_file, labels=labels,
+                          samples=samples)
+        record = Bundle.open(bundle_path).read_json("validation.json")
+        result = None
+    else:
+        with progress("validating", not as_json):
+            result = validate_bundle(bundle, data, samples=samples, seed=seed, keep_worst=keep_worst,
+                                     min_cosine=min_cosine)
+        record = result.to_json()
+        bundle.write_json("validation.json", record)
+        write_report(bundle)
+        if layers:
+            from onnxsmith.layers import diverge, write_divergence
+
+            with progress("comparing every layer output with fp32", not as_json):
+                divergence = write_divergence(bundle, diverge(bundle, data, samples=min(samples, 16), seed=seed))
+            record["layers"] = divergence
     if as_json:
         print_json(record)
     else:
@@ -58,6 +75,9 @@ def validate_command(bundle_path: str, data_file: str | None, labels: str | None
             click.echo(f"  what this checks: {'; '.join(emulated['checked'])}")
             click.echo(f"  what it does not: {'; '.join(emulated['not_checked'])}")
         click.echo(f"cosine min {record['cosine_min']:.6f}, max abs error {record['max_abs_error']:.3g}")
+        if record.get("mismatched_samples"):
+            click.echo(f"{record['mismatched_samples']} sample(s) differ exactly (string outputs, or a sequence's "
+                       "structure)")
         if record["top1_agreement"] is not None:
             click.echo(f"top-1 agreement {record['top1_agreement'] * 100:.2f} %")
         for point in record.get("shapes", []):
@@ -74,6 +94,6 @@ def validate_command(bundle_path: str, data_file: str | None, labels: str | None
                        f"({record['layers']['first_tensor']})" if record["layers"]["first"] else "none"))
         click.echo(f"validation: {bundle.path / 'validation.json'}")
         click.echo(f"report: {bundle.path / 'report.md'}")
-    if not result.passed:
-        raise CheckFailedError("validation failed", "; ".join(result.failures),
+    if not record["passed"]:
+        raise CheckFailedError("validation failed", "; ".join(record["failures"]),
                                "inspect the worst examples in the bundle's examples/ folder")

@@ -80,6 +80,10 @@ def write_deploy(root: Path, backend: Compiler, artifact: Artifact, target: Targ
     """Render ``backend``'s programs into ``root/deploy`` (``root`` is the bundle being written, whose
     ``artifact/`` is complete); returns what ``programs.json`` records. ``example_inputs``: the shapes of
     ``deploy/example/`` when they differ from ``inputs`` (a shape range's OPT point)."""
+    if not all(s.numeric for s in (*inputs, *outputs)):
+        # The programs read and write one numeric .npy per value: a model with strings, sequences or optionals
+        # gets none (a program that could not read its inputs would be a stub).
+        return []
     programs: list[DeployProgram] = backend.deploy_programs(artifact, root / "artifact", target)
     if not programs:
         return []

@@ -81,15 +81,44 @@ def _constraints_text(card: Card) -> list[tuple[str, str]]:
     return rows
 
 
+def _vs_parent_cell(step: Step) -> str:
+    """``0.912 [0.897, 0.931] n=8`` (the ratio to the parent on the objective, its interval and runs per side)."""
+    ci = step.vs_parent
+    if not ci:
+        return "–"
+    runs = f"n={ci['runs_a']}" + ("" if ci["runs_a"] == ci["runs_b"] else f"/{ci['runs_b']}")
+    mark = "" if ci.get("significant") else " (ns)"
+    return f"{ci['ratio']:.3f} [{ci['low']:.3f}, {ci['high']:.3f}] {runs}{mark}"
+
+
+def _runs_line(step: Step) -> str | None:
+    if not step.runs:
+        return None
+    what = "throughput /s" if step.runs_metric == "throughput_per_s" else "p50 ms"
+    kind = ("interleaved runs (head to head " + step.runs_kind.split("#")[-1] + ")"
+            if step.runs_kind.startswith("interleaved") else "contiguous blocks of one profile run (not interleaved)")
+    if len(step.runs) == 1:
+        kind = "profile run, not split into blocks (too few iterations)"
+    line = f"runs: {len(step.runs)} {kind}, {what} per run: {', '.join(f'{v:.4g}' for v in step.runs)}"
+    if step.vs_parent:
+        ci = step.vs_parent
+        line += (f"; against {step.parent}: ratio {ci['ratio']:.3f} [{ci['low']:.3f}, {ci['high']:.3f}] "
+                 f"({ci['confidence'] * 100:.0f} % bootstrap CI, {ci['runs_a']} vs {ci['runs_b']} runs"
+                 + (", paired" if ci.get("paired") else "") + ") — "
+                 + ("significant" if ci.get("significant") else "no significant change"))
+    return line
+
+
 def _table_row(step: Step) -> list[str]:
     acc, agree, cos = _quality_cells(step)
     return [step.name, step.parent or "–", step.backend, step.precision, str(step.batch),
-            fmt_ms(step.latency_p50_ms), fmt_ms(step.latency_p99_ms), fmt_num(step.throughput_per_s),
-            fmt_num(step.peak_memory_mb), fmt_bytes(step.size_bytes), acc, agree, cos, _status_text(step)]
+            fmt_ms(step.latency_p50_ms), _vs_parent_cell(step), fmt_ms(step.latency_p99_ms),
+            fmt_num(step.throughput_per_s), fmt_num(step.peak_memory_mb), fmt_bytes(step.size_bytes), acc, agree,
+            cos, _status_text(step)]
 
 
-_HEADERS = ["step", "parent", "backend", "precision", "batch", "p50 ms", "p99 ms", "throughput /s", "peak MB",
-            "size", "accuracy", "agreement", "cosine min", "status"]
+_HEADERS = ["step", "parent", "backend", "precision", "batch", "p50 ms", "vs parent (95 % CI, runs)", "p99 ms",
+            "throughput /s", "peak MB", "size", "accuracy", "agreement", "cosine min", "status"]
 
 
 def _before_after(card: Card, step: Step) -> list[tuple[str, str, str]]:
@@ -158,6 +187,9 @@ def render_markdown(card: Card, plot_files: Mapping[str, str]) -> str:
         out += [f"- improved: {', '.join(step.improved) or 'nothing'}; worse: {', '.join(step.worse) or 'nothing'}"
                 + (f"; risky: {'; '.join(step.risky)}" if step.risky else "")]
         out += [f"- checked: {_md_cell(step.checked or 'no validation run')}"]
+        runs = _runs_line(step)
+        if runs:
+            out += [f"- {_md_cell(runs)}"]
         out += [f"- {_md_cell(line)}" for line in _pass_lines(step.pass_record)]
         out += [f"- note: {_md_cell(n)}" for n in step.notes]
         if step.measured:
@@ -276,6 +308,9 @@ def _html_step(card: Card, step: Step, directory: Path) -> str:
            + (f"; <b>risky:</b> {_e('; '.join(step.risky))}" if step.risky else "") + "</li>",
            f"<li><b>checked:</b> {_e(step.checked or 'no validation run')}</li>",
            f"<li><b>verdict:</b> {_e(step.reason or '–')}</li>"]
+    runs = _runs_line(step)
+    if runs:
+        out.append(f"<li>{_e(runs)}</li>")
     out += [f"<li>{_e(line)}</li>" for line in _pass_lines(step.pass_record)]
     out += [f"<li>note: {_e(n)}</li>" for n in step.notes]
     out.append("</ul>")

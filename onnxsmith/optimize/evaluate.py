@@ -42,6 +42,8 @@ class Evaluation:
     worst: tuple[Example, ...]
     partial: bool = False
     """Stopped at the time cap before every sample was checked."""
+    mismatched: int = 0
+    """Samples whose string outputs or sequence/optional structure differ from the reference (exact checks)."""
 
 
 def reference_outputs(model: LoadedModel, data: Dataset) -> Reference:
@@ -57,7 +59,8 @@ def reference_outputs(model: LoadedModel, data: Dataset) -> Reference:
     with reference_runner(model.path) as runner:
         outputs = collect(runner, data.batches(batch), names)
     first = outputs[names[0]]
-    classifier = first.ndim == 2 and first.shape[1] >= 2 and np.issubdtype(first.dtype, np.floating)
+    classifier = isinstance(first, np.ndarray) and first.ndim == 2 and first.shape[1] >= 2 \
+        and np.issubdtype(first.dtype, np.floating)  # a sequence output is a list of values
     accuracy = None
     if classifier and data.labels is not None:
         labels = np.asarray(data.labels).reshape(len(data.labels), -1)[: len(first), 0]
@@ -83,8 +86,8 @@ def evaluate(bundle: Bundle, data: Dataset, reference: Reference, examples_dir: 
     n = len(got[names[0]])
     want = {k: reference.outputs[k][:n] for k in names}
     result = compare(got, want, data.labels, names)
-    saved = save_examples(result, {k: v[:n] for k, v in data.arrays.items()}, got, want, examples_dir, keep_worst,
-                          png=True)
+    saved = save_examples(result, {k: v if k in data.whole else v[:n] for k, v in data.arrays.items()}, got, want,
+                          examples_dir, keep_worst, png=True, whole=data.whole)
     worst = tuple(Example(
         index=e["index"], cosine=e["cosine"], max_abs_error=e["max_abs_error"], label=e["label"],
         prediction=e["prediction"], reference_prediction=e["reference_prediction"],
@@ -97,4 +100,4 @@ def evaluate(bundle: Bundle, data: Dataset, reference: Reference, examples_dir: 
     elif n < len(data):
         checked += f"; the last {len(data) - n} do not fill a batch of {batch}"
     return Evaluation(result.accuracy, result.top1_agreement, result.cosine_min, result.cosine_mean, n, checked,
-                      worst, partial)
+                      worst, partial, result.mismatched)

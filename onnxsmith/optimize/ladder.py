@@ -3,9 +3,12 @@
 Order: ``baseline`` (ONNX Runtime fp32, the original model) -> ``simplify`` (onnxslim) -> every precision of the
 profile's ladder that the target lists, on every backend of the target that runs here (ONNX Runtime gets fp16 and
 int8 through the ONNX passes; other backends compile the precision natively, int8 from the same calibration set)
--> pruning (magnitude and 2:4, on the fastest fp32 backend) where the profile enables it -> the chosen step at the
-profile's other batch sizes, and a dynamic-batching plan from those latencies. Each step names its parent and the
-one thing it changed; all figures come from the measured :class:`~onnxsmith.optimize.record.Card`.
+-> pruning (magnitude and 2:4, on the fastest fp32 backend) where the profile enables it -> runtime knobs of the best
+step's backend (one declared option each) where the profile enables them -> a head-to-head of the leaders and their
+ancestors in interleaved runs -> the chosen step at the profile's other batch sizes, and a dynamic-batching plan
+from those latencies. Each step names its parent and the one thing it changed; a step that does not beat its parent
+significantly (the confidence interval of the ratio of medians, :mod:`onnxsmith.stats`) is "no significant change"
+and the parent is kept. All figures come from the measured :class:`~onnxsmith.optimize.record.Card`.
 """
 
 from __future__ import annotations
@@ -132,6 +135,13 @@ def run_ladder(model: LoadedModel, target: Target, profile: Profile, *, data: Da
     from onnxsmith.compile import protected_inputs
 
     notes: list[str] = []
+    from onnxsmith.profiling import LoadWatch, environment, is_busy
+
+    env, load = environment(), LoadWatch().load_before
+    notes.append(f"machine: {env['cpu_model']}, {env['usable_cores']} usable cores, frequency governor "
+                 f"{env['frequency_governor'] or 'not readable'}; load average {load} when the ladder started"
+                 + ("; the machine was busy: timings are noisy, and steps within noise keep their parent"
+                    if is_busy(load, env["usable_cores"] or 1) else ""))
     usable = _usable_backends(target, backends, notes)  # before anything is written: a typo leaves no folder
     if student is not None:
         student.check()
@@ -190,14 +200,20 @@ def run_ladder(model: LoadedModel, target: Target, profile: Profile, *, data: Da
         steps += student_steps(runner, student.prepare(model, output, target, say), steps, constraints, notes)
     if profile.prune if prune is None else prune:
         steps += _prune_steps(runner, steps, chain, notes)
-    steps = _runoff(runner, steps, constraints)
+    if profile.knobs:
+        steps += _knob_steps(runner, steps, constraints, target, profile)
+    rounds, seconds = profile.measure.rounds, profile.measure.round_seconds
+    steps = _contest(runner, steps, constraints, rounds, seconds, tag=1)
     steps = _judge(steps)
     first = select(steps, constraints, "baseline")
     batching = None
     if first.chosen:
         sweep_steps, batching = _batch_sweep(runner, first.steps, first.chosen, profile, constraints,
                                              latency_budget_ms, arrival_rate, notes)
-        steps = _judge(steps + sweep_steps)
+        steps = steps + sweep_steps
+        if constraints.objective == "throughput" and sweep_steps:
+            steps = _contest(runner, steps, constraints, rounds, seconds, tag=2)
+        steps = _judge(steps)
     final = select(steps, constraints, "baseline")
     bundle_rel = _publish(output, final.steps, final.chosen, keep_steps)
     if bundle_rel and batching:
@@ -323,50 +339,102 @@ def _prune_steps(runner: StepRunner, steps: list[Step], chain: tuple, notes: lis
         step = runner.measure(Recipe(f"{name}", best.name, f"weights: {words}", best.backend, "fp32", "fp32",
                                      (*chain, spec), options=runner.recipes[best.name].options))
         if step.measured and best.latency_p50_ms:
+            from onnxsmith.optimize.record import runs_ratio
+
+            ci = runs_ratio(step, best, "latency_p50_ms")
             gain = (best.latency_p50_ms - (step.latency_p50_ms or 0.0)) / best.latency_p50_ms
+            faster = ci.verdict() == "better" if ci is not None else gain > 0.03
+            interval = f"; ratio {ci.text()}" if ci is not None else ""
             verdict = (f"{best.backend} got faster with the sparse weights: p50 {best.latency_p50_ms:.3f} -> "
-                       f"{step.latency_p50_ms:.3f} ms ({gain * 100:+.1f} %)" if gain > 0.03 else
+                       f"{step.latency_p50_ms:.3f} ms ({gain * 100:+.1f} %{interval})" if faster else
                        f"{best.backend} did not get faster with the sparse weights (p50 {best.latency_p50_ms:.3f} -> "
-                       f"{step.latency_p50_ms:.3f} ms): it runs them as dense")
+                       f"{step.latency_p50_ms:.3f} ms{interval}): it runs them as dense")
             step = dataclasses.replace(step, notes=(*step.notes, verdict))
         out.append(step)
     return out
 
 
-def _runoff(runner: StepRunner, steps: list[Step], constraints: Constraints, within: float = 0.25,
-            most: int = 4, rounds: int = 3) -> list[Step]:
-    """Profile the leading candidates again, head to head: ``rounds`` more runs each, in alternating order.
+def _contest(runner: StepRunner, steps: list[Step], constraints: Constraints, rounds: int, seconds: float,
+             tag: int, within: float | None = None, most: int = 6, cap: int = 8) -> list[Step]:
+    """Time the leading candidates and their ancestors head to head in interleaved runs; every later comparison
+    (the selection's "significantly better than its parent", improved/worse) uses those runs.
 
-    Each step keeps its fastest run: timings on a shared machine only ever get slower from interference, and
-    alternating spreads drift over every leader. Candidates a few per cent apart are otherwise ranked by whichever
-    ran in a quiet moment. Only steps that meet the constraints and lie within ``within`` of the best take part.
-    """
-    if constraints.objective != "latency":
+    Leaders: the best ``most`` steps that meet the constraints (only those within ``within`` of the best, when
+    given), plus the ancestors of each that meet them too, so a step and the parent it must beat are always timed
+    side by side. No fixed window by default: on a shared machine the load drifts by tens of per cent between one
+    step's profile and the next, so single profiles cannot say which steps are close.
+    Each is loaded once in its own process; then ``rounds`` runs of ``seconds`` each, in alternating order, so
+    drift and load from other processes hit every candidate alike and run i of one pairs with run i of another."""
+    from onnxsmith.optimize.selection import figure
+
+    if rounds < 2:
         return steps
     selection = select(steps, constraints, "baseline")
     if not selection.chosen:
         return steps
-    by = {s.name: s for s in steps}
-    best = by[selection.chosen].latency_p50_ms or 0.0
-    leaders = [s.name for s in selection.steps
-               if s.name == selection.chosen or (s.verdict == Verdict.LOST.value
-                                                 and (s.latency_p50_ms or 0.0) <= best * (1 + within))]
-    leaders = sorted(leaders, key=lambda n: by[n].latency_p50_ms or 0.0)[:most]
-    if len(leaders) < 2:
-        return steps
-    runs = {name: [float(by[name].latency_p50_ms or 0.0)] for name in leaders}
-    for round_ in range(rounds):
-        for name in reversed(leaders) if round_ % 2 == 0 else leaders:
-            by[name], p50 = runner.remeasure(by[name])
-            if p50 is not None:
-                runs[name].append(p50)
+    by = {s.name: s for s in selection.steps}
+    ok = {s.name for s in selection.steps if s.verdict in (Verdict.CHOSEN.value, Verdict.LOST.value,
+                                                               Verdict.NOT_SIGNIFICANT.value) and s.bundle}
+    objective = constraints.objective
+    best = figure(by[selection.chosen], objective) or 0.0
+
+    def close(name: str) -> bool:
+        if within is None:
+            return True
+        value = figure(by[name], objective) or 0.0
+        return value <= best * (1 + within) if objective == "latency" else value >= best / (1 + within)
+
+    leaders = sorted((n for n in ok if close(n)), key=lambda n: (figure(by[n], objective) or 0.0)
+                     * (1 if objective == "latency" else -1))[:most]
+    chosen: list[str] = []
     for name in leaders:
-        others = ", ".join(n for n in leaders if n != name)
-        by[name] = dataclasses.replace(by[name], notes=(*by[name].notes, (
-            f"profiled {len(runs[name])} times, head to head with {others} in alternating order (p50 "
-            f"{', '.join(f'{v:.4g}' for v in runs[name])} ms); the fastest run's figures are kept, since load from "
-            "other processes only slows a run down")))
-    return [by[s.name] if s.name in runs else s for s in steps]
+        while name and name in ok and name not in chosen and len(chosen) < cap:
+            chosen.append(name)
+            name = by[name].parent or ""
+    if len(chosen) < 2:
+        return steps
+    mode = "throughput" if objective == "throughput" else "latency"
+    runs, notes = runner.interleave([by[n] for n in chosen], rounds, seconds, mode)
+    metric = "throughput_per_s" if mode == "throughput" else "latency_p50_ms"
+    out = []
+    for step in steps:
+        if step.name in runs:
+            others = ", ".join(n for n in runs if n != step.name)
+            unit = "/s" if mode == "throughput" else " ms"
+            step = dataclasses.replace(step, runs=tuple(runs[step.name]), runs_metric=metric,
+                                       runs_kind=f"interleaved#{tag}", notes=(*step.notes, (
+                                           f"timed head to head with {others} in {rounds} interleaved runs of "
+                                           f"{seconds:g} s (alternating order; {mode} per run: "
+                                           f"{', '.join(f'{v:.4g}' for v in runs[step.name])}{unit}); "
+                                           "comparisons use these runs")))
+        out.append(step)
+    if notes:
+        out = [dataclasses.replace(s, notes=(*s.notes, *[n.removeprefix(s.name + " ") for n in notes
+                                                         if n.startswith(s.name + " ")])) for s in out]
+    return out
+
+
+def _knob_steps(runner: StepRunner, steps: list[Step], constraints: Constraints, target: Target,
+                profile: Profile) -> list[Step]:
+    """One step per runtime knob of the backend of the best step so far (threads, streams, hints, graph
+    optimization level...): the same artifact with one declared option changed. A knob is kept only if its step
+    beats that parent significantly (the selection's rule)."""
+    from onnxsmith.registry import get_backend
+
+    selection = select(steps, constraints, "baseline")
+    if not selection.chosen:
+        return []
+    best = next(s for s in selection.steps if s.name == selection.chosen)
+    recipe = runner.recipes[best.name]
+    current = dict(recipe.options)
+    out = []
+    for index, variant in enumerate(get_backend(best.backend).runtime_knobs(target, profile, current)):
+        options = {**current, **{k: str(v) for k, v in variant.options.items()}}
+        label = "-".join(f"{k}={v}" for k, v in variant.options.items())
+        out.append(runner.measure(dataclasses.replace(
+            recipe, name=f"{best.name}+{label}" if label else f"{best.name}+knob{index + 1}", parent=best.name,
+            change=f"runtime knob: {variant.change}", options=tuple(sorted(options.items())))))
+    return out
 
 
 def _batch_sweep(runner: StepRunner, steps: Sequence[Step], chosen: str, profile: Profile, constraints: Constraints,

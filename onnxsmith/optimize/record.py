@@ -52,6 +52,8 @@ class Verdict(str, enum.Enum):
     """A batch-sweep step under the latency objective."""
     SCREENED = "screened"
     """Cut after a short probe: far slower than the best step so far."""
+    NOT_SIGNIFICANT = "not_significant"
+    """Meets every constraint, but does not beat its parent significantly: the simpler parent is kept."""
     FAILED = "failed"
 
 
@@ -99,7 +101,17 @@ class Step:
     """A :class:`Verdict` value, set by the selection."""
     partial_check: bool = False
     """Validated on a subset only: the evaluation hit its time cap."""
-    """Cut after a short probe (far slower than the fastest step): ``reason`` says why; not a candidate."""
+    runs: tuple[float, ...] = ()
+    """Per-run figures every comparison of this step is decided by (:mod:`onnxsmith.stats`): medians of the
+    interleaved runs when the step took part in a head-to-head, else of contiguous blocks of its one profile run."""
+    runs_metric: str = ""
+    """What ``runs`` hold: ``latency_p50_ms`` (median latency per run) or ``throughput_per_s``."""
+    runs_kind: str = ""
+    """``interleaved#N`` (the Nth head-to-head: runs of the same N were timed alternately, run i beside run i) or
+    ``blocks`` (contiguous blocks of one profile run)."""
+    vs_parent: Mapping[str, Any] | None = None
+    """The ratio of this step to its parent on the objective, with its confidence interval (``RatioCI`` as JSON),
+    set by the selection."""
 
     @property
     def measured(self) -> bool:
@@ -111,8 +123,9 @@ class Step:
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
-        for key in ("improved", "worse", "risky", "notes"):
+        for key in ("improved", "worse", "risky", "notes", "runs"):
             data[key] = list(data[key])
+        data["vs_parent"] = None if self.vs_parent is None else dict(self.vs_parent)
         data["worst"] = [dataclasses.asdict(e) for e in self.worst]
         data["pass_record"] = None if self.pass_record is None else dict(self.pass_record)
         return data
@@ -120,7 +133,7 @@ class Step:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Step:
         values = {k: v for k, v in data.items() if k in _STEP_FIELDS}
-        for key in ("improved", "worse", "risky", "notes"):
+        for key in ("improved", "worse", "risky", "notes", "runs"):
             values[key] = tuple(values.get(key, ()))
         values["worst"] = tuple(Example(**e) for e in values.get("worst", ()))
         return cls(**values)
@@ -204,12 +217,33 @@ def _relative(new: float, old: float) -> float:
     return (new - old) / old if old else 0.0
 
 
+def runs_ratio(step: Step, other: Step, metric: str) -> Any:
+    """``step`` over ``other`` on ``metric`` from their per-run figures, with its confidence interval
+    (:class:`onnxsmith.stats.RatioCI`); None when either has no runs of that metric. Runs of the same head-to-head
+    are paired."""
+    if not (step.runs and other.runs and step.runs_metric == metric == other.runs_metric):
+        return None
+    from onnxsmith.stats import compare_runs
+
+    paired = (step.runs_kind.startswith("interleaved") and step.runs_kind == other.runs_kind
+              and len(step.runs) == len(other.runs))
+    return compare_runs(step.runs, other.runs, paired=paired)
+
+
 def compare(child: Step, parent: Step) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """Which metrics ``child`` improved and which got worse against ``parent`` (changes within noise ignored)."""
+    """Which metrics ``child`` improved and which got worse against ``parent``: latency and throughput by the
+    confidence interval of their per-run figures when both have runs, else (and for memory and size) by a noise
+    threshold."""
     improved: list[str] = []
     worse: list[str] = []
     lower_better = {"latency_p50_ms": "latency", "peak_memory_mb": "memory", "size_bytes": "size"}
     for key, label in lower_better.items():
+        ci = runs_ratio(child, parent, key) if key == "latency_p50_ms" else None
+        if ci is not None:
+            verdict = ci.verdict(lower_is_better=True)
+            if verdict != "no significant change":
+                (improved if verdict == "better" else worse).append(label)
+            continue
         new, old = getattr(child, key), getattr(parent, key)
         if new is None or old is None:
             continue
@@ -219,7 +253,11 @@ def compare(child: Step, parent: Step) -> tuple[tuple[str, ...], tuple[str, ...]
         elif change > NOISE[key]:
             worse.append(label)
     new_t, old_t = child.throughput_per_s, parent.throughput_per_s
-    if new_t is not None and old_t is not None:
+    ci = runs_ratio(child, parent, "throughput_per_s")
+    if ci is not None:
+        if ci.significant:
+            (improved if ci.verdict(lower_is_better=False) == "better" else worse).append("throughput")
+    elif new_t is not None and old_t is not None:
         change = _relative(new_t, old_t)
         if change > NOISE["throughput_per_s"]:
             improved.append("throughput")

@@ -1,13 +1,39 @@
-"""Choose the best measured step under the constraints, and say why every other step lost."""
+"""Choose the best measured step under the constraints, and say why every other step lost.
+
+Decisions survive noise: a step that meets the constraints but does not beat its parent *significantly* (the
+confidence interval of the ratio of their per-run medians, :func:`onnxsmith.optimize.record.runs_ratio`, lies
+wholly below 1 for latency, above 1 for throughput) is "no significant change": it is not chosen, so the simpler
+parent is kept in its place. Among the steps left, the best median of runs wins; when it does not beat the
+runner-up significantly, its reason says so.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import statistics
 from collections.abc import Sequence
+from typing import Any
 
-from onnxsmith.optimize.record import Constraints, Step, fmt_ms, fmt_pct, Verdict
+from onnxsmith.optimize.record import Constraints, Step, fmt_ms, fmt_pct, runs_ratio, Verdict
 
 _EPS = 1e-9
+
+
+def objective_metric(objective: str) -> str:
+    return "throughput_per_s" if objective == "throughput" else "latency_p50_ms"
+
+
+def figure(step: Step, objective: str) -> float | None:
+    """The objective's figure a step is ranked by: the median of its runs when it has runs of that metric, else
+    the profile's p50 (or throughput)."""
+    metric = objective_metric(objective)
+    if step.runs and step.runs_metric == metric:
+        return float(statistics.median(step.runs))
+    return getattr(step, metric)
+
+
+def _ratio(step: Step, other: Step, objective: str) -> Any:
+    return runs_ratio(step, other, objective_metric(objective))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,20 +55,36 @@ def _drop(step: Step, reference: Step, metric: str) -> float | None:
 def _score(step: Step, objective: str) -> tuple[float, float]:
     """Sort key, smaller is better."""
     size = float(step.size_bytes or 0)
+    value = figure(step, objective)
     if objective == "throughput":
-        return (-(step.throughput_per_s or 0.0), size)
-    return (float(step.latency_p50_ms or float("inf")), size)
+        return (-(value or 0.0), size)
+    return (float(value if value is not None else float("inf")), size)
 
 
 def _why_lost(step: Step, best: Step, objective: str) -> str:
+    ci = _ratio(step, best, objective)
+    interval = f"; ratio {ci.text()}" if ci is not None else ""
+    tie = " (within noise: the interval includes 1)" if ci is not None and not ci.significant else ""
     if objective == "throughput":
-        return (f"lower throughput than {best.name}: {step.throughput_per_s or 0:,.1f}/s vs "
-                f"{best.throughput_per_s or 0:,.1f}/s")
-    a, b = step.latency_p50_ms or 0.0, best.latency_p50_ms or 0.0
+        return (f"lower throughput than {best.name}: {figure(step, objective) or 0:,.1f}/s vs "
+                f"{figure(best, objective) or 0:,.1f}/s{interval}{tie}")
+    a, b = figure(step, objective) or 0.0, figure(best, objective) or 0.0
     if abs(a - b) <= _EPS:
-        return f"as fast as {best.name} (p50 {fmt_ms(a)} ms) but no smaller"
+        return f"as fast as {best.name} (p50 {fmt_ms(a)} ms) but no smaller{interval}"
     slower = (a - b) / b * 100 if b else 0.0
-    return f"slower than {best.name}: p50 {fmt_ms(a)} ms vs {fmt_ms(b)} ms (+{slower:.1f} %)"
+    return f"slower than {best.name}: p50 {fmt_ms(a)} ms vs {fmt_ms(b)} ms (+{slower:.1f} %){interval}{tie}"
+
+
+def _not_significant(step: Step, parent: Step, ci: Any, objective: str) -> str:
+    what = "throughput" if objective == "throughput" else "p50"
+    if ci.significant:  # significantly worse than its parent
+        return (f"{'lower throughput' if objective == 'throughput' else 'slower'} than its parent {parent.name} "
+                f"({what} ratio {ci.text()}); the simpler parent is kept")
+    return (f"{NO_CHANGE} against its parent {parent.name} ({what} ratio {ci.text()}: the interval includes 1); "
+            "the simpler parent is kept")
+
+
+NO_CHANGE = "no significant change"
 
 
 def select(steps: Sequence[Step], constraints: Constraints, reference: str) -> Selection:
@@ -79,7 +121,23 @@ def select(steps: Sequence[Step], constraints: Constraints, reference: str) -> S
             verdicts[step.name] = "; ".join(problems)
         else:
             passing.append(step)
-    chosen = min(passing, key=lambda s: _score(s, constraints.objective)) if passing else None
+    objective = constraints.objective
+    passing_names = {s.name for s in passing}
+    vs_parent: dict[str, Any] = {}
+    not_significant: dict[str, str] = {}
+    for step in steps:
+        parent = by_name.get(step.parent or "")
+        if parent is None or step.status == "failed" or not step.measured or step.screened:
+            continue
+        ci = _ratio(step, parent, objective)
+        if ci is None:
+            continue
+        vs_parent[step.name] = ci
+        if step.name in passing_names and parent.name in passing_names and ci.verdict(objective != "throughput") != "better":
+            not_significant[step.name] = _not_significant(step, parent, ci, objective)
+    eligible = [s for s in passing if s.name not in not_significant]
+    ranked = sorted(eligible, key=lambda s: _score(s, objective))
+    chosen = ranked[0] if ranked else None
     out = []
     for step in steps:
         if step.status == "failed" or not step.measured:
@@ -88,18 +146,31 @@ def select(steps: Sequence[Step], constraints: Constraints, reference: str) -> S
         elif step.screened:
             out.append(dataclasses.replace(step, status="rejected", verdict=Verdict.SCREENED.value))
         elif chosen is not None and step.name == chosen.name:
-            why = (f"highest throughput ({step.throughput_per_s or 0:,.1f}/s)" if constraints.objective == "throughput"
-                   else f"lowest p50 latency ({fmt_ms(step.latency_p50_ms)} ms)")
+            why = (f"highest throughput ({figure(step, objective) or 0:,.1f}/s)" if objective == "throughput"
+                   else f"lowest p50 latency ({fmt_ms(figure(step, objective))} ms)")
+            if step.runs and step.runs_kind.startswith("interleaved"):
+                why += f", median of {len(step.runs)} interleaved runs"
             drop = _drop(step, ref, metric)
-            out.append(dataclasses.replace(step, status="chosen", reason=f"{why} among the steps that meet the "
-                                           f"constraints ({metric} drop {fmt_pct(drop)})", verdict=Verdict.CHOSEN.value))
+            reason = f"{why} among the steps that meet the constraints ({metric} drop {fmt_pct(drop)})"
+            if step.name in vs_parent:
+                reason += f"; against its parent {step.parent}: ratio {vs_parent[step.name].text()}"
+            runner_up = ranked[1] if len(ranked) > 1 else None
+            ci = _ratio(step, runner_up, objective) if runner_up is not None else None
+            if runner_up is not None and ci is not None and not ci.significant:
+                reason += (f"; not significantly better than {runner_up.name} (ratio {ci.text()}): the two are "
+                           "within noise")
+            out.append(dataclasses.replace(step, status="chosen", reason=reason, verdict=Verdict.CHOSEN.value))
+        elif step.name in not_significant and step.name not in verdicts:
+            out.append(dataclasses.replace(step, status="rejected", reason=not_significant[step.name],
+                                           verdict=Verdict.NOT_SIGNIFICANT.value))
         elif step.name in verdicts:
             code = Verdict.NOT_CANDIDATE if not step.candidate else Verdict.CONSTRAINT
             out.append(dataclasses.replace(step, status="rejected", reason=verdicts[step.name], verdict=code.value))
         else:
             assert chosen is not None
             out.append(dataclasses.replace(step, status="rejected", verdict=Verdict.LOST.value,
-                                           reason=_why_lost(step, chosen, constraints.objective)))
+                                           reason=_why_lost(step, chosen, objective)))
+    out = [dataclasses.replace(s, vs_parent=vs_parent[s.name].to_json()) if s.name in vs_parent else s for s in out]
     failure = None if chosen else _failure(steps, ref, constraints, meets_accuracy, meets_latency)
     return Selection(tuple(out), chosen.name if chosen else None, failure)
 

@@ -77,7 +77,7 @@ class StepRunner:
         self.data = data
         self.calibration = calibration
         self.reference = reference
-        self.output = output
+        self.output = Path(output).resolve()  # bundles are opened by their resolved path
         self.work = output / "steps"
         self.keep_worst = keep_worst
         self.progress = progress or (lambda message: None)
@@ -187,9 +187,17 @@ class StepRunner:
             return self._failed(recipe, record, f"{stage} failed: {exc.one_line()}")
         except Exception as exc:  # a vendor library raising something unwrapped must not end the whole ladder
             return self._failed(recipe, record, f"{stage} failed: {type(exc).__name__}: {first_line(exc)}")
+        if ev.mismatched:  # exact comparisons (strings, sequence structure) have no tolerance to trade
+            return self._failed(recipe, record, f"validating failed: {ev.mismatched} sample(s) differ exactly from "
+                                "fp32 (string outputs, or a sequence's or optional's structure)")
         latency = prof["latency_ms"]
         throughput = max(prof.get("throughput_per_s") or 0.0, prof.get("parallel_throughput_per_s") or 0.0)
         notes = []
+        from onnxsmith.profiling import busy_warning
+
+        busy = busy_warning(prof.get("environment") or {})
+        if busy:
+            notes.append(f"profile: {busy}")
         if (prof.get("parallel_throughput_per_s") or 0.0) > (prof.get("throughput_per_s") or 0.0):
             notes.append(f"throughput with {prof.get('parallel_requests')} parallel requests "
                          f"({prof['throughput_per_s']:,.1f}/s one at a time)")
@@ -201,7 +209,8 @@ class StepRunner:
             peak_memory_mb=prof.get("peak_rss_mb"), size_bytes=prof.get("artifact_size_bytes"),
             accuracy=ev.accuracy, agreement=ev.agreement, cosine_min=round(ev.cosine_min, 8),
             samples_checked=ev.samples, checked=ev.checked, worst=ev.worst, pass_record=record,
-            partial_check=ev.partial,
+            partial_check=ev.partial, runs=tuple(prof.get("block_p50_ms") or ()),
+            runs_metric="latency_p50_ms" if prof.get("block_p50_ms") else "", runs_kind="blocks",
             candidate=recipe.candidate, bundle=str(bundle.path.relative_to(self.output)), notes=tuple(notes),
         )
         if screened is not None:
@@ -243,30 +252,52 @@ class StepRunner:
         self.progress(f"{recipe.name}: {why}")
         return prof, why
 
-    def remeasure(self, step: Step) -> tuple[Step, float | None]:
-        """Profile a measured step's bundle again: the step with the faster run's figures, and this run's p50."""
+    def interleave(self, steps: list[Step], rounds: int, seconds: float, mode: str = "latency"
+                   ) -> tuple[dict[str, list[float]], list[str]]:
+        """Time the bundles of ``steps`` head to head: each loaded once in its own process, then ``rounds`` runs
+        of ``seconds`` each in alternating order (A B C, C B A, ...). Per step name, one figure per run (median
+        latency in ms, or throughput with ``mode='throughput'``), and notes on steps that could not take part."""
+        import tempfile
+
         from onnxsmith.bundle import Bundle
-        from onnxsmith.profiling import profile_bundle
+        from onnxsmith.cache import owner_tag
+        from onnxsmith.data import feed_batch, save_npz
+        from onnxsmith.profiling import LoadWatch, MeasureWorker, interleave, profile_feeds
 
-        if not step.bundle or not step.measured:
-            return step, None
-        self.progress(f"profiling {step.name} again")
-        bundle = Bundle.open(self.output / step.bundle, verify=False)
-        try:
-            prof = profile_bundle(bundle, self.profile, baseline=False, data=self.data).to_json()
-        except OnnxsmithError as exc:
-            return dataclasses.replace(step, notes=(*step.notes, f"another profile failed: {exc.one_line()}")), None
-        latency = prof["latency_ms"]
-        if latency["p50"] >= float(step.latency_p50_ms or 0.0):
-            return step, latency["p50"]
-        bundle.write_json("profile.json", prof)
-        from onnxsmith.report import write_report
-
-        write_report(bundle)  # the report always shows the record it sits beside
-        throughput = max(prof.get("throughput_per_s") or 0.0, prof.get("parallel_throughput_per_s") or 0.0)
-        return dataclasses.replace(step, latency_p50_ms=latency["p50"], latency_p90_ms=latency["p90"],
-                                   latency_p99_ms=latency["p99"], throughput_per_s=round(throughput, 3),
-                                   peak_memory_mb=prof.get("peak_rss_mb")), latency["p50"]
+        notes: list[str] = []
+        with tempfile.TemporaryDirectory(prefix=f"onnxsmith-contest-{owner_tag()}-") as tmp:
+            workers: dict[str, MeasureWorker] = {}
+            try:
+                for step in steps:
+                    bundle = Bundle.open(self.output / str(step.bundle), verify=False)
+                    feeds, _ = profile_feeds(bundle, self.data)
+                    label = slug(step.name)
+                    path = Path(tmp) / f"{label}.npz"
+                    save_npz(path, feeds)
+                    try:
+                        workers[step.name] = MeasureWorker("artifact", bundle, path,
+                                                           feed_batch(bundle.inputs, bundle.batch_inputs), label=label)
+                    except OnnxsmithError as exc:
+                        notes.append(f"{step.name} left out of the head-to-head: {exc.one_line()}")
+                if len(workers) < 2:
+                    return {}, notes
+                self.progress(f"head to head: {', '.join(workers)} ({rounds} interleaved runs each)")
+                watch = LoadWatch()
+                for worker in workers.values():
+                    watch.track(worker.proc.pid)
+                runs = interleave(workers, rounds, seconds, mode=mode, progress=self.progress)
+                for worker in workers.values():
+                    watch.untrack(worker.proc.pid)
+                env = watch.finish()
+                other = env["other_processes_cpu_share"]
+                machine = (f"during the head-to-head: load average {env['load_average_before']} -> "
+                           f"{env['load_average_after']} on {watch.cores} cores"
+                           + ("" if other is None else f", other processes used {other * 100:.0f} % of the CPU")
+                           + ("; the machine was busy, so the intervals are wide" if env["busy"] else ""))
+                return runs, notes + [f"{name} {machine}" for name in runs]
+            finally:
+                for worker in workers.values():
+                    worker.close()
 
     def _compile(self, recipe: Recipe, model: LoadedModel) -> Any:
         from onnxsmith.compile import compile_model

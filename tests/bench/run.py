@@ -8,10 +8,16 @@ Sections (pick with `python -m tests.bench.run [openvino] [benchmark_app] ...`; 
   fp32 in the same profile run (target: <= 1.5x, stretch <= 1.0x). The tuning database stays in the cache, so a
   second run reuses it and only measures.
 - optimize: `onnxsmith optimize` on ResNet-50 for host; its pick vs ONNX Runtime fp32, ONNX Runtime int8 QDQ,
-  OpenVINO default and OpenVINO int8, all re-profiled here in alternating rounds (target: pick <= best).
+  OpenVINO default and OpenVINO int8, all re-profiled here in alternating rounds (target: pick <= best), then
+  timed head to head in BENCH_HEAD_ROUNDS (10) interleaved runs of BENCH_HEAD_SECONDS (2) each: the ratio of the
+  pick to the best peer is printed with its 95 % bootstrap confidence interval and the machine's load.
 - precision: `onnxsmith debug precision` on a CNN whose outlier activations break per-tensor int8; the mixed
   (keep-list) artifact vs the fp32 one on ONNX Runtime and OpenVINO, re-profiled in alternating rounds (target:
   mixed meets the 1 % budget and its p50 < fp32's on both).
+- fleet: `onnxsmith compare` of three cells (host OpenVINO fp32, host ONNX Runtime int8, arm/raspberry-pi-5 TVM
+  under qemu) through a two-worker Ray cluster on 127.0.0.1 (in a network namespace) vs the local executor on the
+  same machine: wall-time ratio (goal <= 0.7: compiles overlap, profiles never share a device) and the per-cell
+  time Ray adds beyond the stages themselves (scheduling, queueing for a device, payload transfer and packing).
 Runs alternate A B A B so drift hits both sides; medians are quoted. Results go to .bench/results.json.
 """
 
@@ -118,15 +124,22 @@ def bench_optimize(results: dict) -> None:
         np.savez(val, input=image_batch(64, seed=2))
     out = WORK / "resnet50-optimize"
     start = time.monotonic()
+    # BENCH_OPTIMIZE_BACKENDS=onnxruntime,openvino leaves out untuned TVM (it is screened out after a probe anyway,
+    # but compiling and probing it costs minutes on 2 cores); default: every backend the host target lists
+    backends = [a for b in os.environ.get("BENCH_OPTIMIZE_BACKENDS", "").split(",") if b for a in ("--backend", b)]
     card = json.loads(sh(BIN / "onnxsmith", "optimize", model, "--target", "host", "--data", val, "--calibration",
-                         calib, "--keep-steps", "-o", out, "--json", timeout=4 * 3600))
+                         calib, "--max-accuracy-drop", "1%", "--keep-steps", "-o", out, "--json", *backends,
+                         timeout=4 * 3600))
     wall = time.monotonic() - start
     by = {s["name"]: s for s in card["steps"]}
     chosen = card["chosen"]
     if chosen is None:
         raise SystemExit(f"optimize chose nothing: {card['failure']}")
-    names = {label: step for label, step in PEERS.items() if by.get(step, {}).get("bundle")}
-    missing = sorted(set(PEERS) - set(names))
+    peers = dict(PEERS)
+    if by.get("openvino-bf16", {}).get("bundle"):
+        peers["OpenVINO default"] = "openvino-bf16"  # a BF16 CPU: OpenVINO's CPU plugin defaults to bf16 there
+    names = {label: step for label, step in peers.items() if by.get(step, {}).get("bundle")}
+    missing = sorted(set(peers) - set(names))
     bundles = sorted({*names.values(), chosen})
     times: dict[str, list[float]] = {name: [] for name in bundles}
     for round_ in range(ROUNDS):
@@ -136,6 +149,8 @@ def bench_optimize(results: dict) -> None:
     medians = {name: statistics.median(v) for name, v in times.items()}
     best_label = min(names, key=lambda label: medians[names[label]])
     ratio = medians[chosen] / medians[names[best_label]]
+    head = head_to_head({name: out / by[name]["bundle"] for name in [chosen, *[b for b in bundles if b != chosen]]},
+                        card["profile"])
     results["optimize_pick_vs_peers"] = {
         "chosen": chosen, "chosen_backend": by[chosen]["backend"], "chosen_precision": by[chosen]["precision"],
         "chosen_p50_ms": times[chosen], "peers_p50_ms": {label: times[step] for label, step in names.items()},
@@ -143,7 +158,8 @@ def bench_optimize(results: dict) -> None:
         "metric": card["constraints"]["metric"], "max_accuracy_drop": card["constraints"]["max_accuracy_drop"],
         "ladder": [{k: s.get(k) for k in ("name", "backend", "precision", "batch", "latency_p50_ms", "agreement",
                                            "cosine_min", "status", "reason")} for s in card["steps"]],
-        "optimize_wall_seconds": round(wall, 1), "target": "<= 1.00 (no worse than the best peer)"}
+        "optimize_wall_seconds": round(wall, 1), "target": "<= 1.00 (no worse than the best peer)",
+        "head_to_head": head}
     print(f"ResNet-50 optimize for host ({wall / 60:.1f} min): picked {chosen} ({by[chosen]['backend']} "
           f"{by[chosen]['precision']}) p50 {medians[chosen]:.2f} ms")
     for label, step in names.items():
@@ -151,6 +167,62 @@ def bench_optimize(results: dict) -> None:
     if missing:
         print(f"  not measured: {', '.join(missing)} (see the card's notes)")
     print(f"  pick / best peer ({best_label}) -> ratio {ratio:.3f} (target <= 1.00); card: {out / 'card.html'}")
+    peer = names[best_label]
+    if chosen == peer:
+        print(f"  the pick is the best peer itself ({peer}): ratio 1 by construction")
+    else:
+        ci = head["ratio_to"][peer]
+        print(f"  pick / {best_label} in {head['rounds']} interleaved runs of {head['round_seconds']:g} s: "
+              f"{ci['ratio']:.3f} [{ci['low']:.3f}, {ci['high']:.3f}] (95 % bootstrap CI, paired"
+              f"{'' if ci['significant'] else '; the interval includes 1: no significant difference'})")
+    for label, step in names.items():
+        if step != chosen and step != peer:
+            ci = head["ratio_to"][step]
+            print(f"  pick / {label}: {ci['ratio']:.3f} [{ci['low']:.3f}, {ci['high']:.3f}]")
+    env = head["environment"]
+    print(f"  machine: {env['cpu_model']}, {env['usable_cores']} cores; load average {env['load_average_before']} "
+          f"before, {env['load_average_after']} after; other processes "
+          f"{(env['other_processes_cpu_share'] or 0) * 100:.0f} % of CPU during the head-to-head"
+          + (" (BUSY: noisy)" if env["busy"] else ""))
+
+
+HEAD_ROUNDS = int(os.environ.get("BENCH_HEAD_ROUNDS", "10"))
+HEAD_SECONDS = float(os.environ.get("BENCH_HEAD_SECONDS", "2"))
+
+
+def head_to_head(bundles: dict[str, Path], profile: str) -> dict:
+    """Every bundle loaded once in its own process, then HEAD_ROUNDS interleaved runs of HEAD_SECONDS each
+    (alternating order): the pick's p50 over each peer's with a paired bootstrap CI (onnxsmith.stats), and the
+    machine's load while it ran."""
+    import tempfile
+
+    from onnxsmith.bundle import Bundle
+    from onnxsmith.data import feed_batch, save_npz
+    from onnxsmith.profiling import LoadWatch, MeasureWorker, environment, interleave, profile_feeds
+    from onnxsmith.stats import compare_runs
+
+    watch = LoadWatch()
+    workers: dict[str, MeasureWorker] = {}
+    with tempfile.TemporaryDirectory(prefix="onnxsmith-bench-") as tmp:
+        try:
+            for name, path in bundles.items():
+                bundle = Bundle.open(path)
+                feeds, _ = profile_feeds(bundle)
+                label = "".join(c if c.isalnum() else "-" for c in name)
+                save_npz(Path(tmp) / f"{label}.npz", feeds)
+                workers[name] = MeasureWorker("artifact", bundle, Path(tmp) / f"{label}.npz",
+                                              feed_batch(bundle.inputs, bundle.batch_inputs), label=label)
+                watch.track(workers[name].proc.pid)
+            runs = interleave(workers, HEAD_ROUNDS, HEAD_SECONDS)
+            for worker in workers.values():
+                watch.untrack(worker.proc.pid)
+        finally:
+            for worker in workers.values():
+                worker.close()
+    chosen = next(iter(bundles))
+    return {"rounds": HEAD_ROUNDS, "round_seconds": HEAD_SECONDS, "runs_p50_ms": runs, "chosen": chosen,
+            "ratio_to": {name: compare_runs(runs[chosen], runs[name], paired=True).to_json() for name in runs},
+            "environment": environment() | watch.finish(), "profile": profile}
 
 
 def bench_tvm(results: dict) -> None:
@@ -220,11 +292,43 @@ def bench_precision(results: dict) -> None:
     results["precision"] = section
 
 
+def bench_fleet(results: dict) -> None:
+    from tests.fleet import cluster
+
+    out = WORK / "fleet"
+    if out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    info = cluster.run_in_namespace(out, "bench", timeout=3600)
+    load = os.getloadavg()
+    section: dict = {"load_average": load, "cluster_start_s": round(info["cluster_start_s"], 1)}
+    for label, ray_key, local_key in (("cold", "ray", "local"), ("warm", "ray_warm", "local_warm")):
+        ray_run, local_run = info[ray_key], info[local_key]
+        if ray_run["exit"] or local_run["exit"]:
+            raise SystemExit(f"fleet compare failed:\n{ray_run['stderr'][-2000:]}\n{local_run['stderr'][-2000:]}")
+        ratio = ray_run["wall_s"] / local_run["wall_s"]
+        overheads = []
+        for cell in ray_run["record"]["cells"]:
+            st = cell["stage_seconds"]
+            driver = st.get("compile", 0) + st.get("measure", 0)
+            stages = st.get("compile_stage", 0) + st.get("measure_stage", 0)
+            overheads.append(driver - stages)
+        section[label] = {"ray_wall_s": round(ray_run["wall_s"], 2), "local_wall_s": round(local_run["wall_s"], 2),
+                          "ratio": round(ratio, 3), "ray_overhead_per_cell_s": [round(x, 2) for x in overheads],
+                          "cells": [(c["cell"], c["status"], c["worker"]) for c in ray_run["record"]["cells"]]}
+        print(f"fleet ({label} caches): {len(overheads)} cells through the 2-worker Ray cluster "
+              f"{ray_run['wall_s']:.1f} s vs local executor {local_run['wall_s']:.1f} s -> ratio {ratio:.3f} "
+              f"(goal <= 0.7); time Ray adds per cell beyond the stages: median "
+              f"{statistics.median(overheads):.2f} s (max {max(overheads):.2f}); load average {load[0]:.1f}")
+    results["fleet"] = section
+
+
 def main(sections: list[str]) -> None:
     WORK.mkdir(exist_ok=True)
     results_path = WORK / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    wanted = sections or ["openvino", "benchmark_app", "tvm", "optimize", "precision"]
+    wanted = sections or ["openvino", "benchmark_app", "tvm", "optimize", "precision", "fleet"]
     bundle = None
     if "openvino" in wanted or "benchmark_app" in wanted:
         bundle = bench_openvino(results)
@@ -238,6 +342,9 @@ def main(sections: list[str]) -> None:
         bench_optimize(results)
     if "precision" in wanted:
         bench_precision(results)
+        results_path.write_text(json.dumps(results, indent=2))
+    if "fleet" in wanted:
+        bench_fleet(results)
     results_path.write_text(json.dumps(results, indent=2))
     print(f"results: {results_path}")
 

@@ -227,6 +227,16 @@ def test_options_are_applied_and_read_back(backend: OpenVINOCompiler, host: Targ
         assert runner.run({"x": x})["logits"].shape == (1, 10)
 
 
+def test_pinning_knob_is_applied_and_read_back(backend: OpenVINOCompiler, host: Target, tmp_path: Path) -> None:
+    path = tmp_path / "mlp.onnx"
+    onnx.save_model(make_mlp(), str(path))
+    artifact = _compile(backend, load_model(path), host, tmp_path / "out", pinning="off")
+    assert artifact.options["ENABLE_CPU_PINNING"] == "NO"
+    assert artifact.metadata["read_back"]["ENABLE_CPU_PINNING"] is False
+    with backend.load(artifact, tmp_path / "out", host) as runner:
+        assert runner.compiled.get_property("ENABLE_CPU_PINNING") is False
+
+
 def test_bind_throughput_and_layers(backend: OpenVINOCompiler, host: Target, fp32: tuple[Artifact, Path],
                                     images: np.ndarray) -> None:
     feeds = {"input": images[:1]}

@@ -1,7 +1,8 @@
 """The ONNX backend node tests, raw vs through onnxsmith: onnxsmith passes every case the backend library passes.
 
 The default suite runs a fixed sample (:data:`~tests.conformance.cases.SAMPLE`: the cases issue 10 found lost —
-parameters as inputs, scalars, empty dims — and common ops); ``-m conformance`` runs every case.
+parameters as inputs, scalars, empty dims — and common ops; :data:`~tests.conformance.cases.STRUCTURED_SAMPLE`:
+strings, sequences and optionals); ``-m conformance`` runs every case.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import importlib.util
 
 import pytest
 
-from tests.conformance.cases import SAMPLE, TVM_SAMPLE, all_cases
+from tests.conformance.cases import SAMPLE, STRUCTURED_SAMPLE, TVM_SAMPLE, all_cases
 from tests.conformance.run import lost_cases, summary
 from tests.conformance.runner import run_cases
 
@@ -34,6 +35,19 @@ def _check(names: tuple[str, ...] | list[str], backend: str, min_raw: int) -> No
 def test_sample_passes_everything_the_backend_passes(backend: str) -> None:
     _need(backend)
     _check(SAMPLE, backend, min_raw=len(SAMPLE) - 3)
+
+
+def test_strings_and_sequences_pass_through_onnxruntime() -> None:
+    _need("onnxruntime")
+    _check(STRUCTURED_SAMPLE, "onnxruntime", min_raw=len(STRUCTURED_SAMPLE))
+
+
+@pytest.mark.parametrize("backend", ["openvino", "tvm"])
+def test_other_backends_refuse_strings_and_sequences_before_compiling(backend: str) -> None:
+    _need(backend)
+    results = run_cases(["test_equal_string", "test_sequence_insert_at_back"], [backend], modes=("onnxsmith",))
+    for r in results:
+        assert r.status == "error" and "compile: exit 5" in r.reason and "cannot take input" in r.reason, r
 
 
 def test_tvm_sample_passes_everything_tvm_passes() -> None:

@@ -182,6 +182,10 @@ def build_world(root: Path) -> World:
     strings = model([helper.make_node("Identity", ["x"], ["y"])], [vi("x", [1, 4], TensorProto.STRING)],
                     [vi("y", [1, 4], TensorProto.STRING)])
     onnx.save_model(strings, str(m / "strings.onnx"))
+    seq_type = helper.make_sequence_type_proto(helper.make_tensor_type_proto(TensorProto.FLOAT, None))
+    sequence = model([helper.make_node("Identity", ["s"], ["t"])], [helper.make_value_info("s", seq_type)],
+                     [helper.make_value_info("t", seq_type)])
+    onnx.save_model(sequence, str(m / "sequence.onnx"))
     no_out = model([helper.make_node("Relu", ["x"], ["y"])], [vi("x", [1, 4])], [])
     onnx.save_model(no_out, str(m / "no_outputs.onnx"))
     huge = model([helper.make_node("Relu", ["x"], ["y"])], [vi("x", [1, 4_000_000_000_000])],
@@ -207,6 +211,11 @@ def build_world(root: Path) -> World:
                            "-o", str(world.bundle)], capture_output=True, text=True,
                           env={**os.environ, "ONNXSMITH_CACHE_DIR": str(world.cache)})
     assert proc.returncode == 0, proc.stderr
+    for name in ("strings", "sequence"):  # ONNX Runtime takes string tensors and sequences
+        proc = subprocess.run([sys.executable, "-m", "onnxsmith", "compile", str(m / f"{name}.onnx"), "-b",
+                               "onnxruntime", "-o", str(root / "bundles" / name)], capture_output=True, text=True,
+                              env={**os.environ, "ONNXSMITH_CACHE_DIR": str(world.cache)})
+        assert proc.returncode == 0, proc.stderr
     return world
 
 
@@ -268,3 +277,35 @@ def _data(world: World) -> None:
     (d / "garbage.npz").write_bytes(b"PK\x03\x04" + bytes(200))
     (d / "text.npz").write_text("x,y\n1,2\n")
     (d / "folder.npz").mkdir()
+    _text_and_sequence_data(d)
+
+
+def _npz_with_header(path: Path, name: str, header: dict, data: bytes) -> None:
+    """An .npz whose member ``name`` carries a hand-written .npy header (a forged file)."""
+    import io
+    import zipfile
+
+    from numpy.lib import format as npformat
+
+    member = io.BytesIO()
+    npformat.write_array_header_1_0(member, header)
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr(f"{name}.npy", member.getvalue() + data)
+
+
+def _text_and_sequence_data(d: Path) -> None:
+    """Strings for models/strings.onnx (x: 1x4 string) and sequences for models/sequence.onnx (s: seq of float)."""
+    np.savez(d / "strings.npz", x=np.array([["a", "bc", "", "\u00e9t\u00e9"]]))
+    np.savez(d / "strings_objects.npz", x=np.array([["a", "b", "c", "d"]], dtype=object))  # pickled by numpy
+    _npz_with_header(d / "strings_wide.npz", "x", {"descr": "<U2000000", "fortran_order": False, "shape": (1, 4)},
+                     bytes(64))
+    np.savez(d / "strings_bad_utf8.npz", x=np.array([[b"\xff\xfe", b"a", b"b", b"c"]]))
+    np.savez(d / "strings_surrogate.npz", x=np.array([[0xD800, 65, 66, 0x110000]], np.uint32).view("<U1"))
+    one, two = np.ones((2, 3), np.float32), np.zeros((4,), np.float32)
+    np.savez(d / "seq.npz", **{"s.0": one, "s.1": two, "s.length": np.array(2)})
+    np.savez(d / "seq_one_array.npz", s=one)
+    np.savez(d / "seq_gap.npz", **{"s.0": one, "s.2": two})
+    np.savez(d / "seq_length_lie.npz", **{"s.0": one, "s.length": np.array(5)})
+    np.savez(d / "seq_huge_length.npz", **{"s.length": np.array(10**12)})
+    np.savez(d / "seq_objects.npz", **{"s.0": np.array([{"a": 1}], dtype=object)})
+    np.savez(d / "seq_wrong_dtype.npz", **{"s.0": np.ones(3, np.float64)})

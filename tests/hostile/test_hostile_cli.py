@@ -163,7 +163,10 @@ CASES = [
     C("model-pickle", f"{COMPILE} {{m}}/pickle.onnx", "bad input", "pickle", after=_no_pickle_ran),
     C("model-unknown-op", f"{COMPILE} {{m}}/unknown_op.onnx", "bad input", "NoSuchOp"),
     C("model-opset-99", f"{COMPILE} {{m}}/opset99.onnx", "bad input", "opset 99"),
-    C("model-string-input", f"{COMPILE} {{m}}/strings.onnx", "bad input", "STRING"),
+    C("model-string-input-backend-cannot", "compile {m}/strings.onnx -b crashy -o {c}/out", "unsupported",
+      "input 'x' (string)"),
+    C("model-sequence-input-backend-cannot", "compile {m}/sequence.onnx -b crashy -o {c}/out", "unsupported",
+      "input 's' (sequence of float32)"),
     C("model-no-outputs", f"{COMPILE} {{m}}/no_outputs.onnx", "bad input", "no outputs"),
     C("model-huge-declared-dims", f"{COMPILE} {{m}}/huge.onnx", "bad input", "too large"),
     C("model-two-dynamic-dims", f"{COMPILE} {{m}}/dyn2.onnx", "bad input", "--shape x="),
@@ -227,6 +230,23 @@ CASES = [
     C("validate-nan-threshold", "validate {b} --min-cosine nan", "bad input", "nan"),
     C("validate-folder-as-data", "validate {b} --data {d}/folder.npz", "bad input", "folder.npz"),
     C("run-pickle-npy", "run {b} --input {d}/pickle.npy", "bad input", "pickle.npy", after=_no_pickle_ran),
+    # --- strings and sequences: plain .npy text and NAME.0, NAME.length keys; never a pickle ---------------------
+    C("validate-string-bundle-no-data", "validate {strings}", "bad input", "validate --data"),
+    C("profile-sequence-bundle-no-data", "profile {sequence} -p quick", "bad input", "profile --input"),
+    C("string-object-array", "run {strings} --input {d}/strings_objects.npz", "bad input", "Python objects",
+      after=_no_pickle_ran),
+    C("string-huge-width", "run {strings} --input {d}/strings_wide.npz", "bad input", "2,000,000 characters"),
+    C("string-bad-utf8", "run {strings} --input {d}/strings_bad_utf8.npz", "bad input", "not UTF-8"),
+    C("string-surrogate", "run {strings} --input {d}/strings_surrogate.npz", "bad input", "not Unicode"),
+    C("string-given-numbers", "run {strings} --input {d}/x.npz", "bad input", "takes strings"),
+    C("sequence-one-array", "run {sequence} --input {d}/seq_one_array.npz", "bad input", "is one array"),
+    C("sequence-gap", "run {sequence} --input {d}/seq_gap.npz", "bad input", "'s.2' is not an element"),
+    C("sequence-length-lie", "run {sequence} --input {d}/seq_length_lie.npz", "bad input", "says 5"),
+    C("sequence-huge-length", "run {sequence} --input {d}/seq_huge_length.npz", "bad input", "outside"),
+    C("sequence-object-element", "run {sequence} --input {d}/seq_objects.npz", "bad input", "Python objects",
+      after=_no_pickle_ran),
+    C("sequence-wrong-dtype", "run {sequence} --input {d}/seq_wrong_dtype.npz", "bad input", "float64"),
+    C("sequence-missing", "run {sequence} --input {d}/x.npz", "bad input", "s.length"),
     C("run-missing-input-file", "run {b} --input {d}/nope.npz", "bad input", "nope.npz"),
     C("run-output-in-proc", "run {b} --input {d}/x.npz --output /proc/onnxsmith-out.npz", "bad input",
       "/proc/onnxsmith-out.npz"),
@@ -310,7 +330,8 @@ def test_hostile(case: Case, world: World) -> None:
     case_dir.mkdir(parents=True)
     if case.setup:
         case.setup(world, case_dir)
-    values = {"m": world.models, "d": world.data, "b": world.bundle, "c": case_dir, "cache": world.cache}
+    values = {"m": world.models, "d": world.data, "b": world.bundle, "c": case_dir, "cache": world.cache,
+              "strings": world.root / "bundles" / "strings", "sequence": world.root / "bundles" / "sequence"}
     args = [a.format(**values) for a in case.args]
     env = {k: v.format(**values) for k, v in case.env}
     cache_before = _cache_entries(world)

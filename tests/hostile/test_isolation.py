@@ -114,3 +114,39 @@ def test_what_sigkill_leaves_is_swept_later_but_never_a_live_build(relu: Path, t
     finally:
         live.kill()
         live.wait()
+
+
+def test_the_compiling_child_ends_when_the_cli_is_killed(relu: Path, tmp_path: Path) -> None:
+    """SIGKILL on the CLI alone (not its process group): the compiling child notices it was orphaned and ends,
+    instead of building on for nobody while holding the cache shard's lock."""
+    proc, cache, tmp = _slow_compile(relu, tmp_path, "out")
+    children = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _parent(p) == proc.pid
+                and b"onnxsmith.isolate" in _cmdline(p)]
+    assert children, "no compiling child found"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    deadline = time.monotonic() + 30
+    while any(Path(f"/proc/{pid}").exists() and _state(pid) != "Z" for pid in children):
+        assert time.monotonic() < deadline, "the orphaned compiling child is still running"
+        time.sleep(0.1)
+
+
+def _parent(proc_dir: Path) -> int:
+    try:
+        return int((proc_dir / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return -1
+
+
+def _cmdline(proc_dir: Path) -> bytes:
+    try:
+        return (proc_dir / "cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "Z"

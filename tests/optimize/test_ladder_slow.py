@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -66,6 +65,11 @@ def test_resnet50_host_pick_is_no_slower_than_the_usual_candidates(tmp_path: Pat
     for name in rivals:
         assert by[name].measured, (name, by[name].reason)
     chosen = by[card.chosen or ""]
-    best = min(by[n].latency_p50_ms or np.inf for n in rivals)
-    assert (chosen.latency_p50_ms or np.inf) <= best
+    from onnxsmith.optimize.record import runs_ratio
+
+    # not significantly slower than any rival, by the interleaved runs the ladder decided with (a parent kept in
+    # place of a child within noise may be a hair slower by the point estimate)
+    for name in rivals:
+        ci = runs_ratio(chosen, by[name], "latency_p50_ms")
+        assert ci is not None and ci.verdict() != "worse", (name, ci)
     print({n: by[n].latency_p50_ms for n in by}, "chosen:", card.chosen)

@@ -92,28 +92,138 @@ def test_card_json_round_trip(tmp_path: object) -> None:
     assert Card.from_json(card.to_json()) == card
 
 
-class _Rerun:
-    """Plays back the p50 of further profile runs per step (the ladder's re-profiling, without the backends)."""
+def _noisy(center: float, n: int = 8, spread: float = 0.02, seed: int = 0) -> tuple[float, ...]:
+    """``n`` per-run medians around ``center`` with +-``spread`` relative jitter (deterministic)."""
+    import numpy as np
 
-    def __init__(self, runs: dict[str, list[float]]) -> None:
-        self.runs, self.order = runs, []
-
-    def remeasure(self, step: Step) -> tuple[Step, float]:
-        self.order.append(step.name)
-        p50 = self.runs[step.name].pop(0)
-        return (dataclasses.replace(step, latency_p50_ms=p50) if p50 < (step.latency_p50_ms or 0) else step), p50
+    rng = np.random.default_rng(seed)
+    return tuple(round(center * (1 + spread * float(v)), 5) for v in rng.uniform(-1, 1, n))
 
 
-def test_close_leaders_are_profiled_head_to_head_and_the_faster_in_the_runoff_wins() -> None:
-    from onnxsmith.optimize.ladder import _runoff
+def _timed(step: Step, runs: tuple[float, ...], kind: str = "interleaved#1") -> Step:
+    return dataclasses.replace(step, runs=runs, runs_metric="latency_p50_ms", runs_kind=kind)
 
-    # int8 looked 7 % faster than fp16 in one run taken at a quiet moment; three alternating runs each say otherwise
-    steps = [_step("baseline", 10.0, 0.95), _step("fp16", 4.3, 0.95), _step("int8", 4.0, 0.95)]
-    rerun = _Rerun({"int8": [4.4, 4.5, 4.4], "fp16": [3.9, 3.95, 4.0]})
-    again = _runoff(rerun, steps, Constraints(max_accuracy_drop=0.01))  # type: ignore[arg-type]
-    assert rerun.order == ["fp16", "int8", "int8", "fp16", "fp16", "int8"]  # alternating, the baseline left out
+
+def test_a_step_within_noise_of_its_parent_is_no_significant_change_and_the_parent_is_kept() -> None:
+    """Synthetic interleaved timings: simplify's median is 0.7 % below the baseline's, well inside a +-2 % jitter.
+    The point estimate alone would pick simplify; the interval includes 1, so the simpler parent is kept."""
+    base = _timed(_step("baseline", 10.0, 0.95), _noisy(10.0, seed=1))
+    simplify = _timed(_step("simplify", 9.93, 0.95), _noisy(9.93, seed=2))
+    int8 = _timed(_step("int8", 4.0, 0.90, parent="simplify"), _noisy(4.0, seed=3))  # misses the accuracy budget
+    from onnxsmith.optimize.selection import figure
+
+    assert figure(simplify, "latency") < figure(base, "latency")  # the coin toss that used to decide
+    result = select([base, simplify, int8], Constraints(max_accuracy_drop=0.01), "baseline")
+    by = {s.name: s for s in result.steps}
+    assert result.chosen == "baseline"
+    assert by["simplify"].status == "rejected" and by["simplify"].verdict == "not_significant"
+    assert by["simplify"].reason.startswith("no significant change against its parent baseline (p50 ratio ")
+    assert "interleaved runs each" in by["simplify"].reason and "the simpler parent is kept" in by["simplify"].reason
+    ci = by["simplify"].vs_parent
+    assert ci is not None and ci["low"] < 1.0 < ci["high"] and ci["runs_a"] == ci["runs_b"] == 8 and ci["paired"]
+    assert not ci["significant"]
+    assert by["int8"].verdict == "constraint"  # constraints are judged before significance
+    again = select([base, simplify, int8], Constraints(max_accuracy_drop=0.01), "baseline")
+    assert again == result  # seeded: the same timings give the same decision
+
+
+def test_a_significant_win_is_chosen_and_its_interval_is_in_the_reason() -> None:
+    base = _timed(_step("baseline", 10.0, 0.95), _noisy(10.0, seed=1))
+    simplify = _timed(_step("simplify", 9.93, 0.95), _noisy(9.93, seed=2))
+    fp16 = _timed(_step("fp16", 8.0, 0.95, parent="simplify"), _noisy(8.0, seed=4))
+    result = select([base, simplify, fp16], Constraints(max_accuracy_drop=0.01), "baseline")
+    by = {s.name: s for s in result.steps}
+    assert result.chosen == "fp16"  # a significant win over its parent, built on a step that was not one
+    assert "against its parent simplify: ratio 0.8" in by["fp16"].reason
+    assert by["fp16"].vs_parent["significant"] and by["fp16"].vs_parent["high"] < 1.0
+    assert by["simplify"].verdict == "not_significant"
+    improved, _ = compare(fp16, simplify)
+    assert "latency" in improved
+    assert compare(simplify, base) == ((), ())  # within noise by the interval, not by a fixed threshold
+
+
+def test_two_unrelated_steps_within_noise_are_reported_as_such() -> None:
+    base = _timed(_step("baseline", 10.0, 0.95), _noisy(10.0, seed=1))
+    a = _timed(_step("ort-int8", 5.0, 0.95), _noisy(5.0, seed=5))
+    b = _timed(_step("ov-int8", 5.02, 0.95), _noisy(5.02, seed=6))
+    result = select([base, a, b], Constraints(max_accuracy_drop=0.01), "baseline")
+    chosen = {s.name: s for s in result.steps}[result.chosen or ""]
+    other = "ov-int8" if chosen.name == "ort-int8" else "ort-int8"
+    assert f"not significantly better than {other}" in chosen.reason and "within noise" in chosen.reason
+
+
+def test_blocks_of_one_run_are_compared_unpaired() -> None:
+    base = _timed(_step("baseline", 10.0, 0.95), _noisy(10.0, 20, seed=1), kind="blocks")
+    slow = _timed(_step("simplify", 10.05, 0.95), _noisy(10.05, 20, seed=2), kind="blocks")
+    result = select([base, slow], Constraints(max_accuracy_drop=0.01), "baseline")
+    ci = {s.name: s for s in result.steps}["simplify"].vs_parent
+    assert ci is not None and not ci["paired"] and ci["runs_a"] == 20
+
+
+class _Contest:
+    """Plays back interleaved runs per step (the ladder's head-to-head, without the backends)."""
+
+    def __init__(self, runs: dict[str, tuple[float, ...]]) -> None:
+        self.runs = runs
+        self.asked: list[str] = []
+
+    def interleave(self, steps: list[Step], rounds: int, seconds: float, mode: str = "latency"
+                   ) -> tuple[dict[str, list[float]], list[str]]:
+        self.asked = [s.name for s in steps]
+        assert rounds == 6 and mode == "latency"
+        return {s.name: list(self.runs[s.name][:rounds]) for s in steps}, []
+
+
+def test_the_head_to_head_times_leaders_with_their_ancestors_and_decides_by_those_runs() -> None:
+    from onnxsmith.optimize.ladder import _contest
+
+    # one profile run said int8 (parent fp16) was 7 % faster than fp16; interleaved runs say it is within noise
+    steps = [dataclasses.replace(_step("baseline", 10.0, 0.95), bundle="b0"),
+             dataclasses.replace(_step("fp16", 4.3, 0.95), bundle="b1"),
+             dataclasses.replace(_step("int8", 4.0, 0.95, parent="fp16"), bundle="b2"),
+             dataclasses.replace(_step("far", 9.0, 0.95), bundle="b3")]
+    contest = _Contest({"baseline": _noisy(10.0, seed=1), "fp16": _noisy(4.2, seed=2),
+                        "int8": _noisy(4.18, seed=3)})
+    again = _contest(contest, steps, Constraints(max_accuracy_drop=0.01), rounds=6, seconds=0.5,  # type: ignore[arg-type]
+                     tag=1, within=0.25)
+    assert sorted(contest.asked) == ["baseline", "fp16", "int8"]  # leaders and their ancestors; 'far' is not close
     by = {s.name: s for s in again}
-    assert by["fp16"].latency_p50_ms == 3.9 and by["int8"].latency_p50_ms == 4.0
-    assert by["baseline"] is steps[0]
-    assert "profiled 4 times, head to head with int8" in by["fp16"].notes[-1]
-    assert select(again, Constraints(max_accuracy_drop=0.01), "baseline").chosen == "fp16"
+    assert by["int8"].runs_kind == "interleaved#1" and len(by["int8"].runs) == 6
+    assert by["far"].runs == () and "head to head" in by["int8"].notes[-1]
+    result = select(again, Constraints(max_accuracy_drop=0.01), "baseline")
+    assert result.chosen == "fp16"
+    assert {s.name: s for s in result.steps}["int8"].verdict == "not_significant"
+
+
+def test_the_card_shows_the_interval_and_the_runs(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from onnxsmith.optimize.card import write_card
+
+    base = _timed(_step("baseline", 10.0, 0.95), _noisy(10.0, seed=1))
+    simplify = _timed(_step("simplify", 9.93, 0.95), _noisy(9.93, seed=2))
+    result = select([base, simplify], Constraints(max_accuracy_drop=0.01), "baseline")
+    card = Card(model="m", model_fingerprint="f", target="host", profile="quick",
+                constraints=Constraints(max_accuracy_drop=0.01), reference="baseline", steps=result.steps,
+                chosen=result.chosen)
+    files = write_card(card, Path(str(tmp_path)))
+    md, html = files["md"].read_text(), files["html"].read_text()
+    ci = {s.name: s for s in result.steps}["simplify"].vs_parent
+    assert ci is not None
+    cell = f"{ci['ratio']:.3f} [{ci['low']:.3f}, {ci['high']:.3f}] n=8 (ns)"
+    assert "vs parent (95 % CI, runs)" in md and f"| {cell} |" in md and f"<td>{cell}</td>" in html
+    assert "runs: 8 interleaved runs (head to head 1)" in md
+    assert "(95 % bootstrap CI, 8 vs 8 runs, paired) — no significant change" in md
+    assert Card.from_json(card.to_json()) == card
+
+
+def test_by_default_every_step_that_meets_the_constraints_takes_part() -> None:
+    from onnxsmith.optimize.ladder import _contest
+
+    steps = [dataclasses.replace(_step("baseline", 10.0, 0.95), bundle="b0"),
+             dataclasses.replace(_step("fp16", 4.3, 0.95), bundle="b1"),
+             dataclasses.replace(_step("far", 16.0, 0.95, parent="fp16"), bundle="b3"),
+             dataclasses.replace(_step("bad", 1.0, 0.5), bundle="b4")]  # misses the accuracy budget
+    contest = _Contest({"baseline": _noisy(10.0, seed=1), "fp16": _noisy(4.2, seed=2), "far": _noisy(9.0, seed=3)})
+    _contest(contest, steps, Constraints(max_accuracy_drop=0.01), rounds=6, seconds=0.5, tag=1)  # type: ignore[arg-type]
+    assert sorted(contest.asked) == ["baseline", "far", "fp16"]

@@ -1,0 +1,187 @@
+"""``onnxsmith compare``: build the cell matrix, run it on an executor, rank what was measured, write the record."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+import platform
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from onnxsmith.fleet.cells import CellSpec
+
+RECORD = "compare.json"
+
+
+@dataclasses.dataclass
+class CellOutcome:
+    """What happened to one cell; ``status`` is ``measured``, ``compiled`` (not measured: ``reason`` says why) or
+    ``failed`` (``reason``: the one-line error)."""
+
+    spec: CellSpec
+    status: str = "pending"
+    reason: str = ""
+    worker: str | None = None
+    device: str | None = None
+    emulated: bool = False
+    attempts: int = 0
+    compile: dict[str, Any] | None = None
+    profile: dict[str, Any] | None = None
+    validation: dict[str, Any] | None = None
+    seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+    transfers: dict[str, str] = dataclasses.field(default_factory=dict)
+    failed_attempts: list[str] = dataclasses.field(default_factory=list)
+    rank: int | None = None
+
+    def fail(self, outcome: dict[str, Any], stage: str) -> None:
+        self.status = "failed" if stage == "compile" or self.compile is None else "compiled"
+        self.reason = f"{stage} failed: {outcome.get('message', 'no message')}"
+
+    def summary(self) -> dict[str, Any]:
+        """The figures the table and the plots show (taken from the cell's own profile and validation records)."""
+        p, v = self.profile or {}, self.validation or {}
+        lat, base = p.get("latency_ms") or {}, (p.get("baseline") or {}).get("latency_ms") or {}
+        return {
+            "p50_ms": lat.get("p50"), "p99_ms": lat.get("p99"), "mean_ms": lat.get("mean"),
+            "baseline_p50_ms": base.get("p50"), "speedup_vs_baseline": p.get("speedup_vs_baseline"),
+            "throughput_per_s": p.get("throughput_per_s"), "achieved_tflops": p.get("achieved_tflops"),
+            "peak_tflops": p.get("peak_tflops"), "efficiency": p.get("efficiency"),
+            "measured_peak_tflops": p.get("measured_peak_tflops"),
+            "efficiency_of_measured_peak": p.get("efficiency_of_measured_peak"),
+            "peak_rss_mb": p.get("peak_rss_mb"),
+            "validation_passed": v.get("passed"), "cosine_min": v.get("cosine_min"),
+            "max_abs_error": v.get("max_abs_error"), "accuracy": v.get("accuracy"),
+            "reference_accuracy": v.get("reference_accuracy"), "top1_agreement": v.get("top1_agreement"),
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        c = self.compile or {}
+        return {
+            "cell": self.spec.label, "slug": self.spec.slug, "target": self.spec.target,
+            "backend": c.get("backend") or self.spec.backend, "precision": c.get("precision") or self.spec.precision,
+            "precision_used": c.get("precision_used"), "requested": dataclasses.asdict(self.spec),
+            "status": self.status, "reason": self.reason, "worker": self.worker, "device": self.device,
+            "emulated": self.emulated, "ranked": self.rank is not None, "rank": self.rank,
+            "attempts": self.attempts, "failed_attempts": self.failed_attempts,
+            "compile_seconds": c.get("compile_seconds"), "cache_hit": c.get("cache_hit"),
+            "artifact_size_bytes": c.get("artifact_size_bytes"), "backend_version": c.get("backend_version"),
+            "bundle": f"cells/{self.spec.slug}" if self.compile is not None else None,
+            **self.summary(), "stage_seconds": {k: round(v, 3) for k, v in self.seconds.items()},
+            "transfers": self.transfers,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Everything a cell's stages need besides the cell itself (paths as the driver sees them)."""
+
+    model: Path
+    shapes: dict[str, list[int]]
+    cells: tuple[CellSpec, ...]
+    profile: str
+    data: Path | None
+    labels: str | None
+    calibration: Path | None
+    samples: int
+    options: dict[str, str]
+    stages: tuple[str, ...] = ("compile", "measure")
+    """``compile --cluster`` stops after compile."""
+    measure_parts: tuple[str, ...] = ("profile", "validate")
+    bundle: Path | None = None
+    """``profile/validate --cluster``: measure this existing bundle instead of compiling the model."""
+
+    def compile_request(self, spec: CellSpec, output: Path, model: Path | None = None,
+                        calibration: Path | None = None) -> dict[str, Any]:
+        calib = calibration or self.calibration or self.data
+        return {"model": str(model or self.model), "shapes": self.shapes, "target": spec.target,
+                "backend": spec.backend, "precision": spec.precision, "profile": self.profile,
+                "calibration": None if calib is None else str(calib), "output": str(output), "options": self.options}
+
+    def measure_request(self, bundle: Path, remote: str | None, emulated: bool,
+                        data: Path | None = None) -> dict[str, Any]:
+        data = data or self.data
+        return {"bundle": str(bundle), "profile": self.profile, "data": None if data is None else str(data),
+                "labels": self.labels, "samples": self.samples, "remote": remote, "emulated": emulated,
+                "do": list(self.measure_parts)}
+
+
+Progress = Callable[[CellOutcome, str], None]
+
+
+def rank(cells: Sequence[CellOutcome]) -> None:
+    """Rank measured cells by p50 latency; emulated cells and cells that failed validation are never ranked."""
+    ranked = [c for c in cells if c.status == "measured" and not c.emulated and c.summary()["p50_ms"]]
+    for i, cell in enumerate(sorted(ranked, key=lambda c: c.summary()["p50_ms"]), 1):
+        cell.rank = i
+
+
+def compare(model: str | os.PathLike[str], targets: Sequence[str], *, output: str | os.PathLike[str],
+            data: str | os.PathLike[str] | None = None, labels: str | None = None,
+            calibration: str | os.PathLike[str] | None = None, cluster: str | None = None, profile: str = "quick",
+            shapes: Sequence[str] = (), samples: int = 64, options: dict[str, str] | None = None,
+            force: bool = False, progress: Progress | None = None) -> dict[str, Any]:
+    """Compile, profile and validate ``model`` for every cell of ``targets`` (``TARGET[:BACKEND[:PRECISION]]``)
+    and write ``compare.json``, ``compare.md``, ``compare.html`` and one bundle per cell under ``output``;
+    returns the record. ``cluster``: None runs on this machine; ``auto`` or ``HOST:PORT`` runs on a Ray cluster."""
+    from onnxsmith.cache import private_dir, replace_dir
+    from onnxsmith.errors import UserInputError
+    from onnxsmith.model import load_model, parse_shape_overrides
+    from onnxsmith.outdir import check_output_dir
+    from onnxsmith.profiles import load_profile
+    from onnxsmith.targets import load_target
+
+    if not targets:
+        raise UserInputError("compare needs at least one cell", "no -t was given", "for example -t host -t arm/raspberry-pi-5")
+    specs = tuple(dict.fromkeys(CellSpec.parse(t) for t in targets))
+    for spec in specs:
+        load_target(spec.target)  # an unknown target is bad input before anything starts
+    load_profile(profile)
+    if labels and not data:
+        raise UserInputError("--labels needs --data", "labels name an array inside the data file")
+    overrides = parse_shape_overrides(tuple(shapes))
+    loaded = load_model(model, overrides)
+    for path, what in ((data, "validation data"), (calibration, "calibration data")):
+        if path is not None:
+            from onnxsmith.datasets import open_dataset
+
+            open_dataset(str(path), loaded.inputs, labels=labels if what == "validation data" else None, what=what,
+                         limit=1, known_batch=loaded.batch_inputs)  # bad data is refused before any cell runs
+    out = check_output_dir(output, "compare", [loaded.source, *loaded.data_files,
+                                               *(p for p in (data, calibration) if p)], force=force)
+    plan = Plan(model=loaded.source.resolve(), shapes={k: list(v) for k, v in overrides.items()}, cells=specs,
+                profile=profile, data=None if data is None else Path(data).resolve(), labels=labels,
+                calibration=None if calibration is None else Path(calibration).resolve(), samples=samples,
+                options=dict(options or {}))
+    if cluster:
+        from onnxsmith.fleet.ray_executor import RayExecutor
+
+        executor: Any = RayExecutor(cluster)
+    else:
+        from onnxsmith.fleet.local import LocalExecutor
+
+        executor = LocalExecutor()
+    started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    start = time.perf_counter()
+    with private_dir(out.parent, out.name) as work:
+        cells = executor.run(plan, work, progress or (lambda cell, message: None))
+        rank(cells)
+        from onnxsmith.analysis import count_flops
+
+        record = {
+            "model": {"name": loaded.name, "source": str(loaded.source), "fingerprint": loaded.fingerprint,
+                      "flops": count_flops(loaded.proto)[0]},
+            "profile": profile, "executor": executor.name, "cluster": executor.address,
+            "workers": executor.workers(), "driver": f"{platform.node()} {platform.machine()}",
+            "started": started, "wall_seconds": round(time.perf_counter() - start, 3),
+            "data": None if data is None else str(data), "labels": labels,
+            "cells": [c.to_json() for c in cells],
+        }
+        from onnxsmith.fleet.render import write_record
+
+        write_record(record, work)
+        replace_dir(work, out)
+    record["output"] = str(out)
+    return record

@@ -1,0 +1,195 @@
+"""A real local Ray fleet for tests and ``make bench``: a head and two ``onnxsmith worker`` nodes on 127.0.0.1,
+inside a network and PID namespace (``unshare -n -p -f --mount-proc``) so that nothing listens outside loopback and
+``ray stop`` can only reach the Ray processes started here.
+
+``python -m tests.fleet.cluster OUT SCENARIO`` must run inside the namespace (use :func:`run_in_namespace`).
+Worker ``host-worker`` owns this machine's CPU (``host``); worker ``arm-worker`` owns no host device and fronts the
+qemu-aarch64 TVM RPC server it starts (``arm/raspberry-pi-5=qemu``). Each node has its own onnxsmith cache, as
+separate machines would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "onnxsmith" / "examples" / "digits"
+PORT = 6399
+HEAD = f"127.0.0.1:{PORT}"
+CELLS = ["host:openvino:fp32", "host:onnxruntime:int8", "arm/raspberry-pi-5:tvm:fp32"]
+
+
+def namespace_command() -> list[str] | None:
+    """The unshare prefix that works here (root, or an unprivileged user namespace), or None."""
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        return None
+    for prefix in (["unshare", "-n", "-p", "-f", "--mount-proc"], ["unshare", "-r", "-n", "-p", "-f", "--mount-proc"]):
+        probe = subprocess.run([*prefix, "ip", "link", "set", "lo", "up"], capture_output=True, timeout=30)
+        if probe.returncode == 0:
+            return prefix
+    return None
+
+
+def run_in_namespace(out: Path, scenario: str, timeout: float) -> dict:
+    prefix = namespace_command()
+    if prefix is None:
+        raise RuntimeError("no network namespace (unshare -n needs root or user namespaces)")
+    proc = subprocess.run([*prefix, sys.executable, "-m", "tests.fleet.cluster", str(out), scenario], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+    result = out / "scenario.json"
+    if not result.exists():
+        raise AssertionError(f"the fleet scenario failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n"
+                             f"{proc.stderr[-5000:]}")
+    info = json.loads(result.read_text())
+    if "error" in info:
+        logs = "".join(f"\n--- {p.name}\n" + p.read_text()[-2000:] for p in sorted(out.glob("*.log")))
+        raise AssertionError(f"the fleet scenario failed:\n{info['error']}{logs}")
+    return info
+
+
+def _env(cache: Path) -> dict[str, str]:
+    return {**os.environ, "ONNXSMITH_CACHE_DIR": str(cache), "RAY_USAGE_STATS_ENABLED": "0",
+            "PYTHONPATH": str(ROOT)}
+
+
+def _onnxsmith(*args: str, env: dict[str, str], timeout: float = 1200) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "onnxsmith", *args], capture_output=True, text=True, env=env,
+                          timeout=timeout, cwd=ROOT)
+
+
+def _compare(out: Path, cluster: bool, env: dict[str, str], cells: list[str] = CELLS) -> dict:
+    args = ["compare", str(EXAMPLE / "digits_cnn.onnx"), *sum((["-t", c] for c in cells), []),
+            "--data", str(EXAMPLE / "validation.npz"), "--labels", "label",
+            "--calibration", str(EXAMPLE / "calibration.npz"), "-p", "quick", "--samples", "64", "-o", str(out)]
+    start = time.perf_counter()
+    proc = _onnxsmith(*args, *(["--cluster", HEAD] if cluster else []), env=env)
+    wall = time.perf_counter() - start
+    return {"exit": proc.returncode, "wall_s": wall, "out": str(out), "stderr": proc.stderr[-4000:], "stdout": proc.stdout[-6000:],
+            "record": json.loads((out / "compare.json").read_text()) if (out / "compare.json").exists() else None}
+
+
+def _wait_for_workers(names: set[str], proc: subprocess.Popen[str], timeout: float = 480) -> bool:
+    """True once the workers ``names`` have joined; False when ``proc`` (the worker command) exited first."""
+    import ray
+
+    ray.init(address=HEAD, logging_level="ERROR", log_to_driver=False)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            have = {k.split(":", 2)[2] for n in ray.nodes() if n["Alive"] for k in n["Resources"]
+                    if k.startswith("onnxsmith:worker:")}
+            if names <= have:
+                return True
+            if proc.poll() is not None:
+                return False
+            time.sleep(1)
+        raise RuntimeError(f"workers {names} did not join (have {have})")
+    finally:
+        ray.shutdown()
+
+
+def _killer(stop: threading.Event, killed: list[dict]) -> None:
+    """Kill the Ray worker process running the first host profile (SIGKILL), once."""
+    while not stop.is_set():
+        for proc_dir in Path("/proc").iterdir():
+            if not proc_dir.name.isdigit():
+                continue
+            try:
+                cmd = (proc_dir / "cmdline").read_bytes().split(b"\0")
+                if b"onnxsmith.fleet.cells" not in cmd or b"measure" not in cmd:
+                    continue
+                request = json.loads(Path(cmd[cmd.index(b"measure") + 1].decode()).read_text())
+                if request.get("remote"):
+                    continue  # the emulated ARM profile: kill the host one
+                stat = (proc_dir / "stat").read_text()
+                parent = int(stat.rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            time.sleep(1.0)  # mid-profile
+            os.kill(parent, signal.SIGKILL)
+            killed.append({"ray_worker_pid": parent, "stage_pid": int(proc_dir.name), "cell_bundle": request["bundle"]})
+            return
+        time.sleep(0.2)
+
+
+def main(out: Path, scenario: str) -> None:
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    out.mkdir(parents=True, exist_ok=True)
+    caches = {n: out / f"cache-{n}" for n in ("driver", "host-worker", "arm-worker", "local")}
+    ray_bin = [sys.executable, "-m", "ray.scripts.scripts"]
+    head_env = _env(caches["driver"])
+    workers: list[subprocess.Popen[str]] = []
+    info: dict = {"scenario": scenario}
+    try:
+        start = time.perf_counter()
+        subprocess.run([*ray_bin, "start", "--head", "--port", str(PORT), "--num-cpus", "0", "--node-ip-address",
+                        "127.0.0.1", "--object-store-memory", str(300 * 2**20), "--disable-usage-stats",
+                        "--include-dashboard", "false"], check=True, env=head_env, capture_output=True, timeout=180)
+        for name, extra in (("host-worker", []), ("arm-worker", ["--no-host", "--device", "arm/raspberry-pi-5=qemu"])):
+            # one at a time, and once more if Ray's fixed 30 s node start-up wait ran out on a loaded machine
+            for attempt in range(3):
+                log = open(out / f"{name}.log", "a")
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "onnxsmith", "worker", "--address", HEAD, "--name", name, "--num-cpus",
+                     "1", "--node-ip-address", "127.0.0.1", *extra], env=_env(caches[name]), stdout=log, stderr=log,
+                    cwd=ROOT, text=True)
+                if _wait_for_workers({name}, proc):
+                    workers.append(proc)
+                    break
+                proc.wait()
+            else:
+                raise RuntimeError(f"worker {name} did not join the cluster in 3 attempts (see {name}.log)")
+        info["cluster_start_s"] = time.perf_counter() - start
+        if scenario in ("test", "bench"):
+            info["ray"] = _compare(out / "ray", True, head_env)
+            info["local"] = _compare(out / "local", False, _env(caches["local"]))
+        if scenario == "bench":  # once more each, caches warm: the figures quoted are from this pair
+            info["ray_warm"] = _compare(out / "ray2", True, head_env)
+            info["local_warm"] = _compare(out / "local2", False, _env(caches["local"]))
+        if scenario in ("acceptance", "bench"):  # the issue's acceptance compare, through the cluster
+            info["acceptance"] = _compare(out / "acceptance", True, head_env,
+                                          ["host", "arm/raspberry-pi-5", "nvidia/h100", "apple/m3"])
+        if scenario == "test":
+            stop, killed = threading.Event(), []
+            thread = threading.Thread(target=_killer, args=(stop, killed), daemon=True)
+            thread.start()
+            info["kill"] = _compare(out / "kill", True, head_env, CELLS[:2])
+            stop.set()
+            info["killed"] = killed
+            bundle = out / "verbs-bundle"  # compile, profile and validate --cluster on one bundle
+            verbs = {}
+            for verb, args in (("compile", ["compile", str(EXAMPLE / "digits_cnn.onnx"), "-t", "host", "-b",
+                                             "onnxruntime", "-p", "quick", "-o", str(bundle), "--cluster", HEAD]),
+                               ("profile", ["profile", str(bundle), "-p", "quick", "--cluster", HEAD, "--json"]),
+                               ("validate", ["validate", str(bundle), "--data", str(EXAMPLE / "validation.npz"),
+                                             "--labels", "label", "--cluster", HEAD, "--json"])):
+                proc = _onnxsmith(*args, env=head_env)
+                verbs[verb] = {"exit": proc.returncode, "stdout": proc.stdout, "stderr": proc.stderr[-2000:]}
+            verbs["bundle"] = str(bundle)
+            info["verbs"] = verbs
+    except BaseException:
+        import traceback
+
+        info["error"] = traceback.format_exc()
+        raise
+    finally:
+        subprocess.run([*ray_bin, "stop", "--force"], capture_output=True, timeout=120)
+        for proc in workers:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        (out / "scenario.json").write_text(json.dumps(info, default=str))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), sys.argv[2])

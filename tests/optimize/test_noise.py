@@ -1,0 +1,65 @@
+"""A real ladder run whose decision is fed synthetic interleaved timings: within noise, the parent is kept."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+import onnxsmith
+from onnxsmith.datasets import open_dataset
+from onnxsmith.model import load_model
+from onnxsmith.optimize import ladder
+from onnxsmith.optimize.steps import StepRunner
+from onnxsmith.profiles import load_profile
+from onnxsmith.targets import load_target
+
+DIGITS = Path(onnxsmith.__file__).parent / "examples" / "digits"
+pytest.importorskip("onnxruntime")
+
+# simplify is 0.7 % "faster" than the baseline: the kind of win a single run used to pick a step for
+CENTRES = {"baseline": 10.0, "simplify": 9.93}
+
+
+JITTER = {"baseline": (-0.02, 0.015, -0.01, 0.02, 0.0, -0.015, 0.01, 0.0),
+          "simplify": (0.01, -0.02, 0.0, 0.015, -0.01, 0.02, 0.0, -0.015)}
+"""+-2 % per run, median 0 on both sides: the medians' ratio is exactly 0.993."""
+
+
+def _runs(name: str, n: int) -> list[float]:
+    return [round(CENTRES[name] * (1 + j), 5) for j in JITTER[name][:n]]
+
+
+def test_a_ladder_run_within_noise_keeps_the_parent_and_says_no_significant_change(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[list[str]] = []
+
+    def synthetic(self: StepRunner, steps: list, rounds: int, seconds: float, mode: str = "latency"
+                  ) -> tuple[dict[str, list[float]], list[str]]:
+        asked.append([s.name for s in steps])
+        return {s.name: _runs(s.name, rounds) for s in steps}, []
+
+    monkeypatch.setattr(StepRunner, "interleave", synthetic)
+    model = load_model(DIGITS / "digits_cnn.onnx")
+    data = open_dataset(str(DIGITS / "validation.npz"), model.inputs, labels="label")
+    quick = load_profile("quick")
+    profile = dataclasses.replace(quick, batch_sizes=(1,), ladder=("fp32",), knobs=False,
+                                  measure=dataclasses.replace(quick.measure, rounds=8))
+    card = ladder.run_ladder(model, load_target("host"), profile, data=data, calibration=None,
+                             max_accuracy_drop=0.01, latency_budget_ms=None, output=tmp_path / "out",
+                             backends=["onnxruntime"])
+    assert sorted(asked[0]) == ["baseline", "simplify"]
+    by = {s.name: s for s in card.steps}
+    assert card.chosen == "baseline"
+    simplify = by["simplify"]
+    assert simplify.verdict == "not_significant" and simplify.status == "rejected"
+    assert simplify.reason.startswith("no significant change against its parent baseline (p50 ratio 0.993 [")
+    assert "8 interleaved runs each" in simplify.reason and "the simpler parent is kept" in simplify.reason
+    assert simplify.runs_kind == "interleaved#1" and len(simplify.runs) == 8
+    md = (tmp_path / "out" / "card.md").read_text()
+    assert "no significant change" in md and "Chosen: baseline" in md
+    from onnxsmith.bundle import Bundle
+
+    notes = Bundle.open(tmp_path / "out" / "bundle").manifest["notes"]
+    assert any(n.startswith("optimize step 'baseline'") for n in notes)  # the parent is what was published
