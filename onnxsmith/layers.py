@@ -170,6 +170,21 @@ def _ort_runner_for(proto: onnx.ModelProto, threads: int = 0, providers: list[st
         return OnnxRuntimeRunner(path, providers or ["CPUExecutionProvider"], threads)
 
 
+def _layer_backends() -> list[str]:
+    """The registered backends that expose per-layer outputs themselves (they override ``load_layers``)."""
+    from onnxsmith.plugin import Compiler
+    from onnxsmith.registry import backend_names, get_backend
+
+    names = []
+    for name in backend_names():
+        try:
+            if type(get_backend(name)).load_layers is not Compiler.load_layers:
+                names.append(name)
+        except Exception:  # noqa: BLE001 - a broken plugin is simply not suggested
+            continue
+    return names
+
+
 def _artifact_runner(bundle: Bundle, names: Sequence[str]) -> tuple[Any, str, list[str]]:
     """The artifact loaded with ``names`` exposed: (runner, how, notes)."""
     from onnxsmith.plugin import backend_call
@@ -191,7 +206,7 @@ def _artifact_runner(bundle: Bundle, names: Sequence[str]) -> tuple[Any, str, li
         raise UnsupportedError(f"backend '{bundle.backend}' cannot expose per-layer outputs of this "
                                f"{bundle.manifest['precision']} bundle", "it has no load_layers hook, and compiling "
                                "again with extra outputs would need the calibration data",
-                               "use a backend with per-layer outputs (onnxruntime, openvino)")
+                               f"use a backend with per-layer outputs ({', '.join(_layer_backends()) or 'none installed'})")
     import onnx
 
     from onnxsmith.compile import compile_model

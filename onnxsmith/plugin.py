@@ -199,6 +199,7 @@ _COMPILER_NAMES = frozenset({"name", "extra", "install_hint", "artifact_kind", "
                              "ladder_variants", "runtime_knobs",
                              "onnx_pass_precisions", "slow_artifact_advice", "portable_across_versions",
                              "dynamic_shapes", "load_layers", "keep_fp32_option", "deploy_programs", "triton_model",
+                             "ovms_model",
                              "max_opset", "builds_on_device", "emulated_device", "vendor_import",
                              "install_command", "value_types"})
 
@@ -427,6 +428,11 @@ class Compiler:
     def triton_model(self, artifact: Artifact, target: Target) -> TritonModel | None:
         """How Triton serves the artifact natively; ``None`` (default): through Triton's Python backend."""
         return None
+
+    def ovms_model(self, artifact: Artifact, target: Target) -> tuple[str, ...]:
+        """The artifact files OpenVINO Model Server loads as a model version (``BUNDLE/serving/ovms/``); empty
+        (default): OVMS cannot serve this artifact kind."""
+        return ()
 
     def builds_on_device(self, target: Target) -> bool:
         """Whether an artifact for ``target`` must be built on the device itself (a TensorRT engine is specific to

@@ -273,6 +273,10 @@ class OpenVINOCompiler(Compiler):
 
         return triton_model(artifact)
 
+    def ovms_model(self, artifact: Artifact, target: Target) -> tuple[str, ...]:
+        """OVMS serves the IR (``model.xml`` + ``model.bin``), which every OpenVINO bundle keeps."""
+        return IR_FILES
+
     def load(self, artifact: Artifact, directory: Path, target: Target) -> OpenVINORunner:
         from onnxsmith.compilers.openvino.runner import OpenVINORunner
 

@@ -183,8 +183,9 @@ def write_serving(bundle: Bundle, batching: Mapping[str, Any], source: str) -> P
                                 "why": "the artifact takes the batch range natively" if dynamic else
                                 "the artifact's batch is static, so Triton's native backend cannot batch it: "
                                 "max_batch_size 0 (the Python-backend repository batches by running it repeatedly)"}
-        if bundle.backend == "openvino":
-            _write_ovms(bundle, record, tmp / "ovms")
+        ovms_files = get_backend(bundle.backend).ovms_model(bundle.artifact, bundle.target())
+        if ovms_files:
+            _write_ovms(bundle, record, tmp / "ovms", ovms_files)
             written["ovms"] = "ovms/config.json"
         record["files"] = written
         (tmp / "serving.json").write_text(json.dumps(record, indent=2) + "\n")
@@ -193,10 +194,10 @@ def write_serving(bundle: Bundle, batching: Mapping[str, Any], source: str) -> P
     return dest
 
 
-def _write_ovms(bundle: Bundle, record: Mapping[str, Any], folder: Path) -> None:
+def _write_ovms(bundle: Bundle, record: Mapping[str, Any], folder: Path, files: tuple[str, ...]) -> None:
     name = record["model"]
     (folder / name / "1").mkdir(parents=True)
-    for file in ("model.xml", "model.bin"):
+    for file in files:
         shutil.copyfile(bundle.resolve(f"artifact/{file}"), folder / name / "1" / file)
     config: dict[str, Any] = {"name": name, "base_path": f"/models/{name}", "target_device": bundle.artifact.device,
                               "plugin_config": {str(k): str(v) for k, v in bundle.artifact.options.items()},
