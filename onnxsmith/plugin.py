@@ -408,8 +408,8 @@ class Compiler:
         OPT) into one artifact for ``target`` whose runner takes any shape in the range. The core asks before
         compiling a model with ranges and refuses with the reason when the answer is no. Default: no."""
         return Support(False, f"backend '{self.name}' compiles fixed shapes only",
-                       "give one shape (--shape NAME=DIMS), or use a backend that compiles ranges (openvino, "
-                       "onnxruntime, tensorrt)")
+                       "give one shape (--shape NAME=DIMS), or use a backend that compiles ranges "
+                       "(the README's dynamic-shapes section lists them)")
 
     def max_opset(self, target: Target) -> int | None:
         """The newest ONNX opset this backend's importer reads for ``target``; PyTorch models are exported at
