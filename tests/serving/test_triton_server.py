@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +58,12 @@ def test_triton_serves_the_bundle_with_the_same_outputs_and_batches_requests(ser
             client.async_infer("digits_cnn", [item], outputs=[grpcclient.InferRequestedOutput("logits")], callback=lambda result, error, i=index: callback(i, result, error))
         for _ in images:
             assert done.acquire(timeout=60)
-        stats = client.get_inference_statistics(model_name="digits_cnn", as_json=True)["model_stats"][0]
+        deadline = time.monotonic() + 10  # the server counts a request just after answering it
+        while True:
+            stats = client.get_inference_statistics(model_name="digits_cnn", as_json=True)["model_stats"][0]
+            if int(stats.get("inference_count", 0)) >= len(images) or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
         inputs, outputs = _inputs(served_bundle, True)
         assert client.infer("digits_cnn", inputs, outputs=outputs).as_numpy("logits").shape == (1, 10)
     for index, logits in enumerate(want):
