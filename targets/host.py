@@ -13,6 +13,9 @@ from onnxsmith.units import machine_arch
 
 # FLOP per cycle per core for fp32 FMA, by widest vector unit (2 FMA pipes; Zen 4 runs AVX-512 on 256-bit pipes).
 _FP32_FLOP_PER_CYCLE = {"amx": 64, "avx512": 64, "avx2": 32, "sse": 8, "sve": 32, "neon": 16}
+_AMX_OPS_PER_CYCLE = {"bf16": 1024, "int8": 2048}
+"""Per core: one TDPBF16PS (16x16x32 bf16 -> fp32, 16,384 FLOP) or TDPBSSD (16x16x64 int8, 32,768 ops) per 16
+cycles. AMX does no fp32 arithmetic, so fp32 stays the AVX-512 figure."""
 _FEATURES = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "avx_vnni", "amx_tile",
              "amx_bf16", "amx_int8", "asimd", "asimddp", "sve", "sve2", "bf16", "i8mm")
 
@@ -77,10 +80,13 @@ def detect_host() -> Target:
         int8_mult = 4 if ("asimddp" in flags or "i8mm" in flags) else 2
         mcpu = "native"
     fp32 = cores * ghz * _FP32_FLOP_PER_CYCLE[width] / 1000
+    amx = {p for p in _AMX_OPS_PER_CYCLE if f"amx_{p}" in flags} if arch == "x86_64" else set()
     tflops = {"fp32": round(fp32, 3), "int8": round(fp32 * int8_mult, 3)}
+    if "int8" in amx:
+        tflops["int8"] = round(cores * ghz * _AMX_OPS_PER_CYCLE["int8"] / 1000, 3)
     precisions = ["fp32", "int8"]
     if bf16:
-        tflops["bf16"] = round(fp32 * 2, 3)
+        tflops["bf16"] = round(cores * ghz * _AMX_OPS_PER_CYCLE["bf16"] / 1000 if "bf16" in amx else fp32 * 2, 3)
         precisions.insert(1, "bf16")
     return Target(
         id="host",
@@ -93,8 +99,10 @@ def detect_host() -> Target:
             tflops=tflops,
             memory_bandwidth_gbps=0.0,
             source=(f"estimated: {cores} cores x {ghz:.2f} GHz ({ghz_source}) x "
-                    f"{_FP32_FLOP_PER_CYCLE[width]} fp32 FLOP/cycle ({width}); int8 x{int8_mult}"
-                    + ("; bf16 x2" if bf16 else "") + "; memory bandwidth not measured"),
+                    f"{_FP32_FLOP_PER_CYCLE[width]} fp32 FLOP/cycle ({width}); "
+                    + (f"int8 {_AMX_OPS_PER_CYCLE['int8']} ops/cycle (AMX)" if "int8" in amx else f"int8 x{int8_mult}")
+                    + (f"; bf16 {_AMX_OPS_PER_CYCLE['bf16']} FLOP/cycle (AMX)" if "bf16" in amx else
+                       "; bf16 x2" if bf16 else "") + "; memory bandwidth not measured"),
         ),
         requires=Requirements(arch=arch, cpu_flags=features, os=platform.system().lower()),
         device_options={
