@@ -47,6 +47,8 @@ def _fraction(value: str) -> float:
 @click.option("--distill-minutes", type=click.FloatRange(min=0, min_open=True), default=3.0, show_default=True,
               help="Time budget for distilling --student.")
 @click.option("--keep-steps", is_flag=True, help="Keep every step's bundle, not only the chosen one.")
+@click.option("--cluster", default=None, metavar="auto|HOST:PORT", help="Run the ladder on the Ray fleet worker that "
+              "owns the target's device (it holds that device for the whole run); the output comes back into -o.")
 @click.option("--output", "-o", type=click.Path(file_okay=False), required=True, help="Output directory.")
 @click.option("--force", is_flag=True, help="Write into a non-empty -o that holds no previous optimize result.")
 @json_option
@@ -55,12 +57,32 @@ def optimize_command(model: str, target_spec: str, profile_spec: str, shapes: tu
                      labels: str | None, calibration_spec: str | None, backends: tuple[str, ...],
                      prune: bool | None, arrival_rate: float | None, serve_check_seconds: float | None,
                      student_spec: str | None, train_spec: str | None, distill_minutes: float, keep_steps: bool,
-                     output: str, force: bool, as_json: bool) -> None:
+                     cluster: str | None, output: str, force: bool, as_json: bool) -> None:
     """Walk the optimization ladder and keep the best measured artifact."""
     from pathlib import Path
 
-    from onnxsmith.console import print_json, progress
-    from onnxsmith.errors import CheckFailedError
+    from onnxsmith.console import progress
+
+    if cluster:
+        if student_spec or train_spec:
+            from onnxsmith.errors import UserInputError
+
+            raise UserInputError("--cluster does not take --student or --train-data", "a student's factory is code on "
+                                 "this machine", "distill with 'onnxsmith distill' and optimize on the device itself")
+        from onnxsmith.fleet.optimize import fleet_optimize
+
+        args = [a for s in shapes for a in ("--shape", s)] + [a for b in backends for a in ("--backend", b)]
+        for flag, value in (("--batch", batch), ("--max-accuracy-drop", max_accuracy_drop), ("--labels", labels),
+                            ("--latency-budget", latency_budget), ("--arrival-rate", arrival_rate),
+                            ("--serve-check", serve_check_seconds)):
+            args += [flag, str(value)] if value is not None else []
+        args += ([] if prune is None else ["--prune" if prune else "--no-prune"]) + (["--keep-steps"] if keep_steps else [])
+        with progress(f"optimizing {Path(model).name} on the fleet", not as_json) as update:
+            record, worker = fleet_optimize(cluster, model, target_spec, profile_spec, args, output=output,
+                                            data=data_spec, calibration=calibration_spec, force=force, progress=update)
+        record["fleet_worker"] = worker
+        _finish(record, Path(output), as_json, f"ran on fleet worker {worker}")
+        return
     from onnxsmith.model import parse_batch
     from onnxsmith.datasets import open_dataset
     from onnxsmith.optimize.student import StudentSource
@@ -93,23 +115,34 @@ def optimize_command(model: str, target_spec: str, profile_spec: str, shapes: tu
                           force=force, student=StudentSource(student_spec, model, shapes, train_spec, data_spec,
                                                              labels, distill_minutes) if student_spec else None)
     record = card.to_json()
-    served = None
+    if serve_check_seconds is not None:
+        record["serve_check"] = None
     if serve_check_seconds is not None and record.get("bundle"):
         from onnxsmith.bundle import Bundle
         from onnxsmith.serving.check import serve_check
 
         if (Path(output) / record["bundle"] / "serving" / "serving.json").is_file():
             with progress("serve-check", not as_json) as update:
-                served = serve_check(Bundle.open(Path(output) / record["bundle"]), None, serve_check_seconds,
-                                     progress=update)
+                record["serve_check"] = serve_check(Bundle.open(Path(output) / record["bundle"]), None,
+                                                    serve_check_seconds, progress=update)
+    _finish(record, Path(output), as_json)
+
+
+def _finish(record: dict, output, as_json: bool, where: str | None = None) -> None:
+    """Print the card (JSON or the summary table, then the serve-check) and exit 6 when no step was chosen."""
+    from onnxsmith.console import print_json
+    from onnxsmith.errors import CheckFailedError
+
     if as_json:
-        print_json({**record, "serve_check": served} if serve_check_seconds is not None else record)
+        print_json(record)
     else:
-        _print_summary(record, Path(output))
-        if served is not None:
+        _print_summary(record, output)
+        if record.get("serve_check") is not None:
             from onnxsmith.cli.serving import print_result
 
-            print_result(served)
+            print_result(record["serve_check"])
+        if where:
+            click.echo(where)
     if not record.get("chosen"):
         raise CheckFailedError("no step met the constraints", record.get("failure", "see the evidence card"),
                                "relax --max-accuracy-drop or --latency-budget")

@@ -174,6 +174,15 @@ def main(out: Path, scenario: str) -> None:
                 proc = _onnxsmith(*args, env=head_env)
                 verbs[verb] = {"exit": proc.returncode, "stdout": proc.stdout, "stderr": proc.stderr[-2000:]}
             verbs["bundle"] = str(bundle)
+            optimized = out / "optimized"  # optimize --cluster: the ladder on host-worker, the output back here
+            for verb, target in (("optimize", "host"), ("optimize-rpc", "arm/raspberry-pi-5")):
+                proc = _onnxsmith("optimize", str(EXAMPLE / "digits_cnn.onnx"), "-t", target, "-b", "onnxruntime",
+                                  "-p", "quick", "--data", str(EXAMPLE / "validation.npz"), "--labels", "label",
+                                  "--max-accuracy-drop", "2%", "-o", str(optimized if target == "host" else
+                                                                        out / "optimized-rpc"),
+                                  "--cluster", HEAD, env=head_env)
+                verbs[verb] = {"exit": proc.returncode, "stdout": proc.stdout, "stderr": proc.stderr[-2000:]}
+            verbs["optimized"] = str(optimized)
             info["verbs"] = verbs
     except BaseException:
         import traceback

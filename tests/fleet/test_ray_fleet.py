@@ -109,3 +109,27 @@ def test_compile_profile_validate_take_cluster(scenario: dict) -> None:
     from onnxsmith.bundle import Bundle
 
     Bundle.open(bundle)  # the bundle that came back is whole: checksums verified
+
+
+def test_optimize_takes_cluster(scenario: dict) -> None:
+    import json
+
+    verbs = scenario["verbs"]
+    run = verbs["optimize"]
+    assert run["exit"] == 0, run["stderr"]
+    assert "ran on fleet worker host-worker" in run["stdout"]
+    out = Path(verbs["optimized"])
+    card = json.loads((out / "card.json").read_text())
+    assert card["chosen"] and card["bundle"] and (out / "card.html").is_file()
+    measured = [s for s in card["steps"] if s["status"] != "failed"]
+    assert len(measured) >= 2 and all(s["latency_p50_ms"] > 0 for s in measured)
+    from onnxsmith.bundle import Bundle
+
+    Bundle.open(out / card["bundle"])  # whole: its checksums verify
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}")]
+    # a device the worker fronts over RPC: refused in one line, nothing written
+    rpc = verbs["optimize-rpc"]
+    assert rpc["exit"] == 5, rpc["stderr"]
+    last = rpc["stderr"].strip().splitlines()[-1]
+    assert last.startswith("error:") and "RPC" in last and "Traceback" not in rpc["stderr"], rpc["stderr"]
+    assert not (out.parent / "optimized-rpc").exists()
