@@ -483,9 +483,17 @@ class LoadWatch:
             busy, total = end[0] - self._start[0], end[1] - self._start[1]
             others = round(max(0.0, (busy - own) / total), 3)
         load_after = _loadavg()
-        busy_flag = bool(is_busy(self.load_before, self.cores) or (others is not None and others >= 0.25))
         return {"load_average_before": self.load_before, "load_average_after": load_after,
-                "other_processes_cpu_share": others, "busy": busy_flag}
+                "other_processes_cpu_share": others, "busy": was_busy(self.load_before, self.cores, others)}
+
+
+def was_busy(load_before: float | None, cores: int, others: float | None) -> bool:
+    """Whether other work competed with a measurement: the share of CPU time other processes used during it when
+    ``/proc/stat`` gave one (a load average before the run also counts our own work just before, e.g. the previous
+    step's profile), else the load average."""
+    if others is not None:
+        return others >= 0.25
+    return is_busy(load_before, cores)
 
 
 def _loadavg() -> float | None:

@@ -51,3 +51,12 @@ def test_blocks_and_bad_input() -> None:
 
 def test_busy() -> None:
     assert is_busy(1.5, 2) and not is_busy(0.3, 2) and not is_busy(None, 2) and not is_busy(2.0, 2, own_threads=2)
+
+
+def test_a_measurement_is_busy_by_what_other_processes_used_during_it() -> None:
+    from onnxsmith.profiling import was_busy
+
+    # a load average of 1.8 left by our own previous profile, other processes 1 % during the run: quiet
+    assert not was_busy(1.8, 2, 0.01)
+    assert was_busy(0.2, 2, 0.4)  # others took 40 % of the CPU time during the run
+    assert was_busy(1.8, 2, None) and not was_busy(0.3, 2, None)  # /proc/stat not readable: the load average
