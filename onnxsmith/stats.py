@@ -39,11 +39,16 @@ class RatioCI:
     def significant(self) -> bool:
         return self.high < 1.0 or self.low > 1.0
 
-    def verdict(self, lower_is_better: bool = True) -> str:
-        """``better``, ``worse`` or ``no significant change`` for side a against side b."""
+    def verdict(self, lower_is_better: bool = True, margin: float = 0.0) -> str:
+        """``better``, ``worse`` or ``no significant change`` for side a against side b. ``margin``: the smallest
+        win that counts as one: "better" needs the whole interval beyond ``1 - margin`` (``1 + margin`` when higher
+        is better); a smaller significant win is ``no significant change``."""
         if not self.significant:
             return NO_CHANGE
-        return "better" if (self.high < 1.0) == lower_is_better else "worse"
+        if (self.high < 1.0) == lower_is_better:
+            beyond = self.high < 1.0 - margin if lower_is_better else self.low > 1.0 + margin
+            return "better" if beyond else NO_CHANGE
+        return "worse"
 
     def text(self, unit: str = "") -> str:
         """``0.912 [0.897, 0.931], 95 % CI, 8 interleaved runs each``."""

@@ -142,6 +142,24 @@ def test_a_significant_win_is_chosen_and_its_interval_is_in_the_reason() -> None
     assert compare(simplify, base) == ((), ())  # within noise by the interval, not by a fixed threshold
 
 
+def test_a_significant_win_under_the_minimum_keeps_the_parent() -> None:
+    """Tight runs: a knob 3 % faster than its parent, the whole interval below 1 but not below 0.95, is no win
+    (the same two artifacts in fresh processes can differ by more); 10 % faster is kept."""
+    from onnxsmith.optimize.selection import MIN_WIN
+
+    base = _timed(_step("baseline", 10.0, 0.95), _noisy(10.0, seed=1, spread=0.002))
+    knob = _timed(_step("baseline+pinning=False", 9.7, 0.95), _noisy(9.7, seed=2, spread=0.002))
+    result = select([base, knob], Constraints(max_accuracy_drop=0.01), "baseline")
+    by = {s.name: s for s in result.steps}
+    ci = by[knob.name].vs_parent
+    assert ci is not None and ci["significant"] and 1 - MIN_WIN < ci["high"] < 1.0  # significant, but small
+    assert result.chosen == "baseline" and by[knob.name].verdict == "not_significant"
+    assert by[knob.name].reason.startswith("no significant change against its parent baseline: a win under the 5 %")
+    assert "the simpler parent is kept" in by[knob.name].reason
+    bigger = _timed(_step("baseline+pinning=False", 9.0, 0.95), _noisy(9.0, seed=2, spread=0.002))
+    assert select([base, bigger], Constraints(max_accuracy_drop=0.01), "baseline").chosen == bigger.name
+
+
 def test_two_unrelated_steps_within_noise_are_reported_as_such() -> None:
     base = _timed(_step("baseline", 10.0, 0.95), _noisy(10.0, seed=1))
     a = _timed(_step("ort-int8", 5.0, 0.95), _noisy(5.0, seed=5))
