@@ -200,7 +200,7 @@ def child_main(stage: str, request_path: str, result_path: str) -> None:
     tmp.rename(result_path)
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child: SIGKILL when the parent dies (a killed Ray worker must not leave its stage running)."""
     import ctypes
     import signal
@@ -223,7 +223,7 @@ def run_stage(stage: str, request: dict[str, Any], work: Path, timeout: float = 
     env = dict(os.environ)
     proc = subprocess.Popen([sys.executable, "-m", "onnxsmith.fleet.cells", stage, str(req), str(res)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+                            preexec_fn=die_with_parent if sys.platform.startswith("linux") else None)
     try:
         _, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:

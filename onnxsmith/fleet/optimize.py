@@ -43,25 +43,25 @@ def optimize_task(args: list[Arg], payloads: dict[str, tuple[str, str, list[Any]
     import ray
 
     from onnxsmith.fleet import objects
-    from onnxsmith.fleet.cells import _die_with_parent
-    from onnxsmith.fleet.ray_executor import DEVICES_ENV, _materialize, _worker_name
+    from onnxsmith.fleet.cells import die_with_parent
+    from onnxsmith.fleet.ray_executor import DEVICES_ENV, materialize, worker_name
 
     started = time.perf_counter()
     device = json.loads(os.environ.get(DEVICES_ENV) or "{}").get(target_id) or {}
     if device.get("remote"):
-        return {"exit": 5, "worker": _worker_name(), "error": f"error: optimize --cluster cannot run on {target_id}: "
+        return {"exit": 5, "worker": worker_name(), "error": f"error: optimize --cluster cannot run on {target_id}: "
                 "this worker fronts it over RPC and the ladder measures in-process. Hint: run 'onnxsmith optimize' "
                 "on the device itself, or 'onnxsmith compare' to measure it."}, b""
     transfers: dict[str, str] = {}
-    paths = {key: _materialize(ray, sha, box, transfers, key) / name for key, (sha, name, box) in payloads.items()}
+    paths = {key: materialize(ray, sha, box, transfers, key) / name for key, (sha, name, box) in payloads.items()}
     argv = [a if isinstance(a, str) else str(paths[a[0]]) for a in args]
     with tempfile.TemporaryDirectory(prefix="onnxsmith-fleet-optimize-") as tmp:
         out = Path(tmp) / "out"
         proc = subprocess.run([sys.executable, "-m", "onnxsmith", "optimize", *argv, "-o", str(out), "--json"],
                               capture_output=True, text=True, env=dict(os.environ),
-                              preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+                              preexec_fn=die_with_parent if sys.platform.startswith("linux") else None)
         lines = [line for line in proc.stderr.strip().splitlines() if line.startswith(("error:", "internal error:"))]
-        outcome = {"exit": proc.returncode, "stdout": proc.stdout, "worker": _worker_name(), "transfers": transfers,
+        outcome = {"exit": proc.returncode, "stdout": proc.stdout, "worker": worker_name(), "transfers": transfers,
                    "error": lines[-1] if lines else (proc.stderr.strip().splitlines() or [""])[-1][:300]}
         data = objects.pack({"out": out}) if (out / "card.json").is_file() else b""
     outcome["task_s"] = time.perf_counter() - started

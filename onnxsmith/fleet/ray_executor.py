@@ -74,7 +74,9 @@ def fleet_nodes(ray: Any) -> list[dict[str, Any]]:
 
 
 # --- what runs in the tasks (on the workers) ------------------------------------------------------------------------
-def _materialize(ray: Any, sha: str, box: list[Any], transfers: dict[str, str], what: str) -> Path:
+def materialize(ray: Any, sha: str, box: list[Any], transfers: dict[str, str], what: str) -> Path:
+    """The folder payload ``sha`` is unpacked in on this worker: from its own store when it holds it, else fetched
+    from the object store (``box`` wraps the ref so Ray does not fetch it eagerly); ``transfers[what]`` says which."""
     from onnxsmith.fleet import objects
 
     folder = objects.cached(sha)
@@ -85,7 +87,8 @@ def _materialize(ray: Any, sha: str, box: list[Any], transfers: dict[str, str], 
     return objects.unpack(sha, ray.get(box[0]))
 
 
-def _worker_name() -> str:
+def worker_name() -> str:
+    """The name this worker was started with (``onnxsmith worker --name``), else the host name."""
     import platform
 
     return os.environ.get(WORKER_ENV) or platform.node()
@@ -103,7 +106,7 @@ def compile_task(request: dict[str, Any], payloads: dict[str, tuple[str, str, li
     started = time.perf_counter()
     transfers: dict[str, str] = {}
     for key, (sha, name, box) in payloads.items():
-        request[key] = str(_materialize(ray, sha, box, transfers, key) / name)
+        request[key] = str(materialize(ray, sha, box, transfers, key) / name)
     with tempfile.TemporaryDirectory(prefix="onnxsmith-fleet-compile-") as tmp:
         request["output"] = str(Path(tmp) / "bundle")
         stage_start = time.perf_counter()
@@ -113,7 +116,7 @@ def compile_task(request: dict[str, Any], payloads: dict[str, tuple[str, str, li
         if outcome["status"] == "ok":
             data = objects.pack({"bundle": Path(tmp) / "bundle"})
             outcome["bundle_sha"] = objects.digest(data)
-    outcome.update(worker=_worker_name(), transfers=transfers, task_s=time.perf_counter() - started)
+    outcome.update(worker=worker_name(), transfers=transfers, task_s=time.perf_counter() - started)
     return outcome, data
 
 
@@ -132,8 +135,8 @@ def measure_task(request: dict[str, Any], target_id: str, bundle: tuple[str, lis
     transfers: dict[str, str] = {}
     device = json.loads(os.environ.get(DEVICES_ENV) or "{}").get(target_id) or {}
     for key, (sha, name, box) in payloads.items():
-        request[key] = str(_materialize(ray, sha, box, transfers, key) / name)
-    source = _materialize(ray, bundle[0], bundle[1], transfers, "bundle") / "bundle"
+        request[key] = str(materialize(ray, sha, box, transfers, key) / name)
+    source = materialize(ray, bundle[0], bundle[1], transfers, "bundle") / "bundle"
     with tempfile.TemporaryDirectory(prefix="onnxsmith-fleet-measure-") as tmp:
         work = Path(tmp) / "bundle"
         shutil.copytree(source, work)  # the cached payload stays as it arrived
@@ -142,7 +145,7 @@ def measure_task(request: dict[str, Any], target_id: str, bundle: tuple[str, lis
         outcome = run_stage("measure", request, Path(tmp) / "stage")
         outcome["stage_s"] = time.perf_counter() - stage_start
         data = objects.pack({"bundle": work}) if outcome["status"] == "ok" else b""
-    outcome.update(worker=_worker_name(), transfers=transfers, emulated=bool(device.get("emulated")),
+    outcome.update(worker=worker_name(), transfers=transfers, emulated=bool(device.get("emulated")),
                    remote=device.get("remote"), task_s=time.perf_counter() - started)
     return outcome, data
 
@@ -378,7 +381,7 @@ def _probe_task(backend: str | None, quick: bool) -> dict[str, Any]:
     from onnxsmith.probe import probe_host
 
     record = probe_host(backend, quick=quick)
-    record["worker"] = _worker_name()
+    record["worker"] = worker_name()
     return record
 
 
