@@ -6,11 +6,11 @@ package data (``compilers/<backend>/deploy/<language>/``); this module renders t
 ``@@NAME@@`` placeholders is named ``NAME.in`` (``main.cpp.in``, ``run.py.in``: as it stands it is not valid
 source, so no compiler, byte-compiler or import check takes it for one); its placeholders take the backend's
 variables and the core's (inputs and outputs with their dtypes and shapes, the title) and it is written without
-the ``.in``. Other files are copied as they are. C++ programs get the shared ``npy.hpp``, and
-``deploy/README.md`` lists each program's exact build and run commands and what onnxsmith's own tests did with it
-here. ``deploy/programs.json`` holds the same as data, and
-``deploy/example/`` one input per model input (a fixed pseudo-random pattern of the compiled shape) to run them
-on.
+the ``.in``. Other files are copied as they are. C++ programs get the shared ``deploy.hpp`` (the ``.npy`` reader
+and writer, the command line, the input checks: valid C++ as it stands). ``deploy/README.md`` lists each
+program's exact build and run commands and what onnxsmith's own tests did with it here, ``deploy/programs.json``
+holds the same as data, and ``deploy/example/`` one input per model input (a fixed pseudo-random pattern of the
+compiled shape) to run them on.
 
 The folder is not covered by the manifest's checksums: it is source for the user to read, edit and build.
 """
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from onnxsmith.targets import Target
 
 COMMON = Path(__file__).parent / "common"
-CPP_HEADER = "npy.hpp"
+CPP_HEADER = "deploy.hpp"
 FOLDER = "deploy"
 PLACEHOLDER = re.compile(r"@@([A-Z0-9_]+)@@")
 TEMPLATE_SUFFIX = ".in"

@@ -98,7 +98,7 @@ def test_openvino_bundle_lists_its_programs_and_readme(openvino_bundle: Path) ->
     readme = (openvino_bundle / "deploy" / "README.md").read_text()
     assert "cmake -S . -B build -DOpenVINO_DIR=" in readme and "./build/deploy ../../artifact out ../example/image.npy" in readme
     files = programs(openvino_bundle)["cpp"]["files"]
-    assert files == ["CMakeLists.txt", "main.cpp", "npy.hpp"]
+    assert files == ["CMakeLists.txt", "deploy.hpp", "main.cpp"]
     assert programs(openvino_bundle)["python"]["files"] == ["run.py"]  # rendered from run.py.in
     source = (openvino_bundle / "deploy" / "cpp" / "main.cpp").read_text()
     assert "@@" not in source and '{"image", "<f4", {1, 1, 8, 8}}' in source
@@ -110,6 +110,25 @@ def test_openvino_cpp_program_builds_runs_and_matches_onnxsmith_run(openvino_bun
     cmake_or_skip(toolchain_missing())
     got = build_and_run(openvino_bundle, "cpp")
     assert_equal_outputs(got, onnxsmith_run(openvino_bundle, tmp_path))
+
+
+def test_openvino_cpp_program_refuses_a_wrong_command_line_and_input(openvino_bundle: Path, tmp_path: Path) -> None:
+    """The shared deploy.hpp frame: usage with exit 2, a wrong-shape input as one error line with exit 1."""
+    from onnxsmith.compilers.openvino.deployment import toolchain_missing
+
+    cmake_or_skip(toolchain_missing())
+    where = openvino_bundle / "deploy" / "cpp"
+    shell(programs(openvino_bundle)["cpp"]["build"], where, python_env())  # incremental when already built
+    usage = subprocess.run(["./build/deploy", "../../artifact"], cwd=where, capture_output=True, text=True)
+    assert usage.returncode == 2 and usage.stderr.strip().endswith("ARTIFACT_DIR OUTPUT_DIR image.npy")
+    wrong = tmp_path / "wrong.npy"
+    np.save(wrong, np.zeros((1, 1, 8, 9), np.float32))
+    bad = subprocess.run(["./build/deploy", "../../artifact", str(tmp_path / "out"), str(wrong)], cwd=where,
+                         capture_output=True, text=True)
+    assert bad.returncode == 1
+    assert bad.stderr.strip() == (f"error: input 'image' must be <f4 [1, 1, 8, 8] (-1: any size); {wrong} holds <f4 "
+                                  "[1, 1, 8, 9]")
+    assert not (tmp_path / "out").exists()
 
 
 def test_openvino_python_program_matches_onnxsmith_run(openvino_bundle: Path, tmp_path: Path) -> None:
