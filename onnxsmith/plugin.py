@@ -143,8 +143,9 @@ class Variant:
 @dataclasses.dataclass(frozen=True)
 class DeployProgram:
     """A minimal program that loads the artifact with the backend's own runtime (``BUNDLE/deploy/<folder>/``),
-    rendered by :mod:`onnxsmith.deploy` from the files in ``templates`` (``@@NAME@@`` replaced by ``variables``
-    and by the core's own: inputs, outputs, title)."""
+    rendered by :mod:`onnxsmith.deploy` from the files in ``templates``: a ``NAME.in`` file is written as ``NAME``
+    with its ``@@NAME@@`` placeholders replaced by ``variables`` and by the core's own (inputs, outputs, title);
+    any other file is copied as it is. C++ programs also get the shared ``deploy.hpp``."""
 
     language: str
     """``C++``, ``Python``, ``Swift``."""

@@ -2,12 +2,15 @@
 own runtime (no onnxsmith), feed one ``.npy`` per input and write one ``.npy`` per output.
 
 Each backend names its programs (:meth:`onnxsmith.plugin.Compiler.deploy_programs`) and ships their templates as
-package data (``compilers/<backend>/deploy/<language>/``); this module renders them: ``@@NAME@@`` placeholders
-take the backend's variables and the core's (inputs and outputs with their dtypes and shapes, the title), C++
-programs get the shared ``npy.hpp``, and ``deploy/README.md`` lists each program's exact build and run commands
-and what onnxsmith's own tests did with it here. ``deploy/programs.json`` holds the same as data, and
-``deploy/example/`` one input per model input (a fixed pseudo-random pattern of the compiled shape) to run them
-on.
+package data (``compilers/<backend>/deploy/<language>/``); this module renders them. A template that holds
+``@@NAME@@`` placeholders is named ``NAME.in`` (``main.cpp.in``, ``run.py.in``: as it stands it is not valid
+source, so no compiler, byte-compiler or import check takes it for one); its placeholders take the backend's
+variables and the core's (inputs and outputs with their dtypes and shapes, the title) and it is written without
+the ``.in``. Other files are copied as they are. C++ programs get the shared ``deploy.hpp`` (the ``.npy`` reader
+and writer, the command line, the input checks: valid C++ as it stands). ``deploy/README.md`` lists each
+program's exact build and run commands and what onnxsmith's own tests did with it here, ``deploy/programs.json``
+holds the same as data, and ``deploy/example/`` one input per model input (a fixed pseudo-random pattern of the
+compiled shape) to run them on.
 
 The folder is not covered by the manifest's checksums: it is source for the user to read, edit and build.
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,8 +32,10 @@ if TYPE_CHECKING:
     from onnxsmith.targets import Target
 
 COMMON = Path(__file__).parent / "common"
+CPP_HEADER = "deploy.hpp"
 FOLDER = "deploy"
 PLACEHOLDER = re.compile(r"@@([A-Z0-9_]+)@@")
+TEMPLATE_SUFFIX = ".in"
 
 
 def npy_descr(dtype: str) -> str:
@@ -100,10 +106,15 @@ def write_deploy(root: Path, backend: Compiler, artifact: Artifact, target: Targ
         folder.mkdir()
         for template in sorted(p for p in program.templates.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
             rel = template.relative_to(program.templates)
-            (folder / rel).parent.mkdir(parents=True, exist_ok=True)
-            (folder / rel).write_text(render(template.read_text(), variables, f"{program.templates.name}/{rel}"))
+            if rel.name.endswith(TEMPLATE_SUFFIX):
+                written = folder / rel.with_name(rel.name[:-len(TEMPLATE_SUFFIX)])
+                written.parent.mkdir(parents=True, exist_ok=True)
+                written.write_text(render(template.read_text(), variables, f"{program.templates.name}/{rel}"))
+            else:
+                (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(template, folder / rel)
         if program.language == "C++":
-            (folder / "npy.hpp").write_text((COMMON / "npy.hpp").read_text())
+            shutil.copyfile(COMMON / CPP_HEADER, folder / CPP_HEADER)
         records.append({"language": program.language, "folder": program.folder, "loads": list(program.loads),
                         "build": list(program.build), "run": [render(c, variables, "run") for c in program.run],
                         "checked": program.checked, "inputs": [s.name for s in specs],

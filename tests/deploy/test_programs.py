@@ -98,7 +98,8 @@ def test_openvino_bundle_lists_its_programs_and_readme(openvino_bundle: Path) ->
     readme = (openvino_bundle / "deploy" / "README.md").read_text()
     assert "cmake -S . -B build -DOpenVINO_DIR=" in readme and "./build/deploy ../../artifact out ../example/image.npy" in readme
     files = programs(openvino_bundle)["cpp"]["files"]
-    assert files == ["CMakeLists.txt", "main.cpp", "npy.hpp"]
+    assert files == ["CMakeLists.txt", "deploy.hpp", "main.cpp"]
+    assert programs(openvino_bundle)["python"]["files"] == ["run.py"]  # rendered from run.py.in
     source = (openvino_bundle / "deploy" / "cpp" / "main.cpp").read_text()
     assert "@@" not in source and '{"image", "<f4", {1, 1, 8, 8}}' in source
 
@@ -109,6 +110,25 @@ def test_openvino_cpp_program_builds_runs_and_matches_onnxsmith_run(openvino_bun
     cmake_or_skip(toolchain_missing())
     got = build_and_run(openvino_bundle, "cpp")
     assert_equal_outputs(got, onnxsmith_run(openvino_bundle, tmp_path))
+
+
+def test_openvino_cpp_program_refuses_a_wrong_command_line_and_input(openvino_bundle: Path, tmp_path: Path) -> None:
+    """The shared deploy.hpp frame: usage with exit 2, a wrong-shape input as one error line with exit 1."""
+    from onnxsmith.compilers.openvino.deployment import toolchain_missing
+
+    cmake_or_skip(toolchain_missing())
+    where = openvino_bundle / "deploy" / "cpp"
+    shell(programs(openvino_bundle)["cpp"]["build"], where, python_env())  # incremental when already built
+    usage = subprocess.run(["./build/deploy", "../../artifact"], cwd=where, capture_output=True, text=True)
+    assert usage.returncode == 2 and usage.stderr.strip().endswith("ARTIFACT_DIR OUTPUT_DIR image.npy")
+    wrong = tmp_path / "wrong.npy"
+    np.save(wrong, np.zeros((1, 1, 8, 9), np.float32))
+    bad = subprocess.run(["./build/deploy", "../../artifact", str(tmp_path / "out"), str(wrong)], cwd=where,
+                         capture_output=True, text=True)
+    assert bad.returncode == 1
+    assert bad.stderr.strip() == (f"error: input 'image' must be <f4 [1, 1, 8, 8] (-1: any size); {wrong} holds <f4 "
+                                  "[1, 1, 8, 9]")
+    assert not (tmp_path / "out").exists()
 
 
 def test_openvino_python_program_matches_onnxsmith_run(openvino_bundle: Path, tmp_path: Path) -> None:
@@ -191,6 +211,25 @@ def test_onnxruntime_cpp_program_is_generated_and_says_why_it_was_not_built(onnx
     assert "not built here" in (onnxruntime_bundle / "deploy" / "README.md").read_text()
 
 
+# --- the templates --------------------------------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_templates_with_placeholders_end_in_dot_in_and_the_source_tree_byte_compiles(tmp_path: Path) -> None:
+    """A template holding @@NAME@@ is NAME.in (not valid source as it stands), so compileall over the tree passes."""
+    from onnxsmith.deploy import PLACEHOLDER, TEMPLATE_SUFFIX
+
+    templates = [p for p in (REPO / "compilers").glob("*/deploy/**/*") if p.is_file() and "__pycache__" not in p.parts]
+    assert len(templates) >= 15
+    for path in templates:
+        assert bool(PLACEHOLDER.search(path.read_text())) == path.name.endswith(TEMPLATE_SUFFIX), path
+    done = subprocess.run([sys.executable, "-m", "compileall", "-q", "compilers", "onnxsmith"], cwd=REPO,
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPYCACHEPREFIX": str(tmp_path)})
+    assert done.returncode == 0 and done.stdout == "", done.stdout[-3000:]
+
+
 # --- the programs this machine cannot build: TensorRT, Core ML ---------------------------------------------------
 
 def assert_names_existing_artifact_files(folder: Path, loads: list[str], artifact: Path) -> None:
@@ -251,6 +290,7 @@ def test_coreml_programs_are_generated_naming_the_package_and_say_they_were_not_
     for folder, program in found.items():
         assert program["checked"].startswith("generated only, not built or run here")
         assert_names_existing_artifact_files(deploy / folder, program["loads"], work)
+    assert found["swift"]["files"] == ["Package.swift", "Sources/deploy/main.swift"]
     swift = (deploy / "swift" / "Sources" / "deploy" / "main.swift").read_text()
     assert "MLModel.compileModel" in swift and '(name: "image", descr: "<f4", shape: [1, 1, 8, 8])' in swift
     assert "swift build -c release" in (deploy / "README.md").read_text()

@@ -1,8 +1,13 @@
-// Minimal .npy reader and writer (NumPy format 1.0-3.0, little-endian, C order): enough for one array per file.
+// What every onnxsmith deployment program shares (copied next to its main.cpp by onnxsmith): a minimal .npy reader
+// and writer (NumPy format 1.0-3.0, little-endian, C order; one array per file), and the program's frame: the
+// command line ARTIFACT_DIR OUTPUT_DIR INPUT.npy..., each input checked against its declared dtype and shape,
+// each output written as OUTPUT_DIR/NAME.npy, and errors reported as one line with exit status 1 (2: usage).
 #pragma once
 #include <cstdint>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <numeric>
 #include <stdexcept>
 #include <string>
@@ -95,4 +100,62 @@ inline void save(const std::string& path, const std::string& descr, const std::v
   if (!out) throw std::runtime_error("cannot write " + path);
 }
 
+inline std::string shape_text(const std::vector<int64_t>& shape) {
+  std::string text = "[";
+  for (size_t i = 0; i < shape.size(); ++i) text += (i ? ", " : "") + std::to_string(shape[i]);
+  return text + "]";
+}
+
 }  // namespace npy
+
+namespace deploy {
+
+// A model input or output as compiled: its name, the .npy dtype (e.g. "<f4") and shape (-1: a dynamic dimension).
+struct Tensor {
+  const char* name;
+  const char* descr;
+  std::vector<int64_t> shape;
+};
+
+// The command line: ARTIFACT_DIR OUTPUT_DIR, then one .npy per input in the order of the program's inputs.
+struct Arguments {
+  std::filesystem::path artifact, output;
+  std::vector<std::string> inputs;
+};
+
+// Loads an input's .npy and checks it has the declared dtype and shape.
+inline npy::Array load_input(const Tensor& spec, const std::string& path) {
+  npy::Array array = npy::load(path);
+  if (array.descr != spec.descr || !npy::fits(array.shape, spec.shape))
+    throw std::runtime_error(std::string("input '") + spec.name + "' must be " + spec.descr + " " +
+                             npy::shape_text(spec.shape) + " (-1: any size); " + path + " holds " + array.descr +
+                             " " + npy::shape_text(array.shape));
+  return array;
+}
+
+// Writes an output as OUTPUT_DIR/NAME.npy (creating OUTPUT_DIR).
+inline void save_output(const Arguments& args, const Tensor& spec, const std::vector<int64_t>& shape,
+                        const void* data, size_t bytes) {
+  std::filesystem::create_directories(args.output);
+  npy::save((args.output / (std::string(spec.name) + ".npy")).string(), spec.descr, shape, data, bytes);
+}
+
+// The whole of main(): checks the command line against `inputs` (usage: exit 2), runs `infer`, and turns an
+// exception into "error: ..." on stderr and exit 1.
+inline int main(int argc, char** argv, const std::vector<Tensor>& inputs, void (*infer)(const Arguments&)) {
+  if (argc != 3 + int(inputs.size())) {
+    std::cerr << "usage: " << argv[0] << " ARTIFACT_DIR OUTPUT_DIR";
+    for (const auto& t : inputs) std::cerr << " " << t.name << ".npy";
+    std::cerr << "\n";
+    return 2;
+  }
+  try {
+    infer(Arguments{argv[1], argv[2], std::vector<std::string>(argv + 3, argv + argc)});
+  } catch (const std::exception& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    return 1;
+  }
+  return 0;
+}
+
+}  // namespace deploy
