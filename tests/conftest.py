@@ -35,6 +35,17 @@ def mlp_path(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.fixture
+def bundle(cnn_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
+    """``cnn_path`` compiled through the CLI with onnxruntime: a bundle folder (``tmp_path/bundle``)."""
+    from tests.cli.test_cli import cli
+
+    out = tmp_path / "bundle"
+    code, _, err = cli(["compile", str(cnn_path), "-b", "onnxruntime", "-o", str(out)], capsys)
+    assert code == 0, err
+    return out
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_call(item: pytest.Item):
     """A test that needs an optional extra which is not installed skips, naming it, instead of erroring: only when

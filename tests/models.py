@@ -11,6 +11,14 @@ def _init(name: str, array: np.ndarray) -> onnx.TensorProto:
     return numpy_helper.from_array(array.astype(np.float32), name)
 
 
+def _model(graph: onnx.GraphProto) -> onnx.ModelProto:
+    """``graph`` as a checked model of opset 17 and IR version 8, as every model here is."""
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="onnxsmith-tests")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
 def make_cnn(seed: int = 0, batch: int | str = 1, size: int = 16, classes: int = 10) -> onnx.ModelProto:
     """Conv(3->8,3x3) + Relu + MaxPool(2) + Conv(8->16) + Relu + GlobalAveragePool + Flatten + Gemm + Softmax."""
     rng = np.random.default_rng(seed)
@@ -36,10 +44,7 @@ def make_cnn(seed: int = 0, batch: int | str = 1, size: int = 16, classes: int =
         [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [batch, classes])],
         inits,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="onnxsmith-tests")
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model
+    return _model(graph)
 
 
 def make_mlp(seed: int = 0, features: int = 32, hidden: int = 64, classes: int = 10) -> onnx.ModelProto:
@@ -62,10 +67,7 @@ def make_mlp(seed: int = 0, features: int = 32, hidden: int = 64, classes: int =
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])],
         inits,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="onnxsmith-tests")
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model
+    return _model(graph)
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -134,10 +136,7 @@ def make_outlier_cnn(seed: int = 0, channels: int = 32, size: int = 16, classes:
     nodes.append(helper.make_node("Gemm", ["flat", "wf", "bf"], ["logits"], transB=1, name="fc"))
     graph = helper.make_graph(nodes, "outlier_cnn", [x_info],
                               [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="onnxsmith-tests")
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model
+    return _model(graph)
 
 
 def outlier_data(model: onnx.ModelProto, samples: int = 300, seed: int = 0, noise: float = 0.5,

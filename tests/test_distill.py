@@ -7,19 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from onnxsmith.cli import main
+from tests.cli.test_cli import cli
 
 pytest.importorskip("torch")
 DIGITS = Path(__file__).resolve().parents[1] / "onnxsmith" / "examples" / "digits"
 TEACHER = str(DIGITS / "digits_cnn.onnx")
 MLP = "onnxsmith.examples.digits.student:mlp"
-
-
-def cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-    out, err = capsys.readouterr()
-    return int(exc.value.code or 0), out, err
 
 
 def test_distill_trains_checkpoints_resumes_and_exports(tmp_path: Path) -> None:

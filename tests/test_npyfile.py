@@ -118,12 +118,6 @@ def _run_measured(args: list[str], env: dict[str, str] | None = None) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.fixture
-def bundle(cnn_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
-    assert cli(["compile", str(cnn_path), "-b", "onnxruntime", "-o", str(tmp_path / "b")], capsys)[0] == 0
-    return tmp_path / "b"
-
-
 def test_a_zip_bomb_over_the_cap_is_refused_without_decompressing(bomb: Path, bundle: Path) -> None:
     result = _run_measured(["run", str(bundle), "--input", str(bomb)], {MAX_BYTES_VARIABLE: "256MiB"})
     assert result["code"] == 2 and len(result["err"].strip().splitlines()) == 1, result

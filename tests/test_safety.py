@@ -17,14 +17,6 @@ from onnxsmith.signing import seal
 from tests.cli.test_cli import _assert_one_line_error, cli
 
 
-@pytest.fixture
-def bundle(cnn_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
-    out = tmp_path / "bundle"
-    code, _, err = cli(["compile", str(cnn_path), "-b", "onnxruntime", "-o", str(out)], capsys)
-    assert code == 0, err
-    return out
-
-
 def _edit_manifest(bundle: Path, change, reseal: bool = True) -> None:
     manifest = json.loads((bundle / "manifest.json").read_text())
     change(manifest)
@@ -39,14 +31,21 @@ def _sha(path: Path) -> str:
 
 # --- 1. `-o` never deletes what it should not ---------------------------------------------------------------------
 
-def test_compile_refuses_a_non_empty_foreign_output(cnn_path: Path, tmp_path: Path,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
+def _refused_over_a_users_file(verb: str, model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
+    """``VERB MODEL -b onnxruntime -o userdir`` into a folder holding the user's file: refused (exit 2, "is not
+    empty") and the file kept; returns the folder."""
     userdir = tmp_path / "userdir"
     userdir.mkdir()
     (userdir / "precious.txt").write_text("keep")
-    _assert_one_line_error(*cli(["compile", str(cnn_path), "-b", "onnxruntime", "-o", str(userdir)], capsys), 2,
+    _assert_one_line_error(*cli([verb, str(model), "-b", "onnxruntime", "-o", str(userdir)], capsys), 2,
                            "is not empty")
     assert (userdir / "precious.txt").read_text() == "keep"
+    return userdir
+
+
+def test_compile_refuses_a_non_empty_foreign_output(cnn_path: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    userdir = _refused_over_a_users_file("compile", cnn_path, tmp_path, capsys)
     assert sorted(p.name for p in userdir.iterdir()) == ["precious.txt"]
     code, _, err = cli(["compile", str(cnn_path), "-b", "onnxruntime", "-o", str(userdir), "--force"], capsys)
     assert code == 0, err
@@ -88,12 +87,7 @@ def test_output_holding_the_model_data_or_cache_is_refused_even_with_force(
     # optimize: the same rules
     _assert_one_line_error(*cli(["optimize", str(cnn_path), "-b", "onnxruntime", "-o", str(cnn_path.parent),
                                  "--force"], capsys), 2, "one of this command's inputs")
-    userdir = tmp_path / "userdir"
-    userdir.mkdir()
-    (userdir / "precious.txt").write_text("keep")
-    _assert_one_line_error(*cli(["optimize", str(model), "-b", "onnxruntime", "-o", str(userdir)], capsys), 2,
-                           "is not empty")
-    assert (userdir / "precious.txt").read_text() == "keep"
+    _refused_over_a_users_file("optimize", model, tmp_path, capsys)
 
 
 # --- 2. bundles never reach outside themselves ---------------------------------------------------------------------

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from onnxsmith.compilers.coreml.backend import coremltools, openable_package, package_path, quiet
+from onnxsmith.compilers.coreml.common import coremltools, openable_package, package_path, quiet
 from onnxsmith.errors import BackendError, DataError, UnsupportedError, first_line
 from onnxsmith.plugin import Emulation, Runner, Support
 

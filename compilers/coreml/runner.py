@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from onnxsmith.compilers.coreml.backend import coremltools, openable_package, quiet
+from onnxsmith.compilers.coreml.common import coremltools, openable_package, quiet
 from onnxsmith.errors import BackendError, DataError, first_line
 from onnxsmith.model import TensorSpec
 from onnxsmith.plugin import LayerTime, Runner

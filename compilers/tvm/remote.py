@@ -18,7 +18,7 @@ from onnxsmith.errors import BackendError, UserInputError
 from onnxsmith.plugin import Runner
 
 from onnxsmith.compilers.tvm.common import LIBRARY, tvm, vendor_why
-from onnxsmith.compilers.tvm.runner import check_feeds, outputs_to_numpy, specs
+from onnxsmith.compilers.tvm.runner import device_tensors, outputs_to_numpy, specs
 
 if TYPE_CHECKING:
     import numpy as np
@@ -80,11 +80,7 @@ class RemoteRunner(Runner):
         self.session = None
 
     def _set_inputs(self, feeds: Mapping[str, np.ndarray]) -> None:
-        import numpy as np
-
-        check_feeds(feeds, self._args)
-        module = tvm()
-        tensors = [module.runtime.tensor(np.asarray(feeds[s.name], order="C"), self.device) for s in self._args]
+        tensors = device_tensors(feeds, self._args, self.device)
         self.vm.set_input("main", *tensors)  # the stateful API works over RPC for tuple outputs too
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -46,6 +46,15 @@ def check_feeds(feeds: Mapping[str, np.ndarray], inputs: tuple[TensorSpec, ...])
                             f"{spec.shape_text()}", "compile again with --shape, or feed the compiled shape")
 
 
+def device_tensors(feeds: Mapping[str, np.ndarray], inputs: tuple[TensorSpec, ...], device: Any) -> list[Any]:
+    """The checked feeds as TVM tensors on ``device`` (local or an RPC session's), in the order of ``inputs``."""
+    import numpy as np
+
+    check_feeds(feeds, inputs)
+    module = tvm()
+    return [module.runtime.tensor(np.asarray(feeds[s.name], order="C"), device) for s in inputs]
+
+
 class TVMRunner(Runner):
     """The Relax VM over ``model.so``; ``bind`` saves ``main`` with device tensors so a call does no conversion."""
 
@@ -87,11 +96,7 @@ class TVMRunner(Runner):
         self._lib = None
 
     def _tensors(self, feeds: Mapping[str, np.ndarray]) -> list[Any]:
-        import numpy as np
-
-        check_feeds(feeds, self._args)
-        module = tvm()
-        return [module.runtime.tensor(np.asarray(feeds[s.name], order="C"), self.device) for s in self._args]
+        return device_tensors(feeds, self._args, self.device)
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         tensors = self._tensors(feeds)

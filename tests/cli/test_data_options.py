@@ -49,14 +49,6 @@ def _npy_samples(folder: Path) -> np.ndarray:
     return np.stack([np.load(p).reshape(3, 16, 16) for p in sorted(folder.glob("*.npy"))])
 
 
-@pytest.fixture
-def bundle(cnn_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
-    path = tmp_path / "bundle"
-    code, _, err = cli(["compile", str(cnn_path), "-b", "onnxruntime", "-o", str(path)], capsys)
-    assert code == 0, err
-    return path
-
-
 def test_compile_calibration_takes_npy_and_image_folders(cnn_path: Path, tmp_path: Path, npy_folder: Path,
                                                          image_folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for folder, count in ((npy_folder, SAMPLES), (image_folder, 4)):

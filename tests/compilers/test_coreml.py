@@ -21,7 +21,8 @@ pytest.importorskip("coremltools", reason="coremltools is not installed")
 pytest.importorskip("onnx2coreml", reason="onnx2coreml is not installed")
 
 from onnxsmith.compilers.coreml import CoreMLCompiler, can_evaluate, evaluate_program  # noqa: E402
-from onnxsmith.compilers.coreml.backend import parse_options, program_summary  # noqa: E402
+from onnxsmith.compilers.coreml.conversion import program_summary  # noqa: E402
+from onnxsmith.compilers.coreml.options import parse_options  # noqa: E402
 
 ON_MAC = platform.system() == "Darwin"
 

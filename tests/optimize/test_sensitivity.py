@@ -189,43 +189,42 @@ def test_tensorrt_keep_fp32_stays_fp32_in_the_int8_fp16_rewrite(outlier: tuple, 
                         "conv3": onnx.TensorProto.FLOAT, "conv4": onnx.TensorProto.FLOAT16}
 
 
-def test_coreml_keep_fp32_leaves_the_kept_weights_unpalettized(outlier: tuple, tmp_path: Path) -> None:
+def _coreml_with_and_without_keep(outlier: tuple, tmp_path: Path, precision: str, options: dict
+                                  ) -> dict[tuple[str, ...], tuple[object, Path]]:
+    """The outlier CNN compiled by Core ML for apple/m3 twice, as is and with conv2, conv3 kept float: keep-list ->
+    (artifact, its folder)."""
     pytest.importorskip("onnx2coreml")
     from onnxsmith.compilers.coreml.backend import CoreMLCompiler
     from onnxsmith.plugin import CompileRequest
 
     model_path, _, _, _ = outlier
     model, target, profile = load_model(model_path), load_target("apple/m3"), load_profile("quick")
-    weights = {}
+    built = {}
     for keep in ((), ("conv2", "conv3")):
-        work = tmp_path / f"pal{len(keep)}"
+        work = tmp_path / f"keep{len(keep)}"
         work.mkdir()
-        artifact = CoreMLCompiler().compile(CompileRequest(model, target, "fp16", profile, options={
-            "palettize_bits": 4, "keep_fp32": list(keep), "weight_threshold": 100}), work)
-        weights[keep] = artifact.metadata["quantization"]["weights"]
+        request = CompileRequest(model, target, precision, profile, options={**options, "keep_fp32": list(keep)})
+        built[keep] = (CoreMLCompiler().compile(request, work), work)
+    return built
+
+
+def test_coreml_keep_fp32_leaves_the_kept_weights_unpalettized(outlier: tuple, tmp_path: Path) -> None:
+    built = _coreml_with_and_without_keep(outlier, tmp_path, "fp16", {"palettize_bits": 4, "weight_threshold": 100})
+    weights = {keep: artifact.metadata["quantization"]["weights"] for keep, (artifact, _) in built.items()}
     assert weights[("conv2", "conv3")]["palettized_weights"] == weights[()]["palettized_weights"] - 2
     assert {"w2_to_fp16", "w3_to_fp16"} <= set(weights[("conv2", "conv3")]["kept_float"])
-    assert artifact.options["keep_fp32"] == ["conv2", "conv3"]
+    assert built[("conv2", "conv3")][0].options["keep_fp32"] == ["conv2", "conv3"]
 
 
 def test_coreml_keep_fp32_leaves_the_kept_weights_float(outlier: tuple, tmp_path: Path) -> None:
-    pytest.importorskip("onnx2coreml")
-    from onnxsmith.compilers.coreml.backend import MAIN_FILE, CoreMLCompiler
-    from onnxsmith.plugin import CompileRequest
-
-    model_path, _, _, _ = outlier
-    model, target, profile = load_model(model_path), load_target("apple/m3"), load_profile("quick")
-    counts = {}
-    for keep in ((), ("conv2", "conv3")):
-        work = tmp_path / f"cm{len(keep)}"
-        work.mkdir()
-        artifact = CoreMLCompiler().compile(CompileRequest(model, target, "int8", profile, options={
-            "keep_fp32": list(keep), "weight_threshold": 100}), work)
-        counts[keep] = artifact.metadata["quantization"]["weights"]
+    built = _coreml_with_and_without_keep(outlier, tmp_path, "int8", {"weight_threshold": 100})
+    counts = {keep: artifact.metadata["quantization"]["weights"] for keep, (artifact, _) in built.items()}
     import coremltools as ct
 
+    from onnxsmith.compilers.coreml.common import MAIN_FILE
     from onnxsmith.compilers.coreml.runner import op_output_precisions
 
+    work = built[("conv2", "conv3")][1]
     precisions = op_output_precisions(ct.utils.load_spec(str(work / MAIN_FILE)))  # files: the package's files
     assert "fp16" in precisions.values()  # what the compute plan's rows are labelled with on macOS
     assert counts[("conv2", "conv3")]["quantized_weights"] == counts[()]["quantized_weights"] - 2

@@ -145,7 +145,7 @@ def test_tensorrt_and_coreml_accept_the_device_tables() -> None:
             opts = tensorrt_options({}, TARGETS[tid].options_for("tensorrt"), TARGETS[tid].source_file)
             assert opts.compute_capability and opts.workspace_mb, tid
     try:
-        from onnxsmith.compilers.coreml.backend import parse_options as coreml_options
+        from onnxsmith.compilers.coreml.options import parse_options as coreml_options
     except ImportError:
         return
     for tid in _ids(backend="coreml"):
