@@ -128,7 +128,7 @@ class LayerTime:
     """The kernel or implementation the backend chose (e.g. ``jit_avx512_FP32``)."""
     precision: str = ""
     """The precision the layer really computed in, as the backend reports it (``int8``, ``bf16``, ``fp16``,
-    ``fp32``; see :data:`onnxsmith.profiling.LAYER_PRECISIONS`); ``""`` when it does not say."""
+    ``fp32``; see :data:`onnxsmith.profiling.measure.LAYER_PRECISIONS`); ``""`` when it does not say."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,7 +14,7 @@ from onnxsmith.data import Dataset, synthetic
 from onnxsmith.errors import BundleError, DataError, UnsupportedError, UserInputError
 from onnxsmith.model import load_model
 from onnxsmith.profiles import load_profile
-from onnxsmith.profiling import profile_bundle
+from onnxsmith.profiling.run import profile_bundle
 from onnxsmith.targets import load_target
 from onnxsmith.validation import validate_bundle
 
@@ -114,7 +114,8 @@ def test_profile_compares_with_the_baseline_in_interleaved_runs_and_records_the_
 
 def test_a_significantly_slower_artifact_is_called_out_with_the_faster_choice() -> None:
     from onnxsmith.cli.profile import profile_verdict_lines
-    from onnxsmith.profiling import busy_warning, slower_than_baseline
+    from onnxsmith.profiling.environment import busy_warning
+    from onnxsmith.profiling.record import slower_than_baseline
     from onnxsmith.stats import compare_runs
 
     slow = compare_runs([2.3, 2.31, 2.28, 2.33, 2.29, 2.3], [1.0, 1.01, 0.99, 1.0, 1.02, 0.98]).to_json()

@@ -135,7 +135,8 @@ def run_ladder(model: LoadedModel, target: Target, profile: Profile, *, data: Da
     from onnxsmith.compile import protected_inputs
 
     notes: list[str] = []
-    from onnxsmith.profiling import LoadWatch, environment, is_busy
+    from onnxsmith.profiling.environment import LoadWatch, environment
+    from onnxsmith.stats import is_busy
 
     env, load = environment(), LoadWatch().load_before
     notes.append(f"machine: {env['cpu_model']}, {env['usable_cores']} usable cores, frequency governor "
@@ -482,7 +483,7 @@ def _dynamic_sweep(runner: StepRunner, recipe: Recipe, chosen: str, sizes: Seque
     from onnxsmith.errors import OnnxsmithError
     from onnxsmith.model import specs_at
     from onnxsmith.optimize.batching import BatchPoint
-    from onnxsmith.profiling import profile_bundle
+    from onnxsmith.profiling.run import profile_bundle
     from onnxsmith.registry import get_backend
 
     top = max(sizes)

@@ -68,7 +68,7 @@ def layer_cost_ms(int8_bundle: Path, mixed_bundle: Path, keep: Sequence[str], da
     per-layer profiles each), from the backend's own per-layer profiler; ``None`` where the profiler names no
     entry after the layer."""
     from onnxsmith.bundle import Bundle
-    from onnxsmith.profiling import profile_feeds
+    from onnxsmith.profiling.run import profile_feeds
 
     aliases: dict[str, set[str]] = {}
     for node in reference_proto.graph.node:
