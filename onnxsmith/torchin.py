@@ -113,7 +113,7 @@ class InputArg:
 
 def split_shapes(values: Sequence[str]) -> tuple[tuple[str, ...], dict[str, InputArg]]:
     """Strip an optional trailing ``:dtype`` from every ``--shape``; returns the values for
-    :func:`onnxsmith.model.parse_shape_overrides` and what the export needs per input."""
+    :func:`onnxsmith.model.shapes.parse_shape_overrides` and what the export needs per input."""
     passthrough: list[str] = []
     args: dict[str, InputArg] = {}
     for value in values:
@@ -151,8 +151,9 @@ def open_model(spec: str, shapes: Sequence[str] = (), *, target: Target | None =
     ``data`` (any form :func:`onnxsmith.datasets.open_dataset` reads) feeds the export's numerics check. A range
     (``--shape NAME=MIN:OPT:MAX``) is exported at its OPT dims with the varying dims dynamic, and kept as the
     loaded model's :attr:`~onnxsmith.model.LoadedModel.shape_ranges`; ``batch`` is ``--batch`` as
-    :func:`onnxsmith.model.parse_batch` returns it."""
-    from onnxsmith.model import load_model, parse_shape_overrides
+    :func:`onnxsmith.model.shapes.parse_batch` returns it."""
+    from onnxsmith.model import load_model
+    from onnxsmith.model.shapes import parse_shape_overrides
 
     kind = torch_kind(spec)
     passthrough, args = split_shapes(shapes)

@@ -184,7 +184,7 @@ def test_transformed_model_keeps_the_original_as_reference(cnn_path: Path, tmp_p
     original = load_model(cnn_path)
     calibration = synthetic(original, 8)
     done = get_pass("int8_qdq").run(original, calibration=calibration)
-    from onnxsmith.model import save_model
+    from onnxsmith.model.saving import save_model
 
     quantized = load_model(save_model(done.model, tmp_path / "q" / "cnn.onnx"))
     bundle = compile_model(quantized, load_target("host"), profile=load_profile("quick"), output=tmp_path / "b",
@@ -209,7 +209,7 @@ def test_profile_peak_memory_is_the_measuring_process_own(bundle) -> None:
 def test_validate_and_the_ladder_agree_on_the_same_bundle(cnn_path: Path, tmp_path: Path) -> None:
     """One comparison engine: `validate` and `optimize`'s evaluation give the same cosine, agreement and worst
     examples for one int8 bundle on one labelled data set."""
-    from onnxsmith.model import save_model
+    from onnxsmith.model.saving import save_model
     from onnxsmith.optimize.evaluate import evaluate, reference_outputs
     from onnxsmith.optimize.passes import get_pass
 

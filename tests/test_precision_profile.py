@@ -9,7 +9,8 @@ import pytest
 
 from onnxsmith.compile import compile_model
 from onnxsmith.data import make_dataset
-from onnxsmith.model import load_model, save_model
+from onnxsmith.model import load_model
+from onnxsmith.model.saving import save_model
 from onnxsmith.optimize.passes import get_pass
 from onnxsmith.plugin import LayerTime
 from onnxsmith.profiles import load_profile

@@ -49,7 +49,7 @@ def export_command(model: str, shapes: tuple[str, ...], target_spec: str | None,
     passthrough, args = split_shapes(shapes)
     bad = [v for v, a in zip(passthrough, shapes) if v.rpartition("=")[0] not in args]
     if bad:
-        from onnxsmith.model import parse_shape_overrides
+        from onnxsmith.model.shapes import parse_shape_overrides
 
         parse_shape_overrides(bad)  # the one message for a malformed --shape
     target = load_target(target_spec) if target_spec else None

@@ -101,7 +101,7 @@ def compile_stage(req: dict[str, Any]) -> dict[str, Any]:
     if onnx_pass:
         import tempfile
 
-        from onnxsmith.model import save_model
+        from onnxsmith.model.saving import save_model
         from onnxsmith.optimize.passes import get_pass
 
         if precision not in target.precisions:

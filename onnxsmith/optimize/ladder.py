@@ -126,7 +126,7 @@ def run_ladder(model: LoadedModel, target: Target, profile: Profile, *, data: Da
     ``output`` is refused when it holds anything but a previous optimize result (unless ``force``), or when it
     contains the model, the data or the cache (always)."""
     from onnxsmith.data import check_against_model, synthetic
-    from onnxsmith.model import require_static
+    from onnxsmith.model.shapes import require_static
     from onnxsmith.optimize.card import write_card
     from onnxsmith.optimize.evaluate import reference_outputs
 
@@ -481,7 +481,7 @@ def _dynamic_sweep(runner: StepRunner, recipe: Recipe, chosen: str, sizes: Seque
     batch size."""
     from onnxsmith.bundle import Bundle
     from onnxsmith.errors import OnnxsmithError
-    from onnxsmith.model import specs_at
+    from onnxsmith.model.shapes import specs_at
     from onnxsmith.optimize.batching import BatchPoint
     from onnxsmith.profiling.run import profile_bundle
     from onnxsmith.registry import get_backend

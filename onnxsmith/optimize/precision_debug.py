@@ -114,7 +114,7 @@ def debug_precision(model: LoadedModel, target: Target, profile: Profile, *, dat
     """Find the keep-list and build, profile and validate fp32 / int8 / mixed on every usable backend."""
     from onnxsmith.compile import protected_inputs
     from onnxsmith.data import check_against_model
-    from onnxsmith.model import require_static
+    from onnxsmith.model.shapes import require_static
     from onnxsmith.optimize.evaluate import reference_outputs
     from onnxsmith.optimize.ladder import _usable_backends
     from onnxsmith.optimize.sensitivity import analyze

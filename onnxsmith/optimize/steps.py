@@ -140,7 +140,8 @@ class StepRunner:
         else:
             parent, _ = self.build(passes[:-1], batch, batch_range, source)
             name, config = passes[-1]
-            from onnxsmith.model import load_model, save_model
+            from onnxsmith.model import load_model
+            from onnxsmith.model.saving import save_model
             from onnxsmith.optimize.passes import get_pass
 
             self.progress(f"pass {name}" + (f" (batch {batch})" if batch > 1 else ""))
