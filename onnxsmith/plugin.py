@@ -413,7 +413,7 @@ class Compiler:
 
     def max_opset(self, target: Target) -> int | None:
         """The newest ONNX opset this backend's importer reads for ``target``; PyTorch models are exported at
-        or below it (:func:`onnxsmith.torchin.choose_opset`). Default: ``None``, any opset onnx knows."""
+        or below it (:func:`onnxsmith.torchin.export.choose_opset`). Default: ``None``, any opset onnx knows."""
         return None
 
     def portable_across_versions(self, artifact: Artifact) -> bool:

@@ -68,7 +68,8 @@ def compile_command(model: str, target_spec: str, backend: str | None, precision
     from onnxsmith.model.shapes import parse_batch
     from onnxsmith.profiles import load_profile
     from onnxsmith.targets import load_target
-    from onnxsmith.torchin import describe, open_model
+    from onnxsmith.torchin import open_model
+    from onnxsmith.torchin.api import describe
 
     options = parse_options(raw_options)
     if tune or tune_trials or tune_minutes or tune_more:
