@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from onnxsmith.errors import BundleError, DataError, first_line
-from onnxsmith.model import ShapeRange, TensorSpec, specs_at
+from onnxsmith.model import TensorSpec
+from onnxsmith.model.shapes import ShapeRange, specs_at
 from onnxsmith.plugin import Artifact, Runner, backend_call
 
 if TYPE_CHECKING:
@@ -86,7 +87,7 @@ def _check_manifest(manifest: Any, where: Path) -> None:
     signature = manifest["model"].get("signature")
     if not isinstance(signature, dict) or not all(isinstance(signature.get(k), list) for k in ("inputs", "outputs")):
         raise bad("'model.signature' must hold 'inputs' and 'outputs' lists")
-    from onnxsmith.model import _ONNX_DTYPES
+    from onnxsmith.model.specs import _ONNX_DTYPES
 
     for kind in ("inputs", "outputs"):
         for spec in signature[kind]:

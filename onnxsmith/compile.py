@@ -15,7 +15,7 @@ import onnxsmith
 from onnxsmith.bundle import FORMAT_VERSION, MANIFEST, Bundle, write_json
 from onnxsmith.cache import CompileCache, cache_key, private_dir, replace_dir, sha256_file
 from onnxsmith.errors import DataError, MissingDependencyError, OnnxsmithError, UnsupportedError
-from onnxsmith.model import require_static
+from onnxsmith.model.shapes import require_static
 from onnxsmith.outdir import check_output_dir
 from onnxsmith.options import parse_backend_options
 from onnxsmith.plugin import Artifact, CompileRequest, Compiler, Support

@@ -69,7 +69,7 @@ def teacher_logits(teacher_spec: str, teacher: LoadedModel, data: Dataset, progr
     import numpy as np
 
     from onnxsmith.numerics import collect
-    from onnxsmith.torchin import build_torch_model, torch_kind
+    from onnxsmith.torchin.source import build_torch_model, torch_kind
 
     progress(f"scoring {len(data)} training samples with the teacher")
     names = [o.name for o in teacher.outputs]
@@ -77,7 +77,7 @@ def teacher_logits(teacher_spec: str, teacher: LoadedModel, data: Dataset, progr
     if kind is not None:
         import torch
 
-        from onnxsmith.torchin import _to_torch, flatten_outputs, InputArg
+        from onnxsmith.torchin.inputs import InputArg, _to_torch, flatten_outputs
 
         model = build_torch_model(teacher_spec, kind)
         specs = [InputArg(s.name, tuple(int(d) for d in s.shape), s.dtype) for s in teacher.inputs]
@@ -144,7 +144,8 @@ def distill(teacher_spec: str, student_spec: str, *, train_spec: str, output: Pa
             progress: Callable[[str], None] | None = None,
             on_epoch: Callable[[EpochLine, int | None], None] | None = None) -> dict[str, Any]:
     """Train ``student_spec`` (``module:factory``) on ``teacher_spec``'s outputs; write ``output``; the record."""
-    from onnxsmith.torchin import import_torch, open_model, torch_kind
+    from onnxsmith.torchin import open_model
+    from onnxsmith.torchin.source import import_torch, torch_kind
 
     torch = import_torch()
     say = progress or (lambda message: None)
@@ -159,7 +160,7 @@ def distill(teacher_spec: str, student_spec: str, *, train_spec: str, output: Pa
     train, val = _open_data(teacher, train_spec, val_spec, labels)
     _prepare_output(output, teacher, train, val, force)
     say("building the student")
-    from onnxsmith.torchin import load_factory
+    from onnxsmith.torchin.source import load_factory
 
     torch.manual_seed(settings.seed)
     student = load_factory(student_spec).train()
@@ -338,7 +339,8 @@ def _finish(teacher_spec: str, student_spec: str, teacher: LoadedModel, student:
     """Export the student (with the checks of :mod:`onnxsmith.torchin`), then teacher against student: parameters,
     validation accuracy (both through ONNX Runtime), latency at batch 1 (ONNX Runtime, alternating)."""
     from onnxsmith.model import load_model
-    from onnxsmith.torchin import InputArg, export_module
+    from onnxsmith.torchin.api import export_module
+    from onnxsmith.torchin.inputs import InputArg
 
     inputs = [InputArg(s.name, tuple(int(d) for d in s.shape), s.dtype) for s in teacher.inputs]
     say("exporting the student")

@@ -128,7 +128,7 @@ class LayerTime:
     """The kernel or implementation the backend chose (e.g. ``jit_avx512_FP32``)."""
     precision: str = ""
     """The precision the layer really computed in, as the backend reports it (``int8``, ``bf16``, ``fp16``,
-    ``fp32``; see :data:`onnxsmith.profiling.LAYER_PRECISIONS`); ``""`` when it does not say."""
+    ``fp32``; see :data:`onnxsmith.profiling.measure.LAYER_PRECISIONS`); ``""`` when it does not say."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -414,7 +414,7 @@ class Compiler:
 
     def max_opset(self, target: Target) -> int | None:
         """The newest ONNX opset this backend's importer reads for ``target``; PyTorch models are exported at
-        or below it (:func:`onnxsmith.torchin.choose_opset`). Default: ``None``, any opset onnx knows."""
+        or below it (:func:`onnxsmith.torchin.export.choose_opset`). Default: ``None``, any opset onnx knows."""
         return None
 
     def portable_across_versions(self, artifact: Artifact) -> bool:

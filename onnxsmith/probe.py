@@ -111,7 +111,7 @@ def probe_host(backend: str | None = None, progress: Callable[[str], None] | Non
     from onnxsmith.data import synthetic
     from onnxsmith.model import load_model
     from onnxsmith.profiles import load_profile
-    from onnxsmith.profiling import profile_bundle
+    from onnxsmith.profiling.run import profile_bundle
     from onnxsmith.targets.host import detect_host
 
     say = progress or (lambda message: None)

@@ -157,7 +157,7 @@ def render_report(manifest: dict[str, Any], profile: dict[str, Any] | None,
                       f"H2D {_ms(vendor['h2d_ms']['median'])}, D2H {_ms(vendor['d2h_ms']['median'])}; host latency "
                       f"median {_ms(vendor['host_latency_ms']['median'])} over {vendor['iterations']} iterations."]
         if profile.get("layer_precision"):
-            from onnxsmith.profiling import precision_line
+            from onnxsmith.profiling.record import precision_line
 
             shares = profile["layer_precision"]
             lines.append(f"\n**Time at each precision** (backend profiler, {shares['total_ms']:.3f} ms over "
@@ -236,7 +236,8 @@ def _interleaved_ratio(profile: dict[str, Any]) -> Any:
 def _noise_lines(profile: dict[str, Any], manifest: dict[str, Any]) -> list[str]:
     """The interleaved comparison with the baseline (ratio with its interval and runs), the machine it ran on,
     and the warnings: a busy machine, an artifact slower than ONNX Runtime fp32."""
-    from onnxsmith.profiling import busy_warning, slower_than_baseline
+    from onnxsmith.profiling.environment import busy_warning
+    from onnxsmith.profiling.record import slower_than_baseline
     from onnxsmith.stats import RatioCI
 
     out = []

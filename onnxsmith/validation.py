@@ -105,7 +105,7 @@ def validate_bundle(bundle: Bundle, data: Dataset | None = None, *, samples: int
     import shutil
 
     from onnxsmith.data import feed_batch
-    from onnxsmith.profiling import range_points
+    from onnxsmith.profiling.run import range_points
 
     examples = bundle.path / "examples"
     if examples.is_symlink():

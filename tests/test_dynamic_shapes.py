@@ -12,7 +12,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from onnxsmith.errors import UserInputError
-from onnxsmith.model import ShapeRange, load_model, parse_batch, parse_shape, parse_shape_overrides
+from onnxsmith.model import load_model
+from onnxsmith.model.shapes import ShapeRange, parse_batch, parse_shape, parse_shape_overrides
 from tests.cli.test_cli import cli
 from tests.models import make_cnn
 

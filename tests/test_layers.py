@@ -14,7 +14,8 @@ from onnxsmith.cli import cli
 from onnxsmith.compile import compile_model
 from onnxsmith.data import make_dataset
 from onnxsmith.layers import diverge, layer_tensors, write_divergence
-from onnxsmith.model import load_model, save_model
+from onnxsmith.model import load_model
+from onnxsmith.model.saving import save_model
 from onnxsmith.optimize.passes import get_pass
 from onnxsmith.profiles import load_profile
 from onnxsmith.targets import load_target

@@ -10,7 +10,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from onnxsmith.errors import ModelError, UserInputError
-from onnxsmith.model import load_model, parse_shape_overrides
+from onnxsmith.model import load_model
+from onnxsmith.model.shapes import parse_shape_overrides
 from tests.models import make_cnn, make_mlp
 
 

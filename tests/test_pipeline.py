@@ -14,7 +14,7 @@ from onnxsmith.data import Dataset, synthetic
 from onnxsmith.errors import BundleError, DataError, UnsupportedError, UserInputError
 from onnxsmith.model import load_model
 from onnxsmith.profiles import load_profile
-from onnxsmith.profiling import profile_bundle
+from onnxsmith.profiling.run import profile_bundle
 from onnxsmith.targets import load_target
 from onnxsmith.validation import validate_bundle
 
@@ -114,7 +114,8 @@ def test_profile_compares_with_the_baseline_in_interleaved_runs_and_records_the_
 
 def test_a_significantly_slower_artifact_is_called_out_with_the_faster_choice() -> None:
     from onnxsmith.cli.profile import profile_verdict_lines
-    from onnxsmith.profiling import busy_warning, slower_than_baseline
+    from onnxsmith.profiling.environment import busy_warning
+    from onnxsmith.profiling.record import slower_than_baseline
     from onnxsmith.stats import compare_runs
 
     slow = compare_runs([2.3, 2.31, 2.28, 2.33, 2.29, 2.3], [1.0, 1.01, 0.99, 1.0, 1.02, 0.98]).to_json()
@@ -183,7 +184,7 @@ def test_transformed_model_keeps_the_original_as_reference(cnn_path: Path, tmp_p
     original = load_model(cnn_path)
     calibration = synthetic(original, 8)
     done = get_pass("int8_qdq").run(original, calibration=calibration)
-    from onnxsmith.model import save_model
+    from onnxsmith.model.saving import save_model
 
     quantized = load_model(save_model(done.model, tmp_path / "q" / "cnn.onnx"))
     bundle = compile_model(quantized, load_target("host"), profile=load_profile("quick"), output=tmp_path / "b",
@@ -208,7 +209,7 @@ def test_profile_peak_memory_is_the_measuring_process_own(bundle) -> None:
 def test_validate_and_the_ladder_agree_on_the_same_bundle(cnn_path: Path, tmp_path: Path) -> None:
     """One comparison engine: `validate` and `optimize`'s evaluation give the same cosine, agreement and worst
     examples for one int8 bundle on one labelled data set."""
-    from onnxsmith.model import save_model
+    from onnxsmith.model.saving import save_model
     from onnxsmith.optimize.evaluate import evaluate, reference_outputs
     from onnxsmith.optimize.passes import get_pass
 

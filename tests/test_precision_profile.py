@@ -9,11 +9,14 @@ import pytest
 
 from onnxsmith.compile import compile_model
 from onnxsmith.data import make_dataset
-from onnxsmith.model import load_model, save_model
+from onnxsmith.model import load_model
+from onnxsmith.model.saving import save_model
 from onnxsmith.optimize.passes import get_pass
 from onnxsmith.plugin import LayerTime
 from onnxsmith.profiles import load_profile
-from onnxsmith.profiling import precision_line, precision_shares, profile_bundle
+from onnxsmith.profiling.measure import precision_shares
+from onnxsmith.profiling.record import precision_line
+from onnxsmith.profiling.run import profile_bundle
 from onnxsmith.report import write_report
 from onnxsmith.targets import load_target
 from tests.models import make_outlier_cnn, outlier_data

@@ -54,7 +54,7 @@ def test_busy() -> None:
 
 
 def test_a_measurement_is_busy_by_what_other_processes_used_during_it() -> None:
-    from onnxsmith.profiling import was_busy
+    from onnxsmith.profiling.environment import was_busy
 
     # a load average of 1.8 left by our own previous profile, other processes 1 % during the run: quiet
     assert not was_busy(1.8, 2, 0.01)

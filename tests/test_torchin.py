@@ -13,7 +13,8 @@ import pytest
 
 from onnxsmith.cli import main
 from onnxsmith.errors import UserInputError
-from onnxsmith.torchin import split_shapes, torch_kind
+from onnxsmith.torchin.inputs import split_shapes
+from onnxsmith.torchin.source import torch_kind
 
 ROOT = Path(__file__).resolve().parents[1]
 HAVE_TORCH = importlib.util.find_spec("torch") is not None

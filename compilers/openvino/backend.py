@@ -19,7 +19,8 @@ from onnxsmith.plugin import PRECISIONS, Artifact, CompileRequest, Compiler, Dep
 
 if TYPE_CHECKING:
     from onnxsmith.compilers.openvino.runner import OpenVINORunner
-    from onnxsmith.model import LoadedModel, ShapeRange
+    from onnxsmith.model import LoadedModel
+    from onnxsmith.model.shapes import ShapeRange
     from onnxsmith.profiles import Profile
     from onnxsmith.targets import Target
 

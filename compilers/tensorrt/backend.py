@@ -220,7 +220,7 @@ class TensorRTCompiler(Compiler):
         """The ONNX file to parse, its proto, the builder flags and a legacy calibrator (or None) for the precision."""
         from onnxsmith.compilers.tensorrt import precision as prec
 
-        from onnxsmith.model import save_model
+        from onnxsmith.model.saving import save_model
 
         source, proto, precision = request.model.path, request.model.proto, request.precision
         fallback = ["FP16"] if opts.int8_fallback == "fp16" else []
@@ -295,7 +295,7 @@ class TensorRTCompiler(Compiler):
         TensorRT itself would run those layers in fp32 and ignore the fallback."""
         from onnxsmith.compilers.tensorrt import precision as prec
 
-        from onnxsmith.model import save_model
+        from onnxsmith.model.saving import save_model
 
         if opts.int8_fallback != "fp16":
             notes.append("int8 with strong typing: layers outside the Q/DQ pairs run in fp32 (int8_fallback=fp32)")

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     import onnx
     from onnxsmith.compilers.tensorrt.gpu import GpuInfo
     from onnxsmith.compilers.tensorrt.options import BuildOptions
-    from onnxsmith.model import ShapeRange
+    from onnxsmith.model.shapes import ShapeRange
 
 
 def import_tensorrt() -> Any:

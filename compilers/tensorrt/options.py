@@ -13,7 +13,7 @@ from onnxsmith.errors import TargetError, UnsupportedError, UserInputError
 from onnxsmith.options import Option
 
 if TYPE_CHECKING:
-    from onnxsmith.model import ShapeRange
+    from onnxsmith.model.shapes import ShapeRange
 
 _CHOICES = {
     "hardware_compatibility": ("none", "ampere_plus", "same_compute_capability"),

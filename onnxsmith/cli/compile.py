@@ -65,10 +65,11 @@ def compile_command(model: str, target_spec: str, backend: str | None, precision
     exported to ONNX and checked against eager PyTorch first; give its inputs with --shape NAME=DIMS[:dtype]."""
     from onnxsmith.console import print_json, progress
     from onnxsmith.datasets import open_dataset
-    from onnxsmith.model import parse_batch
+    from onnxsmith.model.shapes import parse_batch
     from onnxsmith.profiles import load_profile
     from onnxsmith.targets import load_target
-    from onnxsmith.torchin import describe, open_model
+    from onnxsmith.torchin import open_model
+    from onnxsmith.torchin.api import describe
 
     options = parse_options(raw_options)
     if tune or tune_trials or tune_minutes or tune_more:

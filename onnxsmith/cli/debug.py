@@ -76,7 +76,8 @@ def precision_command(model: str, target_spec: str, profile_spec: str, shapes: t
     from onnxsmith.console import print_json, progress
     from onnxsmith.datasets import open_dataset
     from onnxsmith.errors import CheckFailedError
-    from onnxsmith.model import load_model, parse_shape_overrides
+    from onnxsmith.model import load_model
+    from onnxsmith.model.shapes import parse_shape_overrides
     from onnxsmith.optimize.precision_debug import REPORT, debug_precision
     from onnxsmith.profiles import load_profile
     from onnxsmith.targets import load_target

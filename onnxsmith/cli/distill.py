@@ -107,7 +107,7 @@ def distill_command(teacher: str, student_spec: str, train_spec: str, val_spec: 
         click.echo(f"top-1 agreement with the teacher on {val['samples']} samples: {val['agreement']:.4f}")
     click.echo(f"latency (ONNX Runtime, batch 1): teacher {lat['teacher'] * 1000:.1f} us, student "
                f"{lat['student'] * 1000:.1f} us ({lat['ratio']:.2f}x)")
-    from onnxsmith.torchin import describe
+    from onnxsmith.torchin.api import describe
 
     click.echo(describe(record["export"]))
     click.echo(f"student: {Path(output) / 'student.onnx'}")

@@ -32,7 +32,9 @@ def export_command(model: str, shapes: tuple[str, ...], target_spec: str | None,
     from onnxsmith.console import print_json, progress
     from onnxsmith.errors import UserInputError
     from onnxsmith.targets import load_target
-    from onnxsmith.torchin import describe, export_cached, split_shapes, torch_kind
+    from onnxsmith.torchin.api import describe, export_cached
+    from onnxsmith.torchin.inputs import split_shapes
+    from onnxsmith.torchin.source import torch_kind
 
     kind = torch_kind(model)
     if kind is None:
@@ -49,7 +51,7 @@ def export_command(model: str, shapes: tuple[str, ...], target_spec: str | None,
     passthrough, args = split_shapes(shapes)
     bad = [v for v, a in zip(passthrough, shapes) if v.rpartition("=")[0] not in args]
     if bad:
-        from onnxsmith.model import parse_shape_overrides
+        from onnxsmith.model.shapes import parse_shape_overrides
 
         parse_shape_overrides(bad)  # the one message for a malformed --shape
     target = load_target(target_spec) if target_spec else None

@@ -60,7 +60,7 @@ def inspect_command(model: str, target_spec: str, shapes: tuple[str, ...], batch
     from onnxsmith.analysis import summarize
     from onnxsmith.report import _flop
     from onnxsmith.console import print_json, stdout_console
-    from onnxsmith.model import parse_batch
+    from onnxsmith.model.shapes import parse_batch
     from onnxsmith.targets import load_target
     from onnxsmith.torchin import open_model
     from onnxsmith.units import fmt_bytes

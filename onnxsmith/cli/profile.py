@@ -30,7 +30,7 @@ def profile_command(bundle_path: str, profile_spec: str, input_file: str | None,
     from onnxsmith.data import model_batch
     from onnxsmith.datasets import open_dataset
     from onnxsmith.profiles import load_profile
-    from onnxsmith.profiling import profile_bundle
+    from onnxsmith.profiling.run import profile_bundle
     from onnxsmith.report import write_report
 
     bundle = Bundle.open(bundle_path)
@@ -133,7 +133,8 @@ def print_shapes(record: dict) -> None:
 
 def profile_verdict_lines(record: dict, manifest: dict | None = None) -> list[str]:
     """The interleaved comparison with the baseline, the machine, and the warnings, one line each."""
-    from onnxsmith.profiling import busy_warning, slower_than_baseline
+    from onnxsmith.profiling.environment import busy_warning
+    from onnxsmith.profiling.record import slower_than_baseline
     from onnxsmith.stats import RatioCI
 
     lines = []

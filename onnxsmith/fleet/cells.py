@@ -101,7 +101,7 @@ def compile_stage(req: dict[str, Any]) -> dict[str, Any]:
     if onnx_pass:
         import tempfile
 
-        from onnxsmith.model import save_model
+        from onnxsmith.model.saving import save_model
         from onnxsmith.optimize.passes import get_pass
 
         if precision not in target.precisions:
@@ -137,7 +137,7 @@ def measure_stage(req: dict[str, Any]) -> dict[str, Any]:
     from onnxsmith.data import model_batch
     from onnxsmith.datasets import open_dataset
     from onnxsmith.profiles import load_profile
-    from onnxsmith.profiling import profile_bundle
+    from onnxsmith.profiling.run import profile_bundle
     from onnxsmith.registry import get_backend
     from onnxsmith.report import write_report
     from onnxsmith.validation import validate_bundle

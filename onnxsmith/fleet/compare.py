@@ -128,7 +128,8 @@ def compare(model: str | os.PathLike[str], targets: Sequence[str], *, output: st
     returns the record. ``cluster``: None runs on this machine; ``auto`` or ``HOST:PORT`` runs on a Ray cluster."""
     from onnxsmith.cache import private_dir, replace_dir
     from onnxsmith.errors import UserInputError
-    from onnxsmith.model import load_model, parse_shape_overrides
+    from onnxsmith.model import load_model
+    from onnxsmith.model.shapes import parse_shape_overrides
     from onnxsmith.outdir import check_output_dir
     from onnxsmith.profiles import load_profile
     from onnxsmith.targets import load_target

@@ -31,7 +31,7 @@ def parse_device(text: str) -> tuple[str, str]:
     if not match:
         raise UserInputError(f"invalid --device '{text}'", f"'{where}' is neither rpc://HOST:PORT nor qemu",
                              "for example --device arm/raspberry-pi-5=rpc://192.168.1.20:9090")
-    from onnxsmith.profiling import check_rpc_address
+    from onnxsmith.profiling.run import check_rpc_address
 
     check_rpc_address(match.group(1))
     return target, match.group(1)

@@ -9,6 +9,11 @@ ancestors in interleaved runs -> the chosen step at the profile's other batch si
 from those latencies. Each step names its parent and the one thing it changed; a step that does not beat its parent
 significantly (the confidence interval of the ratio of medians, :mod:`onnxsmith.stats`) is "no significant change"
 and the parent is kept. All figures come from the measured :class:`~onnxsmith.optimize.record.Card`.
+
+This module is the driver (:func:`run_ladder`: the output folder, the usable backends, the order above, judging
+each step against its parent, publishing the pick); the steps it adds are built in
+:mod:`onnxsmith.optimize.ladder_steps`, the head-to-head runs in :mod:`onnxsmith.optimize.contest` and the batch
+sweep in :mod:`onnxsmith.optimize.batch_sweep`.
 """
 
 from __future__ import annotations
@@ -19,13 +24,17 @@ import platform
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import onnxsmith
-from onnxsmith.errors import UnsupportedError, UserInputError
-from onnxsmith.optimize.record import Card, Constraints, Step, Verdict, compare
+from onnxsmith.errors import UnsupportedError
+from onnxsmith.optimize.batch_sweep import _batch_sweep
+from onnxsmith.optimize.contest import _contest
+from onnxsmith.optimize.ladder_steps import (BASELINE_BACKEND, SIMPLIFY, _knob_steps, _mixed_steps,
+                                             _precision_steps, _prune_steps)
+from onnxsmith.optimize.record import Card, Constraints, Step, compare
 from onnxsmith.optimize.selection import select
-from onnxsmith.optimize.steps import Recipe, StepRunner, pass_spec
+from onnxsmith.optimize.steps import Recipe, StepRunner
 
 if TYPE_CHECKING:
     from onnxsmith.data import Dataset
@@ -34,14 +43,7 @@ if TYPE_CHECKING:
     from onnxsmith.profiles import Profile
     from onnxsmith.targets import Target
 
-SIMPLIFY = pass_spec("simplify")
-BASELINE_BACKEND = "onnxruntime"
-"""The reference engine of the core (ONNX Runtime fp32 on the original model): the ladder's first step."""
-PRUNE = (("prune-magnitude", pass_spec("prune", method="magnitude", sparsity=0.5), "magnitude pruning to 50 % "
-          "sparsity (unstructured)"),
-         ("prune-2:4", pass_spec("prune", method="2:4"), "2:4 structured pruning (50 % sparsity)"))
-SENSITIVITY_SECONDS = 900.0
-"""Time cap of the per-layer sensitivity search behind the mixed-precision step (large models, slow backends)."""
+
 _OWN_FILES = ("card.json", "card.md", "card.html")
 _OWN_DIRS = ("card_files", "steps", "examples", "bundle", ".models")
 
@@ -126,7 +128,7 @@ def run_ladder(model: LoadedModel, target: Target, profile: Profile, *, data: Da
     ``output`` is refused when it holds anything but a previous optimize result (unless ``force``), or when it
     contains the model, the data or the cache (always)."""
     from onnxsmith.data import check_against_model, synthetic
-    from onnxsmith.model import require_static
+    from onnxsmith.model.shapes import require_static
     from onnxsmith.optimize.card import write_card
     from onnxsmith.optimize.evaluate import reference_outputs
 
@@ -135,7 +137,8 @@ def run_ladder(model: LoadedModel, target: Target, profile: Profile, *, data: Da
     from onnxsmith.compile import protected_inputs
 
     notes: list[str] = []
-    from onnxsmith.profiling import LoadWatch, environment, is_busy
+    from onnxsmith.profiling.environment import LoadWatch, environment
+    from onnxsmith.stats import is_busy
 
     env, load = environment(), LoadWatch().load_before
     notes.append(f"machine: {env['cpu_model']}, {env['usable_cores']} usable cores, frequency governor "
@@ -239,288 +242,6 @@ def run_ladder(model: LoadedModel, target: Target, profile: Profile, *, data: Da
     say("writing the evidence card")
     write_card(card, output)
     return card
-
-
-def _precision_steps(runner: StepRunner, target: Target, usable: list[str], ladder: list[str], chain: tuple,
-                     fp32_parent: str, notes: list[str]) -> list[Step]:
-    from onnxsmith.registry import get_backend
-
-    steps: list[Step] = []
-    measured_fp32: dict[str, str] = {BASELINE_BACKEND: fp32_parent}
-    for precision in ladder:
-        for name in usable:
-            backend = get_backend(name)
-            passes = backend.onnx_pass_precisions(target)
-            if name == BASELINE_BACKEND and precision == "fp32":
-                continue  # the baseline/simplify step is the reference engine at fp32
-            if precision in passes:
-                spec = pass_spec(passes[precision])
-                steps.append(runner.measure(Recipe(
-                    f"{name}-{precision}", fp32_parent, f"precision fp32 -> {precision} by the {spec[0]} ONNX pass"
-                    + ("" if name == BASELINE_BACKEND else f" ({name})"), name, precision, "fp32", (*chain, spec))))
-                continue
-            offered = backend.precisions(target)
-            if precision not in offered:
-                notes.append(f"{name} {precision} skipped: {name} offers {', '.join(offered)} for {target.id}"
-                             + (f" and no ONNX pass produces {precision}" if passes else ""))
-                continue
-            for index, variant in enumerate(backend.ladder_variants(target, precision)):
-                parent = measured_fp32.get(name)
-                detail = f", {variant.change}" if variant.change else ""
-                if parent is not None and precision != "fp32":
-                    change = f"precision fp32 -> {precision} ({name}{detail})"
-                else:
-                    parent = fp32_parent
-                    change = f"backend {BASELINE_BACKEND} -> {name}" + (f", precision fp32 -> {precision}"
-                                                                          if precision != "fp32" else "") + detail
-                step_name = f"{name}-{precision}" + (f"-{index + 1}" if index else "")
-                step = runner.measure(Recipe(step_name, parent, change, name, precision, precision, chain,
-                                             options=tuple(sorted(variant.options.items()))))
-                steps.append(step)
-                if precision == "fp32" and step.status != "failed" and name not in measured_fp32:
-                    measured_fp32[name] = step.name
-    return steps
-
-
-def _mixed_steps(runner: StepRunner, target: Target, steps: list[Step], chain: tuple, constraints: Constraints,
-                 notes: list[str]) -> list[Step]:
-    """When an int8 step misses the accuracy budget, one more step per such backend: the same int8 with the
-    keep-list of :func:`onnxsmith.optimize.sensitivity.analyze` left in fp32. When int8 meets it, nothing."""
-    from onnxsmith.optimize.precision_debug import mixed_recipe
-    from onnxsmith.registry import get_backend
-
-    reference = next((s for s in steps if s.name == "baseline"), None)
-    ref_quality = None if reference is None else reference.quality(constraints.metric)
-    int8 = [s for s in steps if s.measured and runner.recipes[s.name].precision == "int8"]
-    missing = [s for s in int8 if ref_quality is not None and s.quality(constraints.metric) is not None
-               and float(ref_quality) - float(s.quality(constraints.metric) or 0.0) > constraints.max_accuracy_drop]
-    if not missing:
-        return []
-    from onnxsmith.optimize.sensitivity import analyze
-
-    runner.progress("int8 misses the accuracy budget: measuring per-layer sensitivity")
-    model, _ = runner.build(chain)
-    try:
-        sens = analyze(model, runner.data, runner.calibration, constraints.max_accuracy_drop,
-                       metric=constraints.metric, max_seconds=SENSITIVITY_SECONDS, progress=runner.progress)
-    except Exception as exc:  # the ladder goes on without the mixed step, and says why
-        from onnxsmith.errors import first_line
-
-        notes.append(f"int8 missed the budget; the per-layer sensitivity analysis failed: {first_line(exc)}")
-        return []
-    notes += [f"per-layer sensitivity: {n}" for n in sens.notes if "time cap" in n]
-    if not sens.keep or not sens.met:
-        notes.append("int8 missed the budget and no keep-list short of every layer in fp32 meets it"
-                     if not sens.met else "int8 missed the budget on some backend but not on ONNX Runtime's QDQ "
-                     "form, where the keep-list is measured: no mixed step")
-        return []
-    notes.append(f"int8 missed the budget: per-layer sensitivity ({sens.evaluations} QDQ variants on ONNX Runtime, "
-                 f"one calibration) keeps {', '.join(sens.keep_names)} in fp32 ({constraints.metric} drop "
-                 f"{sens.int8_drop:.4f} -> {sens.mixed_drop:.4f})")
-    out = []
-    for step in missing:
-        found = mixed_recipe(get_backend(step.backend), target, f"{step.name}-mixed", step.name, sens.keep_names,
-                             chain, runner.recipes[step.name].options)
-        if found is None:
-            notes.append(f"{step.backend} has no way to keep layers out of int8: no mixed step for {step.name}")
-            continue
-        out.append(runner.measure(found[0]))
-    return out
-
-
-def _prune_steps(runner: StepRunner, steps: list[Step], chain: tuple, notes: list[str]) -> list[Step]:
-    fp32 = [s for s in steps if s.measured and s.precision == "fp32" and s.latency_p50_ms is not None]
-    if not fp32:
-        notes.append("pruning skipped: no fp32 step was measured")
-        return []
-    best = min(fp32, key=lambda s: s.latency_p50_ms or 0.0)
-    out = []
-    for name, spec, words in PRUNE:
-        step = runner.measure(Recipe(f"{name}", best.name, f"weights: {words}", best.backend, "fp32", "fp32",
-                                     (*chain, spec), options=runner.recipes[best.name].options))
-        if step.measured and best.latency_p50_ms:
-            from onnxsmith.optimize.record import runs_ratio
-
-            ci = runs_ratio(step, best, "latency_p50_ms")
-            gain = (best.latency_p50_ms - (step.latency_p50_ms or 0.0)) / best.latency_p50_ms
-            faster = ci.verdict() == "better" if ci is not None else gain > 0.03
-            interval = f"; ratio {ci.text()}" if ci is not None else ""
-            verdict = (f"{best.backend} got faster with the sparse weights: p50 {best.latency_p50_ms:.3f} -> "
-                       f"{step.latency_p50_ms:.3f} ms ({gain * 100:+.1f} %{interval})" if faster else
-                       f"{best.backend} did not get faster with the sparse weights (p50 {best.latency_p50_ms:.3f} -> "
-                       f"{step.latency_p50_ms:.3f} ms{interval}): it runs them as dense")
-            step = dataclasses.replace(step, notes=(*step.notes, verdict))
-        out.append(step)
-    return out
-
-
-def _contest(runner: StepRunner, steps: list[Step], constraints: Constraints, rounds: int, seconds: float,
-             tag: int, within: float | None = None, most: int = 6, cap: int = 8) -> list[Step]:
-    """Time the leading candidates and their ancestors head to head in interleaved runs; every later comparison
-    (the selection's "significantly better than its parent", improved/worse) uses those runs.
-
-    Leaders: the best ``most`` steps that meet the constraints (only those within ``within`` of the best, when
-    given), plus the ancestors of each that meet them too, so a step and the parent it must beat are always timed
-    side by side. No fixed window by default: on a shared machine the load drifts by tens of per cent between one
-    step's profile and the next, so single profiles cannot say which steps are close.
-    Each is loaded once in its own process; then ``rounds`` runs of ``seconds`` each, in alternating order, so
-    drift and load from other processes hit every candidate alike and run i of one pairs with run i of another."""
-    from onnxsmith.optimize.selection import figure
-
-    if rounds < 2:
-        return steps
-    selection = select(steps, constraints, "baseline")
-    if not selection.chosen:
-        return steps
-    by = {s.name: s for s in selection.steps}
-    ok = {s.name for s in selection.steps if s.verdict in (Verdict.CHOSEN.value, Verdict.LOST.value,
-                                                               Verdict.NOT_SIGNIFICANT.value) and s.bundle}
-    objective = constraints.objective
-    best = figure(by[selection.chosen], objective) or 0.0
-
-    def close(name: str) -> bool:
-        if within is None:
-            return True
-        value = figure(by[name], objective) or 0.0
-        return value <= best * (1 + within) if objective == "latency" else value >= best / (1 + within)
-
-    leaders = sorted((n for n in ok if close(n)), key=lambda n: (figure(by[n], objective) or 0.0)
-                     * (1 if objective == "latency" else -1))[:most]
-    chosen: list[str] = []
-    for name in leaders:
-        while name and name in ok and name not in chosen and len(chosen) < cap:
-            chosen.append(name)
-            name = by[name].parent or ""
-    if len(chosen) < 2:
-        return steps
-    mode = "throughput" if objective == "throughput" else "latency"
-    runs, notes = runner.interleave([by[n] for n in chosen], rounds, seconds, mode)
-    metric = "throughput_per_s" if mode == "throughput" else "latency_p50_ms"
-    out = []
-    for step in steps:
-        if step.name in runs:
-            others = ", ".join(n for n in runs if n != step.name)
-            unit = "/s" if mode == "throughput" else " ms"
-            step = dataclasses.replace(step, runs=tuple(runs[step.name]), runs_metric=metric,
-                                       runs_kind=f"interleaved#{tag}", notes=(*step.notes, (
-                                           f"timed head to head with {others} in {rounds} interleaved runs of "
-                                           f"{seconds:g} s (alternating order; {mode} per run: "
-                                           f"{', '.join(f'{v:.4g}' for v in runs[step.name])}{unit}); "
-                                           "comparisons use these runs")))
-        out.append(step)
-    if notes:
-        out = [dataclasses.replace(s, notes=(*s.notes, *[n.removeprefix(s.name + " ") for n in notes
-                                                         if n.startswith(s.name + " ")])) for s in out]
-    return out
-
-
-def _knob_steps(runner: StepRunner, steps: list[Step], constraints: Constraints, target: Target,
-                profile: Profile) -> list[Step]:
-    """One step per runtime knob of the backend of the best step so far (threads, streams, hints, graph
-    optimization level...): the same artifact with one declared option changed. A knob is kept only if its step
-    beats that parent significantly (the selection's rule)."""
-    from onnxsmith.registry import get_backend
-
-    selection = select(steps, constraints, "baseline")
-    if not selection.chosen:
-        return []
-    best = next(s for s in selection.steps if s.name == selection.chosen)
-    recipe = runner.recipes[best.name]
-    current = dict(recipe.options)
-    out = []
-    for index, variant in enumerate(get_backend(best.backend).runtime_knobs(target, profile, current)):
-        options = {**current, **{k: str(v) for k, v in variant.options.items()}}
-        label = "-".join(f"{k}={v}" for k, v in variant.options.items())
-        out.append(runner.measure(dataclasses.replace(
-            recipe, name=f"{best.name}+{label}" if label else f"{best.name}+knob{index + 1}", parent=best.name,
-            change=f"runtime knob: {variant.change}", options=tuple(sorted(options.items())))))
-    return out
-
-
-def _batch_sweep(runner: StepRunner, steps: Sequence[Step], chosen: str, profile: Profile, constraints: Constraints,
-                 latency_budget_ms: float | None, arrival_rate: float | None, notes: list[str]
-                 ) -> tuple[list[Step], dict | None]:
-    from onnxsmith.optimize.batching import BatchPoint, BatchSweep, plan_batching
-
-    best = next(s for s in steps if s.name == chosen)
-    recipe = runner.recipes[chosen]
-    out: list[Step] = []
-    points = [BatchPoint(1, float(best.latency_p50_ms or 0.0), best.latency_p99_ms)]
-    sizes = [b for b in profile.batch_sizes if b != 1]
-    swept = _dynamic_sweep(runner, recipe, chosen, sizes, constraints, notes) if sizes else None
-    if swept is not None:
-        step, measured = swept
-        out.append(step)
-        points += measured
-        sizes = []
-    for batch in sizes:
-        try:
-            runner.base_model(batch)
-        except UserInputError as exc:
-            notes.append(f"batch sweep skipped: {exc.one_line()}")
-            break
-        step = runner.measure(dataclasses.replace(
-            recipe, name=f"{chosen}@b{batch}", parent=chosen, change=f"batch 1 -> {batch}", batch=batch,
-            candidate=constraints.objective == "throughput"))
-        out.append(step)
-        if step.measured:
-            points.append(BatchPoint(batch, float(step.latency_p50_ms or 0.0), step.latency_p99_ms))
-    if len(profile.batch_sizes) == 1:
-        notes.append(f"batch sweep: the {profile.name} profile lists batch size 1 only (the throughput profile "
-                     "sweeps up to 32)")
-    report = plan_batching(BatchSweep(tuple(points), chosen), arrival_rate, latency_budget_ms)
-    return out, report.to_json()
-
-
-def _dynamic_sweep(runner: StepRunner, recipe: Recipe, chosen: str, sizes: Sequence[int], constraints: Constraints,
-                   notes: list[str]) -> tuple[Step, list[Any]] | None:
-    """The batch sweep on one artifact whose batch dim is dynamic from 1 to the largest size (tuned for it), where
-    the chosen step's backend compiles shape ranges: one compile, profiled at every batch size. ``None`` (and a
-    note) when the backend cannot, or the model has no dynamic batch: the sweep then compiles one artifact per
-    batch size."""
-    from onnxsmith.bundle import Bundle
-    from onnxsmith.errors import OnnxsmithError
-    from onnxsmith.model import specs_at
-    from onnxsmith.optimize.batching import BatchPoint
-    from onnxsmith.profiling import profile_bundle
-    from onnxsmith.registry import get_backend
-
-    top = max(sizes)
-    batch_range = (1, top, top)
-    try:
-        model = runner.base_model(top, batch_range)
-        support = get_backend(recipe.backend).dynamic_shapes(model, runner.target)
-    except OnnxsmithError as exc:
-        notes.append(f"batch sweep: one artifact per batch size ({exc.one_line()})")
-        return None
-    if not support:
-        notes.append(f"batch sweep: one artifact per batch size, since {recipe.backend} cannot compile a batch range "
-                     f"({support.reason})")
-        return None
-    step = runner.measure(dataclasses.replace(
-        recipe, name=f"{chosen}@b1..{top}", parent=chosen, change=f"batch 1 -> dynamic 1..{top} (one artifact)",
-        batch=top, batch_range=batch_range, candidate=constraints.objective == "throughput"))
-    if not step.measured or not step.bundle:
-        notes.append(f"batch sweep: the dynamic-batch artifact failed ({step.reason}); one artifact per batch size")
-        return None
-    bundle = Bundle.open(runner.output / step.bundle, verify=False)
-    ranges = bundle.shape_ranges
-    shaped = []
-    for batch in sorted(sizes):
-        scaled = {n: type(r)((batch, *r.min[1:]), (batch, *r.min[1:]), (batch, *r.min[1:])) for n, r in ranges.items()}
-        shaped.append((f"b{batch}", specs_at(bundle.inputs, scaled, "opt")))
-    runner.progress(f"profiling {step.name} at batch {', '.join(str(b) for b in sorted(sizes))}")
-    try:
-        record = profile_bundle(bundle, runner.profile, baseline=False, data=runner.data, points=shaped).to_json()
-    except OnnxsmithError as exc:
-        notes.append(f"batch sweep: profiling the dynamic-batch artifact failed ({exc.one_line()}); one artifact "
-                     "per batch size")
-        return None
-    measured = [BatchPoint(p["batch"], float(p["latency_ms"]["p50"]), p["latency_ms"]["p99"]) for p in record["shapes"]]
-    sweep_text = ", ".join(f"b{p.batch} {p.latency_p50_ms:.4g} ms" for p in measured)
-    step = dataclasses.replace(step, notes=(*step.notes, f"one artifact for batch 1..{top}, profiled at each size "
-                                            f"(p50 {sweep_text})"))
-    return step, measured
 
 
 def _publish(output: Path, steps: Sequence[Step], chosen: str | None, keep_steps: bool) -> str | None:

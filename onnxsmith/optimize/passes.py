@@ -176,7 +176,7 @@ def input_specs(model: onnx.ModelProto) -> tuple[TensorSpec, ...]:
             continue
         t = value.type.tensor_type
         if not value.type.HasField("tensor_type") or t.elem_type == 8:  # strings, sequences, optionals
-            from onnxsmith.model import _value_spec
+            from onnxsmith.model.specs import _value_spec
 
             specs.append(_value_spec(value))
             continue

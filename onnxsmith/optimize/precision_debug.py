@@ -68,7 +68,7 @@ def layer_cost_ms(int8_bundle: Path, mixed_bundle: Path, keep: Sequence[str], da
     per-layer profiles each), from the backend's own per-layer profiler; ``None`` where the profiler names no
     entry after the layer."""
     from onnxsmith.bundle import Bundle
-    from onnxsmith.profiling import profile_feeds
+    from onnxsmith.profiling.run import profile_feeds
 
     aliases: dict[str, set[str]] = {}
     for node in reference_proto.graph.node:
@@ -114,7 +114,7 @@ def debug_precision(model: LoadedModel, target: Target, profile: Profile, *, dat
     """Find the keep-list and build, profile and validate fp32 / int8 / mixed on every usable backend."""
     from onnxsmith.compile import protected_inputs
     from onnxsmith.data import check_against_model
-    from onnxsmith.model import require_static
+    from onnxsmith.model.shapes import require_static
     from onnxsmith.optimize.evaluate import reference_outputs
     from onnxsmith.optimize.ladder import _usable_backends
     from onnxsmith.optimize.sensitivity import analyze

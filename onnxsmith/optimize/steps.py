@@ -140,7 +140,8 @@ class StepRunner:
         else:
             parent, _ = self.build(passes[:-1], batch, batch_range, source)
             name, config = passes[-1]
-            from onnxsmith.model import load_model, save_model
+            from onnxsmith.model import load_model
+            from onnxsmith.model.saving import save_model
             from onnxsmith.optimize.passes import get_pass
 
             self.progress(f"pass {name}" + (f" (batch {batch})" if batch > 1 else ""))
@@ -165,7 +166,7 @@ class StepRunner:
             stage = "compiling"
             bundle = self._compile(recipe, model)
             stage = "profiling"
-            from onnxsmith.profiling import profile_bundle
+            from onnxsmith.profiling.run import profile_bundle
 
             screened = self._screen(recipe, bundle)
             if screened is not None:
@@ -193,7 +194,7 @@ class StepRunner:
         latency = prof["latency_ms"]
         throughput = max(prof.get("throughput_per_s") or 0.0, prof.get("parallel_throughput_per_s") or 0.0)
         notes = []
-        from onnxsmith.profiling import busy_warning
+        from onnxsmith.profiling.environment import busy_warning
 
         busy = busy_warning(prof.get("environment") or {})
         if busy:
@@ -229,7 +230,7 @@ class StepRunner:
         """
         from onnxsmith.optimize.record import fmt_ms
         from onnxsmith.profiles import Measure
-        from onnxsmith.profiling import profile_bundle
+        from onnxsmith.profiling.run import profile_bundle
 
         bar = self.fastest.get(recipe.batch)
         if bar is None:
@@ -262,7 +263,9 @@ class StepRunner:
         from onnxsmith.bundle import Bundle
         from onnxsmith.cache import owner_tag
         from onnxsmith.data import feed_batch, save_npz
-        from onnxsmith.profiling import LoadWatch, MeasureWorker, interleave, profile_feeds
+        from onnxsmith.profiling.environment import LoadWatch
+        from onnxsmith.profiling.run import profile_feeds
+        from onnxsmith.profiling.worker import MeasureWorker, interleave
 
         notes: list[str] = []
         with tempfile.TemporaryDirectory(prefix=f"onnxsmith-contest-{owner_tag()}-") as tmp:

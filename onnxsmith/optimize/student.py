@@ -48,7 +48,7 @@ class StudentSource:
 
     def check(self) -> None:
         """Refuse a bad ``--student`` before the ladder writes anything."""
-        from onnxsmith.torchin import torch_kind
+        from onnxsmith.torchin.source import torch_kind
 
         folder = Path(self.spec)
         if folder.is_dir():

@@ -198,7 +198,9 @@ def head_to_head(bundles: dict[str, Path], profile: str) -> dict:
 
     from onnxsmith.bundle import Bundle
     from onnxsmith.data import feed_batch, save_npz
-    from onnxsmith.profiling import LoadWatch, MeasureWorker, environment, interleave, profile_feeds
+    from onnxsmith.profiling.environment import LoadWatch, environment
+    from onnxsmith.profiling.run import profile_feeds
+    from onnxsmith.profiling.worker import MeasureWorker, interleave
     from onnxsmith.stats import compare_runs
 
     watch = LoadWatch()

@@ -852,7 +852,8 @@ def test_fp16_keeps_normalization_softmax_and_reductions_fp32() -> None:
 
 def test_profile_record_carries_the_vendor_timing() -> None:
     from onnxsmith.profiles import Measure
-    from onnxsmith.profiling import Measurement, measure_runner
+    from onnxsmith.profiling.measure import measure_runner
+    from onnxsmith.profiling.record import Measurement
     from onnxsmith.plugin import Runner
 
     class Timed(Runner):

@@ -16,7 +16,8 @@ from onnxsmith.compilers.tensorrt import engine as eng
 from onnxsmith.compilers.tensorrt import runner as trt_runner
 from onnxsmith.compilers.tensorrt.options import BuildOptions, profile_copies, profile_shapes
 from onnxsmith.errors import DataError, UserInputError
-from onnxsmith.model import ShapeRange, load_model, parse_shape_overrides
+from onnxsmith.model import load_model
+from onnxsmith.model.shapes import ShapeRange, parse_shape_overrides
 from tests.compilers.test_tensorrt import nvidia_target
 
 

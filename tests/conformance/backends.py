@@ -129,7 +129,7 @@ def run_onnxsmith(case: Case, backend: str, workdir: Path) -> Outcome:
         return Outcome(case.name, backend, "onnxsmith", "error", f"{step}: exit {code} ({_EXIT.get(code, '?')}): "
                        f"{text.removeprefix('error: ')}", case.ops)
 
-    from onnxsmith.model import _graph_inputs, _value_spec
+    from onnxsmith.model.specs import _graph_inputs, _value_spec
     from onnxsmith.values import flatten_values, read_values
 
     shape_args: list[str] = []

@@ -193,7 +193,7 @@ class _Contest:
 
 
 def test_the_head_to_head_times_leaders_with_their_ancestors_and_decides_by_those_runs() -> None:
-    from onnxsmith.optimize.ladder import _contest
+    from onnxsmith.optimize.contest import _contest
 
     # one profile run said int8 (parent fp16) was 7 % faster than fp16; interleaved runs say it is within noise
     steps = [dataclasses.replace(_step("baseline", 10.0, 0.95), bundle="b0"),
@@ -236,7 +236,7 @@ def test_the_card_shows_the_interval_and_the_runs(tmp_path: object) -> None:
 
 
 def test_by_default_every_step_that_meets_the_constraints_takes_part() -> None:
-    from onnxsmith.optimize.ladder import _contest
+    from onnxsmith.optimize.contest import _contest
 
     steps = [dataclasses.replace(_step("baseline", 10.0, 0.95), bundle="b0"),
              dataclasses.replace(_step("fp16", 4.3, 0.95), bundle="b1"),
