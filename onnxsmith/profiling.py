@@ -236,6 +236,17 @@ class _ChildState:
         return {"p50_ms": round(statistics.median(samples), 5), "iterations": len(samples),
                 "throughput_per_s": round(batch * len(samples) / wall, 4)}
 
+    def use_feeds(self, feeds_path: str, batch: int) -> dict[str, Any]:
+        """Time other inputs (the next point of a shape range) on the runner already loaded."""
+        from onnxsmith.bundle import Bundle
+        from onnxsmith.values import read_values
+
+        inputs = Bundle.open(self.request["bundle"], verify=False).inputs
+        feeds = read_values(feeds_path, inputs)
+        self.feeds, self.call = {s.name: feeds[s.name] for s in inputs if s.name in feeds}, None
+        self.request = {**self.request, "feeds": feeds_path, "batch": batch}
+        return {"batch": batch}
+
     def close(self) -> None:
         self.runner.__exit__(None, None, None)
 
@@ -278,6 +289,8 @@ def worker_main(request_path: str) -> None:
             break
         if op == "measure":
             reply(guarded(lambda: state.measure(command["measure"])))
+        elif op == "feeds":
+            reply(guarded(lambda: state.use_feeds(str(command["feeds"]), int(command["batch"]))))
         elif op == "block":
             reply(guarded(lambda: state.block(float(command["seconds"]), int(command.get("min_iterations", 5)),
                                               str(command.get("mode", "latency")),
@@ -385,6 +398,11 @@ class MeasureWorker:
         """One run of an interleaved comparison (see ``_ChildState.block``)."""
         return self._send({"op": "block", "seconds": seconds, "min_iterations": min_iterations, "mode": mode,
                            "warmup": warmup}, 20 * seconds + 300)
+
+    def use_feeds(self, feeds_path: Path, batch: int) -> None:
+        """Hand the loaded runner other inputs (see :class:`onnxsmith.measure_pool.WorkerPool`)."""
+        self._send({"op": "feeds", "feeds": str(feeds_path), "batch": batch}, self.timeout)
+        self.batch = batch
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -680,7 +698,7 @@ def profile_feeds(bundle: Bundle, data: Any | None = None, seed: int = 0,
     """The inputs to time: the first batch of ``data`` (a Dataset), else seeded generated inputs. ``specs``: the
     input shapes (default the bundle's; one point of its shape range)."""
     from onnxsmith.data import Dataset, check_against_model, synthetic
-    from onnxsmith.model import load_model
+    from onnxsmith.measure_pool import reference_model
 
     specs = specs if specs is not None else bundle.inputs
     if data is not None:
@@ -691,7 +709,7 @@ def profile_feeds(bundle: Bundle, data: Any | None = None, seed: int = 0,
         feeds = next(data.batches(), None)
         if feeds is not None:
             return feeds, data.source if data.one_feed else f"{data.source} (first batch of {batch})"
-    model = load_model(bundle.reference_model, check=False)
+    model = reference_model(bundle.reference_model)
     return next(synthetic(model, 1, seed, bundle.batch_inputs, specs).batches()), f"generated (seed {seed})"
 
 
@@ -753,7 +771,9 @@ def profile_bundle(bundle: Bundle, profile: Profile, *, baseline: bool = True, d
     measure = profile.measure
     limit = measure.max_seconds * 2 + measure.throughput_seconds + 600
     measured = []
-    with tempfile.TemporaryDirectory(prefix=f"onnxsmith-profile-{owner_tag()}-") as tmp:
+    from onnxsmith.measure_pool import WorkerPool
+
+    with tempfile.TemporaryDirectory(prefix=f"onnxsmith-profile-{owner_tag()}-") as tmp, WorkerPool(watch) as pool:
         for index, (label, specs) in enumerate(points):
             feeds, source = profile_feeds(bundle, data, specs=specs)
             batch = feed_batch(specs, bundle.batch_inputs)
@@ -762,15 +782,13 @@ def profile_bundle(bundle: Bundle, profile: Profile, *, baseline: bool = True, d
             at = "" if label == "compiled" else f" at {label} ({_shape_words(specs, bundle)})"
             if progress:
                 progress(f"profiling {bundle.backend}{at} ({measure.min_seconds:g} s+)")
-            with MeasureWorker("artifact", bundle, feeds_path, batch, remote, timeout=limit) as worker:
-                watch.track(worker.proc.pid)
+            with pool.use("artifact", bundle, feeds_path, batch, remote, timeout=limit) as worker:  # loaded once
                 main = worker.measure(measure)
                 base = None
                 if baseline:
                     if progress:
                         progress(f"profiling the ONNX Runtime fp32 baseline{at}")
-                    with MeasureWorker("baseline", bundle, feeds_path, batch, timeout=limit) as base_worker:
-                        watch.track(base_worker.proc.pid)
+                    with pool.use("baseline", bundle, feeds_path, batch, timeout=limit) as base_worker:
                         base = base_worker.measure(measure)
                         # The interleaved comparison at the headline point (OPT for a shape range) only: the
                         # other points carry their own artifact and baseline figures, measured one after the other.
@@ -784,8 +802,6 @@ def profile_bundle(bundle: Bundle, profile: Profile, *, baseline: bool = True, d
                                           "order": "interleaved, alternating A B / B A each round"}
                             if label != "compiled":
                                 comparison["point"] = label
-                        watch.untrack(base_worker.proc.pid)
-                watch.untrack(worker.proc.pid)
             measured.append((label, specs, feeds, source, batch, main, base))
     _, opt_specs, _, source, batch, main, base = measured[headline]
     ranges = bundle.shape_ranges
