@@ -148,10 +148,8 @@ def check_against_model(arrays: Mapping[str, np.ndarray], model_inputs: tuple[Te
                                 f"{getattr(arr, 'dtype', type(arr).__name__)}, the input takes strings",
                                 "give a numpy text array (np.array([...], dtype=str)); object arrays are not read")
             continue
-        if np.dtype(arr.dtype).name != spec.dtype and not _void_of(arr.dtype, spec.dtype):
-            raise DataError(f"{where} does not fit the model",
-                            f"array '{spec.name}' is {arr.dtype}, the input takes {spec.dtype}",
-                            f"convert it with .astype('{spec.dtype}')")
+        if np.dtype(arr.dtype).name != spec.dtype and not _void_of(arr, spec.dtype):
+            raise dtype_mismatch(where, spec.name, arr, spec.dtype)
     batched = batch_inputs(model_inputs, known_batch)
     if all(s.wrap or _fits(arrays[s.name].shape, s.shape) for s in model_inputs) and not (labelled and batched):
         return tuple(s.name for s in model_inputs), 1
@@ -237,8 +235,6 @@ def make_dataset(arrays: dict[str, np.ndarray], label_array: np.ndarray | None, 
 
     ``finite``: refuse NaN or infinite values in float inputs (calibration and validation data; ``run`` may feed
     them on purpose)."""
-    dtypes = {s.name: s.dtype for s in model_inputs if s.is_tensor}
-    arrays = {k: _ml_dtype(v, dtypes[k]) if k in dtypes else v for k, v in arrays.items()}
     arrays = _text_inputs(arrays, model_inputs, where)
     whole, batch = check_against_model(arrays, model_inputs, where, known_batch, labelled=label_array is not None)
     if finite:
@@ -264,34 +260,41 @@ def _text_inputs(arrays: dict[str, Any], model_inputs: tuple[TensorSpec, ...], w
     return arrays
 
 
-def _ml_dtype(arr: np.ndarray, dtype: str) -> np.ndarray:
-    """numpy has no bfloat16 or float8: ``np.save`` of one (ml_dtypes) writes void items of its size; read them back
-    as the input's type."""
-    if arr.dtype.kind != "V" or arr.dtype.names:
-        return arr
-    import ml_dtypes
-
-    kind = getattr(ml_dtypes, dtype, None)
-    return arr.view(kind) if kind is not None and _itemsize(kind) == arr.dtype.itemsize else arr
-
-
-def _void_of(dtype: Any, name: str) -> bool:
-    """Void items of an ml_dtypes type's size: how ``np.save`` stores bfloat16/float8 (read back by _ml_dtype)."""
+def _void_of(value: Any, name: str) -> bool:
+    """A file's typed void items of ml_dtypes' ``name`` size: how ``np.save`` stores bfloat16/float8, read back as
+    the input's type (:func:`onnxsmith.npyfile.typed_view`). Raw void data (``'|V2'``), or any void array already
+    in memory, is not: it may be anything of that size."""
     import numpy as np
 
-    dtype = np.dtype(dtype)
-    if dtype.kind != "V" or dtype.names:
+    dtype = np.dtype(value.dtype)
+    if dtype.kind != "V" or dtype.names is not None or dtype.type is not np.void:  # a real ml_dtypes array: its name
         return False
     import ml_dtypes
 
     kind = getattr(ml_dtypes, name, None)
-    return kind is not None and _itemsize(kind) == dtype.itemsize
+    return (kind is not None and np.dtype(kind).itemsize == dtype.itemsize
+            and bool(getattr(value, "typed_void", False)))
 
 
-def _itemsize(kind: Any) -> int:
+def dtype_mismatch(where: str, name: str, value: Any, wanted: str) -> DataError:
+    """The one-line error for an array of the wrong dtype (a raw void array said so: it is no ml_dtypes type)."""
     import numpy as np
 
-    return int(np.dtype(kind).itemsize)
+    dtype = np.dtype(value.dtype)
+    if dtype.kind == "V" and dtype.names is None and dtype.type is np.void:
+        saved = "void items np.save wrote for an ml_dtypes array" if getattr(value, "typed_void", False) else \
+            "raw void items, not an ml_dtypes array np.save wrote"
+        return DataError(f"{where} does not fit the model", f"array '{name}' holds {dtype.itemsize}-byte {saved} "
+                         f"({dtype.str}), the input takes {wanted}",
+                         f"save it as an ml_dtypes.{wanted} array (np.savez keeps its type)"
+                         if wanted in _ML_TYPES else f"convert it with .astype('{wanted}')")
+    how = f"ml_dtypes.{wanted}" if wanted in _ML_TYPES else f"'{wanted}'"
+    return DataError(f"{where} does not fit the model", f"array '{name}' is {dtype.name}, the input takes {wanted}",
+                     f"convert it with .astype({how})")
+
+
+_ML_TYPES = ("bfloat16", "float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz", "float8_e8m0fnu",
+             "float4_e2m1fn", "int4", "uint4", "int2", "uint2")
 
 
 def _index_bounds(model: LoadedModel) -> dict[str, int]:

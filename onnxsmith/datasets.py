@@ -120,7 +120,8 @@ def _read_inputs(source: ArrayFiles, model_inputs: tuple[TensorSpec, ...], label
             for s in model_inputs if s.is_tensor}
     parts = [(source.header(n), r) for n, r in rows.items()] + struct_parts
     check_budget(parts + ([(label_header, None)] if label_header is not None else []), where)
-    arrays: dict[str, Any] = {n: source.read(n, r) for n, r in rows.items()}
+    dtypes = {s.name: s.dtype for s in model_inputs}
+    arrays: dict[str, Any] = {n: source.read(n, r, as_type=dtypes[n]) for n, r in rows.items()}
     arrays.update(structured)
     return arrays, None if labels is None else source.read(labels)
 
@@ -208,7 +209,7 @@ def from_npy_folder(folder: Path, model_inputs: tuple[TensorSpec, ...], labels: 
         raise DataError(f"cannot use {where}", f"sample files have different shapes: "
                         f"{', '.join('x'.join(map(str, s)) for s in sorted(shapes))}")
     check_budget([(h, None) for h in headers.values()], where)
-    samples = [source.read(name) for name in chosen]
+    samples = [source.read(name, as_type=spec.dtype) for name in chosen]
     samples = [a[0] if a.ndim == len(spec.shape) else a for a in samples]
     return make_dataset({spec.name: np.stack(samples)}, label_array, model_inputs, where,
                         f"{folder} ({len(samples)} files)", files=(folder,), finite=finite, known_batch=known_batch)

@@ -59,6 +59,9 @@ class ArrayHeader:
     shape: tuple[int, ...]
     dtype: np.dtype
     fortran_order: bool
+    typed_void: bool = False
+    """Void items that ``np.save`` wrote for a typed scalar numpy lacks (an ml_dtypes bfloat16/float8 array): its
+    descr carries a byte order (``'<V2'``), where raw void data says ``'|V2'``."""
 
     @property
     def ndim(self) -> int:
@@ -155,14 +158,15 @@ class ArrayFiles:
     def headers(self, names: Iterable[str] | None = None) -> dict[str, ArrayHeader]:
         return {n: self.header(n) for n in (self.names if names is None else names)}
 
-    def read(self, name: str, rows: int | None = None) -> np.ndarray:
-        """The array ``name``, or its first ``rows`` samples; check the budget with :func:`check_budget` first."""
+    def read(self, name: str, rows: int | None = None, as_type: str | None = None) -> np.ndarray:
+        """The array ``name``, or its first ``rows`` samples; check the budget with :func:`check_budget` first.
+        ``as_type``: the input's dtype; typed void items of that ml_dtypes type's size are read back as it."""
         header = self.header(name)
         opener, _, file_name = self._members[name]
         try:
             with opener() as fp:
                 _parse_header(fp, name, self._members[name][1], file_name, self.where)
-                return _read_data(fp, header, rows, file_name, self.where)
+                return typed_view(_read_data(fp, header, rows, file_name, self.where), header, as_type)
         except DataError:
             raise
         except READ_ERRORS as exc:
@@ -190,14 +194,16 @@ def _invalid(where: str, file_name: str, exc: BaseException) -> DataError:
 def _parse_header(fp: IO[bytes], name: str, available: int, file_name: str, where: str) -> ArrayHeader:
     from numpy.lib import format as npformat
 
-    version = npformat.read_magic(fp)
+    tap = _Tap(fp)  # the header's text too: its descr tells typed void items ('<V2') from raw ones ('|V2')
+    version = npformat.read_magic(tap)
     if version == (1, 0):
-        shape, fortran_order, dtype = npformat.read_array_header_1_0(fp)
+        shape, fortran_order, dtype = npformat.read_array_header_1_0(tap)
     elif version == (2, 0):
-        shape, fortran_order, dtype = npformat.read_array_header_2_0(fp)
+        shape, fortran_order, dtype = npformat.read_array_header_2_0(tap)
     else:  # 3.0 (utf-8 field names) has no public reader
-        shape, fortran_order, dtype = npformat._read_array_header(fp, version)
-    header = ArrayHeader(name, tuple(int(d) for d in shape), dtype, bool(fortran_order))
+        shape, fortran_order, dtype = npformat._read_array_header(tap, version)
+    typed = dtype.kind == "V" and dtype.names is None and bool(re.search(rb"'descr':\s*'[<>=]V\d+'", tap.seen))
+    header = ArrayHeader(name, tuple(int(d) for d in shape), dtype, bool(fortran_order), typed)
     if any(d < 0 for d in header.shape):
         raise DataError(f"cannot read {where}", f"the header of '{file_name}' declares a negative dimension "
                         f"{header.shape}", "the file is forged or corrupt: save it again with numpy.save")
@@ -211,6 +217,32 @@ def _parse_header(fp: IO[bytes], name: str, available: int, file_name: str, wher
                         f"({fmt_bytes(header.nbytes)}) but the file holds {fmt_bytes(max(data_bytes, 0))} of data",
                         "the file is truncated or forged: save it again with numpy.save or numpy.savez")
     return header
+
+
+class _Tap:
+    """Reads through to ``fp``, keeping what was read (the header: a few hundred bytes)."""
+
+    def __init__(self, fp: IO[bytes]) -> None:
+        self.fp, self.seen = fp, b""
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.fp.read(size)
+        self.seen += data
+        return data
+
+
+def typed_view(array: np.ndarray, header: ArrayHeader, as_type: str | None) -> np.ndarray:
+    """``array`` as ml_dtypes' ``as_type`` when the header holds typed void items of that type's size; otherwise as
+    read (raw void data stays void, and the dtype check refuses it for a bfloat16 or float8 input)."""
+    if not header.typed_void or not as_type:
+        return array
+    import ml_dtypes
+    import numpy as np
+
+    kind = getattr(ml_dtypes, as_type, None)
+    if kind is None or np.dtype(kind).itemsize != header.dtype.itemsize:
+        return array
+    return array.view(kind)
 
 
 def _check_text_width(dtype: np.dtype, file_name: str, where: str) -> None:

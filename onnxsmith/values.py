@@ -284,7 +284,8 @@ def read_values(path: str | os.PathLike[str], specs: Collection[TensorSpec] = ()
             if spec.wrap:
                 values[spec.name] = assemble(spec, keys_for(spec.name, names), source.read, where)
                 taken.update(keys_for(spec.name, names))
+        dtypes = {s.name: s.dtype for s in specs if not s.wrap}
         for name in names:
             if name not in taken:
-                values[name] = source.read(name)
+                values[name] = source.read(name, as_type=dtypes.get(name))
     return values

@@ -193,10 +193,10 @@ class OpenVINOCompiler(Compiler):
         metadata["convert_seconds"] = round(time.perf_counter() - start, 3)
         fake_quantize = 0
         if precision == "int8":
-            from onnxsmith.compilers.openvino.quantize import quantize
+            from onnxsmith.compilers.openvino.quantcache import cached_quantize
 
-            result = quantize(model, request.calibration, request.model.inputs, settings.subset_size,
-                              settings.model_type, settings.keep_fp32)
+            result = cached_quantize(model, request, settings.subset_size, settings.model_type, settings.keep_fp32,
+                                     self.version())
             model = result.model
             metadata["quantization"] = result.metadata
             fake_quantize = int(result.metadata["fake_quantize_nodes"])

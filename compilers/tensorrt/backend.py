@@ -250,7 +250,8 @@ class TensorRTCompiler(Compiler):
             raise DataError("int8 needs calibration data", "the model has no Q/DQ nodes to take scales from",
                             "pass --calibration calib.npz, or compile a model quantized with Q/DQ nodes")
         method = "qdq" if opts.int8_method == "auto" else opts.int8_method  # implicit int8 is deprecated since 10.1
-        feeder = CalibrationFeeder(request.calibration, request.model.inputs_at("opt"), opts.calibration_batches)
+        feeder = CalibrationFeeder(request.calibration, request.model.inputs_at("opt"), opts.calibration_batches,
+                                   known_batch=request.model.batch_inputs)
         if feeder.dropped_samples:
             notes.append(f"calibration used {feeder.num_batches * feeder.batch_size} of "
                          f"{feeder.num_batches * feeder.batch_size + feeder.dropped_samples} samples "

@@ -11,7 +11,7 @@ network's inputs (plain numpy, no TensorRT). Two consumers use it:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,10 +25,17 @@ if TYPE_CHECKING:
 
 
 class CalibrationFeeder:
-    """Batches of calibration samples, one contiguous array per network input, in the network's dtype."""
+    """Batches of calibration samples, one contiguous array per network input, in the network's dtype.
 
-    def __init__(self, dataset: Dataset, inputs: Sequence[TensorSpec], max_batches: int | None = None) -> None:
+    Only the batched inputs are split along axis 0: an input the data layer feeds whole (``dataset.whole``) or
+    that has no batch dim (:func:`onnxsmith.data.batch_inputs` of ``known_batch``, the inputs whose first dim was
+    dynamic in the original model) goes as it is into every batch, and must have exactly the input's shape."""
+
+    def __init__(self, dataset: Dataset, inputs: Sequence[TensorSpec], max_batches: int | None = None,
+                 known_batch: Collection[str] | None = None) -> None:
         import numpy as np
+
+        from onnxsmith.data import batch_inputs
 
         if not inputs:
             raise DataError("cannot calibrate", "the model has no inputs")
@@ -36,24 +43,40 @@ class CalibrationFeeder:
             if not spec.is_static:
                 raise DataError("cannot calibrate", f"input '{spec.name}' has dynamic dims {spec.dynamic_dims}",
                                 "calibrate a model loaded with fixed shapes (--shape)")
-        batches = {int(spec.shape[0]) if spec.shape else 1 for spec in inputs}
-        if len(batches) != 1:
-            raise DataError("cannot calibrate", f"inputs have different batch sizes {sorted(batches)}")
-        self.batch_size = batches.pop()
         self.inputs = tuple(inputs)
         missing = [s.name for s in inputs if s.name not in dataset.arrays]
         if missing:
             raise DataError("calibration data does not fit the model", f"no array for input(s) {', '.join(missing)}",
                             f"save one array per model input, named {', '.join(s.name for s in inputs)}")
+        batched = set(batch_inputs(self.inputs, known_batch)) - set(dataset.whole)
+        self.whole = tuple(s.name for s in inputs if s.name not in batched)
+        """Inputs fed as they are into every batch (no batch dim)."""
+        batches = {int(spec.shape[0]) for spec in inputs if spec.name in batched}
+        if len(batches) > 1:
+            raise DataError("cannot calibrate", f"the batched inputs have different batch sizes {sorted(batches)}")
+        self.batch_size = batches.pop() if batches else 1
         self._arrays: dict[str, np.ndarray] = {}
+        counts: dict[str, int] = {}
         for spec in inputs:
             arr = dataset.arrays[spec.name]
-            if tuple(arr.shape[1:]) != tuple(spec.shape[1:]):
+            shape = "x".join(map(str, np.shape(arr))) or "scalar"
+            if spec.name not in batched:
+                if tuple(np.shape(arr)) != tuple(spec.shape):
+                    raise DataError("calibration data does not fit the model",
+                                    f"'{spec.name}' has shape {shape}, the input takes {spec.shape_text()} and has no "
+                                    "batch dimension", f"give '{spec.name}' exactly as {spec.shape_text()}")
+            elif tuple(np.shape(arr)[1:]) != tuple(spec.shape[1:]) or np.ndim(arr) != len(spec.shape):
                 raise DataError("calibration data does not fit the model",
-                                f"samples of '{spec.name}' have shape {'x'.join(map(str, arr.shape[1:]))}, the input "
-                                f"takes {'x'.join(map(str, spec.shape[1:]))} per sample")
-            self._arrays[spec.name] = np.asarray(arr, dtype=np.dtype(spec.dtype))
-        samples = len(dataset)
+                                f"samples of '{spec.name}' have shape {'x'.join(map(str, np.shape(arr)[1:]))}, the "
+                                f"input takes {'x'.join(map(str, spec.shape[1:]))} per sample")
+            else:
+                counts[spec.name] = int(np.shape(arr)[0])
+            self._arrays[spec.name] = np.asarray(arr, dtype=np.dtype(spec.dtype), order="C")  # a scalar stays 0-d
+        if len(set(counts.values())) > 1:
+            raise DataError("calibration data does not fit the model", "the batched inputs have different sample "
+                            f"counts {', '.join(f'{k}: {v}' for k, v in counts.items())}",
+                            "give every batched input the same number of samples along its first axis")
+        samples = next(iter(counts.values())) if counts else 1
         count = samples // self.batch_size
         if count == 0:
             raise DataError("too little calibration data", f"{samples} sample(s), the compiled batch is "
@@ -70,7 +93,8 @@ class CalibrationFeeder:
         import numpy as np
 
         start = index * self.batch_size
-        return {name: np.ascontiguousarray(arr[start:start + self.batch_size]) for name, arr in self._arrays.items()}
+        return {name: arr if name in self.whole else np.ascontiguousarray(arr[start:start + self.batch_size])
+                for name, arr in self._arrays.items()}
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         for index in range(self.num_batches):

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from onnxsmith.profiling.environment import LoadWatch, environment
 from onnxsmith.profiling.record import Measurement, ProfileResult
-from onnxsmith.profiling.worker import MeasureWorker, interleave
+from onnxsmith.profiling.worker import interleave
 from onnxsmith.stats import compare_runs
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ def profile_feeds(bundle: Bundle, data: Any | None = None, seed: int = 0,
     """The inputs to time: the first batch of ``data`` (a Dataset), else seeded generated inputs. ``specs``: the
     input shapes (default the bundle's; one point of its shape range)."""
     from onnxsmith.data import Dataset, check_against_model, synthetic
-    from onnxsmith.model import load_model
+    from onnxsmith.profiling.pool import reference_model
 
     specs = specs if specs is not None else bundle.inputs
     if data is not None:
@@ -52,7 +52,7 @@ def profile_feeds(bundle: Bundle, data: Any | None = None, seed: int = 0,
         feeds = next(data.batches(), None)
         if feeds is not None:
             return feeds, data.source if data.one_feed else f"{data.source} (first batch of {batch})"
-    model = load_model(bundle.reference_model, check=False)
+    model = reference_model(bundle.reference_model)
     return next(synthetic(model, 1, seed, bundle.batch_inputs, specs).batches()), f"generated (seed {seed})"
 
 
@@ -114,7 +114,9 @@ def profile_bundle(bundle: Bundle, profile: Profile, *, baseline: bool = True, d
     measure = profile.measure
     limit = measure.max_seconds * 2 + measure.throughput_seconds + 600
     measured = []
-    with tempfile.TemporaryDirectory(prefix=f"onnxsmith-profile-{owner_tag()}-") as tmp:
+    from onnxsmith.profiling.pool import WorkerPool
+
+    with tempfile.TemporaryDirectory(prefix=f"onnxsmith-profile-{owner_tag()}-") as tmp, WorkerPool(watch) as pool:
         for index, (label, specs) in enumerate(points):
             feeds, source = profile_feeds(bundle, data, specs=specs)
             batch = feed_batch(specs, bundle.batch_inputs)
@@ -123,15 +125,13 @@ def profile_bundle(bundle: Bundle, profile: Profile, *, baseline: bool = True, d
             at = "" if label == "compiled" else f" at {label} ({_shape_words(specs, bundle)})"
             if progress:
                 progress(f"profiling {bundle.backend}{at} ({measure.min_seconds:g} s+)")
-            with MeasureWorker("artifact", bundle, feeds_path, batch, remote, timeout=limit) as worker:
-                watch.track(worker.proc.pid)
+            with pool.use("artifact", bundle, feeds_path, batch, remote, timeout=limit) as worker:  # loaded once
                 main = worker.measure(measure)
                 base = None
                 if baseline:
                     if progress:
                         progress(f"profiling the ONNX Runtime fp32 baseline{at}")
-                    with MeasureWorker("baseline", bundle, feeds_path, batch, timeout=limit) as base_worker:
-                        watch.track(base_worker.proc.pid)
+                    with pool.use("baseline", bundle, feeds_path, batch, timeout=limit) as base_worker:
                         base = base_worker.measure(measure)
                         # The interleaved comparison at the headline point (OPT for a shape range) only: the
                         # other points carry their own artifact and baseline figures, measured one after the other.
@@ -145,8 +145,6 @@ def profile_bundle(bundle: Bundle, profile: Profile, *, baseline: bool = True, d
                                           "order": "interleaved, alternating A B / B A each round"}
                             if label != "compiled":
                                 comparison["point"] = label
-                        watch.untrack(base_worker.proc.pid)
-                watch.untrack(worker.proc.pid)
             measured.append((label, specs, feeds, source, batch, main, base))
     _, opt_specs, _, source, batch, main, base = measured[headline]
     ranges = bundle.shape_ranges

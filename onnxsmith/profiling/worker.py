@@ -119,6 +119,17 @@ class _ChildState:
         return {"p50_ms": round(statistics.median(samples), 5), "iterations": len(samples),
                 "throughput_per_s": round(batch * len(samples) / wall, 4)}
 
+    def use_feeds(self, feeds_path: str, batch: int) -> dict[str, Any]:
+        """Time other inputs (the next point of a shape range) on the runner already loaded."""
+        from onnxsmith.bundle import Bundle
+        from onnxsmith.values import read_values
+
+        inputs = Bundle.open(self.request["bundle"], verify=False).inputs
+        feeds = read_values(feeds_path, inputs)
+        self.feeds, self.call = {s.name: feeds[s.name] for s in inputs if s.name in feeds}, None
+        self.request = {**self.request, "feeds": feeds_path, "batch": batch}
+        return {"batch": batch}
+
     def close(self) -> None:
         self.runner.__exit__(None, None, None)
 
@@ -161,6 +172,8 @@ def worker_main(request_path: str) -> None:
             break
         if op == "measure":
             reply(guarded(lambda: state.measure(command["measure"])))
+        elif op == "feeds":
+            reply(guarded(lambda: state.use_feeds(str(command["feeds"]), int(command["batch"]))))
         elif op == "block":
             reply(guarded(lambda: state.block(float(command["seconds"]), int(command.get("min_iterations", 5)),
                                               str(command.get("mode", "latency")),
@@ -269,6 +282,11 @@ class MeasureWorker:
         """One run of an interleaved comparison (see ``_ChildState.block``)."""
         return self._send({"op": "block", "seconds": seconds, "min_iterations": min_iterations, "mode": mode,
                            "warmup": warmup}, 20 * seconds + 300)
+
+    def use_feeds(self, feeds_path: Path, batch: int) -> None:
+        """Hand the loaded runner other inputs (see :class:`onnxsmith.profiling.pool.WorkerPool`)."""
+        self._send({"op": "feeds", "feeds": str(feeds_path), "batch": batch}, self.timeout)
+        self.batch = batch
 
     def close(self) -> None:
         if self.proc.poll() is None:

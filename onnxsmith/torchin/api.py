@@ -43,6 +43,10 @@ def open_model(spec: str, shapes: Sequence[str] = (), *, target: Target | None =
     from onnxsmith.model.shapes import parse_shape_overrides
 
     kind = torch_kind(spec)
+    if kind is not None and batch is not None:  # a PyTorch model's --batch sets its --shape dims' first dim
+        from onnxsmith.torchin.batch import batch_into_shapes
+
+        shapes, batch = batch_into_shapes(spec, shapes, batch)
     passthrough, args = split_shapes(shapes)
     if kind is None:
         if any(a.dtype for a in args.values()):
