@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import onnxsmith
 from onnxsmith.errors import UnsupportedError
 from onnxsmith.optimize.batch_sweep import _batch_sweep
-from onnxsmith.optimize.contest import _contest
+from onnxsmith.optimize.contest import _contest, _replicate
 from onnxsmith.optimize.ladder_steps import (BASELINE_BACKEND, SIMPLIFY, _knob_steps, _mixed_steps,
                                              _precision_steps, _prune_steps)
 from onnxsmith.optimize.record import Card, Constraints, Step, compare
@@ -207,6 +207,7 @@ def run_ladder(model: LoadedModel, target: Target, profile: Profile, *, data: Da
         steps += _knob_steps(runner, steps, constraints, target, profile)
     rounds, seconds = profile.measure.rounds, profile.measure.round_seconds
     steps = _contest(runner, steps, constraints, rounds, seconds, tag=1)
+    steps = _replicate(runner, steps, constraints, rounds, seconds)
     steps = _judge(steps)
     first = select(steps, constraints, "baseline")
     batching = None

@@ -112,6 +112,10 @@ class Step:
     vs_parent: Mapping[str, Any] | None = None
     """The ratio of this step to its parent on the objective, with its confidence interval (``RatioCI`` as JSON),
     set by the selection."""
+    replication: Mapping[str, Any] | None = None
+    """The pick's second head-to-head against its parent, the two alone in fresh processes (``ratio``: RatioCI as
+    JSON; ``runs``, ``parent_runs``): the pick keeps its place only when this win replicates
+    (:mod:`onnxsmith.optimize.contest`)."""
 
     @property
     def measured(self) -> bool:
@@ -128,6 +132,7 @@ class Step:
         data["vs_parent"] = None if self.vs_parent is None else dict(self.vs_parent)
         data["worst"] = [dataclasses.asdict(e) for e in self.worst]
         data["pass_record"] = None if self.pass_record is None else dict(self.pass_record)
+        data["replication"] = None if self.replication is None else dict(self.replication)
         return data
 
     @classmethod

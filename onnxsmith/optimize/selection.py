@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from onnxsmith.optimize.record import Constraints, Step, fmt_ms, fmt_pct, runs_ratio, Verdict
+from onnxsmith.stats import RatioCI
 
 _EPS = 1e-9
 MIN_WIN = 0.05
@@ -142,8 +143,15 @@ def select(steps: Sequence[Step], constraints: Constraints, reference: str) -> S
         if ci is None:
             continue
         vs_parent[step.name] = ci
-        if step.name in passing_names and parent.name in passing_names and ci.verdict(objective != "throughput", MIN_WIN) != "better":
-            not_significant[step.name] = _not_significant(step, parent, ci, objective)
+        if step.name in passing_names and parent.name in passing_names:
+            if ci.verdict(objective != "throughput", MIN_WIN) != "better":
+                not_significant[step.name] = _not_significant(step, parent, ci, objective)
+            elif step.replication and RatioCI.from_json(step.replication["ratio"]).verdict(
+                    objective != "throughput", MIN_WIN) != "better":
+                again = RatioCI.from_json(step.replication["ratio"])
+                not_significant[step.name] = (
+                    f"{NO_CHANGE} against its parent {parent.name}: its win ({ci.text()}) did not replicate when the "
+                    f"two were timed again alone in fresh processes ({again.text()}); the simpler parent is kept")
     eligible = [s for s in passing if s.name not in not_significant]
     ranked = sorted(eligible, key=lambda s: _score(s, objective))
     chosen = ranked[0] if ranked else None

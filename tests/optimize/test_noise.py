@@ -63,3 +63,49 @@ def test_a_ladder_run_within_noise_keeps_the_parent_and_says_no_significant_chan
 
     notes = Bundle.open(tmp_path / "out" / "bundle").manifest["notes"]
     assert any(n.startswith("optimize step 'baseline'") for n in notes)  # the parent is what was published
+
+
+def _ladder_with(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, centres_per_call: list[dict[str, float]]
+                 ) -> tuple[object, list[list[str]]]:
+    """A real ladder (digits, ONNX Runtime, fp32) whose head-to-heads return ``centres_per_call[i]`` (+-2 %
+    jitter) on their i-th call."""
+    calls: list[list[str]] = []
+
+    def synthetic(self: StepRunner, steps: list, rounds: int, seconds: float, mode: str = "latency"
+                  ) -> tuple[dict[str, list[float]], list[str]]:
+        centres = centres_per_call[min(len(calls), len(centres_per_call) - 1)]
+        calls.append(sorted(s.name for s in steps))
+        return {s.name: [round(centres[s.name] * (1 + j), 5) for j in JITTER[s.name][:rounds]] for s in steps}, []
+
+    monkeypatch.setattr(StepRunner, "interleave", synthetic)
+    model = load_model(DIGITS / "digits_cnn.onnx")
+    data = open_dataset(str(DIGITS / "validation.npz"), model.inputs, labels="label")
+    quick = load_profile("quick")
+    profile = dataclasses.replace(quick, batch_sizes=(1,), ladder=("fp32",), knobs=False,
+                                  measure=dataclasses.replace(quick.measure, rounds=8))
+    card = ladder.run_ladder(model, load_target("host"), profile, data=data, calibration=None,
+                             max_accuracy_drop=0.01, latency_budget_ms=None, output=tmp_path / "out",
+                             backends=["onnxruntime"])
+    return card, calls
+
+
+def test_a_win_that_does_not_replicate_in_fresh_processes_keeps_the_parent(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the ladder's head-to-head: simplify 15 % faster; timed again, the two alone: the same speed
+    card, calls = _ladder_with(tmp_path, monkeypatch, [{"baseline": 10.0, "simplify": 8.5},
+                                                       {"baseline": 10.0, "simplify": 10.05}])
+    assert calls == [["baseline", "simplify"], ["baseline", "simplify"]]  # the contest, then the pair again
+    by = {s.name: s for s in card.steps}  # type: ignore[attr-defined]
+    assert card.chosen == "baseline"  # type: ignore[attr-defined]
+    simplify = by["simplify"]
+    assert simplify.verdict == "not_significant" and "did not replicate" in simplify.reason
+    assert simplify.replication["ratio"]["ratio"] == pytest.approx(1.005, abs=1e-3)
+    assert "timed again against its parent baseline" in " ".join(simplify.notes)
+
+
+def test_a_win_that_replicates_is_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    card, calls = _ladder_with(tmp_path, monkeypatch, [{"baseline": 10.0, "simplify": 8.5},
+                                                       {"baseline": 10.0, "simplify": 8.7}])
+    assert len(calls) == 2 and card.chosen == "simplify"  # type: ignore[attr-defined]
+    simplify = {s.name: s for s in card.steps}["simplify"]  # type: ignore[attr-defined]
+    assert simplify.replication["ratio"]["high"] < 0.95 and "against its parent baseline" in simplify.reason
