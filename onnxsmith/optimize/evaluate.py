@@ -21,6 +21,19 @@ if TYPE_CHECKING:
     from onnxsmith.model import LoadedModel
 
 
+def calibration_data(model: LoadedModel, data: Dataset, calibration: Dataset | None, notes: list[str]) -> Dataset:
+    """``calibration``, else the first (at most 128) validation samples with a note saying so; checked against the
+    model's inputs."""
+    from onnxsmith.data import check_against_model
+
+    if calibration is None:
+        calibration = data.subset(min(len(data), 128))
+        notes.append(f"no calibration data: int8 was calibrated on the first {len(calibration)} validation samples "
+                     "(give --calibration with separate data so validation is not calibrated on)")
+    check_against_model(calibration.arrays, model.inputs, f"calibration data '{calibration.source}'")
+    return calibration
+
+
 @dataclasses.dataclass(frozen=True)
 class Reference:
     """Outputs of ONNX Runtime fp32 on the original model, one row per validation sample."""

@@ -44,7 +44,6 @@ if TYPE_CHECKING:
     from onnxsmith.targets import Target
 
 
-_OWN_FILES = ("card.json", "card.md", "card.html")
 _OWN_DIRS = ("card_files", "steps", "examples", "bundle", ".models")
 
 
@@ -130,7 +129,7 @@ def run_ladder(model: LoadedModel, target: Target, profile: Profile, *, data: Da
     from onnxsmith.data import check_against_model, synthetic
     from onnxsmith.model.shapes import require_static
     from onnxsmith.optimize.card import write_card
-    from onnxsmith.optimize.evaluate import reference_outputs
+    from onnxsmith.optimize.evaluate import calibration_data, reference_outputs
 
     output = Path(output)
     require_static(model)
@@ -155,11 +154,7 @@ def run_ladder(model: LoadedModel, target: Target, profile: Profile, *, data: Da
         notes.append("no validation data: steps are judged by agreement with fp32 on 64 generated inputs; give "
                      "--data with --labels to measure task accuracy")
     check_against_model(data.arrays, model.inputs, f"validation data '{data.source}'")
-    if calibration is None:
-        calibration = data.subset(min(len(data), 128))
-        notes.append(f"no calibration data: int8 was calibrated on the first {len(calibration)} validation samples "
-                     "(give --calibration with separate data so validation is not calibrated on)")
-    check_against_model(calibration.arrays, model.inputs, f"calibration data '{calibration.source}'")
+    calibration = calibration_data(model, data, calibration, notes)
     say("running the fp32 reference")
     reference = reference_outputs(model, data)
     metric = ("accuracy" if reference.classifier and data.labels is not None

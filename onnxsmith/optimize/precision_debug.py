@@ -115,7 +115,7 @@ def debug_precision(model: LoadedModel, target: Target, profile: Profile, *, dat
     from onnxsmith.compile import protected_inputs
     from onnxsmith.data import check_against_model
     from onnxsmith.model.shapes import require_static
-    from onnxsmith.optimize.evaluate import reference_outputs
+    from onnxsmith.optimize.evaluate import calibration_data, reference_outputs
     from onnxsmith.optimize.ladder import _usable_backends
     from onnxsmith.optimize.sensitivity import analyze
     from onnxsmith.optimize.steps import Recipe, StepRunner, pass_spec
@@ -134,11 +134,7 @@ def debug_precision(model: LoadedModel, target: Target, profile: Profile, *, dat
     output.mkdir(parents=True, exist_ok=True)
     say = progress or (lambda message: None)
     check_against_model(data.arrays, model.inputs, f"validation data '{data.source}'")
-    if calibration is None:
-        calibration = data.subset(min(len(data), 128))
-        notes.append(f"no calibration data: int8 was calibrated on the first {len(calibration)} validation samples "
-                     "(give --calibration with separate data so validation is not calibrated on)")
-    check_against_model(calibration.arrays, model.inputs, f"calibration data '{calibration.source}'")
+    calibration = calibration_data(model, data, calibration, notes)
     say("measuring int8 sensitivity per layer (ONNX Runtime, QDQ)")
     sens = analyze(model, data, calibration, max_drop, progress=say)
     keep = list(sens.keep_names)

@@ -83,10 +83,6 @@ def _resolve_inputs(model: TorchModel, args: Mapping[str, InputArg]) -> list[Inp
     return out
 
 
-def _torch_dtype(torch: Any, name: str) -> Any:
-    return getattr(torch, name if name != "bool" else "bool")
-
-
 def random_feeds(inputs: Sequence[InputArg], count: int, seed: int = 0) -> list[dict[str, Any]]:
     """``count`` feeds of numpy arrays at the export dims: floats N(0, 1), integers in [0, 2), booleans."""
     import numpy as np
