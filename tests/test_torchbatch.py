@@ -8,19 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from onnxsmith.cli import main
 from onnxsmith.errors import UserInputError
 from onnxsmith.torchin.batch import batch_into_shapes
+from tests.cli.test_cli import cli
 
 needs_torch = pytest.mark.skipif(importlib.util.find_spec("torch") is None,
                                  reason="torch is not installed (pip install 'onnxsmith[torch]')")
-
-
-def cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-    out, err = capsys.readouterr()
-    return int(exc.value.code or 0), out, err
 
 
 def test_batch_rewrites_the_shared_first_dim_of_fixed_shapes() -> None:

@@ -11,21 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from onnxsmith.cli import main
 from onnxsmith.errors import UserInputError
 from onnxsmith.torchin.inputs import split_shapes
 from onnxsmith.torchin.source import torch_kind
+from tests.cli.test_cli import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
 needs_torch = pytest.mark.skipif(not HAVE_TORCH, reason="torch is not installed (pip install 'onnxsmith[torch]')")
-
-
-def cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-    out, err = capsys.readouterr()
-    return int(exc.value.code or 0), out, err
 
 
 def test_shape_dtype_suffix_is_stripped_and_ranges_export_at_opt() -> None:
