@@ -84,10 +84,7 @@ class ProfileResult:
 
     @property
     def efficiency_of_measured_peak(self) -> float | None:
-        achieved = self.achieved_tflops
-        if achieved is None or not self.measured_peak_tflops:
-            return None
-        return achieved / self.measured_peak_tflops
+        return self._share_of(self.measured_peak_tflops)
 
     @property
     def achieved_tflops(self) -> float | None:
@@ -97,10 +94,12 @@ class ProfileResult:
 
     @property
     def efficiency(self) -> float | None:
+        return self._share_of(self.peak_tflops)
+
+    def _share_of(self, peak: float | None) -> float | None:
+        """The achieved throughput as a share of ``peak`` (None when either is unknown)."""
         achieved = self.achieved_tflops
-        if achieved is None or not self.peak_tflops:
-            return None
-        return achieved / self.peak_tflops
+        return None if achieved is None or not peak else achieved / peak
 
     @property
     def speedup_vs_baseline(self) -> float | None:
