@@ -114,12 +114,9 @@ def emulated_server(port: int = 0, timeout_s: float = 60) -> Iterator[str]:
             address = _wait_for_address(proc, timeout_s)
             yield address
         finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            from onnxsmith.isolate import stop_process
+
+            stop_process(proc, 10)
 
 
 def _wait_for_address(proc: subprocess.Popen[str], timeout_s: float) -> str:

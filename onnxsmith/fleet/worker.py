@@ -84,13 +84,9 @@ def run_worker(address: str, device_specs: Sequence[str], *, host: bool = True, 
         try:
             return proc.wait()
         finally:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            from onnxsmith.isolate import stop_process
+
+            stop_process(proc, 30)
 
 
 def _start_emulator(target: Any, stack: contextlib.ExitStack) -> str:
