@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from onnxsmith.deploy import quoting
 from onnxsmith.errors import UserInputError
 
 if TYPE_CHECKING:
@@ -44,8 +44,10 @@ TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "float64": "TYPE
 
 
 def model_name(bundle: Bundle) -> str:
-    """The Triton model name: the model's name with only ``[A-Za-z0-9_-]``."""
-    return re.sub(r"[^A-Za-z0-9_-]", "_", str(bundle.manifest["model"].get("name") or "model")) or "model"
+    """The Triton and OVMS model name, which is also its folder's name: the model's name where it is a safe file
+    name, else its safe form (:func:`onnxsmith.deploy.quoting.file_stems`)."""
+    name = str(bundle.manifest["model"].get("name") or "model")
+    return quoting.file_stems([name])[name]
 
 
 def batch_range(bundle: Bundle) -> tuple[int, int, bool] | None:
@@ -133,11 +135,11 @@ def config_pbtxt(bundle: Bundle, record: Mapping[str, Any], field: str, value: s
 
     def tensor(spec: Any, strip: bool) -> str:
         if spec.dtype not in TRITON_TYPES:
-            raise UserInputError(f"Triton has no type for {spec.name}'s {spec.dtype}", "see Triton's data types")
+            raise UserInputError(f"Triton has no type for {quoting.text(spec.name)}'s {spec.dtype}", "see Triton's data types")
         dims = spec.shape[1:] if strip else spec.shape
-        return f'  {{\n    name: "{spec.name}"\n    data_type: {TRITON_TYPES[spec.dtype]}\n    dims: {_dims(tuple(dims))}\n  }}'
+        return f'  {{\n    name: {quoting.pbtxt(spec.name)}\n    data_type: {TRITON_TYPES[spec.dtype]}\n    dims: {_dims(tuple(dims))}\n  }}'
 
-    lines = [f'name: "{name}"', f'{field}: "{value}"', f"max_batch_size: {max_batch}",
+    lines = [f"name: {quoting.pbtxt(name)}", f"{field}: {quoting.pbtxt(value)}", f"max_batch_size: {max_batch}",
              "input [\n" + ",\n".join(tensor(s, s.name in batch_names) for s in bundle.inputs) + "\n]",
              "output [\n" + ",\n".join(tensor(s, bool(max_batch)) for s in bundle.outputs) + "\n]"]
     dynamic = record.get("dynamic_batching") if max_batch else None
@@ -148,7 +150,7 @@ def config_pbtxt(bundle: Bundle, record: Mapping[str, Any], field: str, value: s
     group = record["instance_group"]
     lines.append(f"instance_group [\n  {{\n    count: {group['count']}\n    kind: {group['kind']}\n  }}\n]")
     for key, text in parameters.items():
-        lines.append(f'parameters {{\n  key: "{key}"\n  value: {{ string_value: {json.dumps(text)} }}\n}}')
+        lines.append(f"parameters {{\n  key: {quoting.pbtxt(key)}\n  value: {{ string_value: {quoting.pbtxt(text)} }}\n}}")
     return "\n".join(lines) + "\n"
 
 

@@ -39,6 +39,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from onnxsmith.deploy import quoting
 from onnxsmith.errors import BackendError, MissingDependencyError, UnsupportedError, UserInputError
 
 if TYPE_CHECKING:
@@ -195,12 +196,13 @@ def _inputs(bundle: Bundle, batched: bool) -> tuple[list[Any], list[Any]]:
     example = bundle.path / "deploy" / "example"
     rng = np.random.default_rng(0)
     names = set(bundle.batch_inputs or ()) if batched else set()
+    stems = quoting.file_stems(s.name for s in bundle.inputs)  # as compile wrote deploy/example/
     inputs = []
     for spec in bundle.inputs:
         shape = [d if isinstance(d, int) else 1 for d in spec.shape]
         if spec.name in names:
             shape[0] = 1
-        file = example / f"{spec.name}.npy"
+        file = example / f"{stems[spec.name]}.npy"
         value = np.load(file, allow_pickle=False) if file.is_file() else None
         if value is None or list(value.shape[1:]) != shape[1:]:
             value = rng.standard_normal(shape).astype(spec.dtype)
