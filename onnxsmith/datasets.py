@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from onnxsmith.data import Dataset, check_against_model, make_dataset
+from onnxsmith.deploy.quoting import file_stems
 from onnxsmith.errors import DataError, OnnxsmithError, first_line
 from onnxsmith.npyfile import MAX_BYTES_VARIABLE, ArrayFiles, ArrayHeader, check_budget, max_bytes
 from onnxsmith.units import fmt_bytes
@@ -175,6 +176,10 @@ def from_npy_folder(folder: Path, model_inputs: tuple[TensorSpec, ...], labels: 
     where = f"{what} folder '{folder}'"
     files = {p.stem: p for p in sorted(folder.glob("*.npy"))}
     names = [s.name for s in model_inputs]
+    stems = file_stems(names)
+    for name in names:  # an input whose name is no safe file name is saved under its safe stem (deploy/example/)
+        if name not in files and stems[name] in files:
+            files[name] = files.pop(stems[name])
     if labels is not None and labels not in files:
         raise DataError(f"cannot use {where}", f"it has no '{labels}.npy' for the labels",
                         f"files present: {', '.join(sorted(files)) or 'none'}")

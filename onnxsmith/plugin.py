@@ -160,6 +160,8 @@ class DeployProgram:
     checked: str = ""
     """What onnxsmith's own tests do with it here, or why they cannot (the deploy README quotes it)."""
     variables: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    """Placeholder values: a ``CPP_``, ``PY_`` or ``SWIFT_`` name holds a literal made by
+    :mod:`onnxsmith.deploy.quoting`; any other, plain text only (:func:`onnxsmith.deploy.quoting.text`)."""
     inputs: tuple[TensorSpec, ...] | None = None
     """The inputs it takes, in order (default: the bundle's)."""
 

@@ -3,11 +3,11 @@ need macOS: neither is built or run here."""
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from onnxsmith.deploy import quoting
 from onnxsmith.plugin import Artifact, DeployProgram
 
 if TYPE_CHECKING:
@@ -28,18 +28,19 @@ def programs(artifact: Artifact, directory: Path, target: Target) -> list[Deploy
     signature = artifact.metadata.get("io", {})
     ins, outs = dict(signature.get("inputs", {})), dict(signature.get("outputs", {}))
     units = str(artifact.options.get("compute_units", "all"))
+    units = units if units in SWIFT_UNITS else "all"  # an enum member in both programs: only the known ones
     loads = ("model.mlpackage",)
 
     return [
         DeployProgram("Swift", "swift", TEMPLATES / "swift", loads, build=("swift build -c release",),
                       run=(".build/release/deploy ../../artifact out @@INPUT_FILES@@",), checked=not_built(),
-                      variables={"COMPUTE_UNITS": SWIFT_UNITS.get(units, "all"),
-                                 "SWIFT_FEATURES": ", ".join(f'"{k}": "{v}"' for k, v in {**ins, **outs}.items()
-                                                             if k != v) or ":"}),
+                      variables={"COMPUTE_UNITS": SWIFT_UNITS[units],
+                                 "SWIFT_FEATURES": ", ".join(f"{quoting.swift(k)}: {quoting.swift(v)}"
+                                                             for k, v in {**ins, **outs}.items() if k != v) or ":"}),
         DeployProgram("Python", "python", TEMPLATES / "python", loads,
                       run=("python3 run.py ../../artifact out @@INPUT_FILES@@",),
                       checked=not_built().replace("the Core ML framework exists only on Apple platforms",
                                                   "coremltools predicts only on macOS"),
                       variables={"CT_COMPUTE_UNITS": units.upper(),
-                                 "PY_FEATURES": json.dumps({"inputs": ins, "outputs": outs})}),
+                                 "PY_FEATURES": quoting.python({"inputs": ins, "outputs": outs})}),
     ]

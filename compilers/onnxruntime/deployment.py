@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from onnxsmith.deploy import quoting
 from onnxsmith.plugin import Artifact, DeployProgram, TritonModel
 
 if TYPE_CHECKING:
@@ -20,8 +20,9 @@ NO_HEADERS = ("generated only, not built here: no PyPI or Debian package provide
 def programs(artifact: Artifact, directory: Path, target: Target) -> list[DeployProgram]:
     model = artifact.files[0]
     loads = tuple(artifact.files)
-    variables = {"MODEL_FILE": model, "PROVIDERS": json.dumps(list(artifact.options.get("providers",
-                                                                                       ["CPUExecutionProvider"])))}
+    providers = [str(p) for p in artifact.options.get("providers", ["CPUExecutionProvider"])]
+    variables = {"MODEL_FILE": quoting.text(model), "CPP_MODEL_FILE": quoting.cpp(model),
+                 "PY_MODEL_FILE": quoting.python(model), "PY_PROVIDERS": quoting.python(providers)}
     cpu = artifact.device == "CPUExecutionProvider"
     return [
         DeployProgram("C++", "cpp", TEMPLATES / "cpp", loads,

@@ -4,11 +4,11 @@ native OpenVINO backend."""
 from __future__ import annotations
 
 import importlib.util
-import json
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from onnxsmith.deploy import quoting
 from onnxsmith.plugin import Artifact, DeployProgram, TritonModel
 
 if TYPE_CHECKING:
@@ -32,8 +32,9 @@ def programs(artifact: Artifact, directory: Path, target: Target) -> list[Deploy
     device = artifact.device
     config = {str(k): str(v) for k, v in artifact.options.items()}
     loads = tuple(f for f in ("model.blob", "model.xml", "model.bin") if f in artifact.files)
-    variables = {"DEVICE": device, "PY_CONFIG": json.dumps(config),
-                 "CPP_CONFIG": ", ".join(f'{{"{k}", "{v}"}}' for k, v in config.items())}
+    variables = {"PY_DEVICE": quoting.python(device), "CPP_DEVICE": quoting.cpp(device),
+                 "PY_CONFIG": quoting.python(config),
+                 "CPP_CONFIG": ", ".join(f"{{{quoting.cpp(k)}, {quoting.cpp(v)}}}" for k, v in config.items())}
     here = "the default test suite builds this program and runs it on the example input, and compares its outputs " \
            "with `onnxsmith run` (1e-5)" if device == "CPU" else \
            f"generated only: onnxsmith's tests run it on CPU bundles, and this one is for {device}"

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from onnxsmith.deploy import quoting
 from onnxsmith.model import TensorSpec
 from onnxsmith.plugin import Artifact, DeployProgram
 
@@ -43,7 +44,9 @@ def programs(artifact: Artifact, directory: Path, target: Target) -> list[Deploy
     arch, cuda = str(io.get("arch")), io.get("device") == "cuda"
     inputs = tuple(TensorSpec.from_json(s) for s in io["inputs"])
     loads = ("model.so",) + (("kernels.cu",) if cuda else ())
-    variables = {"ENTRY": str(io.get("entry", "main")), "ARCH": arch, "TVM_DEVICE": "cuda" if cuda else "cpu"}
+    entry = str(io.get("entry", "main"))
+    variables = {"PY_ENTRY": quoting.python(entry), "CPP_ENTRY": quoting.cpp(entry), "ARCH": quoting.text(arch),
+                 "TVM_DEVICE": "cuda" if cuda else "cpu"}
     native = arch == machine_arch()
     out = []
     if not cuda:

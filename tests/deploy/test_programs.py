@@ -101,7 +101,7 @@ def test_openvino_bundle_lists_its_programs_and_readme(openvino_bundle: Path) ->
     assert files == ["CMakeLists.txt", "deploy.hpp", "main.cpp"]
     assert programs(openvino_bundle)["python"]["files"] == ["run.py"]  # rendered from run.py.in
     source = (openvino_bundle / "deploy" / "cpp" / "main.cpp").read_text()
-    assert "@@" not in source and '{"image", "<f4", {1, 1, 8, 8}}' in source
+    assert "@@" not in source and '{"image", "image", "<f4", {1, 1, 8, 8}}' in source
 
 
 def test_openvino_cpp_program_builds_runs_and_matches_onnxsmith_run(openvino_bundle: Path, tmp_path: Path) -> None:
@@ -292,5 +292,5 @@ def test_coreml_programs_are_generated_naming_the_package_and_say_they_were_not_
         assert_names_existing_artifact_files(deploy / folder, program["loads"], work)
     assert found["swift"]["files"] == ["Package.swift", "Sources/deploy/main.swift"]
     swift = (deploy / "swift" / "Sources" / "deploy" / "main.swift").read_text()
-    assert "MLModel.compileModel" in swift and '(name: "image", descr: "<f4", shape: [1, 1, 8, 8])' in swift
+    assert "MLModel.compileModel" in swift and '(name: "image", file: "image", descr: "<f4", shape: [1, 1, 8, 8])' in swift
     assert "swift build -c release" in (deploy / "README.md").read_text()

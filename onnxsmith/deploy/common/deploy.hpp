@@ -1,7 +1,7 @@
 // What every onnxsmith deployment program shares (copied next to its main.cpp by onnxsmith): a minimal .npy reader
 // and writer (NumPy format 1.0-3.0, little-endian, C order; one array per file), and the program's frame: the
 // command line ARTIFACT_DIR OUTPUT_DIR INPUT.npy..., each input checked against its declared dtype and shape,
-// each output written as OUTPUT_DIR/NAME.npy, and errors reported as one line with exit status 1 (2: usage).
+// each output written as OUTPUT_DIR/FILE.npy, and errors reported as one line with exit status 1 (2: usage).
 #pragma once
 #include <cstdint>
 #include <cstring>
@@ -110,9 +110,12 @@ inline std::string shape_text(const std::vector<int64_t>& shape) {
 
 namespace deploy {
 
-// A model input or output as compiled: its name, the .npy dtype (e.g. "<f4") and shape (-1: a dynamic dimension).
+// A model input or output as compiled: its name, its file stem (NAME.npy is file + ".npy": the name itself where it
+// is a safe file name, else onnxsmith's safe form of it, see programs.json), the .npy dtype (e.g. "<f4") and shape
+// (-1: a dynamic dimension).
 struct Tensor {
   const char* name;
+  const char* file;
   const char* descr;
   std::vector<int64_t> shape;
 };
@@ -133,11 +136,12 @@ inline npy::Array load_input(const Tensor& spec, const std::string& path) {
   return array;
 }
 
-// Writes an output as OUTPUT_DIR/NAME.npy (creating OUTPUT_DIR).
+// Writes an output as OUTPUT_DIR/FILE.npy (creating OUTPUT_DIR); the file stem comes from onnxsmith, never from
+// the name, so no output lands outside OUTPUT_DIR.
 inline void save_output(const Arguments& args, const Tensor& spec, const std::vector<int64_t>& shape,
                         const void* data, size_t bytes) {
   std::filesystem::create_directories(args.output);
-  npy::save((args.output / (std::string(spec.name) + ".npy")).string(), spec.descr, shape, data, bytes);
+  npy::save((args.output / (std::string(spec.file) + ".npy")).string(), spec.descr, shape, data, bytes);
 }
 
 // The whole of main(): checks the command line against `inputs` (usage: exit 2), runs `infer`, and turns an
@@ -145,7 +149,7 @@ inline void save_output(const Arguments& args, const Tensor& spec, const std::ve
 inline int main(int argc, char** argv, const std::vector<Tensor>& inputs, void (*infer)(const Arguments&)) {
   if (argc != 3 + int(inputs.size())) {
     std::cerr << "usage: " << argv[0] << " ARTIFACT_DIR OUTPUT_DIR";
-    for (const auto& t : inputs) std::cerr << " " << t.name << ".npy";
+    for (const auto& t : inputs) std::cerr << " " << t.file << ".npy";
     std::cerr << "\n";
     return 2;
   }
