@@ -30,7 +30,11 @@ def test_distill_trains_checkpoints_resumes_and_exports(tmp_path: Path) -> None:
     with pytest.raises(KeyboardInterrupt):
         distill(TEACHER, MLP, train_spec=str(DIGITS / "train.npz"), val_spec=str(DIGITS / "validation.npz"),
                 labels="label", output=out, settings=settings, on_epoch=interrupt)
-    assert (out / "checkpoint.pt").is_file() and not (out / "student.onnx").exists()
+    from onnxsmith.distill import work_dir
+
+    # the run trains beside -o (.d.distilling) and is renamed to -o only when finished
+    assert (work_dir(out) / "checkpoint.pt").is_file() and (work_dir(out) / "checkpoint.json").is_file()
+    assert not out.exists()
     record = distill(TEACHER, MLP, train_spec=str(DIGITS / "train.npz"), val_spec=str(DIGITS / "validation.npz"),
                      labels="label", output=out, settings=settings, on_epoch=lambda line, _: seen.append(line.epoch))
     assert record["resumed"] and seen == [1, 2, 3, 4, 5, 6] and record["epochs"] == 6
@@ -39,7 +43,9 @@ def test_distill_trains_checkpoints_resumes_and_exports(tmp_path: Path) -> None:
     assert record["validation"]["samples"] == 360 and record["validation"]["student_accuracy"] > 0.8
     assert record["export"]["check"]["cosine_min"] >= 0.9999 and record["export"]["outputs"] == ["logits"]
     assert record["latency_ms"]["student"] > 0 and record["latency_ms"]["teacher"] > 0
-    assert json.loads((out / "distill.json").read_text())["status"] == "done"
+    assert json.loads((out / "distill.json").read_text())["status"] == "done" and not work_dir(out).exists()
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.json", "checkpoint.pt", "distill.json",
+                                                     "student.onnx"]
     # a rerun of the same distillation finds it done; other settings are refused, not silently mixed
     again = distill(TEACHER, MLP, train_spec=str(DIGITS / "train.npz"), val_spec=str(DIGITS / "validation.npz"),
                     labels="label", output=out, settings=settings)

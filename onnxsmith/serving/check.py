@@ -392,7 +392,13 @@ def serve_check(bundle: Bundle, rate: float | None = None, seconds: float = 10.0
             "sustains_per_s": replanned.best.rate_per_s},
         "load_average": _loadavg(),
     }
-    (bundle.path / FOLDER / RESULT).write_text(json.dumps(result, indent=2) + "\n")
+    path = bundle.path / FOLDER / RESULT
+    tmp = path.with_name(f".{RESULT}.{os.getpid()}.tmp")
+    try:  # whole or not at all: a previous result survives an interrupt while writing
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return result
 
 
