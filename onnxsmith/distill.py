@@ -173,11 +173,12 @@ def distill(teacher_spec: str, student_spec: str, *, train_spec: str, output: Pa
         say(f"already distilled in '{output}' (same teacher, student, data and settings)")
         return finished
     previous = _read_json(output / RECORD)
-    if previous is not None and previous.get("status") == "done" and not restart:
+    work = work_dir(output)
+    own = (_read_json(work / CHECKPOINT_RECORD) or {}).get("identity") == identity  # an interrupted run to resume
+    if previous is not None and previous.get("status") == "done" and not restart and not own:
         raise UserInputError(f"'{output}' holds another distillation", "it was made with another teacher, student, "
                              "data or settings", "pass --restart to replace it (it stays until the new run "
                              "finishes), or another -o")
-    work = work_dir(output)
     with _claim(work, output):
         if restart:
             _clear(work)
