@@ -277,9 +277,13 @@ def _distill_case(tmp_path: Path, stage: str, sig_name: str, resume: bool = Fals
 
 
 @pytest.mark.parametrize("sig_name", ["SIGINT", "SIGKILL"])
-def test_distill_restart_interrupted_mid_work_keeps_the_previous_result_and_resumes(tmp_path: Path,
-                                                                                    sig_name: str) -> None:
-    _distill_case(tmp_path, "mid-work", sig_name, resume=sig_name == "SIGKILL")
+def test_distill_restart_interrupted_mid_work_keeps_the_previous_result(tmp_path: Path, sig_name: str) -> None:
+    _distill_case(tmp_path, "mid-work", sig_name)
+
+
+@pytest.mark.slow
+def test_distill_restart_killed_mid_work_resumes_without_restart(tmp_path: Path) -> None:
+    _distill_case(tmp_path, "mid-work", "SIGKILL", resume=True)
 
 
 @pytest.mark.slow
@@ -354,3 +358,31 @@ def test_serve_check_interrupted_while_serving_stops_tritonserver(served: Path, 
 @pytest.mark.parametrize("sig_name", ["SIGINT", "SIGKILL"])
 def test_serve_check_interrupted_at_other_stages(served: Path, tmp_path: Path, stage: str, sig_name: str) -> None:
     _serve_case(served, tmp_path, stage, sig_name)
+
+
+# --- the qemu TVM RPC server --------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig_name", ["SIGINT", "SIGKILL"])
+def test_the_qemu_rpc_server_ends_with_its_cli(tmp_path_factory: pytest.TempPathFactory, sig_name: str) -> None:
+    pytest.importorskip("tvm")
+    from onnxsmith.compilers.tvm import emulate
+
+    if emulate.missing():
+        pytest.skip(emulate.missing())
+    tmp = tmp_path_factory.mktemp("qemu")
+    env = {**cli_env(tmp), "ONNXSMITH_CACHE_DIR": str(tmp_path_factory.getbasetemp() / "qemu-cache")}
+    proc = subprocess.Popen([sys.executable, "-m", "onnxsmith.compilers.tvm.emulate", "0"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    tracker = Tracker(proc.pid)
+    try:
+        assert proc.stdout is not None and "aarch64 TVM RPC server" in proc.stdout.readline()
+        tracker.scan()
+        assert any("qemu-aarch64" in comm for _, comm in tracker.seen.values()), tracker.seen
+        proc.send_signal(SIGNALS[sig_name])
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert not tracker.wait_gone(20), tracker.alive()
