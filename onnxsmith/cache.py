@@ -11,6 +11,7 @@ removed and rebuilt.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import hashlib
 import json
@@ -143,13 +144,39 @@ def publish_dir(tmp: Path, final: Path) -> bool:
         raise
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False where that is not available."""
+    import ctypes
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    if ctypes.get_errno() in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+        return False
+    raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()), str(a))
+
+
 def replace_dir(tmp: Path, final: Path) -> None:
-    """Move ``tmp`` to ``final``, replacing an existing directory with one rename each way."""
+    """Move ``tmp`` to ``final``, replacing an existing directory: where the kernel can, the two are swapped in one
+    step, so no interrupt or SIGKILL can leave ``final`` missing (the previous result, left at ``tmp``, is then
+    removed); elsewhere with one rename each way, the previous one put back when the second fails."""
     final.parent.mkdir(parents=True, exist_ok=True)
     if final.exists():
+        if _exchange(tmp, final):
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
         old = final.with_name(f".{final.name}.old-{owner_tag()}-{uuid.uuid4().hex[:8]}")
         os.rename(final, old)
-        os.rename(tmp, final)
+        try:
+            os.rename(tmp, final)
+        except BaseException:
+            if not final.exists():
+                os.rename(old, final)
+            raise
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.rename(tmp, final)

@@ -10,17 +10,22 @@ without improvement. A checkpoint is
 written after every epoch, so an interrupted run resumes where it stopped.
 
 Output directory: ``student.onnx`` (the export, checked), ``distill.json`` (settings, per-epoch history, teacher
-against student on parameters, accuracy and latency, the export record), ``checkpoint.pt``.
+against student on parameters, accuracy and latency, the export record), ``checkpoint.pt`` and its record
+``checkpoint.json``. A run trains in ``.<name>.distilling`` beside ``-o`` (checkpointed there, so a rerun resumes
+it) and renames it to ``-o`` only when finished: an interrupted run, ``--restart`` included, leaves a previous
+result whole. A checkpoint is loaded only after its record names this run and its sha256, and then only as tensors
+and plain values (``torch.load(weights_only=True)``): never unpickled as code.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +37,8 @@ if TYPE_CHECKING:
 
 RECORD = "distill.json"
 CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_RECORD = "checkpoint.json"
+"""Beside the checkpoint: the run it belongs to (``identity``), its epoch and its sha256, checked before loading."""
 STUDENT = "student.onnx"
 SMALL_STUDENT = 1_000_000
 """Students with fewer parameters train on one CPU thread."""
@@ -155,10 +162,39 @@ def distill(teacher_spec: str, student_spec: str, *, train_spec: str, output: Pa
     if settings.epochs is None and settings.minutes is None:
         raise UserInputError("distill needs a budget", "neither --epochs nor --minutes was given",
                              "for example --minutes 3")
-    output = Path(output)
+    output = Path(output).resolve()
     teacher = open_model(teacher_spec, shapes, target=target, progress=say)
     train, val = _open_data(teacher, train_spec, val_spec, labels)
     _prepare_output(output, teacher, train, val, force)
+    names = [s.name for s in teacher.inputs]
+    identity = _fingerprint(teacher, student_spec, train, settings, names)
+    finished = _finished(output, identity)
+    if finished is not None and not restart:
+        say(f"already distilled in '{output}' (same teacher, student, data and settings)")
+        return finished
+    previous = _read_json(output / RECORD)
+    work = work_dir(output)
+    own = (_read_json(work / CHECKPOINT_RECORD) or {}).get("identity") == identity  # an interrupted run to resume
+    if previous is not None and previous.get("status") == "done" and not restart and not own:
+        raise UserInputError(f"'{output}' holds another distillation", "it was made with another teacher, student, "
+                             "data or settings", "pass --restart to replace it (it stays until the new run "
+                             "finishes), or another -o")
+    with _claim(work, output):
+        if restart:
+            _clear(work)
+        return _train(torch, teacher_spec, student_spec, teacher, train, val, labels, settings, identity, names,
+                      output, work, target, say, on_epoch)
+
+
+def work_dir(output: Path) -> Path:
+    """Where a distillation into ``output`` trains and checkpoints until it is finished and renamed to ``output``."""
+    return output.parent / f".{output.name}.distilling"
+
+
+def _train(torch: Any, teacher_spec: str, student_spec: str, teacher: LoadedModel, train: Dataset,
+           val: Dataset | None, labels: str | None, settings: Settings, identity: str, names: list[str],
+           output: Path, work: Path, target: Any, say: Callable[[str], None],
+           on_epoch: Callable[[EpochLine, int | None], None] | None) -> dict[str, Any]:
     say("building the student")
     from onnxsmith.torchin.source import load_factory
 
@@ -169,8 +205,6 @@ def distill(teacher_spec: str, student_spec: str, *, train_spec: str, output: Pa
     threads = torch.get_num_threads()
     if device == "cpu" and count_parameters(student) < SMALL_STUDENT:
         torch.set_num_threads(1)  # tiny ops: thread hand-offs cost more than they save, worse on a loaded machine
-    names = [s.name for s in teacher.inputs]
-    identity = _fingerprint(teacher, student_spec, train, settings, names)
 
     soft = teacher_logits(teacher_spec, teacher, train, say)
     if soft.ndim != 2 or soft.shape[1] < 2:
@@ -185,18 +219,10 @@ def distill(teacher_spec: str, student_spec: str, *, train_spec: str, output: Pa
     optimizer = torch.optim.AdamW(student.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
     state = {"epoch": 0, "elapsed": 0.0, "best": None, "best_epoch": None, "best_state": None, "history": [],
              "stale": 0}
-    checkpoint = output / CHECKPOINT
-    finished = _finished(output, identity)
-    if finished is not None and not restart:
-        say(f"already distilled in '{output}' (same teacher, student, data and settings)")
-        return finished
+    checkpoint = work / CHECKPOINT
     resumed = False
-    if checkpoint.is_file() and not restart:
-        saved = torch.load(checkpoint, map_location=device, weights_only=False)
-        if saved.get("identity") != identity:
-            raise UserInputError(f"cannot resume the distillation in '{output}'", "its checkpoint was made with "
-                                 "another teacher, student, data or settings", "pass --restart to start over, or "
-                                 "another -o")
+    saved = _load_checkpoint(torch, work, output, identity, device)
+    if saved is not None:
         student.load_state_dict(saved["student"])
         optimizer.load_state_dict(saved["optimizer"])
         state = saved["state"]
@@ -208,7 +234,7 @@ def distill(teacher_spec: str, student_spec: str, *, train_spec: str, output: Pa
         "validation": val.source if val is not None else None, "labels": labels,
         "settings": dataclasses.asdict(settings), "device": device, "torch_version": torch.__version__,
         "identity": identity, "resumed": resumed, "teacher_fingerprint": teacher.fingerprint}
-    _write_record(output, record)
+    _write_record(work, record)
     generator = torch.Generator().manual_seed(settings.seed + state["epoch"])
     max_epochs = settings.epochs or MAX_EPOCHS
     budget = settings.minutes * 60 if settings.minutes else None
@@ -258,9 +284,9 @@ def distill(teacher_spec: str, student_spec: str, *, train_spec: str, output: Pa
             state["best_state"] = {k: v.detach().cpu().clone() for k, v in student.state_dict().items()}
         elif done >= 0.5:  # early stopping once the learning rate has come down: before, plateaus are normal
             state["stale"] += 1
-        _save_atomic(lambda p: torch.save({"identity": identity, "student": student.state_dict(),
-                                           "optimizer": optimizer.state_dict(), "state": state,
-                                           "rng": torch.get_rng_state()}, p), checkpoint)
+        _save_checkpoint(torch, work, identity, state["epoch"], {
+            "identity": identity, "student": student.state_dict(), "optimizer": optimizer.state_dict(),
+            "state": state, "rng": torch.get_rng_state()})
         if on_epoch is not None:
             on_epoch(line, None if settings.epochs is None else max_epochs)
         if state["stale"] >= settings.patience:
@@ -273,11 +299,91 @@ def distill(teacher_spec: str, student_spec: str, *, train_spec: str, output: Pa
     torch.set_num_threads(threads)
     student.load_state_dict(state["best_state"])
     student.eval().to("cpu")
-    result = _finish(teacher_spec, student_spec, teacher, student, val, labels, output, target, say)
+    result = _finish(teacher_spec, student_spec, teacher, student, val, labels, work, target, say)
     record.update(status="done", stopped=stop_reason, epochs=state["epoch"], best_epoch=state["best_epoch"],
                   train_seconds=round(state["elapsed"], 2), history=state["history"], **result)
-    _write_record(output, record)
+    _write_record(work, record)
+    from onnxsmith.cache import replace_dir
+
+    replace_dir(work, output)  # one step: the previous result until here, the new one from here
     return record
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _save_checkpoint(torch: Any, work: Path, identity: str, epoch: int, payload: Mapping[str, Any]) -> None:
+    """``checkpoint.pt`` (tensors and plain values only, so it loads with ``weights_only=True``), then its record."""
+    from onnxsmith.cache import sha256_file
+
+    _save_atomic(lambda p: torch.save(dict(payload), p), work / CHECKPOINT)
+    meta = {"identity": identity, "epoch": epoch, "sha256": sha256_file(work / CHECKPOINT)}
+    _save_atomic(lambda p: p.write_text(json.dumps(meta, indent=2)), work / CHECKPOINT_RECORD)
+
+
+def _load_checkpoint(torch: Any, work: Path, output: Path, identity: str, device: str) -> dict[str, Any] | None:
+    """The checkpoint of this run in ``work``, or None when there is none. Its record is checked first (this run's
+    identity, the file's sha256); only then is it loaded, as tensors and plain values."""
+    from onnxsmith.cache import sha256_file
+
+    path = work / CHECKPOINT
+    if not path.is_file():
+        return None
+    what = f"cannot resume the distillation into '{output}'"
+    hint = f"pass --restart to start over (the checkpoint is in '{work}'), or another -o"
+    meta = _read_json(work / CHECKPOINT_RECORD)
+    if meta is None:
+        raise UserInputError(what, f"its checkpoint has no readable record ({CHECKPOINT_RECORD}) saying which run "
+                             "it belongs to, so it is not loaded", hint)
+    if meta.get("identity") != identity:
+        raise UserInputError(what, "its checkpoint was made with another teacher, student, data or settings", hint)
+    if meta.get("sha256") != sha256_file(path):
+        raise UserInputError(what, f"{CHECKPOINT} does not match the sha256 its record holds (it was changed, or "
+                             "written by a run killed at that very moment), so it is not loaded", hint)
+    try:
+        saved = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch's unpickler refusing a global, a damaged file
+        raise UserInputError(what, f"its checkpoint does not load as tensors and plain values "
+                             f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})",
+                             hint) from exc
+    if not isinstance(saved, dict) or saved.get("identity") != identity:
+        raise UserInputError(what, "its checkpoint holds another run", hint)
+    return saved
+
+
+@contextlib.contextmanager
+def _claim(work: Path, output: Path) -> Iterator[None]:
+    """Hold ``work`` for this run (an exclusive lock on the folder): a second distillation into the same ``-o``
+    is refused instead of mixing its epochs into this one's checkpoint."""
+    import fcntl
+
+    work.mkdir(parents=True, exist_ok=True)
+    fd = os.open(work, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserInputError(f"cannot distill into '{output}'", "another distillation into it is running",
+                                 "wait for it, or choose another -o") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _clear(work: Path) -> None:
+    """Empty ``work`` (``--restart``): a previous unfinished run's checkpoint and files."""
+    import shutil
+
+    for item in work.iterdir():
+        if item.is_dir() and not item.is_symlink():
+            shutil.rmtree(item)
+        else:
+            item.unlink()
 
 
 def _finished(output: Path, identity: str) -> dict[str, Any] | None:
@@ -317,7 +423,7 @@ def _prepare_output(output: Path, teacher: LoadedModel, train: Dataset, val: Dat
     from onnxsmith.outdir import check_output_dir
 
     check_output_dir(output, "distill", protected_inputs(teacher, train, val), force=force)
-    output.mkdir(parents=True, exist_ok=True)
+    output.parent.mkdir(parents=True, exist_ok=True)
 
 
 def _evaluate(torch: Any, student: Any, val: Dataset, val_soft: Any, names: Sequence[str], device: str) -> float:

@@ -248,14 +248,3 @@ def child_main(io_dir: str, progress_fd: str, warm: str = "") -> None:
 if __name__ == "__main__":
     child_main(*sys.argv[1:4])
 
-
-def stop_process(proc: subprocess.Popen, grace_s: float) -> None:
-    """SIGTERM ``proc`` when it still runs, then SIGKILL after ``grace_s`` seconds; reaps it either way."""
-    if proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(grace_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()

@@ -30,7 +30,11 @@ def test_distill_trains_checkpoints_resumes_and_exports(tmp_path: Path) -> None:
     with pytest.raises(KeyboardInterrupt):
         distill(TEACHER, MLP, train_spec=str(DIGITS / "train.npz"), val_spec=str(DIGITS / "validation.npz"),
                 labels="label", output=out, settings=settings, on_epoch=interrupt)
-    assert (out / "checkpoint.pt").is_file() and not (out / "student.onnx").exists()
+    from onnxsmith.distill import work_dir
+
+    # the run trains beside -o (.d.distilling) and is renamed to -o only when finished
+    assert (work_dir(out) / "checkpoint.pt").is_file() and (work_dir(out) / "checkpoint.json").is_file()
+    assert not out.exists()
     record = distill(TEACHER, MLP, train_spec=str(DIGITS / "train.npz"), val_spec=str(DIGITS / "validation.npz"),
                      labels="label", output=out, settings=settings, on_epoch=lambda line, _: seen.append(line.epoch))
     assert record["resumed"] and seen == [1, 2, 3, 4, 5, 6] and record["epochs"] == 6
@@ -39,7 +43,9 @@ def test_distill_trains_checkpoints_resumes_and_exports(tmp_path: Path) -> None:
     assert record["validation"]["samples"] == 360 and record["validation"]["student_accuracy"] > 0.8
     assert record["export"]["check"]["cosine_min"] >= 0.9999 and record["export"]["outputs"] == ["logits"]
     assert record["latency_ms"]["student"] > 0 and record["latency_ms"]["teacher"] > 0
-    assert json.loads((out / "distill.json").read_text())["status"] == "done"
+    assert json.loads((out / "distill.json").read_text())["status"] == "done" and not work_dir(out).exists()
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.json", "checkpoint.pt", "distill.json",
+                                                     "student.onnx"]
     # a rerun of the same distillation finds it done; other settings are refused, not silently mixed
     again = distill(TEACHER, MLP, train_spec=str(DIGITS / "train.npz"), val_spec=str(DIGITS / "validation.npz"),
                     labels="label", output=out, settings=settings)
@@ -107,3 +113,49 @@ def test_pytorch_teacher_runs_eagerly(tmp_path: Path, capsys: pytest.CaptureFixt
     record = json.loads(out)
     assert record["epochs"] == 2 and record["export"]["outputs"] == ["output"]
     assert record["parameters"]["student"] == 7212
+
+
+class _Payload:
+    """Unpickling this runs a command: what a hostile checkpoint.pt would carry."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_checkpoint_is_checked_against_its_record_and_never_unpickled_as_code(tmp_path: Path) -> None:
+    import hashlib
+
+    import torch
+
+    from onnxsmith.distill import Settings, distill, work_dir
+    from onnxsmith.errors import UserInputError
+
+    out = tmp_path / "d"
+    kwargs = dict(train_spec=str(DIGITS / "train.npz"), labels="label", output=out, settings=Settings(epochs=4))
+
+    def stop(line, _total) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        distill(TEACHER, MLP, **kwargs, on_epoch=stop)
+    checkpoint, meta_path = work_dir(out) / "checkpoint.pt", work_dir(out) / "checkpoint.json"
+    meta = json.loads(meta_path.read_text())
+    marker = tmp_path / "executed"
+    torch.save({"identity": meta["identity"], "student": _Payload(marker)}, checkpoint)
+    with pytest.raises(UserInputError, match="does not match the sha256"):  # refused before it is opened
+        distill(TEACHER, MLP, **kwargs)
+    meta_path.write_text(json.dumps({**meta, "sha256": hashlib.sha256(checkpoint.read_bytes()).hexdigest()}))
+    with pytest.raises(UserInputError, match="does not load as tensors"):  # the record matches: weights_only
+        distill(TEACHER, MLP, **kwargs)
+    meta_path.write_text(json.dumps({**meta, "identity": "another run"}))
+    with pytest.raises(UserInputError, match="another teacher"):
+        distill(TEACHER, MLP, **kwargs)
+    meta_path.unlink()
+    with pytest.raises(UserInputError, match="no readable record"):
+        distill(TEACHER, MLP, **kwargs)
+    assert not marker.exists() and not out.exists()

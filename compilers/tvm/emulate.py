@@ -22,6 +22,7 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from onnxsmith.children import Child
 from onnxsmith.errors import UnsupportedError
 
 SOURCE = Path(__file__).parent / "native" / "rpc_server.c"
@@ -108,15 +109,13 @@ def emulated_server(port: int = 0, timeout_s: float = 60) -> Iterator[str]:
 
     binary = server_binary()
     with tempfile.TemporaryDirectory(prefix="onnxsmith-qemu-rpc-") as work:
-        proc = subprocess.Popen(["qemu-aarch64", "-L", str(SYSROOT), str(binary), work, str(port), "127.0.0.1"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = Child(["qemu-aarch64", "-L", str(SYSROOT), str(binary), work, str(port), "127.0.0.1"],
+                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             address = _wait_for_address(proc, timeout_s)
             yield address
         finally:
-            from onnxsmith.isolate import stop_process
-
-            stop_process(proc, 10)
+            proc.stop()
 
 
 def _wait_for_address(proc: subprocess.Popen[str], timeout_s: float) -> str:

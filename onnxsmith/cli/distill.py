@@ -31,7 +31,8 @@ from onnxsmith.cli.common import data_option, echo_err, json_option, shape_optio
 @shape_option
 @click.option("--target", "-t", "target_spec", default=None, help="Export the student at an opset this target's "
               "backends read.")
-@click.option("--restart", is_flag=True, help="Ignore a checkpoint in -o and train from scratch.")
+@click.option("--restart", is_flag=True, help="Train from scratch, ignoring an unfinished run's checkpoint (a finished "
+              "result in -o stays until the new run finishes).")
 @click.option("--output", "-o", type=click.Path(file_okay=False), required=True,
               help="Directory for student.onnx, distill.json and the checkpoint (a rerun resumes from it).")
 @click.option("--force", is_flag=True, help="Write into a non-empty -o that holds no distill result.")

@@ -7,6 +7,7 @@ executors compile, profile and validate a cell with exactly the same code as ``o
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import re
@@ -98,29 +99,27 @@ def compile_stage(req: dict[str, Any]) -> dict[str, Any]:
             calibration = open_dataset(req["calibration"], model.inputs, what="calibration data",
                                        known_batch=model.batch_inputs)
     compiled, reference, notes = model, None, ()
-    if onnx_pass:
-        import tempfile
+    with contextlib.ExitStack() as stack:
+        if onnx_pass:
+            from onnxsmith.cache import private_dir
+            from onnxsmith.model.saving import save_model
+            from onnxsmith.optimize.passes import get_pass
 
-        from onnxsmith.model.saving import save_model
-        from onnxsmith.optimize.passes import get_pass
+            if precision not in target.precisions:
+                from onnxsmith.errors import UnsupportedError
 
-        if precision not in target.precisions:
-            from onnxsmith.errors import UnsupportedError
-
-            raise UnsupportedError(f"{target.id} does not support {precision}",
-                                   f"its precisions are {', '.join(target.precisions)}")
-        done = get_pass(onnx_pass).run(model, calibration=calibration)
-        scratch = tempfile.mkdtemp(prefix="onnxsmith-cell-pass-")
-        compiled = load_model(save_model(done.model, Path(scratch) / f"{model.name}.onnx"))
-        reference, notes = model, (f"{precision} through onnxsmith's {onnx_pass} pass, compiled as fp32 by "
-                                   f"{backend.name}",)
-    bundle = compile_model(compiled, target, profile=profile, output=req["output"], backend=backend.name,
-                           precision="fp32" if onnx_pass else precision, calibration=None if onnx_pass else calibration,
-                           options=req.get("options") or {}, reference=reference, notes=notes)
-    if onnx_pass:
-        import shutil
-
-        shutil.rmtree(scratch, ignore_errors=True)
+                raise UnsupportedError(f"{target.id} does not support {precision}",
+                                       f"its precisions are {', '.join(target.precisions)}")
+            done = get_pass(onnx_pass).run(model, calibration=calibration)
+            # beside the cell's bundle and removed however the compile ends (a killed stage's is swept later)
+            scratch = stack.enter_context(private_dir(Path(req["output"]).resolve().parent, "cell-pass"))
+            compiled = load_model(save_model(done.model, scratch / f"{model.name}.onnx"))
+            reference, notes = model, (f"{precision} through onnxsmith's {onnx_pass} pass, compiled as fp32 by "
+                                       f"{backend.name}",)
+        bundle = compile_model(compiled, target, profile=profile, output=req["output"], backend=backend.name,
+                               precision="fp32" if onnx_pass else precision,
+                               calibration=None if onnx_pass else calibration,
+                               options=req.get("options") or {}, reference=reference, notes=notes)
     m = bundle.manifest
     return {"backend": m["backend"], "backend_version": m["backend_version"], "precision": precision,
             "onnx_pass": onnx_pass,

@@ -10,11 +10,11 @@ import json
 import os
 import platform
 import re
-import subprocess
 import sys
 from collections.abc import Sequence
 from typing import Any
 
+from onnxsmith.children import Child
 from onnxsmith.errors import UnsupportedError, UserInputError
 from onnxsmith.fleet.ray_executor import BACKEND, DEVICE, DEVICES_ENV, WORKER, WORKER_ENV, import_ray
 
@@ -80,13 +80,11 @@ def run_worker(address: str, device_specs: Sequence[str], *, host: bool = True, 
         offered = ", ".join(f"{k} ({v['name']})" for k, v in devices.items()) or "none"
         installed = ", ".join(k[len(BACKEND):] for k in resources if k.startswith(BACKEND))
         print(f"worker {name}: devices {offered}; backends {installed}", flush=True)
-        proc = subprocess.Popen(command, env=env)
+        proc = Child(command, grace_s=30, env=env)  # Ray's processes share its group; see onnxsmith.children
         try:
             return proc.wait()
         finally:
-            from onnxsmith.isolate import stop_process
-
-            stop_process(proc, 30)
+            proc.stop()
 
 
 def _start_emulator(target: Any, stack: contextlib.ExitStack) -> str:

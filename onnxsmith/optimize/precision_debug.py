@@ -112,28 +112,38 @@ def debug_precision(model: LoadedModel, target: Target, profile: Profile, *, dat
                     calibration: Dataset | None, max_drop: float, output: Path, backends: Sequence[str] | None = None,
                     force: bool = False, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Find the keep-list and build, profile and validate fp32 / int8 / mixed on every usable backend."""
+    from onnxsmith.cache import private_dir, replace_dir
     from onnxsmith.compile import protected_inputs
     from onnxsmith.data import check_against_model
     from onnxsmith.model.shapes import require_static
-    from onnxsmith.optimize.evaluate import calibration_data, reference_outputs
     from onnxsmith.optimize.ladder import _usable_backends
-    from onnxsmith.optimize.sensitivity import analyze
-    from onnxsmith.optimize.steps import Recipe, StepRunner, pass_spec
     from onnxsmith.outdir import check_output_dir
-    from onnxsmith.registry import get_backend
 
     output = Path(output).resolve()
     require_static(model)
     notes: list[str] = []
     usable = _usable_backends(target, backends, notes)
     check_output_dir(output, "precision", protected_inputs(model, data, calibration), force=force)
-    import shutil
-
-    for name in ("steps", ".models", "examples"):
-        shutil.rmtree(output / name, ignore_errors=True)
-    output.mkdir(parents=True, exist_ok=True)
     say = progress or (lambda message: None)
     check_against_model(data.arrays, model.inputs, f"validation data '{data.source}'")
+    # Everything is built in a private folder beside -o, renamed into place only when complete: an interrupted
+    # run (Ctrl-C, SIGTERM, SIGKILL) leaves the previous result whole, and a later run sweeps a killed one's folder.
+    with private_dir(output.parent, output.name) as work:
+        record = _debug_precision(model, target, profile, data, calibration, max_drop, work, usable, notes, say)
+        replace_dir(work, output)
+    return record
+
+
+def _debug_precision(model: LoadedModel, target: Target, profile: Profile, data: Dataset,
+                     calibration: Dataset | None, max_drop: float, output: Path, usable: Sequence[str],
+                     notes: list[str], say: Callable[[str], None]) -> dict[str, Any]:
+    import shutil
+
+    from onnxsmith.optimize.evaluate import calibration_data, reference_outputs
+    from onnxsmith.optimize.sensitivity import analyze
+    from onnxsmith.optimize.steps import Recipe, StepRunner, pass_spec
+    from onnxsmith.registry import get_backend
+
     calibration = calibration_data(model, data, calibration, notes)
     say("measuring int8 sensitivity per layer (ONNX Runtime, QDQ)")
     sens = analyze(model, data, calibration, max_drop, progress=say)

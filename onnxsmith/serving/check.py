@@ -28,7 +28,6 @@ import dataclasses
 import importlib.util
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -39,6 +38,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from onnxsmith.children import Child
 from onnxsmith.deploy import quoting
 from onnxsmith.errors import BackendError, MissingDependencyError, UnsupportedError, UserInputError
 
@@ -122,7 +122,7 @@ def triton_server(repository: Path, model: str, timeout_s: float = 180) -> Itera
                    "--grpc-port", str(grpc), "--metrics-address", "127.0.0.1", "--metrics-port", str(metrics),
                    "--allow-metrics", "false", "--exit-on-error", "true", "--log-info", "true"]
         with open(log_path, "wb") as log:
-            proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            proc = Child(command, grace_s=20, stdout=log, stderr=subprocess.STDOUT, env=env)
         address = f"127.0.0.1:{grpc}"
         try:
             client = grpcclient.InferenceServerClient(address)
@@ -140,28 +140,13 @@ def triton_server(repository: Path, model: str, timeout_s: float = 180) -> Itera
                 time.sleep(0.25)
             yield address
         finally:
-            _stop(proc)
+            proc.stop()  # the server and the Python-backend stubs it started (its process group)
 
 
 def _log_tail(path: Path) -> str:
     lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("E") or "rror" in line]
     return " | ".join((errors or lines)[-3:])[-600:] or "no output"
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the server's process group (the server and the stubs it started), then SIGKILL after 20 s."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)  # stubs left behind by a server that exited first
 
 
 # --- load -----------------------------------------------------------------------------------------------------
@@ -409,7 +394,13 @@ def serve_check(bundle: Bundle, rate: float | None = None, seconds: float = 10.0
             "sustains_per_s": replanned.best.rate_per_s},
         "load_average": _loadavg(),
     }
-    (bundle.path / FOLDER / RESULT).write_text(json.dumps(result, indent=2) + "\n")
+    path = bundle.path / FOLDER / RESULT
+    tmp = path.with_name(f".{RESULT}.{os.getpid()}.tmp")
+    try:  # whole or not at all: a previous result survives an interrupt while writing
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return result
 
 
