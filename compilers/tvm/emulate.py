@@ -8,6 +8,10 @@ so no aarch64 Python is needed. The numbers it computes are the device's code ru
 mean nothing.
 
 ``python -m onnxsmith.compilers.tvm.emulate [PORT]`` serves on 127.0.0.1 for ``onnxsmith profile --rpc``.
+
+Each server gets a random key (on its stdin, never on a command line other users can read); a client without it is
+refused in the handshake. :func:`emulated_server` registers the key for its address in this process's environment
+(:func:`onnxsmith.compilers.tvm.remote.register_key`), so the runners this process and its children start present it.
 """
 
 from __future__ import annotations
@@ -104,17 +108,29 @@ def _extract_libraries(directory: Path) -> None:
 
 @contextlib.contextmanager
 def emulated_server(port: int = 0, timeout_s: float = 60) -> Iterator[str]:
-    """Start the aarch64 RPC server under qemu on 127.0.0.1; yields its ``HOST:PORT``; stops it on exit."""
+    """Start the aarch64 RPC server under qemu on 127.0.0.1 with a fresh key; yields its ``HOST:PORT``; stops it on
+    exit."""
+    import secrets
     import tempfile
 
+    from onnxsmith.compilers.tvm.remote import register_key
+
     binary = server_binary()
+    key = secrets.token_hex(16)
     with tempfile.TemporaryDirectory(prefix="onnxsmith-qemu-rpc-") as work:
         proc = Child(["qemu-aarch64", "-L", str(SYSROOT), str(binary), work, str(port), "127.0.0.1"],
-                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        address = ""
         try:
+            assert proc.stdin is not None
+            proc.stdin.write(key + "\n")
+            proc.stdin.close()
             address = _wait_for_address(proc, timeout_s)
+            register_key(address, key)
             yield address
         finally:
+            if address:
+                register_key(address, None)
             proc.stop()
 
 
@@ -144,7 +160,10 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     port = int(sys.argv[1]) if len(sys.argv) > 1 else 9090
     with emulated_server(port) as address:
-        print(f"aarch64 TVM RPC server (qemu) at {address}; Ctrl-C stops it", flush=True)
+        from onnxsmith.compilers.tvm.remote import KEY_ENV, rpc_key
+
+        print(f"aarch64 TVM RPC server (qemu) at {address}; Ctrl-C stops it. Its key (for profile --rpc in "
+              f"another shell): export {KEY_ENV}={rpc_key(address)}", flush=True)
         with contextlib.suppress(KeyboardInterrupt):
             while True:
                 time.sleep(3600)

@@ -9,7 +9,9 @@ import click
 from onnxsmith.cli.common import data_option, json_option, parse_options, profile_option, shape_option
 
 cluster_option = click.option("--cluster", default=None, metavar="auto|HOST:PORT",
-                              help="Run on a Ray cluster ('auto': the one this machine is part of) instead of here.")
+                              help="Run on a Ray cluster ('auto': the one cluster of yours on this machine) instead "
+                                   "of here, with the fleet's token ($ONNXSMITH_RAY_TOKEN_FILE, else "
+                                   "~/.ray/auth_token).")
 
 
 @click.command("compare")

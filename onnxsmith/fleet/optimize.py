@@ -35,8 +35,9 @@ class FleetCommandError(OnnxsmithError):
 
 
 def optimize_task(args: list[Arg], payloads: dict[str, tuple[str, str, list[Any]]],
-                  target_id: str) -> tuple[dict[str, Any], bytes]:
-    """On the worker: run ``onnxsmith optimize ARGS -o TMP --json``; returns (outcome, the output folder packed)."""
+                  target_id: str) -> tuple[str, bytes]:
+    """On the worker: run ``onnxsmith optimize ARGS -o TMP --json``; returns (the outcome as JSON, the output folder
+    packed)."""
     import subprocess
     import tempfile
 
@@ -49,9 +50,9 @@ def optimize_task(args: list[Arg], payloads: dict[str, tuple[str, str, list[Any]
     started = time.perf_counter()
     device = json.loads(os.environ.get(DEVICES_ENV) or "{}").get(target_id) or {}
     if device.get("remote"):
-        return {"exit": 5, "worker": worker_name(), "error": f"error: optimize --cluster cannot run on {target_id}: "
-                "this worker fronts it over RPC and the ladder measures in-process. Hint: run 'onnxsmith optimize' "
-                "on the device itself, or 'onnxsmith compare' to measure it."}, b""
+        return json.dumps({"exit": 5, "worker": worker_name(), "error": f"error: optimize --cluster cannot run on "
+                           f"{target_id}: this worker fronts it over RPC and the ladder measures in-process. Hint: "
+                           "run 'onnxsmith optimize' on the device itself, or 'onnxsmith compare' to measure it."}), b""
     transfers: dict[str, str] = {}
     paths = {key: materialize(ray, sha, box, transfers, key) / name for key, (sha, name, box) in payloads.items()}
     argv = [a if isinstance(a, str) else str(paths[a[0]]) for a in args]
@@ -64,8 +65,33 @@ def optimize_task(args: list[Arg], payloads: dict[str, tuple[str, str, list[Any]
         outcome = {"exit": proc.returncode, "stdout": proc.stdout, "worker": worker_name(), "transfers": transfers,
                    "error": lines[-1] if lines else (proc.stderr.strip().splitlines() or [""])[-1][:300]}
         data = objects.pack({"out": out}) if (out / "card.json").is_file() else b""
-    outcome["task_s"] = time.perf_counter() - started
-    return outcome, data
+    outcome.update(task_s=time.perf_counter() - started, bundle_sha=objects.digest(data) if data else None)
+    return json.dumps(outcome), data
+
+
+def _checked(raw: Any) -> dict[str, Any]:
+    """The optimize task's outcome, its types checked (a malformed one is a backend failure, exit 4)."""
+    from onnxsmith.errors import BackendError
+    from onnxsmith.fleet.ray_executor import MalformedResult, checked_json
+
+    try:
+        outcome = checked_json(raw, "the optimize result")
+        if not (isinstance(outcome.get("exit"), int) and isinstance(outcome.get("worker"), str)
+                and isinstance(outcome.get("error", ""), str) and isinstance(outcome.get("stdout", ""), str)):
+            raise MalformedResult("the optimize result has malformed fields")
+    except MalformedResult as exc:
+        raise BackendError("optimize on the fleet sent a malformed result", str(exc)) from exc
+    return outcome
+
+
+def _checked_payload(raw: Any, sha: Any) -> bytes:
+    from onnxsmith.errors import BackendError
+    from onnxsmith.fleet.ray_executor import MalformedResult, checked_payload
+
+    try:
+        return checked_payload(raw, sha if isinstance(sha, str) else None, "the optimize output that came back")
+    except MalformedResult as exc:
+        raise BackendError("optimize on the fleet sent a malformed result", str(exc)) from exc
 
 
 def _data_payload(spec: str, option: str) -> tuple[Path, str]:
@@ -130,11 +156,11 @@ def fleet_optimize(address: str, model: str, target_spec: str, profile_spec: str
                                                       num_returns=2)
     outcome_ref, data_ref = task.remote([*head, *args], payloads, target_id)
     try:
-        outcome = executor.ray.get(outcome_ref)
+        outcome = _checked(executor.ray.get(outcome_ref))
     except BaseException:
         executor.ray.cancel(outcome_ref, force=True)
         raise
-    packed = executor.ray.get(data_ref)
+    packed = _checked_payload(executor.ray.get(data_ref), outcome.get("bundle_sha"))
     if not packed:
         raise FleetCommandError(f"optimize on fleet worker {outcome['worker']} failed: "
                                 f"{outcome['error'].removeprefix('error: ')}", outcome["exit"] or 1)

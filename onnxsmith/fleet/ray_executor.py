@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -41,18 +42,27 @@ def import_ray() -> Any:
 
 
 def connect(address: str) -> Any:
-    """Join the Ray cluster at ``address`` (``auto`` or ``HOST:PORT``) as a driver."""
+    """Join the Ray cluster at ``address`` (``auto`` or ``HOST:PORT``) as a driver, with the fleet's token
+    (:mod:`onnxsmith.fleet.auth`): ``auto`` is the one cluster of this user on this machine, and a cluster that
+    accepts a client without the token, or refuses ours, is never joined."""
+    from onnxsmith.fleet import auth
+
     ray = import_ray()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if ray.is_initialized():
         return ray
-    if address != "auto" and ":" not in address:
-        raise UserInputError(f"invalid --cluster '{address}'", "expected auto or HOST:PORT of a Ray head",
-                             "for example --cluster 127.0.0.1:6379")
+    if address != "auto" and (":" not in address or "://" in address):
+        raise UserInputError(f"invalid --cluster '{address}'", "expected auto or HOST:PORT of a Ray head's GCS "
+                             "(Ray Client ray:// addresses are not supported)", "for example --cluster 127.0.0.1:6379")
+    path = auth.token_file()
+    token = auth.read_token(path)
+    gcs = auth.own_cluster() if address == "auto" else address
+    auth.check_cluster(gcs, token, path)
+    auth.use_token(path)
     try:
-        ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+        ray.init(address=gcs, logging_level="ERROR", log_to_driver=False)
     except Exception as exc:  # ConnectionError, ValueError ... from Ray
-        raise UnsupportedError(f"cannot join the Ray cluster at {address}", str(exc).splitlines()[0][:200],
+        raise UnsupportedError(f"cannot join the Ray cluster at {gcs}", str(exc).splitlines()[0][:200],
                                "start a head with 'ray start --head' and workers with 'onnxsmith worker'") from exc
     return ray
 
@@ -94,8 +104,8 @@ def worker_name() -> str:
     return os.environ.get(WORKER_ENV) or platform.node()
 
 
-def compile_task(request: dict[str, Any], payloads: dict[str, tuple[str, str, list[Any]]]) -> tuple[dict, bytes]:
-    """Compile one cell on this worker; returns (outcome, the bundle as a payload)."""
+def compile_task(request: dict[str, Any], payloads: dict[str, tuple[str, str, list[Any]]]) -> tuple[str, bytes]:
+    """Compile one cell on this worker; returns (the outcome as JSON, the bundle as a payload)."""
     import tempfile
 
     import ray
@@ -117,12 +127,13 @@ def compile_task(request: dict[str, Any], payloads: dict[str, tuple[str, str, li
             data = objects.pack({"bundle": Path(tmp) / "bundle"})
             outcome["bundle_sha"] = objects.digest(data)
     outcome.update(worker=worker_name(), transfers=transfers, task_s=time.perf_counter() - started)
-    return outcome, data
+    return json.dumps(outcome), data
 
 
 def measure_task(request: dict[str, Any], target_id: str, bundle: tuple[str, list[Any]],
-                 payloads: dict[str, tuple[str, str, list[Any]]]) -> tuple[dict, bytes]:
-    """Profile and validate one cell on the device this worker owns; returns (outcome, the measured bundle)."""
+                 payloads: dict[str, tuple[str, str, list[Any]]]) -> tuple[str, bytes]:
+    """Profile and validate one cell on the device this worker owns; returns (the outcome as JSON, the measured
+    bundle)."""
     import shutil
     import tempfile
 
@@ -145,9 +156,72 @@ def measure_task(request: dict[str, Any], target_id: str, bundle: tuple[str, lis
         outcome = run_stage("measure", request, Path(tmp) / "stage")
         outcome["stage_s"] = time.perf_counter() - stage_start
         data = objects.pack({"bundle": work}) if outcome["status"] == "ok" else b""
+        if data:
+            outcome["bundle_sha"] = objects.digest(data)
     outcome.update(worker=worker_name(), transfers=transfers, emulated=bool(device.get("emulated")),
                    remote=device.get("remote"), task_s=time.perf_counter() - started)
-    return outcome, data
+    return json.dumps(outcome), data
+
+
+# --- what comes back from the workers, checked before use -------------------------------------------------------------
+_STATUSES = {"ok", "error", "interrupted", "crash"}
+MAX_OUTCOME = 64 * 2**20
+
+
+class MalformedResult(ValueError):
+    """A worker's result is not what its task returns."""
+
+
+def checked_json(raw: Any, what: str) -> dict[str, Any]:
+    """A task's JSON text decoded into a dict of plain values (never an object Ray would unpickle for us)."""
+    if not isinstance(raw, str) or len(raw) > MAX_OUTCOME:
+        raise MalformedResult(f"{what} is {type(raw).__name__}, not JSON text")
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise MalformedResult(f"{what} is not JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise MalformedResult(f"{what} is a JSON {type(value).__name__}, not an object")
+    return value
+
+
+def checked_outcome(raw: Any, stage: str) -> dict[str, Any]:
+    """The outcome of a compile or measure task, its types checked."""
+    outcome = checked_json(raw, f"the {stage} result")
+    if outcome.get("status") not in _STATUSES:
+        raise MalformedResult(f"the {stage} result has status {str(outcome.get('status'))[:40]!r}")
+    if not isinstance(outcome.get("worker"), str) or not isinstance(outcome.get("message", ""), str):
+        raise MalformedResult(f"the {stage} result names no worker")
+    transfers = outcome.get("transfers", {})
+    if not isinstance(transfers, dict) or not all(isinstance(k, str) and v in ("fetched", "cached")
+                                                  for k, v in transfers.items()):
+        raise MalformedResult(f"the {stage} result has malformed transfers")
+    for key in ("task_s", "stage_s"):
+        if outcome.get(key) is not None and (isinstance(outcome[key], bool)
+                                             or not isinstance(outcome[key], (int, float))):
+            raise MalformedResult(f"the {stage} result's {key} is no number")
+    if outcome["status"] == "ok":
+        result = outcome.get("result")
+        sha = outcome.get("bundle_sha")
+        if not isinstance(result, dict) or not (isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha)):
+            raise MalformedResult(f"the {stage} result has no result or bundle digest")
+        if stage == "compile" and not isinstance(result.get("target"), str):
+            raise MalformedResult("the compile result names no target")
+        if stage == "measure" and not all(isinstance(result.get(k), (dict, type(None)))
+                                          for k in ("profile", "validation")):
+            raise MalformedResult("the measure result has no profile or validation record")
+    return outcome
+
+
+def checked_payload(raw: Any, sha: str | None, what: str) -> bytes:
+    """A packed bundle that came back: bytes whose sha256 is the one its outcome named."""
+    from onnxsmith.fleet import objects
+
+    if not isinstance(raw, bytes):
+        raise MalformedResult(f"{what} is {type(raw).__name__}, not bytes")
+    if raw and objects.digest(raw) != sha:
+        raise MalformedResult(f"{what} does not match its sha256")
+    return raw
 
 
 # --- the driver -------------------------------------------------------------------------------------------------------
@@ -260,7 +334,7 @@ class RayExecutor:
                                        f"the fleet's devices: {', '.join(sorted({d for n in nodes for d in n['devices']})) or 'none'}",
                                        "start one with 'onnxsmith worker --address HEAD:PORT [--device ...]'")
             sha, _, box = self._put("bundle", plan.bundle)
-            compiled_data[id(cell)] = box[0]
+            compiled_data[id(cell)] = (box[0], sha)
             progress(cell, f"profiling on the worker that owns {target_id}")
             submit_measure(cell, target_id, (sha, box))
         for cell in cells if plan.bundle is None else []:
@@ -276,14 +350,16 @@ class RayExecutor:
                 ready, _ = ray.wait(list(pending), num_returns=1, timeout=5.0)
                 if not ready:
                     for cell in self._check_stranded(pending):
-                        self._unpack(compiled_data.pop(id(cell)), work, cell)
+                        self._unpack(*compiled_data.pop(id(cell)), work, cell)
                         progress(cell, cell.reason)
                     continue
                 ref = ready[0]
                 cell, stage, data_ref = pending.pop(ref)
                 seconds = time.perf_counter() - submitted_at.pop(ref)
                 try:
-                    outcome = ray.get(ref)
+                    outcome = checked_outcome(ray.get(ref), stage)
+                except MalformedResult as exc:
+                    outcome = {"status": "crash", "message": f"the worker sent a malformed result ({exc})"}
                 except Exception as exc:  # the worker (process or node) died: WorkerCrashedError, NodeDiedError...
                     reason = f"attempt {cell.attempts} ({stage}) lost: {type(exc).__name__}"
                     cell.failed_attempts.append(reason)
@@ -308,22 +384,22 @@ class RayExecutor:
                 if outcome["status"] != "ok":
                     cell.fail(outcome, stage)
                     if stage == "measure":
-                        self._unpack(compiled_data.pop(id(cell)), work, cell)
+                        self._unpack(*compiled_data.pop(id(cell)), work, cell)
                     progress(cell, cell.reason)
                     continue
                 if stage == "compile":
                     cell.compile = outcome["result"]
                     target_id = cell.compile["target"]
                     bundle = (outcome["bundle_sha"], [data_ref])
-                    compiled_data[id(cell)] = data_ref
+                    compiled_data[id(cell)] = (data_ref, outcome["bundle_sha"])
                     if "measure" not in plan.stages:
                         cell.status = "compiled"
-                        self._unpack(data_ref, work, cell)
+                        self._unpack(data_ref, outcome["bundle_sha"], work, cell)
                         progress(cell, f"compiled on {cell.worker}")
                         continue
                     if not any(target_id in n["devices"] for n in fleet_nodes(ray)):
                         cell.status, cell.reason = "compiled", NO_DEVICE
-                        self._unpack(data_ref, work, cell)
+                        self._unpack(data_ref, outcome["bundle_sha"], work, cell)
                         progress(cell, f"compiled on {cell.worker}; {NO_DEVICE}")
                         continue
                     progress(cell, f"compiled on {cell.worker}; profiling on the worker that owns {target_id}")
@@ -335,7 +411,7 @@ class RayExecutor:
                 cell.device = (cell.profile or {}).get("device")
                 cell.status = "measured"
                 compiled_data.pop(id(cell), None)
-                self._unpack(data_ref, work, cell)
+                self._unpack(data_ref, outcome["bundle_sha"], work, cell)
                 progress(cell, f"measured on {cell.worker}" + (" (emulated)" if cell.emulated else ""))
         except BaseException:
             for ref in list(pending):
@@ -346,14 +422,19 @@ class RayExecutor:
             raise
         return cells
 
-    def _unpack(self, data_ref: Any, work: Path, cell: CellOutcome) -> None:
-        """Write the cell's bundle into the (private) result folder: unpacked aside, then renamed into place."""
+    def _unpack(self, data_ref: Any, sha: str | None, work: Path, cell: CellOutcome) -> None:
+        """Write the cell's bundle into the (private) result folder: unpacked aside, then renamed into place; a
+        payload that does not match its digest is left out, with the reason."""
         import shutil
 
         from onnxsmith.cache import private_dir
         from onnxsmith.fleet import objects
 
-        data = self.ray.get(data_ref)
+        try:
+            data = checked_payload(self.ray.get(data_ref), sha, "the bundle that came back")
+        except MalformedResult as exc:
+            cell.reason = f"{cell.reason + '; ' if cell.reason else ''}{exc}: left out"
+            return
         if not data:
             return
         cells_dir = work / "cells"
@@ -377,12 +458,12 @@ class RayExecutor:
         return stranded
 
 
-def _probe_task(backend: str | None, quick: bool) -> dict[str, Any]:
+def _probe_task(backend: str | None, quick: bool) -> str:
     from onnxsmith.probe import probe_host
 
     record = probe_host(backend, quick=quick)
     record["worker"] = worker_name()
-    return record
+    return json.dumps(record)
 
 
 def probe_cluster(address: str, backend: str | None, quick: bool) -> list[dict[str, Any]]:
@@ -398,7 +479,18 @@ def probe_cluster(address: str, backend: str | None, quick: bool) -> list[dict[s
     refs = [task.options(num_cpus=0, resources={DEVICE + "host": 1}, max_retries=0,
                          scheduling_strategy=NodeAffinitySchedulingStrategy(n["id"], soft=False)).remote(backend, quick)
             for n in nodes]
-    return ray.get(refs)
+    records = []
+    for raw in ray.get(refs):
+        try:
+            record = checked_json(raw, "a probe result")
+            if not (isinstance(record.get("worker"), str) and isinstance(record.get("peaks"), dict)):
+                raise MalformedResult("a probe result has no worker or peaks")
+        except MalformedResult as exc:
+            from onnxsmith.errors import BackendError
+
+            raise BackendError("probing the fleet failed", f"a worker sent a malformed result ({exc})") from exc
+        records.append(record)
+    return records
 
 
 def fleet_compile(address: str, model: str, target: str, output: str, *, backend: str | None, precision: str | None,

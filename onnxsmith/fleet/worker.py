@@ -16,6 +16,7 @@ from typing import Any
 
 from onnxsmith.children import Child
 from onnxsmith.errors import UnsupportedError, UserInputError
+from onnxsmith.fleet import auth
 from onnxsmith.fleet.ray_executor import BACKEND, DEVICE, DEVICES_ENV, WORKER, WORKER_ENV, import_ray
 
 
@@ -51,9 +52,15 @@ def advertised(devices: dict[str, dict[str, Any]], cpus: int, name: str) -> dict
 
 
 def run_worker(address: str, device_specs: Sequence[str], *, host: bool = True, name: str | None = None,
-               cpus: int | None = None, node_ip: str | None = None, ray_args: Sequence[str] = ()) -> int:
-    """Start the node and block until it stops (Ctrl-C, SIGTERM or the head going away); returns ray's exit code."""
+               cpus: int | None = None, node_ip: str | None = None, ray_args: Sequence[str] = (),
+               token_file: str | None = None) -> int:
+    """Start the node and block until it stops (Ctrl-C, SIGTERM or the head going away); returns ray's exit code.
+    The node joins only a head that requires the fleet's token (:mod:`onnxsmith.fleet.auth`) and accepts ours."""
     import_ray()
+    token_path = auth.token_file(token_file)
+    auth.check_cluster(address, auth.read_token(token_path), token_path)
+    if node_ip is None and _loopback(address):
+        node_ip = "127.0.0.1"  # a head on loopback: this node on loopback too, nothing on other interfaces
     from onnxsmith.targets import load_target
 
     name = name or f"{platform.node()}-{os.getpid()}"
@@ -73,7 +80,8 @@ def run_worker(address: str, device_specs: Sequence[str], *, host: bool = True, 
             else:
                 devices[target.id] = {"remote": where, "emulated": False, "name": f"{target.id} at {where}"}
         resources = advertised(devices, cpus, name)
-        env = {**os.environ, DEVICES_ENV: json.dumps(devices), WORKER_ENV: name, "RAY_USAGE_STATS_ENABLED": "0"}
+        env = {**{k: v for k, v in os.environ.items() if k != "RAY_AUTH_TOKEN"}, **auth.ray_environment(token_path),
+               DEVICES_ENV: json.dumps(devices), WORKER_ENV: name, "RAY_USAGE_STATS_ENABLED": "0"}
         command = [sys.executable, "-m", "ray.scripts.scripts", "start", "--address", address, "--block",
                    "--num-cpus", str(cpus), "--resources", json.dumps(resources), "--disable-usage-stats",
                    *(["--node-ip-address", node_ip] if node_ip else []), *ray_args]
@@ -85,6 +93,18 @@ def run_worker(address: str, device_specs: Sequence[str], *, host: bool = True, 
             return proc.wait()
         finally:
             proc.stop()
+
+
+def _loopback(address: str) -> bool:
+    import ipaddress
+
+    host = address.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _start_emulator(target: Any, stack: contextlib.ExitStack) -> str:

@@ -5,7 +5,7 @@ inside a network and PID namespace (``unshare -n -p -f --mount-proc``) so that n
 ``python -m tests.fleet.cluster OUT SCENARIO`` must run inside the namespace (use :func:`run_in_namespace`).
 Worker ``host-worker`` owns this machine's CPU (``host``); worker ``arm-worker`` owns no host device and fronts the
 qemu-aarch64 TVM RPC server it starts (``arm/raspberry-pi-5=qemu``). Each node has its own onnxsmith cache, as
-separate machines would.
+separate machines would. The cluster uses Ray's token authentication, with a fresh token in ``OUT/token``.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ EXAMPLE = ROOT / "onnxsmith" / "examples" / "digits"
 PORT = 6399
 HEAD = f"127.0.0.1:{PORT}"
 CELLS = ["host:openvino:fp32", "host:onnxruntime:int8", "arm/raspberry-pi-5:tvm:fp32"]
+FOREIGN_PORT = 6401
 
 
 def namespace_command() -> list[str] | None:
@@ -58,6 +59,126 @@ def run_in_namespace(out: Path, scenario: str, timeout: float) -> dict:
 def _env(cache: Path) -> dict[str, str]:
     return {**os.environ, "ONNXSMITH_CACHE_DIR": str(cache), "RAY_USAGE_STATS_ENABLED": "0",
             "PYTHONPATH": str(ROOT)}
+
+
+def _make_token(path: Path, text: str) -> Path:
+    path.write_text(text + "\n")
+    path.chmod(0o600)
+    return path
+
+
+def _grpc_probe(address: str, service: str, token: str | None) -> str:
+    """The status code of one call without (or with) a token: to a GCS, a raylet or a Ray Client server."""
+    import grpc
+    from ray.core.generated import (gcs_service_pb2, gcs_service_pb2_grpc, node_manager_pb2,
+                                    node_manager_pb2_grpc, ray_client_pb2, ray_client_pb2_grpc)
+
+    metadata = [("authorization", f"Bearer {token}")] if token else None
+    with grpc.insecure_channel(address) as channel:
+        call = {"gcs": lambda: gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel).GetClusterId(
+                    gcs_service_pb2.GetClusterIdRequest(), timeout=20, metadata=metadata),
+                "raylet": lambda: node_manager_pb2_grpc.NodeManagerServiceStub(channel).GetResourceLoad(
+                    node_manager_pb2.GetResourceLoadRequest(), timeout=20, metadata=metadata),
+                "client": lambda: ray_client_pb2_grpc.RayletDriverStub(channel).ClusterInfo(
+                    ray_client_pb2.ClusterInfoRequest(type=ray_client_pb2.ClusterInfoType.PING), timeout=20,
+                    metadata=metadata)}[service]
+        try:
+            call()
+        except grpc.RpcError as exc:
+            return exc.code().name
+    return "OK"
+
+
+_CLIENT = """
+import sys, ray
+try:
+    ray.init(address=sys.argv[1], logging_level="ERROR", log_to_driver=False)
+    print("RAN", ray.get(ray.remote(lambda: 42).options(resources={"onnxsmith:worker:host-worker": 0.01}).remote()))
+except Exception as exc:
+    print("REFUSED", type(exc).__name__, " ".join(str(exc).split())[:600])
+"""
+
+
+def _auth_checks(out: Path, token: str, env: dict[str, str]) -> dict:
+    """A Ray client without the token, or with a wrong one, is refused by the cluster and by each worker's
+    raylet; with it, a task runs on host-worker."""
+    import ray
+
+    ray.init(address=HEAD, logging_level="ERROR", log_to_driver=False)
+    try:
+        raylets = {k.split(":", 2)[2]: f"{n['NodeManagerAddress']}:{n['NodeManagerPort']}" for n in ray.nodes()
+                   if n["Alive"] for k in n["Resources"] if k.startswith("onnxsmith:worker:")}
+    finally:
+        ray.shutdown()
+    wrong = "0" * 64
+    checks: dict = {"gcs": {name: _grpc_probe(HEAD, "gcs", t) for name, t in (("none", None), ("wrong", wrong),
+                                                                               ("token", token))}}
+    for worker, address in raylets.items():
+        checks[worker] = {name: _grpc_probe(address, "raylet", t) for name, t in (("none", None), ("wrong", wrong),
+                                                                                  ("token", token))}
+    checks["ray_client"] = {name: _grpc_probe("127.0.0.1:10001", "client", t) for name, t in (("none", None),
+                                                                                              ("wrong", wrong))}
+    bare = {k: v for k, v in env.items() if not k.startswith("RAY_AUTH")}
+    _make_token(out / "wrong-token", wrong)
+    for name, extra in (("none", {}), ("wrong", {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH":
+                                                   str(out / "wrong-token")}), ("token", {})):
+        proc = subprocess.run([sys.executable, "-c", _CLIENT, HEAD], env={**(env if name == "token" else bare),
+                              **extra}, capture_output=True, text=True, timeout=180)
+        checks[f"ray_init_{name}"] = proc.stdout.strip()
+    # the CLI with the wrong token: one line, before anything runs
+    proc = _onnxsmith("probe", "--quick", "--cluster", HEAD, env={**env, "ONNXSMITH_RAY_TOKEN_FILE":
+                                                                  str(out / "wrong-token")}, timeout=120)
+    checks["cli_wrong_token"] = {"exit": proc.returncode, "stderr": proc.stderr}
+    return checks
+
+
+def foreign_python() -> list[str] | None:
+    """A Python another user can run with this Ray (the venv's may sit under a private home), or None."""
+    import ray
+
+    site = str(Path(ray.__file__).resolve().parents[1])
+    exe = shutil.which(f"python{sys.version_info[0]}.{sys.version_info[1]}", path="/usr/bin:/usr/local/bin")
+    if exe is None or shutil.which("setpriv") is None:
+        return None
+    probe = subprocess.run(["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", "env",
+                            f"PYTHONPATH={site}", exe, "-c", "import ray"], capture_output=True, cwd="/",
+                           timeout=120)
+    return [exe] if probe.returncode == 0 else None
+
+
+def _foreign_checks(env: dict[str, str]) -> dict:
+    """Another user (nobody) starts a head without authentication; --cluster auto must not attach to it, and an
+    explicit --cluster / onnxsmith worker --address refuses it because it takes clients without a token."""
+    import tempfile
+
+    import ray
+
+    python = foreign_python()
+    if python is None:
+        return {"skipped": "no Python that user nobody can run with this Ray (setpriv, /usr/bin/python3.X)"}
+    home = Path(tempfile.mkdtemp(prefix="onnxsmith-foreign-"))
+    home.chmod(0o755)
+    os.chown(home, 65534, 65534)
+    foreign_env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    foreign_env.update(HOME=str(home), RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0",
+                       PYTHONPATH=str(Path(ray.__file__).resolve().parents[1]))
+    start = subprocess.run(["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", *python, "-m",
+                            "ray.scripts.scripts", "start", "--head", "--port", str(FOREIGN_PORT), "--num-cpus", "1",
+                            "--node-ip-address", "127.0.0.1", "--temp-dir", str(home / "ray"),
+                            "--include-dashboard", "false", "--disable-usage-stats"],
+                           env=foreign_env, cwd=home, capture_output=True, text=True, timeout=180)
+    checks: dict = {"foreign_start": start.returncode, "foreign_stderr": start.stderr[-1500:]}
+    try:
+        for name, args in (("auto", ["probe", "--quick", "--cluster", "auto"]),
+                           ("explicit", ["probe", "--quick", "--cluster", f"127.0.0.1:{FOREIGN_PORT}"]),
+                           ("worker", ["worker", "--address", f"127.0.0.1:{FOREIGN_PORT}", "--name", "w"])):
+            proc = _onnxsmith(*args, env=env, timeout=120)
+            checks[name] = {"exit": proc.returncode, "stderr": proc.stderr, "stdout": proc.stdout[-500:]}
+    finally:
+        subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "stop", "--force"], capture_output=True,
+                       timeout=120)
+        shutil.rmtree(home, ignore_errors=True)
+    return checks
 
 
 def _onnxsmith(*args: str, env: dict[str, str], timeout: float = 1200) -> subprocess.CompletedProcess[str]:
@@ -125,6 +246,11 @@ def main(out: Path, scenario: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     caches = {n: out / f"cache-{n}" for n in ("driver", "host-worker", "arm-worker", "local")}
     ray_bin = [sys.executable, "-m", "ray.scripts.scripts"]
+    token = "".join(f"{b:02x}" for b in os.urandom(32))
+    token_file = _make_token(out / "token", token)
+    os.environ.pop("RAY_AUTH_TOKEN", None)
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_file),
+                      ONNXSMITH_RAY_TOKEN_FILE=str(token_file))  # the head, the workers and every client use it
     head_env = _env(caches["driver"])
     workers: list[subprocess.Popen[str]] = []
     info: dict = {"scenario": scenario}
@@ -184,6 +310,10 @@ def main(out: Path, scenario: str) -> None:
                 verbs[verb] = {"exit": proc.returncode, "stdout": proc.stdout, "stderr": proc.stderr[-2000:]}
             verbs["optimized"] = str(optimized)
             info["verbs"] = verbs
+        if scenario in ("test", "auth"):  # last: the foreign cluster needs ours stopped
+            info["auth"] = _auth_checks(out, token, head_env)
+            subprocess.run([*ray_bin, "stop", "--force"], capture_output=True, timeout=120)
+            info["foreign"] = _foreign_checks(head_env)
     except BaseException:
         import traceback
 

@@ -133,3 +133,36 @@ def test_optimize_takes_cluster(scenario: dict) -> None:
     last = rpc["stderr"].strip().splitlines()[-1]
     assert last.startswith("error:") and "RPC" in last and "Traceback" not in rpc["stderr"], rpc["stderr"]
     assert not (out.parent / "optimized-rpc").exists()
+
+
+def test_a_client_without_the_token_is_refused_by_the_cluster_and_its_workers(scenario: dict) -> None:
+    auth = scenario["auth"]
+    # raw gRPC calls: the head's GCS, each worker's raylet and the Ray Client server refuse a missing or wrong token
+    for part in ("gcs", "host-worker", "arm-worker"):
+        assert auth[part] == {"none": "UNAUTHENTICATED", "wrong": "UNAUTHENTICATED", "token": "OK"}, (part, auth)
+    assert auth["ray_client"] == {"none": "UNAUTHENTICATED", "wrong": "UNAUTHENTICATED"}, auth
+    # a real Ray driver: refused without the token and with a wrong one; with it, a task runs on host-worker
+    assert auth["ray_init_none"].startswith("REFUSED") and cluster.HEAD in auth["ray_init_none"], auth
+    assert auth["ray_init_wrong"].startswith("REFUSED") and cluster.HEAD in auth["ray_init_wrong"], auth
+    assert auth["ray_init_token"] == "RAN 42", auth
+    # the CLI with the wrong token: one line, exit 2 (bad input), nothing ran
+    wrong = auth["cli_wrong_token"]
+    assert wrong["exit"] == 2 and "Traceback" not in wrong["stderr"], wrong
+    last = wrong["stderr"].strip().splitlines()[-1]
+    assert last.startswith("error:") and "refused the token" in last, wrong
+
+
+def test_cluster_auto_does_not_attach_to_another_users_cluster(scenario: dict) -> None:
+    foreign = scenario["foreign"]
+    if "skipped" in foreign:
+        pytest.skip(foreign["skipped"])
+    assert foreign["foreign_start"] == 0, foreign["foreign_stderr"]
+    auto = foreign["auto"]
+    assert auto["exit"] == 5 and "Traceback" not in auto["stderr"], auto
+    line = auto["stderr"].strip().splitlines()
+    assert len(line) == 1 and "not attaching" in line[0] and "uid 65534" in line[0], auto
+    # named explicitly, it is refused too: it takes clients without a token (and so does onnxsmith worker)
+    for name in ("explicit", "worker"):
+        run = foreign[name]
+        assert run["exit"] == 5 and "does not require a token" in run["stderr"], (name, run)
+        assert "Traceback" not in run["stderr"], run

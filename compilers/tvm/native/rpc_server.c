@@ -5,7 +5,12 @@
  * runtime's rpc.ServerLoop. It needs only libtvm_runtime.so and libtvm_ffi.so for the device, so a device
  * without Python (or an emulated one) can serve. Loopback only unless a host is given.
  *
- * usage: rpc_server WORKDIR [PORT [HOST]]   (PORT 0 picks a free port; the chosen port is printed on stdout)
+ * A client must present the key read from the first line of stdin (the handshake's "client:KEY"); any other key
+ * gets RPC_CODE_MISMATCH and the connection closed, before anything is uploaded. The key is read from stdin, not
+ * the command line, which every local user can read in /proc. A client that sends no handshake within 10 s is
+ * dropped.
+ *
+ * usage: echo KEY | rpc_server WORKDIR [PORT [HOST]]   (PORT 0 picks a free port; printed on stdout)
  */
 #include <arpa/inet.h>
 #include <limits.h>
@@ -16,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/types.h>
 #include <unistd.h>
 
@@ -23,9 +29,11 @@
 
 #define RPC_MAGIC 0xFF271
 #define RPC_CODE_SUCCESS (RPC_MAGIC + 0)
+#define RPC_CODE_MISMATCH (RPC_MAGIC + 2)
 #define SERVER_KEY "server:onnxsmith-c"
 
 static char g_workdir[PATH_MAX];
+static char g_key[256];
 
 /* The C API's accessors are C++ inline functions; these are the same offsets (cells follow the object header). */
 #define CELL(obj, type) ((type*)((char*)(obj) + sizeof(TVMFFIObject)))
@@ -129,7 +137,15 @@ static int send_all(int fd, const void* buf, size_t size) {
   return 0;
 }
 
-/* The handshake of tvm/rpc/server.py: magic, client key; answer success and the server key. */
+/* "client:KEY" or "client:KEY -option...": equal to this server's key, compared in constant time. */
+static int key_matches(const char* given) {
+  size_t expected = strlen(g_key), n = strcspn(given, " ");
+  unsigned char diff = (unsigned char)(n != expected);
+  for (size_t i = 0; i < expected; i++) diff |= (unsigned char)(g_key[i] ^ (i < n ? given[i] : 0));
+  return diff == 0;
+}
+
+/* The handshake of tvm/rpc/server.py: magic, client key; answer success and the server key, or mismatch. */
 static int handshake(int fd) {
   int32_t magic = 0, keylen = 0, code = RPC_CODE_SUCCESS, server_len = (int32_t)strlen(SERVER_KEY);
   char key[4096];
@@ -137,7 +153,11 @@ static int handshake(int fd) {
   if (recv_all(fd, &keylen, 4) != 0 || keylen < 0 || keylen >= (int32_t)sizeof(key)) return -1;
   if (recv_all(fd, key, (size_t)keylen) != 0) return -1;
   key[keylen] = '\0';
-  if (strncmp(key, "client:", 7) != 0) return -1;
+  if (strncmp(key, "client:", 7) != 0 || !key_matches(key + 7)) {
+    code = RPC_CODE_MISMATCH;
+    send_all(fd, &code, 4);
+    return -1;
+  }
   if (send_all(fd, &code, 4) != 0 || send_all(fd, &server_len, 4) != 0) return -1;
   return send_all(fd, SERVER_KEY, (size_t)server_len);
 }
@@ -166,6 +186,12 @@ int main(int argc, char** argv) {
   }
   int port = argc > 2 ? atoi(argv[2]) : 9090;
   const char* host = argc > 3 ? argv[3] : "127.0.0.1";
+  if (fgets(g_key, sizeof(g_key), stdin) == NULL) g_key[0] = '\0';
+  g_key[strcspn(g_key, "\r\n")] = '\0';
+  if (strlen(g_key) < 16 || strchr(g_key, ' ') != NULL) {
+    fprintf(stderr, "expected a key of at least 16 characters, without spaces, on the first line of stdin\n");
+    return 2;
+  }
   if (register_global("tvm.rpc.server.workpath", workpath) != 0 ||
       register_global("tvm.rpc.server.load_module", load_module) != 0) {
     print_error("registering the server callbacks");
@@ -203,7 +229,11 @@ int main(int argc, char** argv) {
     if (pid == 0) {
       close(listener);
       int rc = 1;
-      if (handshake(fd) == 0) {
+      struct timeval handshake_timeout = {10, 0}, none = {0, 0};
+      setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &handshake_timeout, sizeof(handshake_timeout));
+      int shaken = handshake(fd) == 0;
+      setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &none, sizeof(none));
+      if (shaken) {
         TVMFFIAny arg, result;
         memset(&arg, 0, sizeof(arg));
         arg.type_index = kTVMFFIInt;
