@@ -12,7 +12,8 @@ program's exact build and run commands and what onnxsmith's own tests did with i
 holds the same as data, and ``deploy/example/`` one input per model input (a fixed pseudo-random pattern of the
 compiled shape) to run them on.
 
-The folder is not covered by the manifest's checksums: it is source for the user to read, edit and build.
+Every file of the folder is listed in the manifest with its sha256 (``onnxsmith verify`` checks them; a program
+built in place leaves files the seal does not list: build a copy to keep the bundle verifiable).
 """
 
 from __future__ import annotations

@@ -408,6 +408,7 @@ def serve_check(bundle: Bundle, rate: float | None = None, seconds: float = 10.0
         "load_average": _loadavg(),
     }
     (bundle.path / FOLDER / RESULT).write_text(json.dumps(result, indent=2) + "\n")
+    bundle.seal_records(FOLDER)  # the result, and what the server left there (Python byte code) with it
     return result
 
 
