@@ -3,13 +3,18 @@
 Layout::
 
     BUNDLE/
-      manifest.json        what it is and where it runs; sha256 of every file below
+      manifest.json        what it is and where it runs; sha256 of every file compile wrote (the next three)
       artifact/            the backend's files (engine, IR + blob, .so, .mlpackage...)
       reference/model.onnx the fp32 ONNX it was compiled from (reference for validation and the baseline)
+      deploy/              programs that run the artifact without onnxsmith, with example inputs
+      records.json         sha256 of every file written later (the rest below), rewritten by each writer
       profile.json         written by `onnxsmith profile`
       validation.json      written by `onnxsmith validate`
       examples/            the worst validation examples (inputs + both outputs)
+      serving/             written by `onnxsmith serving` (and serve-check's result)
       report.md            the evidence report, rebuilt from the three JSON files
+
+``Bundle.open`` checks ``artifact/`` and ``reference/`` (what it loads); ``onnxsmith verify`` checks every file.
 """
 
 from __future__ import annotations
@@ -32,10 +37,12 @@ if TYPE_CHECKING:
     from onnxsmith.targets import Target
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 2
-"""2: ``manifest.sha256`` (and ``manifest.sig`` with a key) cover the manifest itself."""
+FORMAT_VERSION = 3
+"""2: ``manifest.sha256`` (and ``manifest.sig`` with a key) cover the manifest itself. 3: ``files`` lists
+``deploy/`` too, and ``records.json`` seals the records written after compile."""
 CHECKED_DIRS = ("artifact", "reference")
-"""Every file under these is listed in ``manifest.json`` with its sha256; nothing else may sit there."""
+"""Every file under these is listed in ``manifest.json`` with its sha256; nothing else may sit there. These are
+what :meth:`Bundle.open` checks: the files a backend loads."""
 
 
 def confined(root: Path, name: object, where: str) -> Path:
@@ -153,6 +160,7 @@ class Bundle:
         self.path = path
         self.manifest = manifest
         self._runner: Runner | None = None
+        self._written: set[str] = set()
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], verify: bool = True) -> Bundle:
@@ -198,6 +206,8 @@ class Bundle:
         listed = self.manifest["files"]
         for name, digest in listed.items():
             file = self.resolve(name)
+            if name.split("/", 1)[0] not in CHECKED_DIRS:
+                continue  # deploy/: nothing open loads comes from there; `onnxsmith verify` hashes it
             if not file.is_file():
                 raise BundleError(f"bundle '{self.path}' is incomplete", f"'{name}' is missing",
                                   "copy the whole bundle directory, or compile again")
@@ -273,7 +283,37 @@ class Bundle:
 
     def write_json(self, name: str, data: Any) -> Path:
         write_json(self.path / name, data)
+        self.wrote(name)
         return self.path / name
+
+    def wrote(self, *names: str) -> None:
+        """Note records (files or folders) written into the bundle; the next :meth:`seal_records` (the report's
+        rebuild calls it) lists them."""
+        self._written.update(names)
+
+    def seal_records(self, *names: str) -> None:
+        """Rewrite ``records.json``: the files under ``names`` and under every record noted by :meth:`wrote`
+        hashed afresh (those gone are dropped), the rest of the list kept as it was, so an edit to a record this
+        writer did not write still shows. Written atomically (see :func:`onnxsmith.signing.seal_records`)."""
+        from onnxsmith.cache import sha256_file
+        from onnxsmith.signing import read_records, seal_records
+
+        raw = (self.path / MANIFEST).read_bytes()
+        fresh = sorted(self._written | set(names))
+        try:
+            files = read_records(self.path, raw)
+        except BundleError:
+            files = {}  # a damaged list: rebuilt from what is written now; verify reports the rest as unlisted
+        files = {k: v for k, v in files.items() if not any(k == n or k.startswith(n.rstrip("/") + "/") for n in fresh)}
+        for name in fresh:
+            path = confined(self.path, name, f"bundle '{self.path}'")
+            found = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() \
+                else []
+            for file in found:
+                if not file.is_symlink():
+                    files[file.relative_to(self.path).as_posix()] = sha256_file(file)
+        seal_records(self.path, raw, files)
+        self._written.clear()
 
     # --- running it --------------------------------------------------------------------------------------------
     def load_runner(self, emulate: bool = False) -> Runner:
@@ -394,3 +434,52 @@ def _check_feed(value: Any, spec: TensorSpec) -> None:
     if tuple(arr.shape) != tuple(spec.shape):
         raise DataError(f"input '{spec.name}' has the wrong shape", f"got {'x'.join(map(str, arr.shape)) or 'scalar'}"
                         f", the compiled model takes {spec.shape_text()}", "reshape it, or compile again with --shape")
+
+
+def verify_bundle(path: str | os.PathLike[str]) -> dict[str, int]:
+    """Check every file of a bundle: the manifest's checksum (and signature, with ``ONNXSMITH_BUNDLE_KEY``), the
+    records' list likewise, each listed file's sha256, and that no file is there that neither list names. Returns
+    how many files were checked; raises :class:`~onnxsmith.errors.CheckFailedError` naming the mismatches."""
+    from onnxsmith.cache import sha256_file
+    from onnxsmith.errors import CheckFailedError
+    from onnxsmith.signing import SEAL_FILES, read_records, verify_manifest
+
+    given = Path(path)
+    bundle = Bundle.open(given, verify=False)  # not a bundle, or an unreadable manifest: bad input (exit 2)
+    root = bundle.path
+    raw = (root / MANIFEST).read_bytes()
+
+    def failed(why: str) -> CheckFailedError:
+        return CheckFailedError(f"bundle '{given}' does not match its seal", why,
+                                "compile the bundle again, or get it again from where it was made")
+
+    try:
+        verify_manifest(root, raw)
+        records = read_records(root, raw)
+    except BundleError as exc:
+        raise failed(exc.why) from exc
+    if bundle.manifest["format_version"] < 3:
+        raise failed(f"it is format {bundle.manifest['format_version']}, whose seal covers artifact/ and "
+                     "reference/ only")
+    listed = {**records, **bundle.manifest["files"]}
+    problems: list[str] = []
+    for name, digest in sorted(listed.items()):
+        try:
+            file = bundle.resolve(name)
+        except BundleError as exc:
+            problems.append(exc.why)
+            continue
+        if not file.is_file():
+            problems.append(f"'{name}' is missing")
+        elif sha256_file(file) != digest:
+            problems.append(f"'{name}' was edited")
+    for file in sorted(root.rglob("*")):
+        rel = file.relative_to(root).as_posix()
+        if file.is_symlink():
+            problems.append(f"'{rel}' is a symbolic link")
+        elif file.is_file() and rel not in listed and rel not in SEAL_FILES:
+            problems.append(f"'{rel}' was added")
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise failed("; ".join(problems[:3]) + more)
+    return {"files": len(listed), "compiled": len(bundle.manifest["files"]), "records": len(records)}

@@ -247,13 +247,14 @@ def _write_bundle(model: LoadedModel, target: Target, backend: Compiler, artifac
         shutil.copyfile(src_model, ref_dir / "model.onnx")
         if (src_model.parent / (src_model.name + ".data")).exists():
             shutil.copyfile(src_model.parent / (src_model.name + ".data"), ref_dir / "model.onnx.data")
-        files = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
         from onnxsmith.deploy import write_deploy
         from onnxsmith.plugin import backend_call
 
         with backend_call(backend.name, "write its deployment programs"):
             deploy = write_deploy(tmp, backend, artifact, target, model.inputs, model.outputs, model.name,
                                   example_inputs=model.inputs_at("opt") if model.shape_ranges else None)
+        # every file compile writes, deploy/ included: `onnxsmith verify` accounts for each
+        files = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
         manifest: dict[str, Any] = {
             "format_version": FORMAT_VERSION,
             "onnxsmith_version": onnxsmith.__version__,

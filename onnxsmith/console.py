@@ -10,6 +10,17 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 
+def shown(text: object) -> str:
+    """A user-supplied string (a model, tensor or file name, metadata) made safe to print through rich: control
+    characters become visible escapes (``\\x1b``, ``\\n``) so nothing reaches the terminal raw, and rich markup
+    (``[/bold]``) is escaped so it prints as written instead of styling or crashing the print."""
+    from rich.markup import escape
+
+    text = str(text)
+    safe = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+    return escape(safe)
+
+
 def stderr_console() -> Any:
     from rich.console import Console
 

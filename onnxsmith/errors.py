@@ -38,7 +38,8 @@ class OnnxsmithError(Exception):
         text = text.rstrip(".") + "."
         if self.hint:
             text += f" Hint: {self.hint.rstrip('.')}."
-        return " ".join(text.split())
+        # one line, and no control character (ESC, BEL...) from a user's name reaches the terminal raw
+        return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in " ".join(text.split()))
 
 
 class UserInputError(OnnxsmithError):

@@ -388,6 +388,7 @@ def write_divergence(bundle: Bundle, result: Divergence) -> dict[str, Any]:
         tmp = bundle.path / f".{LAYERS_PNG}.tmp"
         tmp.write_bytes(png)
         tmp.replace(bundle.path / LAYERS_PNG)
+        bundle.wrote(LAYERS_PNG)
         record["plot"] = LAYERS_PNG
     bundle.write_json(LAYERS_JSON, record)
     write_report(bundle)

@@ -303,6 +303,7 @@ def write_report(bundle: Bundle) -> str:
     tmp = path.with_name(f".report.md.{os.getpid()}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+    bundle.seal_records("report.md")  # every writer into a bundle ends here: the records' list follows
     return text
 
 

@@ -99,6 +99,7 @@ def validate_bundle(bundle: Bundle, data: Dataset | None = None, *, samples: int
     A bundle compiled for a shape range is checked at each of its ``min``, ``opt`` and ``max`` points: generated
     inputs of that shape (about ``samples`` samples each), or ``data`` split into feeds of that batch (a point the
     data cannot fill is skipped, and says so); the result is the worst point's, with every point in ``shapes``."""
+    bundle.wrote("examples")  # sealed in records.json with the report's rebuild
     if not bundle.shape_ranges:
         return _validate_at(bundle, data, bundle.inputs, samples=samples, seed=seed, keep_worst=keep_worst,
                             min_cosine=min_cosine, runner=runner, examples=bundle.path / "examples")

@@ -33,6 +33,7 @@ COMMANDS = {
     "targets": ("targets", "targets_group", "List the hardware catalogue, or show one target."),
     "profiles": ("targets", "profiles_command", "List the optimization presets."),
     "doctor": ("doctor", "doctor_command", "Show which backends and devices are usable here, and why not."),
+    "verify": ("verify", "verify_command", "Check that every file of a bundle matches its seal (exit 6 if not)."),
     "debug": ("debug", "debug_group", "Find the layer that broke: per-layer divergence, int8 sensitivity."),
 }
 

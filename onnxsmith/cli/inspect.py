@@ -59,7 +59,7 @@ def inspect_command(model: str, target_spec: str, shapes: tuple[str, ...], batch
 
     from onnxsmith.analysis import summarize
     from onnxsmith.report import _flop
-    from onnxsmith.console import print_json, stdout_console
+    from onnxsmith.console import print_json, shown, stdout_console
     from onnxsmith.model.shapes import parse_batch
     from onnxsmith.targets import load_target
     from onnxsmith.torchin import open_model
@@ -88,21 +88,21 @@ def inspect_command(model: str, target_spec: str, shapes: tuple[str, ...], batch
         print_json(info)
         return
     out = stdout_console()
-    out.print(f"[bold]{info['name']}[/bold]  opset {info['opset']}, IR {info['ir_version']}, "
-              f"producer {info['producer'] or '-'}, sha256 {info['fingerprint'][:16]}")
+    out.print(f"[bold]{shown(info['name'])}[/bold]  opset {info['opset']}, IR {info['ir_version']}, "
+              f"producer {shown(info['producer'] or '-')}, sha256 {info['fingerprint'][:16]}")
     io = Table(title="signature")
     for col in ("", "name", "dtype", "shape"):
         io.add_column(col)
     for kind, specs in (("input", info["inputs"]), ("output", info["outputs"])):
         for s in specs:
             dtype = " of ".join((*s.get("wrap", ()), s["dtype"]))
-            io.add_row(kind, s["name"], dtype, "x".join(str(d) if d is not None else "?" for d in s["shape"]))
+            io.add_row(kind, shown(s["name"]), shown(dtype), "x".join(str(d) if d is not None else "?" for d in s["shape"]))
     out.print(io)
     out.print(f"{info['nodes']} nodes, {info['parameters']:,} parameters ({fmt_bytes(info['parameter_bytes'])}), "
               f"{_flop(info['flops'])} per inference (Conv/Gemm/MatMul)")
-    out.print("ops: " + ", ".join(f"{op} x{n}" for op, n in info["ops"].items()))
+    out.print("ops: " + ", ".join(f"{shown(op)} x{n}" for op, n in info["ops"].items()))
     if info["dynamic_inputs"]:
-        out.print(f"[yellow]dynamic dims[/yellow]: {info['dynamic_inputs']} (fix with --shape NAME=DIMS, or keep "
+        out.print(f"[yellow]dynamic dims[/yellow]: {shown(info['dynamic_inputs'])} (fix with --shape NAME=DIMS, or keep "
                   "them dynamic within bounds with --shape NAME=MIN:OPT:MAX or --batch MIN..MAX)")
     if info["backends"]:
         table = Table(title=f"backend support for {target.id}")
@@ -111,9 +111,10 @@ def inspect_command(model: str, target_spec: str, shapes: tuple[str, ...], batch
         yes = {True: "yes", False: "no", None: "-"}
         for row in info["backends"]:
             ops = row["unsupported_ops"]
-            ops_text = "-" if ops is None else "none" if not ops else ", ".join(f"{k} ({len(v)})" for k, v in ops.items())
+            ops_text = "-" if ops is None else "none" if not ops else ", ".join(f"{shown(k)} ({len(v)})"
+                                                                              for k, v in ops.items())
             table.add_row(row["backend"], yes[row["installed"]], yes[row["supports_target"]], yes[row["runs_here"]],
-                          ops_text, row["reason"] or "")
+                          ops_text, shown(row["reason"] or ""))
         out.print(table)
     for note in info["notes"]:
-        out.print(f"note: {note}")
+        out.print(f"note: {shown(note)}")

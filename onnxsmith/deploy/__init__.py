@@ -17,7 +17,8 @@ User strings (tensor names, the model's file name, the target's id and options) 
 titles; file names come from :func:`quoting.file_stems`, rendered into each tensor's spec, so no program derives a
 path from a name.
 
-The folder is not covered by the manifest's checksums: it is source for the user to read, edit and build.
+Every file of the folder is listed in the manifest with its sha256 (``onnxsmith verify`` checks them; a program
+built in place leaves files the seal does not list: build a copy to keep the bundle verifiable).
 """
 
 from __future__ import annotations

