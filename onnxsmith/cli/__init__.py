@@ -6,10 +6,15 @@ and an exit code (see :mod:`onnxsmith.errors`); ``--debug`` shows tracebacks.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import os
 import signal
 import sys
 import threading
+import time
+from types import FrameType
+from typing import Any
 
 import click
 
@@ -72,7 +77,47 @@ class Terminated(BaseException):
     ``$TMPDIR``, measuring and compiling child processes) cleans up as it does on Ctrl-C."""
 
 
-def _on_sigterm(signum: int, frame: object) -> None:
+_HELD: dict[int, float] = {}  # signal -> when it was first held back
+HOLD_S = 10.0
+"""How long a signal waits for an import to finish; after that it is raised anyway (an import that hangs)."""
+
+
+def _importing(signum: int, frame: FrameType | None) -> bool:
+    """Whether the interrupted code is inside an import (the import machinery is on the stack) and the signal has
+    not waited :data:`HOLD_S` yet."""
+    first = _HELD.setdefault(signum, time.monotonic())
+    if time.monotonic() - first > HOLD_S:
+        _HELD.pop(signum, None)
+        return False
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib._bootstrap"):
+            return True
+        frame = frame.f_back
+    _HELD.pop(signum, None)
+    return False
+
+
+def _later(signum: int) -> None:
+    """Send ``signum`` to this process again in 50 ms (the handler then runs again, outside the import)."""
+    timer = threading.Timer(0.05, os.kill, (os.getpid(), signum))
+    timer.daemon = True
+    timer.start()
+
+
+def _on_sigint(signum: int, frame: FrameType | None) -> None:
+    """Ctrl-C, held back while a module imports: raised inside a vendor extension's initialisation it becomes an
+    ImportError ("onnxruntime is not installed", exit 5), a C++ ``std::terminate`` from pybind11 (SIGABRT) or an
+    exit by SIGINT after our own exit 130 (each seen when 'debug precision' was interrupted as torch imported)."""
+    if _importing(signum, frame):
+        _later(signum)
+        return
+    raise KeyboardInterrupt
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    if _importing(signum, frame):
+        _later(signum)
+        return
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not interrupt the clean-up
     raise Terminated()
 
@@ -80,14 +125,27 @@ def _on_sigterm(signum: int, frame: object) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the CLI and map errors to one line and an exit code."""
     args = sys.argv[1:] if argv is None else argv
-    previous = None
+    previous: dict[int, Any] = {}
     if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+        previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, _on_sigterm)
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when ignored or someone else's
+            previous[signal.SIGINT] = signal.signal(signal.SIGINT, _on_sigint)
     try:
         _main(args)
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _forget_interrupt() -> None:
+    """Exit with 130 after a handled Ctrl-C, not by the signal: CPython ends the process by SIGINT after
+    ``sys.exit(130)`` when a KeyboardInterrupt once left code it ran through ``PyRun_String`` (a flag that outlives
+    the catch; 3 of 80 interrupted 'debug precision' runs exited -2 before this). Running one empty statement
+    through the same C API resets the flag."""
+    import ctypes
+
+    with contextlib.suppress(Exception):
+        ctypes.pythonapi.PyRun_SimpleString(b"")
 
 
 def _main(args: list[str]) -> None:
@@ -105,6 +163,7 @@ def _main(args: list[str]) -> None:
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
+        _forget_interrupt()
         sys.exit(130)
     except click.ClickException as exc:  # bad usage: one line too, naming what was given
         ctx = getattr(exc, "ctx", None)
@@ -118,6 +177,7 @@ def _main(args: list[str]) -> None:
         sys.exit(143)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
+        _forget_interrupt()
         sys.exit(130)
     except Exception as exc:  # a bug: one line unless --debug
         if debug:
