@@ -10,6 +10,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 
+def printable(text: object) -> str:
+    """``text`` for plain terminal output (``click.echo``, no markup): every control character except newline and
+    tab becomes a visible escape (``\\x1b``), so a name holding ESC, BEL or CR cannot restyle, retitle or overwrite
+    the terminal."""
+    return "".join(ch if ch.isprintable() or ch in "\n\t" else ascii(ch)[1:-1] for ch in str(text))
+
+
 def shown(text: object) -> str:
     """A user-supplied string (a model, tensor or file name, metadata) made safe to print through rich: control
     characters become visible escapes (``\\x1b``, ``\\n``) so nothing reaches the terminal raw, and rich markup
@@ -49,11 +56,11 @@ def progress(title: str, enabled: bool = True) -> Iterator[Callable[[str], None]
 
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
                   console=stderr_console(), transient=True) as bar:
-        task = bar.add_task(title, total=None)
+        task = bar.add_task(shown(title), total=None)
         start = time.monotonic()
 
         def update(message: str) -> None:
-            bar.update(task, description=message)
+            bar.update(task, description=shown(message))
 
         yield update
-        bar.update(task, description=f"{title} done in {time.monotonic() - start:.1f} s")
+        bar.update(task, description=f"{shown(title)} done in {time.monotonic() - start:.1f} s")

@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from onnxsmith.console import printable
 from onnxsmith.datasets import FORMS
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
@@ -43,5 +44,11 @@ def parse_options(values: tuple[str, ...]) -> dict[str, str]:
     return split_option_args(values)
 
 
+def echo(message: object = "", err: bool = False) -> None:
+    """One message on stdout (stderr with ``err``); names in it reach the terminal as text
+    (:func:`onnxsmith.console.printable`)."""
+    click.echo(printable(message), err=err)
+
+
 def echo_err(message: str) -> None:
-    click.echo(message, err=True)
+    echo(message, err=True)

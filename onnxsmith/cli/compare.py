@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from onnxsmith.cli.common import data_option, json_option, parse_options, profile_option, shape_option
+from onnxsmith.cli.common import data_option, echo, json_option, parse_options, profile_option, shape_option
 
 cluster_option = click.option("--cluster", default=None, metavar="auto|HOST:PORT",
                               help="Run on a Ray cluster ('auto': the one cluster of yours on this machine) instead "
@@ -37,7 +37,7 @@ def compare_command(model: str, cells: tuple[str, ...], data_file: str | None, l
                     shapes: tuple[str, ...], samples: int, raw_options: tuple[str, ...], force: bool,
                     as_json: bool) -> None:
     """Compile, profile and validate a model for many targets, backends and precisions; one comparable table."""
-    from onnxsmith.console import print_json, stderr_console
+    from onnxsmith.console import print_json, shown, stderr_console
     from onnxsmith.fleet.compare import compare
     from onnxsmith.fleet.render import print_table
 
@@ -46,13 +46,11 @@ def compare_command(model: str, cells: tuple[str, ...], data_file: str | None, l
     seen: dict[str, int] = {}
 
     def progress(cell: object, message: str) -> None:
-        from rich.markup import escape
-
         label = cell.spec.label  # type: ignore[attr-defined]
         index = seen.setdefault(label, len(seen) + 1)
         worker = cell.worker or "-"  # type: ignore[attr-defined]
-        console.print(f"[bold][{index}/{total}][/bold] {escape(label)} [dim]on {escape(worker)}[/dim]: "
-                      f"{escape(message)}", highlight=False)
+        console.print(f"[bold][{index}/{total}][/bold] {shown(label)} [dim]on {shown(worker)}[/dim]: "
+                      f"{shown(message)}", highlight=False)
 
     out = Path(output) if output else Path("out") / f"compare-{Path(model).stem}"
     record = compare(model, cells, output=out, data=data_file, labels=labels, calibration=calibration,
@@ -62,5 +60,5 @@ def compare_command(model: str, cells: tuple[str, ...], data_file: str | None, l
         print_json(record)
         return
     print_table(record)
-    click.echo(f"record: {out / 'compare.json'}")
-    click.echo(f"page: {out / 'compare.html'}")
+    echo(f"record: {out / 'compare.json'}")
+    echo(f"page: {out / 'compare.html'}")

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from onnxsmith.cli.common import (backend_option, data_option, echo_err, json_option, parse_options, profile_option,
-                                  shape_option, batch_option, target_option)
+from onnxsmith.cli.common import (backend_option, batch_option, data_option, echo, echo_err, json_option, parse_options,
+                                  profile_option, shape_option, target_option)
 
 
 def default_output(model: str, target: str, precision: str) -> Path:
@@ -101,7 +101,7 @@ def compile_command(model: str, target_spec: str, backend: str | None, precision
                                  calibration=calibration, options=options, force=force)
         bundle = Bundle.open(out)
         if not as_json:
-            click.echo(f"compiled on fleet worker {cell.worker}")
+            echo(f"compiled on fleet worker {cell.worker}")
     else:
         from onnxsmith.compile import compile_model
 
@@ -118,18 +118,18 @@ def compile_command(model: str, target_spec: str, backend: str | None, precision
                     "artifact": m["artifact"]})
         return
     hit = " (from cache)" if m["cache"]["hit"] else ""
-    click.echo(f"compiled {m['model']['name']} for {m['target']['id']} with {m['backend']} {m['backend_version']}: "
-               f"precision {m['precision_used']}, {m['compile_seconds'] or 0:.2f} s{hit}")
+    echo(f"compiled {m['model']['name']} for {m['target']['id']} with {m['backend']} {m['backend_version']}: "
+         f"precision {m['precision_used']}, {m['compile_seconds'] or 0:.2f} s{hit}")
     for note in m["notes"]:
         echo_err(f"note: {note}")
     if not m["runs_here"]["ok"]:
         echo_err(f"note: this bundle cannot run on this machine: {m['runs_here']['reason']}. "
                  f"{m['runs_here']['hint']}")
     for name, bounds in m.get("shape_ranges", {}).items():
-        click.echo(f"input {name}: dynamic, min {'x'.join(map(str, bounds['min']))}, opt "
-                   f"{'x'.join(map(str, bounds['opt']))}, max {'x'.join(map(str, bounds['max']))} (one artifact)")
-    click.echo(f"bundle: {bundle.path}")
-    click.echo(f"report: {bundle.path / 'report.md'}")
+        echo(f"input {name}: dynamic, min {'x'.join(map(str, bounds['min']))}, opt "
+             f"{'x'.join(map(str, bounds['opt']))}, max {'x'.join(map(str, bounds['max']))} (one artifact)")
+    echo(f"bundle: {bundle.path}")
+    echo(f"report: {bundle.path / 'report.md'}")
     if validate_after:
         _validate(bundle, calib, as_json)
 
@@ -150,8 +150,8 @@ def _validate(bundle, data, as_json: bool) -> dict | None:
     bundle.write_json("validation.json", record)
     write_report(bundle)
     if not as_json:
-        click.echo(f"validated {record['samples']} samples from {record['data']}: "
-                   f"{'PASSED' if record['passed'] else 'FAILED'} (cosine min {record['cosine_min']:.6f})")
+        echo(f"validated {record['samples']} samples from {record['data']}: "
+             f"{'PASSED' if record['passed'] else 'FAILED'} (cosine min {record['cosine_min']:.6f})")
     if not result.passed:
         raise CheckFailedError("validation failed", "; ".join(result.failures),
                                "inspect the worst examples in the bundle's examples/ folder")

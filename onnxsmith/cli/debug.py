@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from onnxsmith.cli.common import data_option, json_option, profile_option, shape_option, target_option
+from onnxsmith.cli.common import data_option, echo, json_option, profile_option, shape_option, target_option
 
 
 @click.group("debug")
@@ -41,12 +41,12 @@ def diverge_command(bundle_path: str, data_file: str | None, samples: int, seed:
     if as_json:
         print_json(record)
         return
-    click.echo(f"{len(record['layers'])} layer outputs of {record['backend']} ({record['precision_used']}) compared "
-               f"with fp32 on {record['samples']} samples")
-    click.echo(f"first layer past the tolerance: {record['first']} ({record['first_tensor']})" if record["first"]
-               else "no layer exceeds the tolerance")
-    click.echo(record["growth"])
-    click.echo(f"table: {bundle.path / 'layers.json'}  report: {bundle.path / 'report.md'}")
+    echo(f"{len(record['layers'])} layer outputs of {record['backend']} ({record['precision_used']}) compared "
+         f"with fp32 on {record['samples']} samples")
+    echo(f"first layer past the tolerance: {record['first']} ({record['first_tensor']})" if record["first"]
+         else "no layer exceeds the tolerance")
+    echo(record["growth"])
+    echo(f"table: {bundle.path / 'layers.json'}  report: {bundle.path / 'report.md'}")
 
 
 @debug_group.command("precision")
@@ -102,10 +102,10 @@ def precision_command(model: str, target_spec: str, profile_spec: str, shapes: t
     if as_json:
         print_json(record)
     else:
-        click.echo(f"int8 everywhere: {record['metric']} drop {sens['int8_drop'] * 100:.2f} % "
-                   f"(budget {sens['budget'] * 100:.2f} %)")
+        echo(f"int8 everywhere: {record['metric']} drop {sens['int8_drop'] * 100:.2f} % "
+             f"(budget {sens['budget'] * 100:.2f} %)")
         if sens["keep"]:
-            click.echo(f"keep in fp32: {', '.join(sens['keep_names'])} -> drop {sens['mixed_drop'] * 100:.2f} %")
+            echo(f"keep in fp32: {', '.join(sens['keep_names'])} -> drop {sens['mixed_drop'] * 100:.2f} %")
         for entry in record["backends"]:
             parts = []
             for kind in ("fp32", "int8", "mixed"):
@@ -115,8 +115,8 @@ def precision_command(model: str, target_spec: str, profile_spec: str, shapes: t
                                  if res.get("drop") is not None else f"{kind} {res['latency_p50_ms']:.4f} ms")
                 elif res:
                     parts.append(f"{kind} {res['status']}")
-            click.echo(f"{entry['backend']}: " + ("; ".join(parts) or entry.get("why", "")))
-        click.echo(f"report: {Path(output) / REPORT}")
+            echo(f"{entry['backend']}: " + ("; ".join(parts) or entry.get("why", "")))
+        echo(f"report: {Path(output) / REPORT}")
     if not sens["met"]:
         raise CheckFailedError("no keep-list meets the accuracy budget", "even with layers kept in fp32 the drop "
                                "stays above it", "relax --max-accuracy-drop, or check the calibration data")

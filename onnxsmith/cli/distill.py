@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from onnxsmith.cli.common import data_option, echo_err, json_option, shape_option
+from onnxsmith.cli.common import data_option, echo, echo_err, json_option, shape_option
 
 
 @click.command("distill")
@@ -97,18 +97,18 @@ def distill_command(teacher: str, student_spec: str, train_spec: str, val_spec: 
         print_json(record)
         return
     p, lat = record["parameters"], record["latency_ms"]
-    click.echo(f"trained {record['epochs']} epochs in {record['train_seconds']:.1f} s ({record['stopped']}; best "
-               f"epoch {record['best_epoch']})")
-    click.echo(f"parameters: teacher {p['teacher']:,}, student {p['student']:,} ({p['ratio']:.3f}x)")
+    echo(f"trained {record['epochs']} epochs in {record['train_seconds']:.1f} s ({record['stopped']}; best "
+         f"epoch {record['best_epoch']})")
+    echo(f"parameters: teacher {p['teacher']:,}, student {p['student']:,} ({p['ratio']:.3f}x)")
     val = record.get("validation")
     if val and "teacher_accuracy" in val:
-        click.echo(f"validation accuracy on {val['samples']} samples: teacher {val['teacher_accuracy']:.4f}, student "
-                   f"{val['student_accuracy']:.4f} (agreement {val['agreement']:.4f})")
+        echo(f"validation accuracy on {val['samples']} samples: teacher {val['teacher_accuracy']:.4f}, student "
+             f"{val['student_accuracy']:.4f} (agreement {val['agreement']:.4f})")
     elif val:
-        click.echo(f"top-1 agreement with the teacher on {val['samples']} samples: {val['agreement']:.4f}")
-    click.echo(f"latency (ONNX Runtime, batch 1): teacher {lat['teacher'] * 1000:.1f} us, student "
-               f"{lat['student'] * 1000:.1f} us ({lat['ratio']:.2f}x)")
+        echo(f"top-1 agreement with the teacher on {val['samples']} samples: {val['agreement']:.4f}")
+    echo(f"latency (ONNX Runtime, batch 1): teacher {lat['teacher'] * 1000:.1f} us, student "
+         f"{lat['student'] * 1000:.1f} us ({lat['ratio']:.2f}x)")
     from onnxsmith.torchin.api import describe
 
-    click.echo(describe(record["export"]))
-    click.echo(f"student: {Path(output) / 'student.onnx'}")
+    echo(describe(record["export"]))
+    echo(f"student: {Path(output) / 'student.onnx'}")

@@ -19,9 +19,9 @@ def doctor_command(as_json: bool) -> None:
 
     import onnxsmith
     from onnxsmith.cache import cache_root
-    from onnxsmith.console import print_json, stdout_console
-    from onnxsmith.registry import backend_names, backend_status
+    from onnxsmith.console import print_json, shown, stdout_console
     from onnxsmith.probe import describe, load_peaks
+    from onnxsmith.registry import backend_names, backend_status
     from onnxsmith.targets.host import detect_host
 
     host = detect_host()
@@ -40,29 +40,25 @@ def doctor_command(as_json: bool) -> None:
         print_json(data)
         return
     out = stdout_console()
-    out.print(f"onnxsmith {data['onnxsmith']}, Python {data['python']}, {data['platform']}")
-    out.print(f"host: {host.name}; features: {', '.join(host.requires.cpu_flags) or '-'}; "
-              f"precisions: {', '.join(host.precisions)}")
-    out.print(f"cache: {data['cache']}")
-    from rich.markup import escape
-
-    out.print(escape(describe(data["measured_peaks"])))
+    out.print(shown(f"onnxsmith {data['onnxsmith']}, Python {data['python']}, {data['platform']}"))
+    out.print(shown(f"host: {host.name}; features: {', '.join(host.requires.cpu_flags) or '-'}; "
+                    f"precisions: {', '.join(host.precisions)}"))
+    out.print(f"cache: {shown(data['cache'])}")
+    out.print(shown(describe(data["measured_peaks"])))
     table = Table(title="backends")
     for col in ("backend", "usable", "version", "devices", "why not / fix"):
         table.add_column(col)
-    from rich.markup import escape
-
-    for s in statuses:  # escape: "pip install 'onnxsmith[openvino]'" is not rich markup
-        table.add_row(s.name, "[green]yes[/green]" if s.available else "[red]no[/red]", escape(s.version or "-"),
-                      escape(", ".join(s.devices) or "-"), escape(s.reason + (f" (hint: {s.hint})" if s.hint else "")))
+    for s in statuses:  # shown: "pip install 'onnxsmith[openvino]'" is not rich markup
+        table.add_row(shown(s.name), "[green]yes[/green]" if s.available else "[red]no[/red]", shown(s.version or "-"),
+                      shown(", ".join(s.devices) or "-"), shown(s.reason + (f" (hint: {s.hint})" if s.hint else "")))
     out.print(table)
     from onnxsmith.options import Option
 
     for s in statuses:
         if s.options:
-            out.print(f"{s.name} options (--option KEY=VALUE):")
+            out.print(f"{shown(s.name)} options (--option KEY=VALUE):")
             for o in s.options:
                 option = Option(str(o["name"]), {"int": int, "float": float, "bool": bool, "list": list}.get(
                     str(o["type"]), str), o["default"], str(o["help"]), tuple(o["choices"]),  # type: ignore[arg-type]
                     o["minimum"], o["maximum"])  # type: ignore[arg-type]
-                out.print(f"  {escape(option.describe())}")
+                out.print(f"  {shown(option.describe())}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from onnxsmith.cli.common import data_option, echo_err, json_option, shape_option
+from onnxsmith.cli.common import data_option, echo, echo_err, json_option, shape_option
 
 
 @click.command("export")
@@ -73,7 +73,7 @@ def export_command(model: str, shapes: tuple[str, ...], target_spec: str | None,
     if as_json:
         print_json({"onnx": str(out), **record})
         return
-    click.echo(describe(record))
+    echo(describe(record))
     for note in record["notes"]:
         echo_err(f"note: {note}")
-    click.echo(f"onnx: {out}")
+    echo(f"onnx: {out}")

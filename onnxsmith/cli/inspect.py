@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from onnxsmith.cli.common import json_option, shape_option, batch_option, target_option
+from onnxsmith.cli.common import batch_option, json_option, shape_option, target_option
 
 
 def backend_support(model: Any, target: Any) -> list[dict[str, Any]]:
@@ -58,9 +58,9 @@ def inspect_command(model: str, target_spec: str, shapes: tuple[str, ...], batch
     from rich.table import Table
 
     from onnxsmith.analysis import summarize
-    from onnxsmith.report import _flop
     from onnxsmith.console import print_json, shown, stdout_console
     from onnxsmith.model.shapes import parse_batch
+    from onnxsmith.report import _flop
     from onnxsmith.targets import load_target
     from onnxsmith.torchin import open_model
     from onnxsmith.units import fmt_bytes

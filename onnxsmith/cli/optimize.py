@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from onnxsmith.cli.common import data_option, json_option, profile_option, shape_option, batch_option, target_option
+from onnxsmith.cli.common import (batch_option, data_option, echo, json_option, profile_option, shape_option,
+                                  target_option)
 
 
 def _fraction(value: str) -> float:
@@ -83,13 +84,13 @@ def optimize_command(model: str, target_spec: str, profile_spec: str, shapes: tu
         record["fleet_worker"] = worker
         _finish(record, Path(output), as_json, f"ran on fleet worker {worker}")
         return
-    from onnxsmith.model.shapes import parse_batch
     from onnxsmith.datasets import open_dataset
-    from onnxsmith.optimize.student import StudentSource
-    from onnxsmith.torchin import open_model
+    from onnxsmith.model.shapes import parse_batch
     from onnxsmith.optimize.ladder import run_ladder
+    from onnxsmith.optimize.student import StudentSource
     from onnxsmith.profiles import load_profile
     from onnxsmith.targets import load_target
+    from onnxsmith.torchin import open_model
 
     target = load_target(target_spec)
     profile = load_profile(profile_spec)
@@ -142,7 +143,7 @@ def _finish(record: dict, output, as_json: bool, where: str | None = None) -> No
 
             print_result(record["serve_check"])
         if where:
-            click.echo(where)
+            echo(where)
     if not record.get("chosen"):
         raise CheckFailedError("no step met the constraints", record.get("failure", "see the evidence card"),
                                "relax --max-accuracy-drop or --latency-budget")
@@ -151,11 +152,11 @@ def _finish(record: dict, output, as_json: bool, where: str | None = None) -> No
 def _print_summary(record: dict, output) -> None:
     from rich.table import Table
 
-    from onnxsmith.console import stdout_console
+    from onnxsmith.console import shown, stdout_console
     from onnxsmith.units import fmt_bytes
 
     metric = record["constraints"].get("metric", "accuracy")
-    table = Table(title=f"{record['model']} on {record['target']} ({metric})")
+    table = Table(title=f"{shown(record['model'])} on {shown(record['target'])} ({shown(metric)})")
     for column in ("step", "backend", "precision", "batch", "p50 ms", "vs parent (95 % CI)", "p99 ms", "size", metric,
                    "status"):
         table.add_column(column, justify="right" if column in ("batch", "p50 ms", "p99 ms", "size") else "left")
@@ -170,10 +171,10 @@ def _print_summary(record: dict, output) -> None:
         return "-" if value is None else format(value, spec)
 
     for step in record["steps"]:
-        table.add_row(step["name"], step["backend"], step["precision"], str(step.get("batch", 1)),
+        table.add_row(shown(step["name"]), shown(step["backend"]), shown(step["precision"]), str(step.get("batch", 1)),
                       fmt(step.get("latency_p50_ms"), ".3f"), interval(step.get("vs_parent")),
                       fmt(step.get("latency_p99_ms"), ".3f"),
-                      fmt_bytes(step.get("size_bytes")), fmt(step.get(metric), ".4f"), step["status"])
+                      fmt_bytes(step.get("size_bytes")), fmt(step.get(metric), ".4f"), shown(step["status"]))
     console = stdout_console()
     if not console.is_terminal:
         console.width = 170  # logs and pipes: no wrapped cells

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from onnxsmith.cli.common import backend_option, json_option
+from onnxsmith.cli.common import backend_option, echo, json_option
 
 
 @click.command("probe")
@@ -29,14 +29,14 @@ def probe_command(backend: str | None, quick: bool, cluster: str | None, as_json
         print_json(records if cluster else records[0])
         return
     for record in records:
-        click.echo(f"{record.get('worker', 'this machine')}: {record['device']}")
+        echo(f"{record.get('worker', 'this machine')}: {record['device']}")
         for precision, entry in record["peaks"].items():
             unit = "GOP/s" if precision == "int8" else "GFLOP/s"
             nominal = record["nominal"]["tflops"].get(precision)
             shapes = ", ".join(f"{s['shape']} {s['tflops'] * 1000:.0f}" for s in entry["shapes"])
-            click.echo(f"  {precision}: {entry['tflops'] * 1000:.1f} {unit} (best: {entry['best']}; nominal "
-                       f"{'-' if nominal is None else f'{nominal * 1000:.0f}'}) [{shapes}]")
-        click.echo(f"  memory bandwidth: {record['memory_bandwidth_gbps']} GB/s")
-        click.echo(f"  {describe(record)}")
+            echo(f"  {precision}: {entry['tflops'] * 1000:.1f} {unit} (best: {entry['best']}; nominal "
+                 f"{'-' if nominal is None else f'{nominal * 1000:.0f}'}) [{shapes}]")
+        echo(f"  memory bandwidth: {record['memory_bandwidth_gbps']} GB/s")
+        echo(f"  {describe(record)}")
         if record.get("file"):
-            click.echo(f"  stored: {record['file']}")
+            echo(f"  stored: {record['file']}")

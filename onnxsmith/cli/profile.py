@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from onnxsmith.cli.common import data_option, json_option, profile_option
+from onnxsmith.cli.common import data_option, echo, json_option, profile_option
 
 
 @click.command("profile")
@@ -48,7 +48,7 @@ def profile_command(bundle_path: str, profile_spec: str, input_file: str | None,
         if as_json:
             print_json(record)
             return
-        click.echo(f"profiled on fleet worker {cell.worker}" + (" (emulated)" if cell.emulated else ""))
+        echo(f"profiled on fleet worker {cell.worker}" + (" (emulated)" if cell.emulated else ""))
         print_profile(record)
         return
     if iterations or seconds is not None:
@@ -68,20 +68,20 @@ def profile_command(bundle_path: str, profile_spec: str, input_file: str | None,
         print_json(record)
         return
     print_profile(record, bundle.manifest)
-    click.echo(f"profile: {bundle.path / 'profile.json'}")
-    click.echo(f"report: {bundle.path / 'report.md'}")
+    echo(f"profile: {bundle.path / 'profile.json'}")
+    echo(f"report: {bundle.path / 'report.md'}")
 
 
 def print_profile(record: dict, manifest: dict | None = None) -> None:
     from rich.table import Table
 
-    from onnxsmith.console import stdout_console
+    from onnxsmith.console import shown, stdout_console
 
     base = record.get("baseline") or {}
-    table = Table(title=f"{record['backend']} {record['precision_used']} on {record['target']} "
+    table = Table(title=f"{shown(record['backend'])} {record['precision_used']} on {shown(record['target'])} "
                         f"(batch {record['batch']})")
     table.add_column("metric")
-    table.add_column(record["backend"], justify="right")
+    table.add_column(shown(record["backend"]), justify="right")
     table.add_column("onnxruntime fp32", justify="right")
     table.add_column("ratio", justify="right")
     for key in ("p50", "p90", "p95", "p99", "mean", "min", "max"):
@@ -97,7 +97,7 @@ def print_profile(record: dict, manifest: dict | None = None) -> None:
     if record.get("shapes"):
         print_shapes(record)
     for line in profile_verdict_lines(record, manifest):
-        click.echo(line)
+        echo(line)
     if record.get("efficiency") is not None or record.get("efficiency_of_measured_peak") is not None:
         parts = []
         if record.get("efficiency_of_measured_peak") is not None:
@@ -108,23 +108,23 @@ def print_profile(record: dict, manifest: dict | None = None) -> None:
         if record.get("efficiency") is not None:
             parts.append(f"{record['efficiency'] * 100:.2f} % of nominal peak ({record['peak_tflops']} T/s, "
                          "target file)")
-        click.echo(f"efficiency ({record['precision_used']}): {record['achieved_tflops'] * 1000:.2f} GFLOP/s = "
-                   + "; ".join(parts))
+        echo(f"efficiency ({record['precision_used']}): {record['achieved_tflops'] * 1000:.2f} GFLOP/s = "
+             + "; ".join(parts))
 
 
 def print_shapes(record: dict) -> None:
     """A bundle compiled for a shape range: latency at each of its points."""
     from rich.table import Table
 
-    from onnxsmith.console import stdout_console
+    from onnxsmith.console import shown, stdout_console
 
-    table = Table(title=f"{record['backend']} at each point of the shape range (one artifact; ORT = ONNX Runtime "
+    table = Table(title=f"{shown(record['backend'])} at each point of the shape range (one artifact; ORT = ONNX Runtime "
                         "fp32)")
     for column in ("point", "shape", "batch", "p50 ms", "p99 ms", "per s", "ORT p50", "vs ORT"):
         table.add_column(column, justify="left" if column in ("point", "shape") else "right")
     for point in record["shapes"]:
         base = point.get("baseline_latency_ms")
-        table.add_row(point["point"], "; ".join("x".join(map(str, v)) for v in point["shape"].values()),
+        table.add_row(shown(point["point"]), "; ".join("x".join(map(str, v)) for v in point["shape"].values()),
                       str(point["batch"]), f"{point['latency_ms']['p50']:.3f}", f"{point['latency_ms']['p99']:.3f}",
                       f"{point['throughput_per_s']:.2f}", "-" if not base else f"{base['p50']:.3f}",
                       "-" if not point.get("speedup_vs_baseline") else f"{point['speedup_vs_baseline']:.2f}x")

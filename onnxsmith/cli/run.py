@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from onnxsmith.cli.common import data_option, json_option
+from onnxsmith.cli.common import data_option, echo, json_option
 
 
 @click.command("run")
@@ -28,9 +28,8 @@ def run_command(bundle_path: str, input_file: str, output_file: str | None, as_j
     from onnxsmith.data import save_npz
     from onnxsmith.datasets import open_dataset
     from onnxsmith.errors import DataError
-    from onnxsmith.values import flatten_values, is_structured
-
     from onnxsmith.outdir import check_output_file
+    from onnxsmith.values import flatten_values, is_structured
 
     bundle = Bundle.open(bundle_path)
     if output_file:
@@ -67,8 +66,8 @@ def run_command(bundle_path: str, input_file: str, output_file: str | None, as_j
         print_json(summary)
         return
     for name, info in summary["outputs"].items():
-        click.echo(f"{name}: {info['text']}")
-    click.echo(f"ran {samples} samples in {seconds:.3f} s" + (f"; outputs saved to {output_file}" if output_file else ""))
+        echo(f"{name}: {info['text']}")
+    echo(f"ran {samples} samples in {seconds:.3f} s" + (f"; outputs saved to {output_file}" if output_file else ""))
 
 
 def _describe(value: Any) -> dict[str, Any]:

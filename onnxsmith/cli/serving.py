@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from onnxsmith.cli.common import json_option
+from onnxsmith.cli.common import echo, json_option
 
 
 @click.command("serving")
@@ -39,7 +39,7 @@ def serving_command(bundle_path: str, arrival_rate: float | None, p99_budget: fl
     if as_json:
         print_json(record)
         return
-    click.echo(f"serving configuration: {dest} (README.md says where each setting came from)")
+    echo(f"serving configuration: {dest} (README.md says where each setting came from)")
 
 
 @click.command("serve-check")
@@ -67,23 +67,23 @@ def serve_check_command(bundle_path: str, rate: float | None, seconds: float, as
 def print_result(result: dict) -> None:
     m, p, q = result["measured"], result["predicted"], result["predicted_without_overhead"]
     s = result["settings"]
-    click.echo(f"Triton (Python backend) on 127.0.0.1, max batch {s['max_batch_size']}, max queue delay "
-               f"{s['max_queue_delay_ms']:.4g} ms; {m['completed']}/{m['requests']} requests at "
-               f"{result['rate_per_s']:,.1f}/s ({result['rate_note']})")
-    click.echo(f"measured overhead: {result['overhead']['batch_ms']:.3f} ms per batch, "
-               f"{result['overhead']['request_ms']:.3f} ms per request (bundle batch-1: {result['bundle_batch1_ms']:.4f} ms)")
-    click.echo(f"{'':28}{'p50 ms':>10}{'p99 ms':>10}{'req/s':>10}{'batch':>8}")
-    click.echo(f"{'measured':28}{m['p50_ms']:>10.3f}{m['p99_ms']:>10.3f}{m['throughput_per_s']:>10.1f}{m['mean_batch']:>8.2f}")
+    echo(f"Triton (Python backend) on 127.0.0.1, max batch {s['max_batch_size']}, max queue delay "
+         f"{s['max_queue_delay_ms']:.4g} ms; {m['completed']}/{m['requests']} requests at "
+         f"{result['rate_per_s']:,.1f}/s ({result['rate_note']})")
+    echo(f"measured overhead: {result['overhead']['batch_ms']:.3f} ms per batch, "
+         f"{result['overhead']['request_ms']:.3f} ms per request (bundle batch-1: {result['bundle_batch1_ms']:.4f} ms)")
+    echo(f"{'':28}{'p50 ms':>10}{'p99 ms':>10}{'req/s':>10}{'batch':>8}")
+    echo(f"{'measured':28}{m['p50_ms']:>10.3f}{m['p99_ms']:>10.3f}{m['throughput_per_s']:>10.1f}{m['mean_batch']:>8.2f}")
     f = result["predicted_with_mean_overhead"]
-    click.echo(f"{'simulated, with overhead':28}{p['p50_ms']:>10.3f}{p['p99_ms']:>10.3f}{p['throughput_per_s']:>10.1f}"
-               f"{p['mean_batch']:>8.2f}")
-    click.echo(f"{'simulated, mean overhead':28}{f['p50_ms']:>10.3f}{f['p99_ms']:>10.3f}{f['throughput_per_s']:>10.1f}"
-               f"{f['mean_batch']:>8.2f}")
+    echo(f"{'simulated, with overhead':28}{p['p50_ms']:>10.3f}{p['p99_ms']:>10.3f}{p['throughput_per_s']:>10.1f}"
+         f"{p['mean_batch']:>8.2f}")
+    echo(f"{'simulated, mean overhead':28}{f['p50_ms']:>10.3f}{f['p99_ms']:>10.3f}{f['throughput_per_s']:>10.1f}"
+         f"{f['mean_batch']:>8.2f}")
     u = result["predicted_with_overhead_under_load"]
-    click.echo(f"{'simulated, load overhead':28}{u['p50_ms']:>10.3f}{u['p99_ms']:>10.3f}{u['throughput_per_s']:>10.1f}"
-               f"{u['mean_batch']:>8.2f}")
-    click.echo(f"{'simulated, without':28}{q['p50_ms']:>10.3f}{q['p99_ms']:>10.3f}{q['throughput_per_s']:>10.1f}"
-               f"{q['mean_batch']:>8.2f}")
+    echo(f"{'simulated, load overhead':28}{u['p50_ms']:>10.3f}{u['p99_ms']:>10.3f}{u['throughput_per_s']:>10.1f}"
+         f"{u['mean_batch']:>8.2f}")
+    echo(f"{'simulated, without':28}{q['p50_ms']:>10.3f}{q['p99_ms']:>10.3f}{q['throughput_per_s']:>10.1f}"
+         f"{q['mean_batch']:>8.2f}")
     ratio = result["p99_ratio_measured_to_predicted"]
-    click.echo(f"p99 measured / simulated: {ratio:.2f} ({'within' if result['within_25_percent'] else 'NOT within'} 25 %); "
-               f"load average {result['load_average']}")
+    echo(f"p99 measured / simulated: {ratio:.2f} ({'within' if result['within_25_percent'] else 'NOT within'} 25 %); "
+         f"load average {result['load_average']}")

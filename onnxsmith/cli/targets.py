@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from onnxsmith.cli.common import json_option
+from onnxsmith.cli.common import echo, json_option
 
 
 @click.group("targets", invoke_without_command=True)
@@ -16,7 +16,7 @@ def targets_group(ctx: click.Context, as_json: bool) -> None:
         return
     from rich.table import Table
 
-    from onnxsmith.console import print_json, stdout_console
+    from onnxsmith.console import print_json, shown, stdout_console
     from onnxsmith.hostcheck import host_matches
     from onnxsmith.targets import list_targets
 
@@ -35,10 +35,10 @@ def targets_group(ctx: click.Context, as_json: bool) -> None:
     for col in ("id", "name", "kind", "backends", "precisions", "peak fp32 TFLOP/s"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r["id"], r["name"], r["kind"], ", ".join(r["backends"]), ", ".join(r["precisions"]),
-                      str(r["peak_tflops"].get("fp32", "-")))
+        table.add_row(*(shown(x) for x in (r["id"], r["name"], r["kind"], ", ".join(r["backends"]),
+                                           ", ".join(r["precisions"]), r["peak_tflops"].get("fp32", "-"))))
     stdout_console().print(table)
-    click.echo("details: onnxsmith targets show ID")
+    echo("details: onnxsmith targets show ID")
 
 
 @targets_group.command("show")
@@ -62,26 +62,26 @@ def show_command(target_id: str, as_json: bool) -> None:
     if as_json:
         print_json(data)
         return
-    click.echo(f"{target.id}: {target.name} ({target.kind}, {target.vendor})")
+    echo(f"{target.id}: {target.name} ({target.kind}, {target.vendor})")
     if target.description:
-        click.echo(f"  {target.description}")
-    click.echo(f"  file: {target.source_file}")
-    click.echo(f"  backends (preference): {', '.join(target.backends)}")
-    click.echo(f"  precisions: {', '.join(target.precisions)}")
-    click.echo("  peak: " + ", ".join(f"{k} {v} T{'OP' if k == 'int8' else 'FLOP'}/s" for k, v in target.peak.tflops.items())
-               + f", memory {target.peak.memory_bandwidth_gbps} GB/s")
-    click.echo(f"  peak source: {target.peak.source}")
+        echo(f"  {target.description}")
+    echo(f"  file: {target.source_file}")
+    echo(f"  backends (preference): {', '.join(target.backends)}")
+    echo(f"  precisions: {', '.join(target.precisions)}")
+    echo("  peak: " + ", ".join(f"{k} {v} T{'OP' if k == 'int8' else 'FLOP'}/s" for k, v in target.peak.tflops.items())
+         + f", memory {target.peak.memory_bandwidth_gbps} GB/s")
+    echo(f"  peak source: {target.peak.source}")
     if target.id == "host":
         from onnxsmith.probe import describe, load_peaks
 
-        click.echo(f"  {describe(load_peaks())}")
+        echo(f"  {describe(load_peaks())}")
     for backend, opts in target.device_options.items():
-        click.echo(f"  {backend}: " + ", ".join(f"{k}={v}" for k, v in opts.items()))
-    click.echo(f"  runs here: {'yes' if runs[0] else 'no: ' + runs[1]}")
+        echo(f"  {backend}: " + ", ".join(f"{k}={v}" for k, v in opts.items()))
+    echo(f"  runs here: {'yes' if runs[0] else 'no: ' + runs[1]}")
     for name, opts in options.items():
-        click.echo(f"  {name} --option KEY=VALUE:")
+        echo(f"  {name} --option KEY=VALUE:")
         for option in opts:
-            click.echo(f"    {option.describe()}")
+            echo(f"    {option.describe()}")
 
 
 def backend_options(names: tuple[str, ...] | list[str]) -> dict[str, tuple]:
@@ -130,7 +130,7 @@ def profiles_command(as_json: bool) -> None:
         print_json([p.to_json() for p in profiles])
         return
     for p in profiles:
-        click.echo(f"{p.name:<11} {p.description}")
-        click.echo(f"{'':<11} precision {p.precision}, ladder {'/'.join(p.ladder)}, batches "
-                   f"{'/'.join(map(str, p.batch_sizes))}, max accuracy drop {p.max_accuracy_drop * 100:g} %, "
-                   f"hint {p.performance_hint}")
+        echo(f"{p.name:<11} {p.description}")
+        echo(f"{'':<11} precision {p.precision}, ladder {'/'.join(p.ladder)}, batches "
+             f"{'/'.join(map(str, p.batch_sizes))}, max accuracy drop {p.max_accuracy_drop * 100:g} %, "
+             f"hint {p.performance_hint}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from onnxsmith.cli.common import data_option, json_option
+from onnxsmith.cli.common import data_option, echo, json_option
 
 
 @click.command("validate")
@@ -67,33 +67,33 @@ def validate_command(bundle_path: str, data_file: str | None, labels: str | None
     if as_json:
         print_json(record)
     else:
-        click.echo(f"validated {record['samples']} samples from {record['data']}: "
-                   f"{'PASSED' if record['passed'] else 'FAILED'}")
+        echo(f"validated {record['samples']} samples from {record['data']}: "
+             f"{'PASSED' if record['passed'] else 'FAILED'}")
         if record["evaluated_by"]:
             emulated = record["evaluated_by"]
-            click.echo(f"checked: {emulated['label']}")
-            click.echo(f"  what this checks: {'; '.join(emulated['checked'])}")
-            click.echo(f"  what it does not: {'; '.join(emulated['not_checked'])}")
-        click.echo(f"cosine min {record['cosine_min']:.6f}, max abs error {record['max_abs_error']:.3g}")
+            echo(f"checked: {emulated['label']}")
+            echo(f"  what this checks: {'; '.join(emulated['checked'])}")
+            echo(f"  what it does not: {'; '.join(emulated['not_checked'])}")
+        echo(f"cosine min {record['cosine_min']:.6f}, max abs error {record['max_abs_error']:.3g}")
         if record.get("mismatched_samples"):
-            click.echo(f"{record['mismatched_samples']} sample(s) differ exactly (string outputs, or a sequence's "
-                       "structure)")
+            echo(f"{record['mismatched_samples']} sample(s) differ exactly (string outputs, or a sequence's "
+                 "structure)")
         if record["top1_agreement"] is not None:
-            click.echo(f"top-1 agreement {record['top1_agreement'] * 100:.2f} %")
+            echo(f"top-1 agreement {record['top1_agreement'] * 100:.2f} %")
         for point in record.get("shapes", []):
             shape = "; ".join(f"{k} {'x'.join(map(str, v))}" for k, v in point["shape"].items())
             if "skipped" in point:
-                click.echo(f"  at {point['point']} ({shape}): skipped, {point['skipped']}")
+                echo(f"  at {point['point']} ({shape}): skipped, {point['skipped']}")
             else:
-                click.echo(f"  at {point['point']} ({shape}): {point['samples']} samples, cosine min "
-                           f"{point['cosine_min']:.6f}, {'passed' if point['passed'] else 'FAILED'}")
+                echo(f"  at {point['point']} ({shape}): {point['samples']} samples, cosine min "
+                     f"{point['cosine_min']:.6f}, {'passed' if point['passed'] else 'FAILED'}")
         if record["accuracy"] is not None:
-            click.echo(f"accuracy {record['accuracy'] * 100:.2f} % (reference {record['reference_accuracy'] * 100:.2f} %)")
+            echo(f"accuracy {record['accuracy'] * 100:.2f} % (reference {record['reference_accuracy'] * 100:.2f} %)")
         if layers:
-            click.echo("first layer past the tolerance: " + (f"{record['layers']['first']} "
-                       f"({record['layers']['first_tensor']})" if record["layers"]["first"] else "none"))
-        click.echo(f"validation: {bundle.path / 'validation.json'}")
-        click.echo(f"report: {bundle.path / 'report.md'}")
+            echo("first layer past the tolerance: " + (f"{record['layers']['first']} "
+                 f"({record['layers']['first_tensor']})" if record["layers"]["first"] else "none"))
+        echo(f"validation: {bundle.path / 'validation.json'}")
+        echo(f"report: {bundle.path / 'report.md'}")
     if not record["passed"]:
         raise CheckFailedError("validation failed", "; ".join(record["failures"]),
                                "inspect the worst examples in the bundle's examples/ folder")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from onnxsmith.cli.common import json_option
+from onnxsmith.cli.common import echo, json_option
 
 
 @click.command("verify")
@@ -25,6 +25,6 @@ def verify_command(bundle_path: str, as_json: bool) -> None:
     if as_json:
         print_json({"bundle": bundle_path, "ok": True, "signature_checked": signed, **counts})
         return
-    click.echo(f"verified {counts['files']} files of {shown(bundle_path)}: {counts['compiled']} written by compile, "
-               f"{counts['records']} records written later; manifest checksum ok, "
-               + (f"signature ok ({KEY_VARIABLE})" if signed else f"no signature checked ({KEY_VARIABLE} unset)"))
+    echo(f"verified {counts['files']} files of {shown(bundle_path)}: {counts['compiled']} written by compile, "
+         f"{counts['records']} records written later; manifest checksum ok, "
+         + (f"signature ok ({KEY_VARIABLE})" if signed else f"no signature checked ({KEY_VARIABLE} unset)"))

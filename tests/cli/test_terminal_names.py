@@ -43,3 +43,23 @@ def test_shown_and_error_lines_escape_what_a_terminal_would_obey() -> None:
     assert shown("a\x1b[2Jb\x07\n[red]") == "a\\x1b[2Jb\\x07\\n\\[red]"
     line = UserInputError("bad name 'x\x1b[31m\x07'", "why", "hint").one_line()
     assert "\x1b" not in line and "\x07" not in line and "\\x1b[31m\\x07" in line
+
+
+def test_compile_and_run_print_hostile_names_as_text(tmp_path: Path) -> None:
+    """The plain summaries (``click.echo``, no rich) go through ``console.printable``: the model's file name and
+    its tensor names print with their ESC and BEL as escapes."""
+    model = _model(tmp_path / "m\x1b[2J.onnx")
+    out = tmp_path / "bundle"
+    env = {"COLUMNS": "200", "PATH": "/usr/bin:/bin", "TERM": "dumb", "ONNXSMITH_CACHE_DIR": str(tmp_path / "cache"),
+           "HOME": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-m", "onnxsmith", "compile", str(model), "-t", "host", "-b", "onnxruntime",
+                           "-o", str(out)], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "\x1b" not in proc.stdout + proc.stderr, repr(proc.stdout + proc.stderr)
+    assert "compiled m\\x1b[2J for host" in proc.stdout, proc.stdout
+    np.savez(tmp_path / "in.npz", **{HOSTILE_IN: np.ones((1, 4), np.float32)})
+    proc = subprocess.run([sys.executable, "-m", "onnxsmith", "run", str(out), "--input", str(tmp_path / "in.npz")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "\x1b" not in proc.stdout and "\x07" not in proc.stdout, repr(proc.stdout)
+    assert "[bold red]y\\x1b]0;title\\x07:" in proc.stdout, proc.stdout
