@@ -437,6 +437,26 @@ def _labels_for(images: list[Path], root: Path, classes: tuple[str, ...], spec_f
     return np.asarray([index[f] for f in folders], dtype=np.int64)  # type: ignore[index]
 
 
+RESIZE_MAX_FACTOR = 64
+"""A resize before a centre crop may make at most this many times the input's pixels (PIL's own
+``MAX_IMAGE_PIXELS`` caps it too): a tiny PNG with a huge ``resize`` otherwise took gigabytes."""
+
+
+def _check_resize(path: Path, target: tuple[int, int], size: tuple[int, int], cropped: bool, spec_file: Path) -> None:
+    """Refuse a resize whose result could not become the input's size, before any pixel is allocated."""
+    from PIL import Image
+
+    (w, h), (height, width) = target, size
+    if not cropped and (h, w) != size:
+        raise DataError(f"image '{path}' does not fit the model", f"after preprocessing it is {h}x{w}, the input takes "
+                        f"{height}x{width}", f"set resize/crop in {spec_file} so the result is {height}x{width}")
+    limit = min(RESIZE_MAX_FACTOR * height * width, Image.MAX_IMAGE_PIXELS or RESIZE_MAX_FACTOR * height * width)
+    if w * h > limit:
+        raise DataError(f"cannot preprocess '{path}'", f"resizing it to {h}x{w} makes {w * h:,} pixels, more than "
+                        f"{RESIZE_MAX_FACTOR}x the {height}x{width} the input takes",
+                        f"lower 'resize' in {spec_file} (e.g. to {max(height, width)})")
+
+
 def _preprocess(path: Path, mode: str, resize: tuple[int, int] | int | None, crop: tuple[int, int] | int | None,
                 size: tuple[int, int], spec_file: Path) -> np.ndarray:
     """One image as a float32 HWC array: convert, resize, centre-crop, check the final size."""
@@ -445,13 +465,17 @@ def _preprocess(path: Path, mode: str, resize: tuple[int, int] | int | None, cro
 
     try:
         with Image.open(path) as img:
-            img = img.convert(mode)
             if isinstance(resize, int):
                 w, h = img.size
                 s = resize / min(w, h)
-                img = img.resize((max(1, round(w * s)), max(1, round(h * s))), Image.BILINEAR)
-            elif resize is not None:
-                img = img.resize((resize[1], resize[0]), Image.BILINEAR)
+                target: tuple[int, int] | None = (max(1, round(w * s)), max(1, round(h * s)))
+            else:
+                target = None if resize is None else (resize[1], resize[0])
+            if target is not None:
+                _check_resize(path, target, size, crop is not None, spec_file)
+            img = img.convert(mode)
+            if target is not None:
+                img = img.resize(target, Image.BILINEAR)
             if crop is not None:
                 ch, cw = (crop, crop) if isinstance(crop, int) else crop
                 w, h = img.size

@@ -122,6 +122,22 @@ def test_image_errors_name_the_file_and_key(tmp_path: Path) -> None:
         open_dataset(str(root), IMAGE)
 
 
+def test_a_huge_resize_of_a_tiny_image_is_refused_before_it_allocates(tmp_path: Path) -> None:
+    """Two 8x8 PNGs with resize = 100000 asked for ~10 G pixels each; now a one-line error, within a few MB."""
+    import resource
+
+    root = tmp_path / "images"
+    _write_image_folder(root, {"0": 1, "1": 1}, size=(8, 8))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for spec in ("resize = 100000\ncrop = 8\n", "resize = [60000, 60000]\ncrop = 8\n"):
+        (root / "preprocess.toml").write_text(spec)
+        with pytest.raises(DataError, match=r"more than 64x the 8x8 the input takes.*lower 'resize'"):
+            open_dataset(str(root), IMAGE)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KiB: no gigabyte image
+    (root / "preprocess.toml").write_text("resize = 64\ncrop = 8\n")  # 64x the pixels: still allowed
+    assert open_dataset(str(root), IMAGE).arrays["image"].shape == (2, 1, 8, 8)
+
+
 def test_module_function_returning_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "my_data.py").write_text(textwrap.dedent("""
         import numpy as np

@@ -11,6 +11,7 @@ never need the exact string: it keeps a single line of plain characters and repl
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import shlex
 from collections.abc import Iterable
@@ -83,6 +84,18 @@ def pbtxt(value: str) -> str:
 def shell(value: str) -> str:
     """One POSIX shell word (``shlex.quote``)."""
     return shlex.quote(value)
+
+
+def json_in_html(value: object) -> str:
+    """``value`` as JSON to sit inside ``<script type="application/json">``: the text a browser hands to
+    ``JSON.parse`` is exactly ``json.dumps(value)``. Script content is raw text, so HTML escaping would corrupt it
+    (``&quot;`` stays literal); instead ``<``, ``>``, ``&`` and U+2028/U+2029 become JSON ``\\u`` escapes, so no
+    ``</script>`` or ``<!--`` can end or change the element."""
+    text = json.dumps(value, default=str, allow_nan=False, ensure_ascii=False)
+    for raw, escaped in (("&", "\\u0026"), ("<", "\\u003c"), (">", "\\u003e"), ("\u2028", "\\u2028"),
+                         ("\u2029", "\\u2029")):
+        text = text.replace(raw, escaped)
+    return text
 
 
 def markdown_code(value: object) -> str:

@@ -4,10 +4,13 @@
 from __future__ import annotations
 
 import html
-import json
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from onnxsmith.console import shown
+from onnxsmith.deploy.quoting import json_in_html
 
 COLUMNS = ("cell", "status", "worker", "p50 ms", "p99 ms", "speed-up vs ORT fp32", "efficiency", "quality", "size",
            "compile s", "note")
@@ -66,20 +69,16 @@ def rows(record: Mapping[str, Any]) -> list[list[str]]:
 
 
 def print_table(record: Mapping[str, Any]) -> None:
-    from rich.markup import escape
+    from rich.console import Console
     from rich.table import Table
 
-    import sys
-
-    from rich.console import Console
-
     where = record["executor"] + (f" at {record['cluster']}" if record.get("cluster") else "")
-    table = Table(title=f"compare {record['model']['name']} ({record['profile']} profile, {where}, "
+    table = Table(title=f"compare {shown(record['model']['name'])} ({record['profile']} profile, {shown(where)}, "
                         f"{record['wall_seconds']:.1f} s)")
     for col in COLUMNS:
         table.add_column(col, justify="right" if col in ("p50 ms", "p99 ms", "size", "compile s") else "left")
     for row in rows(record):
-        table.add_row(*(escape(x) for x in row))
+        table.add_row(*(shown(x) for x in row))
     Console(width=None if sys.stdout.isatty() else 220).print(table)
 
 
@@ -188,7 +187,7 @@ def render_html(record: Mapping[str, Any]) -> str:
                                   ("plot-efficiency", "Efficiency in % of the device's peak", efficiency_svg(record))):
         if svg:
             parts.append(f'<figure id="{plot_id}"><figcaption>{e(caption)}</figcaption>{svg}</figure>')
-    parts.append(f'<script type="application/json" id="record">{e(json.dumps(record, default=str))}</script>')
+    parts.append(f'<script type="application/json" id="record">{json_in_html(record)}</script>')
     parts += ["</body>", "</html>", ""]
     return "\n".join(parts)
 

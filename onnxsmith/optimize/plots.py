@@ -26,8 +26,10 @@ def _pyplot(salt: str) -> Any:
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
-    plt.rcParams.update({"svg.fonttype": "none", "svg.hashsalt": salt, "font.size": 9,
-                         "axes.spines.top": False, "axes.spines.right": False})
+    # text.parse_math off: labels hold user strings (cell, step and target names); a '$' would be read as mathtext,
+    # and an unbalanced one raised after every compare cell had run.
+    plt.rcParams.update({"svg.fonttype": "none", "svg.hashsalt": salt, "font.size": 9, "text.parse_math": False,
+                         "text.usetex": False, "axes.spines.top": False, "axes.spines.right": False})
     return plt
 
 

@@ -84,6 +84,8 @@ def test_compare_page_renders_in_chromium(result: dict) -> None:
         figure = re.search(rf'<figure id="{plot}">(.*?)</figure>', text, re.DOTALL)
         assert figure is not None and "<svg" in figure.group(1) and "<path" in figure.group(1), plot
     assert "src=\"http" not in text and "href=\"http" not in text  # self-contained
+    embedded = re.search(r'<script type="application/json" id="record">(.*?)</script>', text, re.DOTALL)
+    assert embedded is not None and json.loads(embedded.group(1)) == result["record"]  # what the browser parsed
     shot = result["out"].parent / "shot.png"
     run = subprocess.run([browser, *_flags(result["out"].parent / "chromium-shot"), "--window-size=1280,1600",
                           f"--screenshot={shot}", html.resolve().as_uri()], capture_output=True, text=True, timeout=120)
@@ -95,3 +97,49 @@ def test_compare_page_renders_in_chromium(result: dict) -> None:
     assert image.std() > 20
     green = (np.abs(image - np.array([0xDA, 0xFB, 0xE1])).sum(axis=2) < 12).sum()
     assert green > 2000  # the rank-1 row is highlighted
+
+
+HOSTILE = ["$\\frac{$ unbalanced", "</script><script>alert(1)</script>", "<!-- & \"quoted\" \u2028"]
+
+
+def test_compare_page_and_plots_keep_hostile_names_as_text(result: dict) -> None:
+    """Cell names come from the command line and target files: a '$' is no mathtext (an unbalanced one crashed the
+    plot after every cell ran) and no name can end the embedded JSON, which parses back to the record."""
+    from html.parser import HTMLParser
+
+    from onnxsmith.fleet.render import accuracy_svg, latency_svg, render_html
+
+    record = json.loads(json.dumps(result["record"]))
+    measured = [c for c in record["cells"] if c["status"] == "measured"]
+    for cell, name in zip(measured + record["cells"][len(measured):], HOSTILE):
+        cell["cell"] = name
+    record["model"]["name"] = HOSTILE[1]
+    svg = latency_svg(record)
+    assert svg is not None and "unbalanced" in svg  # drawn as text
+    assert accuracy_svg(record) is not None
+    page = render_html(record)
+
+    class Scripts(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.scripts: list[tuple[dict, str]] = []
+            self.current: dict | None = None
+
+        def handle_starttag(self, tag: str, attrs: list) -> None:
+            if tag == "script":
+                self.current = dict(attrs)
+                self.scripts.append((self.current, ""))
+
+        def handle_data(self, data: str) -> None:
+            if self.current is not None:
+                attrs, text = self.scripts[-1]
+                self.scripts[-1] = (attrs, text + data)
+
+        def handle_endtag(self, tag: str) -> None:
+            if tag == "script":
+                self.current = None
+
+    parser = Scripts()
+    parser.feed(page)
+    assert [attrs for attrs, _ in parser.scripts] == [{"type": "application/json", "id": "record"}]
+    assert json.loads(parser.scripts[0][1]) == record
