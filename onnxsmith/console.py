@@ -14,7 +14,11 @@ def printable(text: object) -> str:
     """``text`` for plain terminal output (``click.echo``, no markup): every control character except newline and
     tab becomes a visible escape (``\\x1b``), so a name holding ESC, BEL or CR cannot restyle, retitle or overwrite
     the terminal."""
-    return "".join(ch if ch.isprintable() or ch in "\n\t" else ascii(ch)[1:-1] for ch in str(text))
+    return _visible(text, keep="\n\t")
+
+
+def _visible(text: object, keep: str = "") -> str:
+    return "".join(ch if ch.isprintable() or ch in keep else ascii(ch)[1:-1] for ch in str(text))
 
 
 def shown(text: object) -> str:
@@ -23,9 +27,7 @@ def shown(text: object) -> str:
     (``[/bold]``) is escaped so it prints as written instead of styling or crashing the print."""
     from rich.markup import escape
 
-    text = str(text)
-    safe = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
-    return escape(safe)
+    return escape(_visible(text))
 
 
 def stderr_console() -> Any:

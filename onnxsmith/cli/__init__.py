@@ -97,29 +97,29 @@ def _importing(signum: int, frame: FrameType | None) -> bool:
     return False
 
 
-def _later(signum: int) -> None:
-    """Send ``signum`` to this process again in 50 ms (the handler then runs again, outside the import)."""
+def _held(signum: int, frame: FrameType | None) -> bool:
+    """Whether the signal is held back for an import; if so it is sent to this process again in 50 ms (the handler
+    then runs again, outside the import)."""
+    if not _importing(signum, frame):
+        return False
     timer = threading.Timer(0.05, os.kill, (os.getpid(), signum))
     timer.daemon = True
     timer.start()
+    return True
 
 
 def _on_sigint(signum: int, frame: FrameType | None) -> None:
     """Ctrl-C, held back while a module imports: raised inside a vendor extension's initialisation it becomes an
     ImportError ("onnxruntime is not installed", exit 5), a C++ ``std::terminate`` from pybind11 (SIGABRT) or an
     exit by SIGINT after our own exit 130 (each seen when 'debug precision' was interrupted as torch imported)."""
-    if _importing(signum, frame):
-        _later(signum)
-        return
-    raise KeyboardInterrupt
+    if not _held(signum, frame):
+        raise KeyboardInterrupt
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    if _importing(signum, frame):
-        _later(signum)
-        return
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not interrupt the clean-up
-    raise Terminated()
+    if not _held(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not interrupt the clean-up
+        raise Terminated()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -34,15 +34,21 @@ PROGRAM = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize(("sig", "word", "code"), [(signal.SIGINT, "interrupted", 130),
-                                                   (signal.SIGTERM, "terminated", 143)])
-def test_a_signal_during_an_import_waits_for_it(tmp_path: Path, sig: int, word: str, code: int) -> None:
-    (tmp_path / "slow_import.py").write_text("import time\ntime.sleep(1.5)\nDONE = 'whole'\n")
+def _start(tmp_path: Path, module: str) -> subprocess.Popen[str]:
+    """PROGRAM in a child, importing ``module`` as slow_import; returns once it printed 'start'."""
+    (tmp_path / "slow_import.py").write_text(module)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
     proc = subprocess.Popen([sys.executable, "-c", PROGRAM], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env=env, text=True)
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "start"
+    return proc
+
+
+@pytest.mark.parametrize(("sig", "word", "code"), [(signal.SIGINT, "interrupted", 130),
+                                                   (signal.SIGTERM, "terminated", 143)])
+def test_a_signal_during_an_import_waits_for_it(tmp_path: Path, sig: int, word: str, code: int) -> None:
+    proc = _start(tmp_path, "import time\ntime.sleep(1.5)\nDONE = 'whole'\n")
     time.sleep(0.5)  # inside the import's sleep
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=20)
@@ -51,12 +57,7 @@ def test_a_signal_during_an_import_waits_for_it(tmp_path: Path, sig: int, word: 
 
 
 def test_a_signal_outside_an_import_is_raised_at_once(tmp_path: Path) -> None:
-    (tmp_path / "slow_import.py").write_text("DONE = 'whole'\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
-    proc = subprocess.Popen([sys.executable, "-c", PROGRAM], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=env, text=True)
-    assert proc.stdout is not None
-    assert proc.stdout.readline().strip() == "start"
+    proc = _start(tmp_path, "DONE = 'whole'\n")
     assert proc.stdout.readline().strip() == "imported whole"
     started = time.monotonic()
     proc.send_signal(signal.SIGINT)
