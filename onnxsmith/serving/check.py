@@ -28,6 +28,7 @@ import dataclasses
 import importlib.util
 import json
 import os
+import queue
 import socket
 import subprocess
 import sys
@@ -38,6 +39,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from onnxsmith.cache import owner_tag, sweep_once
 from onnxsmith.children import Child
 from onnxsmith.deploy import quoting
 from onnxsmith.errors import BackendError, MissingDependencyError, UnsupportedError, UserInputError
@@ -108,7 +110,9 @@ def triton_server(repository: Path, model: str, timeout_s: float = 180) -> Itera
     install = triton_install()
     import tritonclient.grpc as grpcclient
 
-    with tempfile.TemporaryDirectory(prefix="onnxsmith-triton-") as work:
+    scratch = Path(tempfile.gettempdir())
+    sweep_once(scratch)  # a SIGKILLed serve-check's folder (its owner is in the name: see cache.sweep_stale)
+    with tempfile.TemporaryDirectory(prefix=f"onnxsmith-triton-{owner_tag()}-", dir=scratch) as work:
         backends = _python_backend(install, Path(work) / "backends")
         http, grpc, metrics = _free_port(), _free_port(), _free_port()
         env = dict(os.environ)
@@ -226,33 +230,32 @@ def saturate(client: Any, model: str, inputs: list[Any], outputs: list[Any], in_
              ) -> dict[str, Any]:
     """Closed loop with ``in_flight`` requests outstanding: the throughput the server sustains while the client
     runs beside it, and Triton's per-execution time (and mean batch) under that load."""
-    lock = threading.Lock()
-    done = [0]
-    stop = time.perf_counter() + seconds
-    finished = threading.Event()
-    active = [in_flight]
+    # The callbacks only hand back their slot: this thread sends every request. (A callback that sent the next one
+    # itself ran inside gRPC's add_done_callback whenever the response had already arrived: under its own lock, it
+    # deadlocked serve-check.)
+    returned: queue.Queue[bool] = queue.Queue()
 
     def send() -> None:
-        client.async_infer(model, inputs, outputs=outputs, callback=callback)
+        client.async_infer(model, inputs, outputs=outputs, callback=lambda result, error: returned.put(error is None))
 
-    def callback(result: Any, error: Any) -> None:
-        with lock:
-            done[0] += error is None
-            if time.perf_counter() < stop and error is None:
-                send()
-                return
-            active[0] -= 1
-            if active[0] == 0:
-                finished.set()
-
+    stop = time.perf_counter() + seconds
     before = _stats(client, model)
     start = time.perf_counter()
     for _ in range(in_flight):
         send()
-    finished.wait(timeout=seconds + 60)
+    outstanding, done = in_flight, 0
+    while outstanding:
+        try:
+            ok = returned.get(timeout=max(stop + 60 - time.perf_counter(), 0.001))
+        except queue.Empty:
+            break
+        outstanding, done = outstanding - 1, done + ok
+        if ok and time.perf_counter() < stop:  # a failed request gives its slot up
+            send()
+            outstanding += 1
     elapsed = time.perf_counter() - start
     server = _delta(_stats(client, model), before)
-    return {"in_flight": in_flight, "seconds": elapsed, "throughput_per_s": done[0] / elapsed if elapsed else 0.0,
+    return {"in_flight": in_flight, "seconds": elapsed, "throughput_per_s": done / elapsed if elapsed else 0.0,
             "mean_batch": server["inferences"] / max(server["executions"], 1), "server": server}
 
 
