@@ -1,6 +1,7 @@
-"""Ctrl-C (SIGINT) and SIGKILL at each stage of ``debug precision``, ``distill --restart`` and ``serve-check``,
-through the real CLI in a subprocess: the previous result stays byte for byte, no partial new result appears, and
-no process the CLI started (compile workers, tritonserver and its stubs, the watchdogs) outlives it.
+"""Ctrl-C (SIGINT) and SIGKILL at each stage of ``debug precision``, ``distill --restart`` and ``serve-check`` (and
+mid-ladder in ``optimize``), through the real CLI in a subprocess: the previous result stays byte for byte, no
+partial new result appears, and no process the CLI started (compile workers, tritonserver and its stubs, the
+watchdogs) outlives it.
 
 Stages: *started* (the run's private folder exists, or its server runs), *mid-work* (a step bundle, a checkpoint,
 the server serving) and *writing* (the last files of the new result exist in the private folder; the run may finish
@@ -219,6 +220,36 @@ def test_debug_precision_interrupted_later_keeps_the_previous_result(
     _precision_case(precision_inputs, tmp_path, stage, sig_name)
 
 
+# --- optimize -------------------------------------------------------------------------------------------------
+
+def _previous_optimize(out: Path) -> dict[str, str]:
+    """A previous 'optimize' result: its card, report and chosen bundle's files."""
+    (out / "bundle" / "artifact").mkdir(parents=True)
+    (out / "bundle" / "artifact" / "model.onnx").write_bytes(b"previous pick")
+    (out / "card.json").write_text(json.dumps({"steps": [{"name": "baseline"}], "model": "old"}))
+    (out / "card.md").write_text("# the previous result\n")
+    return tree(out)
+
+
+@pytest.mark.parametrize("sig_name", ["SIGINT", "SIGKILL"])
+def test_optimize_interrupted_mid_ladder_keeps_the_previous_result(
+        precision_inputs: tuple[Path, Path], tmp_path: Path, sig_name: str) -> None:
+    model, data = precision_inputs
+    out = tmp_path / "opt"
+    before = _previous_optimize(out)
+    env = cli_env(tmp_path)
+    sig = SIGNALS[sig_name]
+    code, finished, tracker, err = interrupt_at(
+        ["optimize", str(model), "--data", str(data), "--labels", "label", "-b", "onnxruntime", "-p", "quick",
+         "-o", str(out)], env,
+        lambda _: any((p / "steps").is_dir() for p in private_dirs(out.parent, out.name)), sig)
+    assert not finished, "the run ended before a step was built"
+    check_after(code, finished, sig, err, tracker)
+    assert tree(out) == before  # the previous card and bundle, byte for byte
+    left = private_dirs(tmp_path, "opt")
+    assert bool(left) == (sig == signal.SIGKILL), left  # SIGINT cleans up; SIGKILL's folder waits for a sweep
+
+
 # --- distill --restart --------------------------------------------------------------------------------------------
 
 def _previous_distill(out: Path) -> dict[str, str]:
@@ -346,8 +377,13 @@ def _serve_case(served: Path, tmp_path: Path, stage: str, sig_name: str) -> None
         assert now.keys() == was.keys() and json.loads(result.read_text()).get("measured"), err[-2000:]
     else:
         assert now == was
+    scratch = list(Path(env["TMPDIR"]).glob("onnxsmith-triton-*"))
     if sig == signal.SIGINT:
-        assert not list(Path(env["TMPDIR"]).glob("onnxsmith-triton-*"))
+        assert not scratch
+    else:  # a SIGKILLed run's scratch folder carries its dead owner's tag, so the next run sweeps it
+        from onnxsmith.cache import sweep_stale
+
+        assert sorted(sweep_stale(Path(env["TMPDIR"]), min_age=0)) == sorted(scratch)
 
 
 @pytest.mark.parametrize("sig_name", ["SIGINT", "SIGKILL"])

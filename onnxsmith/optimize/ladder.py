@@ -44,21 +44,6 @@ if TYPE_CHECKING:
     from onnxsmith.targets import Target
 
 
-_OWN_DIRS = ("card_files", "steps", "examples", "bundle", ".models")
-
-
-def _prepare_output(output: Path, protected: Sequence[Path], force: bool) -> None:
-    """``output`` must be new, empty, or a previous optimize output (whose parts are replaced); see
-    :func:`onnxsmith.outdir.check_output_dir` for what is refused."""
-    from onnxsmith.outdir import check_output_dir
-
-    check_output_dir(output, "optimize", protected, force=force)
-    if (output / "card.json").is_file():
-        for name in _OWN_DIRS:
-            shutil.rmtree(output / name, ignore_errors=True)
-    output.mkdir(parents=True, exist_ok=True)
-
-
 def _usable_backends(target: Target, wanted: Sequence[str] | None, notes: list[str]) -> list[str]:
     from onnxsmith.registry import backend_status, get_backend
 
@@ -126,19 +111,15 @@ def run_ladder(model: LoadedModel, target: Target, profile: Profile, *, data: Da
 
     ``output`` is refused when it holds anything but a previous optimize result (unless ``force``), or when it
     contains the model, the data or the cache (always)."""
-    from onnxsmith.data import check_against_model, synthetic
-    from onnxsmith.model.shapes import require_static
-    from onnxsmith.optimize.card import write_card
-    from onnxsmith.optimize.evaluate import calibration_data, reference_outputs
-
-    output = Path(output)
-    require_static(model)
+    from onnxsmith.cache import private_dir, replace_dir
     from onnxsmith.compile import protected_inputs
-
-    notes: list[str] = []
+    from onnxsmith.model.shapes import require_static
+    from onnxsmith.outdir import check_output_dir
     from onnxsmith.profiling.environment import LoadWatch, environment
     from onnxsmith.stats import is_busy
 
+    require_static(model)
+    notes: list[str] = []
     env, load = environment(), LoadWatch().load_before
     notes.append(f"machine: {env['cpu_model']}, {env['usable_cores']} usable cores, frequency governor "
                  f"{env['frequency_governor'] or 'not readable'}; load average {load} when the ladder started"
@@ -147,7 +128,29 @@ def run_ladder(model: LoadedModel, target: Target, profile: Profile, *, data: Da
     usable = _usable_backends(target, backends, notes)  # before anything is written: a typo leaves no folder
     if student is not None:
         student.check()
-    _prepare_output(output, protected_inputs(model, data, calibration), force)
+    output = check_output_dir(output, "optimize", protected_inputs(model, data, calibration), force=force)
+    # The ladder runs in a private folder beside -o that replaces it only when the card is written: an interrupted
+    # run (Ctrl-C, SIGTERM, SIGKILL) leaves the previous result whole, and a later run sweeps a killed one's folder.
+    with private_dir(output.parent, output.name) as work:
+        if (output / "distill").is_dir():  # a previous student's training resumes from its own record
+            shutil.copytree(output / "distill", work / "distill", symlinks=True)
+        card = _run_ladder(model, target, profile, data=data, calibration=calibration,
+                           max_accuracy_drop=max_accuracy_drop, latency_budget_ms=latency_budget_ms, output=work,
+                           usable=usable, notes=notes, prune=prune, arrival_rate=arrival_rate, keep_worst=keep_worst,
+                           keep_steps=keep_steps, progress=progress, student=student)
+        replace_dir(work, output)
+    return card
+
+
+def _run_ladder(model: LoadedModel, target: Target, profile: Profile, *, data: Dataset | None,
+                calibration: Dataset | None, max_accuracy_drop: float, latency_budget_ms: float | None,
+                output: Path, usable: list[str], notes: list[str], prune: bool | None, arrival_rate: float | None,
+                keep_worst: int, keep_steps: bool, progress: Callable[[str], None] | None,
+                student: StudentSource | None) -> Card:
+    from onnxsmith.data import check_against_model, synthetic
+    from onnxsmith.optimize.card import write_card
+    from onnxsmith.optimize.evaluate import calibration_data, reference_outputs
+
     say = progress or (lambda message: None)
     if data is None:
         data = synthetic(model, 64)

@@ -280,6 +280,31 @@ def test_swift_tensorrt_and_coreml_sources_hold_the_names_escaped(world: Hostile
     assert all(n in strings for n in world.inputs + world.outputs)
     header = swift.splitlines()[0]
     assert header.startswith("// ") and "\\" not in header and '"' not in header
+    package = (tmp_path / "coreml" / "deploy" / "swift" / "Package.swift").read_text()
+    for source in (swift, package):
+        errors, interpolated = swift_syntax(source)
+        assert not errors, errors  # the whole program parses: no name broke out of its literal
+        # the names' literals carry no interpolation (the program's own messages do, below the declarations)
+        assert not [at for at in interpolated if source.index("let inputs:") <= at < source.index("func feature")] \
+            if source is swift else not interpolated
+
+
+def swift_syntax(source: str) -> tuple[list[str], list[int]]:
+    """Syntax errors in Swift ``source`` (tree-sitter's Swift grammar: no Swift toolchain here) and the offsets
+    of its string interpolations ``\\(...)``."""
+    tree_sitter = pytest.importorskip("tree_sitter")
+    grammar = pytest.importorskip("tree_sitter_swift")
+    data = source.encode()
+    root = tree_sitter.Parser(tree_sitter.Language(grammar.language())).parse(data).root_node
+    errors, interpolated, stack = [], [], [root]
+    while stack:
+        node = stack.pop()
+        if node.type == "ERROR" or node.is_missing:
+            errors.append(f"line {node.start_point[0] + 1}: {data[node.start_byte:node.end_byte][:60]!r}")
+        if node.type == "interpolated_expression":
+            interpolated.append(len(data[:node.start_byte].decode()))
+        stack.extend(node.children)
+    return errors, interpolated
 
 
 # --- each escaping function against its real reader ----------------------------------------------------------
