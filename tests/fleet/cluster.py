@@ -241,6 +241,18 @@ def _killer(stop: threading.Event, killed: list[dict]) -> None:
         time.sleep(0.2)
 
 
+def _sigkill_worker(proc: subprocess.Popen[str]) -> dict:
+    """SIGKILL one ``onnxsmith worker`` CLI (no ``finally`` runs): its Ray node (``ray start``, the raylet and its
+    workers) and the qemu RPC server it fronts must end with it; returns what it had started and what outlived it."""
+    from tests.proctree import Tracker
+
+    tracker = Tracker(proc.pid)
+    tracker.scan()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(30)
+    return {"started": sorted(comm for _, comm in tracker.seen.values()), "left": tracker.wait_gone(90)}
+
+
 def main(out: Path, scenario: str) -> None:
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -312,6 +324,8 @@ def main(out: Path, scenario: str) -> None:
             info["verbs"] = verbs
         if scenario in ("test", "auth"):  # last: the foreign cluster needs ours stopped
             info["auth"] = _auth_checks(out, token, head_env)
+            if scenario == "test":
+                info["worker_kill"] = _sigkill_worker(workers[-1])
             subprocess.run([*ray_bin, "stop", "--force"], capture_output=True, timeout=120)
             info["foreign"] = _foreign_checks(head_env)
     except BaseException:

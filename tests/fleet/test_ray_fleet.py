@@ -166,3 +166,10 @@ def test_cluster_auto_does_not_attach_to_another_users_cluster(scenario: dict) -
         run = foreign[name]
         assert run["exit"] == 5 and "does not require a token" in run["stderr"], (name, run)
         assert "Traceback" not in run["stderr"], run
+
+
+def test_a_sigkilled_worker_cli_takes_its_ray_node_and_rpc_server_with_it(scenario: dict) -> None:
+    kill = scenario["worker_kill"]
+    started = " ".join(kill["started"])
+    assert "raylet" in started and "rpc" in started.lower(), kill  # its Ray node and the qemu RPC server were seen
+    assert not kill["left"], kill
