@@ -201,7 +201,7 @@ class Bundle:
     def verify_files(self) -> None:
         """Every file under ``artifact/`` and ``reference/`` against its sha256: all listed, none missing, none
         extra, none a symbolic link."""
-        from onnxsmith.cache import sha256_file
+        from onnxsmith.build.cache import sha256_file
 
         listed = self.manifest["files"]
         for name, digest in listed.items():
@@ -295,7 +295,7 @@ class Bundle:
         """Rewrite ``records.json``: the files under ``names`` and under every record noted by :meth:`wrote`
         hashed afresh (those gone are dropped), the rest of the list kept as it was, so an edit to a record this
         writer did not write still shows. Written atomically (see :func:`onnxsmith.signing.seal_records`)."""
-        from onnxsmith.cache import sha256_file
+        from onnxsmith.build.cache import sha256_file
         from onnxsmith.signing import read_records, seal_records
 
         raw = (self.path / MANIFEST).read_bytes()
@@ -393,7 +393,7 @@ class Bundle:
 
     def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         """Run one inference (inputs checked against the compiled signature). String tensors are numpy text
-        arrays, sequences lists, an absent optional ``None`` (:mod:`onnxsmith.values`)."""
+        arrays, sequences lists, an absent optional ``None`` (:mod:`onnxsmith.data.values`)."""
         self.check_inputs(inputs)
         if self._runner is None:
             self._runner = self.load_runner()
@@ -422,7 +422,7 @@ def _check_feed(value: Any, spec: TensorSpec) -> None:
     """A string tensor (a text array of the compiled shape), or a sequence or optional value."""
     import numpy as np
 
-    from onnxsmith.values import check_value
+    from onnxsmith.data.values import check_value
 
     if spec.wrap:
         check_value(value, spec, "input")
@@ -440,7 +440,7 @@ def verify_bundle(path: str | os.PathLike[str]) -> dict[str, int]:
     """Check every file of a bundle: the manifest's checksum (and signature, with ``ONNXSMITH_BUNDLE_KEY``), the
     records' list likewise, each listed file's sha256, and that no file is there that neither list names. Returns
     how many files were checked; raises :class:`~onnxsmith.errors.CheckFailedError` naming the mismatches."""
-    from onnxsmith.cache import sha256_file
+    from onnxsmith.build.cache import sha256_file
     from onnxsmith.errors import CheckFailedError
     from onnxsmith.signing import SEAL_FILES, read_records, verify_manifest
 

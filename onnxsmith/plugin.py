@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
     from onnxsmith.options import Option
 
-    from onnxsmith.data import Dataset
+    from onnxsmith.data.dataset import Dataset
     from onnxsmith.model import LoadedModel, TensorSpec
     from onnxsmith.profiles import Profile
     from onnxsmith.targets import Target

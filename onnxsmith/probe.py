@@ -37,7 +37,7 @@ def host_fingerprint() -> str:
 
 
 def peaks_path(fingerprint: str | None = None) -> Path:
-    from onnxsmith.cache import cache_root
+    from onnxsmith.build.cache import cache_root
 
     return cache_root() / "peaks" / f"{fingerprint or host_fingerprint()}.json"
 
@@ -107,8 +107,8 @@ def probe_host(backend: str | None = None, progress: Callable[[str], None] | Non
     import tempfile
 
     from onnxsmith.analysis import count_flops
-    from onnxsmith.compile import choose_backend, compile_model
-    from onnxsmith.data import synthetic
+    from onnxsmith.build.compile import choose_backend, compile_model
+    from onnxsmith.data.dataset import synthetic
     from onnxsmith.model import load_model
     from onnxsmith.profiles import load_profile
     from onnxsmith.profiling.run import profile_bundle

@@ -217,7 +217,7 @@ def render_report(manifest: dict[str, Any], profile: dict[str, Any] | None,
                              f"{'-' if w['reference_prediction'] is None else w['reference_prediction']} | "
                              f"`{w['file']}` |")
     if layers:
-        from onnxsmith.layers import render_divergence
+        from onnxsmith.check.layers import render_divergence
 
         lines += render_divergence(layers)
     lines += ["", "## Improved, worse, risky", ""]
@@ -227,7 +227,7 @@ def render_report(manifest: dict[str, Any], profile: dict[str, Any] | None,
 
 def _interleaved_ratio(profile: dict[str, Any]) -> Any:
     """The artifact-to-baseline p50 ratio of the interleaved runs (a ``RatioCI``), or None."""
-    from onnxsmith.stats import RatioCI
+    from onnxsmith.profiling.stats import RatioCI
 
     ci = (profile.get("comparison") or {}).get("ratio_p50")
     return RatioCI.from_json(ci) if ci else None
@@ -238,7 +238,7 @@ def _noise_lines(profile: dict[str, Any], manifest: dict[str, Any]) -> list[str]
     and the warnings: a busy machine, an artifact slower than ONNX Runtime fp32."""
     from onnxsmith.profiling.environment import busy_warning
     from onnxsmith.profiling.record import slower_than_baseline
-    from onnxsmith.stats import RatioCI
+    from onnxsmith.profiling.stats import RatioCI
 
     out = []
     comparison = profile.get("comparison") or {}

@@ -1,6 +1,6 @@
 """A contract check any backend can run against itself: ``onnxsmith.testing.check_backend(MyCompiler(), ...)``.
 
-It drives the backend exactly as the core does (the checks of :func:`onnxsmith.compile.checked_request`, then
+It drives the backend exactly as the core does (the checks of :func:`onnxsmith.build.compile.checked_request`, then
 ``compile``, ``load``, ``run``, ``bind`` and the optional hooks) on a small model, compares the outputs with the ONNX
 Runtime fp32 reference, and raises ``AssertionError`` naming the first broken rule. Use it in a plugin's own tests::
 
@@ -58,13 +58,13 @@ def check_backend(backend: Compiler, workdir: Path, target: Target | None = None
     """Run the contract checks for ``backend`` on ``target`` (default: ``host``) under ``workdir``."""
     import numpy as np
 
-    from onnxsmith.compile import checked_request
-    from onnxsmith.data import synthetic
+    from onnxsmith.build.compile import checked_request
+    from onnxsmith.data.dataset import synthetic
     from onnxsmith.model import load_model
     from onnxsmith.options import Option
     from onnxsmith.plugin import PRECISIONS, Artifact, CompileRequest, Compiler, Runner, Support
     from onnxsmith.profiles import load_profile
-    from onnxsmith.reference import reference_runner
+    from onnxsmith.check.reference import reference_runner
     from onnxsmith.targets import load_target
 
     assert isinstance(backend, Compiler), f"{type(backend).__name__} must subclass onnxsmith.plugin.Compiler"

@@ -78,7 +78,7 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 def ort_reference(model, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """ONNX Runtime fp32 outputs of a loaded model: what every backend is compared with."""
-    from onnxsmith.reference import reference_runner
+    from onnxsmith.check.reference import reference_runner
 
     with reference_runner(model.path) as runner:
         return runner.run(feeds)

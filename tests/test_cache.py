@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from onnxsmith.cache import CompileCache
+from onnxsmith.build.cache import CompileCache
 from onnxsmith.plugin import Artifact
 
 
@@ -95,7 +95,7 @@ def test_sweep_leaves_another_pid_namespaces_directories(tmp_path: Path) -> None
     import subprocess
     import time
 
-    from onnxsmith.cache import owner_tag, sweep_stale
+    from onnxsmith.build.cache import owner_tag, sweep_stale
 
     dead = subprocess.Popen(["true"])
     dead.wait()
@@ -120,10 +120,10 @@ def test_owner_tag_differs_in_another_pid_namespace() -> None:
 
     if not shutil.which("unshare"):
         pytest.skip("unshare is not installed")
-    from onnxsmith.cache import owner_tag
+    from onnxsmith.build.cache import owner_tag
 
     proc = subprocess.run(["unshare", "--pid", "--fork", sys.executable, "-c",
-                           "from onnxsmith.cache import owner_tag; print(owner_tag())"],
+                           "from onnxsmith.build.cache import owner_tag; print(owner_tag())"],
                           capture_output=True, text=True, timeout=60)
     if proc.returncode:
         pytest.skip(f"cannot make a PID namespace here: {proc.stderr.strip()[:200]}")

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from onnxsmith.data import synthetic
-from onnxsmith.datasets import open_dataset
+from onnxsmith.data.dataset import synthetic
+from onnxsmith.data.sources import open_dataset
 from onnxsmith.errors import DataError
 from onnxsmith.model import TensorSpec, load_model
 

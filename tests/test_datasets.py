@@ -12,7 +12,7 @@ from PIL import Image
 
 from onnxsmith.errors import DataError
 from onnxsmith.model import TensorSpec
-from onnxsmith.datasets import open_dataset
+from onnxsmith.data.sources import open_dataset
 
 IMAGE = (TensorSpec("image", "float32", (1, 1, 8, 8)),)
 RGB = (TensorSpec("input", "float32", (1, 3, 6, 6)),)
@@ -141,7 +141,7 @@ def test_a_huge_resize_of_a_tiny_image_is_refused_before_it_allocates(tmp_path: 
 def test_module_function_returning_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "my_data.py").write_text(textwrap.dedent("""
         import numpy as np
-        from onnxsmith.data import Dataset
+        from onnxsmith.data.dataset import Dataset
 
         def batches():
             for i in range(3):

@@ -16,7 +16,7 @@ MLP = "onnxsmith.examples.digits.student:mlp"
 
 
 def test_distill_trains_checkpoints_resumes_and_exports(tmp_path: Path) -> None:
-    from onnxsmith.distill import Settings, distill
+    from onnxsmith.torchin.distill import Settings, distill
 
     out = tmp_path / "d"
     settings = Settings(epochs=6, seed=1)
@@ -30,7 +30,7 @@ def test_distill_trains_checkpoints_resumes_and_exports(tmp_path: Path) -> None:
     with pytest.raises(KeyboardInterrupt):
         distill(TEACHER, MLP, train_spec=str(DIGITS / "train.npz"), val_spec=str(DIGITS / "validation.npz"),
                 labels="label", output=out, settings=settings, on_epoch=interrupt)
-    from onnxsmith.distill import work_dir
+    from onnxsmith.torchin.distill import work_dir
 
     # the run trains beside -o (.d.distilling) and is renamed to -o only when finished
     assert (work_dir(out) / "checkpoint.pt").is_file() and (work_dir(out) / "checkpoint.json").is_file()
@@ -63,7 +63,7 @@ def test_distill_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
 
 
 def test_optimize_student_is_a_step(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from onnxsmith.distill import Settings, distill
+    from onnxsmith.torchin.distill import Settings, distill
 
     distill(TEACHER, MLP, train_spec=str(DIGITS / "train.npz"), val_spec=str(DIGITS / "validation.npz"),
             labels="label", output=tmp_path / "student", settings=Settings(epochs=40))
@@ -132,7 +132,7 @@ def test_a_checkpoint_is_checked_against_its_record_and_never_unpickled_as_code(
 
     import torch
 
-    from onnxsmith.distill import Settings, distill, work_dir
+    from onnxsmith.torchin.distill import Settings, distill, work_dir
     from onnxsmith.errors import UserInputError
 
     out = tmp_path / "d"

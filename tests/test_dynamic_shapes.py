@@ -166,7 +166,7 @@ def test_tvm_compiles_the_range_as_relax_symbolic_shapes(mlp_path: Path, tmp_pat
         np.savez(tmp_path / "x.npz", x=x)
         assert cli(["run", str(bundle), "--input", str(tmp_path / "x.npz"), "--output", str(tmp_path / "y.npz")],
                    capsys)[0] == 0
-        from onnxsmith.reference import reference_runner
+        from onnxsmith.check.reference import reference_runner
 
         with np.load(tmp_path / "y.npz") as y, reference_runner(mlp_path) as ref:  # the dynamic original
             want = ref.run({"x": x})["logits"]

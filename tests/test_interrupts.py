@@ -276,7 +276,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("tritonclient")
     if __import__("importlib").util.find_spec("pytriton") is None:
         pytest.skip("nvidia-pytriton (tritonserver) is not installed (make install adds it)")
-    from onnxsmith.optimize.batching import BatchPoint, BatchSweep, plan_batching
+    from onnxsmith.serving.batching import BatchPoint, BatchSweep, plan_batching
     from onnxsmith.serving import write_serving
     from tests.serving.test_serving import compile_digits
 
@@ -322,7 +322,7 @@ def _serve_case(served: Path, tmp_path: Path, stage: str, sig_name: str) -> None
     if sig == signal.SIGINT:
         assert not scratch
     else:  # a SIGKILLed run's scratch folder carries its dead owner's tag, so the next run sweeps it
-        from onnxsmith.cache import sweep_stale
+        from onnxsmith.build.cache import sweep_stale
 
         assert sorted(sweep_stale(Path(env["TMPDIR"]), min_age=0)) == sorted(scratch)
 

@@ -11,9 +11,9 @@ import pytest
 from click.testing import CliRunner
 
 from onnxsmith.cli import cli
-from onnxsmith.compile import compile_model
-from onnxsmith.data import make_dataset
-from onnxsmith.layers import diverge, layer_tensors, write_divergence
+from onnxsmith.build.compile import compile_model
+from onnxsmith.data.dataset import make_dataset
+from onnxsmith.check.layers import diverge, layer_tensors, write_divergence
 from onnxsmith.model import load_model
 from onnxsmith.model.saving import save_model
 from onnxsmith.optimize.passes import get_pass

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from onnxsmith.data import check_against_model
-from onnxsmith.datasets import open_dataset
+from onnxsmith.data.dataset import check_against_model
+from onnxsmith.data.sources import open_dataset
 from onnxsmith.errors import DataError
 from onnxsmith.model import TensorSpec
-from onnxsmith.npyfile import ArrayFiles
-from onnxsmith.values import read_values
+from onnxsmith.data.npyfile import ArrayFiles
+from onnxsmith.data.values import read_values
 
 ml_dtypes = pytest.importorskip("ml_dtypes")
 

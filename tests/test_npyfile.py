@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from onnxsmith.datasets import open_dataset
+from onnxsmith.data.sources import open_dataset
 from onnxsmith.errors import DataError, UserInputError
 from onnxsmith.model import TensorSpec
-from onnxsmith.npyfile import DEFAULT_MAX_BYTES, MAX_BYTES_VARIABLE, max_bytes
+from onnxsmith.data.npyfile import DEFAULT_MAX_BYTES, MAX_BYTES_VARIABLE, max_bytes
 from tests.cli.test_cli import _assert_one_line_error, cli
 
 CNN = (TensorSpec("input", "float32", (1, 3, 16, 16)),)

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 
 import onnxsmith
-from onnxsmith.compile import compile_model
-from onnxsmith.data import Dataset, synthetic
+from onnxsmith.build.compile import compile_model
+from onnxsmith.data.dataset import Dataset, synthetic
 from onnxsmith.errors import BundleError, DataError, UnsupportedError, UserInputError
 from onnxsmith.model import load_model
 from onnxsmith.profiles import load_profile
 from onnxsmith.profiling.run import profile_bundle
 from onnxsmith.targets import load_target
-from onnxsmith.validation import validate_bundle
+from onnxsmith.check.validation import validate_bundle
 
 
 @pytest.fixture
@@ -116,7 +116,7 @@ def test_a_significantly_slower_artifact_is_called_out_with_the_faster_choice() 
     from onnxsmith.cli.profile import profile_verdict_lines
     from onnxsmith.profiling.environment import busy_warning
     from onnxsmith.profiling.record import slower_than_baseline
-    from onnxsmith.stats import compare_runs
+    from onnxsmith.profiling.stats import compare_runs
 
     slow = compare_runs([2.3, 2.31, 2.28, 2.33, 2.29, 2.3], [1.0, 1.01, 0.99, 1.0, 1.02, 0.98]).to_json()
     record = {"backend": "openvino", "precision_used": "fp32", "comparison": {"ratio_p50": slow},
@@ -169,7 +169,7 @@ def test_failed_compile_leaves_no_half_written_bundle(cnn_path: Path, tmp_path: 
 
 
 def test_gpu_name_match_is_whole_word() -> None:
-    from onnxsmith.hostcheck import gpu_name_matches
+    from onnxsmith.host import gpu_name_matches
 
     assert gpu_name_matches("H100", "NVIDIA H100 80GB HBM3")
     assert gpu_name_matches("L4", "NVIDIA L4")

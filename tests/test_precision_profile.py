@@ -7,8 +7,8 @@ import dataclasses
 import onnx
 import pytest
 
-from onnxsmith.compile import compile_model
-from onnxsmith.data import make_dataset
+from onnxsmith.build.compile import compile_model
+from onnxsmith.data.dataset import make_dataset
 from onnxsmith.model import load_model
 from onnxsmith.model.saving import save_model
 from onnxsmith.optimize.passes import get_pass
@@ -94,7 +94,7 @@ def test_precision_shares_and_line() -> None:
 def test_kernel_names_and_records_give_the_precision() -> None:
     from onnxsmith.compilers.openvino.runner import exec_precision
     from onnxsmith.compilers.tensorrt.precision import layer_precision
-    from onnxsmith.reference import ort_precision
+    from onnxsmith.check.reference import ort_precision
 
     assert exec_precision("brgconv_avx512_amx_I8") == "int8" and exec_precision("jit_avx512_f32") == "fp32"
     assert exec_precision("brgconv_avx512_amx_bf16") == "bf16" and exec_precision("ref") == ""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from onnxsmith.stats import NO_CHANGE, block_medians, compare_runs, is_busy
+from onnxsmith.profiling.stats import NO_CHANGE, block_medians, compare_runs, is_busy
 
 
 def test_the_interval_is_seeded_and_covers_the_ratio() -> None:

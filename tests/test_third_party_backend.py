@@ -69,7 +69,7 @@ class NumpyRefCompiler(Compiler):
         return Support(target.kind == "cpu", "numpyref runs on CPUs only")
 
     def runs_here(self, target):
-        from onnxsmith.hostcheck import host_matches
+        from onnxsmith.host import host_matches
 
         return host_matches(target)
 

@@ -1,4 +1,4 @@
-"""Strings, sequences and optionals: the pickle-free .npz convention (onnxsmith.values), through load, the data
+"""Strings, sequences and optionals: the pickle-free .npz convention (onnxsmith.data.values), through load, the data
 layer, ONNX Runtime, ``run`` and the comparison engine; backends that cannot take them refuse before compiling."""
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from onnxsmith.datasets import open_dataset
+from onnxsmith.data.sources import open_dataset
 from onnxsmith.errors import DataError, ModelError
 from onnxsmith.model import TensorSpec, load_model
-from onnxsmith.numerics import compare
-from onnxsmith.values import flatten_values, read_values
+from onnxsmith.check.numerics import compare
+from onnxsmith.data.values import flatten_values, read_values
 from tests.cli.test_cli import _assert_one_line_error, cli
 
 FLOAT_SEQ = helper.make_sequence_type_proto(helper.make_tensor_type_proto(TensorProto.FLOAT, None))
@@ -129,7 +129,7 @@ def test_absurd_string_widths_are_refused_from_the_header(tmp_path: Path) -> Non
 
 
 def test_generated_inputs_refuse_strings_and_sequences(concat_path: Path, insert_path: Path) -> None:
-    from onnxsmith.data import synthetic
+    from onnxsmith.data.dataset import synthetic
 
     with pytest.raises(DataError, match="input 'a' takes string.*validate --data"):
         synthetic(load_model(concat_path, {"a": (1, 3), "b": (1, 3)}), 2)

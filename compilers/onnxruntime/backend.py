@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from onnxsmith.errors import BackendError, first_line
 from onnxsmith.options import Option
 from onnxsmith.plugin import Artifact, CompileRequest, Compiler, DeployProgram, Support, TritonModel, Variant
-from onnxsmith.reference import GRAPH_LEVELS, OnnxRuntimeRunner, available_providers, import_ort, session_options
+from onnxsmith.check.reference import GRAPH_LEVELS, OnnxRuntimeRunner, available_providers, import_ort, session_options
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -80,10 +80,10 @@ class OnnxRuntimeCompiler(Compiler):
         return Support(False, f"ONNX Runtime has no provider here for {target.kind} targets")
 
     def runs_here(self, target: Target) -> Support:
-        from onnxsmith.hostcheck import host_matches
+        from onnxsmith.host import host_matches
 
         if target.kind == "gpu":
-            from onnxsmith.hostcheck import gpu_matches
+            from onnxsmith.host import gpu_matches
             from onnxsmith.units import machine_arch
 
             arch = machine_arch()
@@ -172,7 +172,7 @@ class OnnxRuntimeCompiler(Compiler):
         produce."""
         import onnx
 
-        from onnxsmith.layers import _ort_runner_for
+        from onnxsmith.check.layers import _ort_runner_for
 
         proto = onnx.load(str(directory / artifact.files[0]))
         exposed = expose_tensors(proto, tensors)

@@ -112,7 +112,7 @@ class OpenVINOCompiler(Compiler):
     def runs_here(self, target: Target) -> Support:
         device = device_for(target)
         if target.kind == "cpu":
-            from onnxsmith.hostcheck import host_matches
+            from onnxsmith.host import host_matches
 
             return host_matches(target)
         if not valid_device_name(device):

@@ -26,7 +26,7 @@ _VERSION = 1
 def quantization_key(request: CompileRequest, subset_size: int, model_type: str, keep_fp32: tuple[str, ...],
                      openvino_version: str) -> str | None:
     """The cache key of the int8 IR for ``request``; ``None`` without calibration data (nothing to key on)."""
-    from onnxsmith.cache import cache_key
+    from onnxsmith.build.cache import cache_key
     from onnxsmith.compilers.openvino.quantize import nncf_module
 
     if request.calibration is None:
@@ -46,7 +46,7 @@ def cached_quantize(model: Any, request: CompileRequest, subset_size: int, model
     """:func:`~onnxsmith.compilers.openvino.quantize.quantize`, or its earlier result for the same key."""
     import openvino
 
-    from onnxsmith.cache import cache_root, private_dir, publish_dir, replace_dir
+    from onnxsmith.build.cache import cache_root, private_dir, publish_dir, replace_dir
     from onnxsmith.compilers.openvino.common import core
     from onnxsmith.compilers.openvino.quantize import QuantizeResult, quantize
 

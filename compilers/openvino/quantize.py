@@ -14,7 +14,7 @@ from onnxsmith.compilers.openvino.common import vendor_why
 from onnxsmith.errors import BackendError, DataError, MissingDependencyError
 
 if TYPE_CHECKING:
-    from onnxsmith.data import Dataset
+    from onnxsmith.data.dataset import Dataset
     from onnxsmith.model import TensorSpec
 
 DEFAULT_SUBSET = 300
@@ -45,7 +45,7 @@ def calibration_feeds(calibration: Dataset | None, inputs: tuple[TensorSpec, ...
     """The calibration data as a list of feeds shaped like the model's (fixed) inputs."""
     import dataclasses
 
-    from onnxsmith.data import check_against_model
+    from onnxsmith.data.dataset import check_against_model
 
     if calibration is None:
         raise DataError("OpenVINO int8 needs calibration data",

@@ -1,6 +1,6 @@
 """INT8 calibration data for TensorRT.
 
-:class:`CalibrationFeeder` turns a :class:`~onnxsmith.data.Dataset` into batches shaped exactly like the compiled
+:class:`CalibrationFeeder` turns a :class:`~onnxsmith.data.dataset.Dataset` into batches shaped exactly like the compiled
 network's inputs (plain numpy, no TensorRT). Two consumers use it:
 
 * :func:`make_entropy_calibrator` wraps it in TensorRT 10's legacy ``IInt8EntropyCalibrator2`` (implicit
@@ -20,7 +20,7 @@ from onnxsmith.errors import DataError
 if TYPE_CHECKING:
     import numpy as np
 
-    from onnxsmith.data import Dataset
+    from onnxsmith.data.dataset import Dataset
     from onnxsmith.model import TensorSpec
 
 
@@ -28,14 +28,14 @@ class CalibrationFeeder:
     """Batches of calibration samples, one contiguous array per network input, in the network's dtype.
 
     Only the batched inputs are split along axis 0: an input the data layer feeds whole (``dataset.whole``) or
-    that has no batch dim (:func:`onnxsmith.data.batch_inputs` of ``known_batch``, the inputs whose first dim was
+    that has no batch dim (:func:`onnxsmith.data.dataset.batch_inputs` of ``known_batch``, the inputs whose first dim was
     dynamic in the original model) goes as it is into every batch, and must have exactly the input's shape."""
 
     def __init__(self, dataset: Dataset, inputs: Sequence[TensorSpec], max_batches: int | None = None,
                  known_batch: Collection[str] | None = None) -> None:
         import numpy as np
 
-        from onnxsmith.data import batch_inputs
+        from onnxsmith.data.dataset import batch_inputs
 
         if not inputs:
             raise DataError("cannot calibrate", "the model has no inputs")
@@ -119,7 +119,7 @@ def calibration_cache_path(trt_version: str, model_fingerprint: str, data_finger
     (batches fed, batch size and TensorRT version in the key), reused by later builds like the timing cache."""
     import hashlib
 
-    from onnxsmith.cache import cache_root
+    from onnxsmith.build.cache import cache_root
 
     key = hashlib.sha256("|".join([trt_version, model_fingerprint, data_fingerprint, str(feeder.num_batches),
                                    str(feeder.batch_size), "entropy2"]).encode()).hexdigest()[:32]

@@ -187,7 +187,7 @@ def unsupported_nodes(trt: Any, path: Path, model: onnx.ModelProto) -> dict[str,
 
 def timing_cache_path(trt_version: str, gpu: GpuInfo) -> Path:
     """``<cache root>/tensorrt-timing/<gpu>-sm<cc>-trt<version>.cache`` (timings are GPU- and version-specific)."""
-    from onnxsmith.cache import cache_root
+    from onnxsmith.build.cache import cache_root
 
     name = re.sub(r"[^A-Za-z0-9.]+", "-", gpu.name).strip("-")
     return cache_root() / "tensorrt-timing" / f"{name}-{gpu.sm}-trt{trt_version}.cache"

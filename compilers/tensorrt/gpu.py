@@ -174,7 +174,7 @@ def gpu(index: int = 0) -> GpuInfo | None:
 
 def matches(info: GpuInfo, wanted_name: str, wanted_cc: str = "") -> Support:
     """Whether ``info`` is the GPU a target asks for (whole-word name match, case-insensitive; compute capability)."""
-    from onnxsmith.hostcheck import gpu_name_matches
+    from onnxsmith.host import gpu_name_matches
 
     if wanted_name and not gpu_name_matches(wanted_name, info.name):
         return Support(False, f"this machine's GPU {info.index} is an {info.name}, the target needs an NVIDIA "

@@ -89,7 +89,7 @@ class TVMCompiler(Compiler):
                 return Support(False, f"{target.id} needs an NVIDIA {target.requires.gpu}; this machine has {device}",
                                "compile for the GPU that is here, or run on the target's GPU")
             return Support(True)
-        from onnxsmith.hostcheck import host_matches
+        from onnxsmith.host import host_matches
 
         return host_matches(target)
 

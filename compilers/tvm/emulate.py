@@ -26,7 +26,7 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from onnxsmith.children import Child
+from onnxsmith.process import Child
 from onnxsmith.errors import UnsupportedError
 
 SOURCE = Path(__file__).parent / "native" / "rpc_server.c"
@@ -59,7 +59,7 @@ def server_binary() -> Path:
     reason = missing()
     if reason:
         raise UnsupportedError("cannot run the aarch64 TVM emulator", reason)
-    from onnxsmith.cache import cache_root
+    from onnxsmith.build.cache import cache_root
     from onnxsmith.compilers.tvm.common import tvm_version
 
     import hashlib
@@ -87,7 +87,7 @@ def runtime_libraries() -> Path:
     reason = missing()
     if reason:
         raise UnsupportedError("no aarch64 TVM runtime libraries", reason)
-    from onnxsmith.cache import cache_root
+    from onnxsmith.build.cache import cache_root
     from onnxsmith.compilers.tvm.common import tvm_version
 
     directory = cache_root() / "tvm-aarch64-runtime" / f"{tvm_version()}-libs"

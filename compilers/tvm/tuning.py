@@ -128,7 +128,7 @@ class TuningResult:
 
 def database_dir(tt: TVMTarget) -> Path:
     """``cache_root()/tvm-tuning/<key>``: one database per TVM version and target."""
-    from onnxsmith.cache import cache_root
+    from onnxsmith.build.cache import cache_root
 
     canonical = tt.canonical()
     key = hashlib.sha256(json.dumps([tvm_version(), canonical]).encode()).hexdigest()[:16]

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from onnxsmith.console import printable
-from onnxsmith.datasets import FORMS
+from onnxsmith.data.sources import FORMS
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 target_option = click.option("--target", "-t", "target_spec", default="host", show_default=True,
@@ -32,7 +32,7 @@ MODEL_FORMS = ("MODEL is an ONNX file, or a PyTorch model: package.module:factor
 
 
 def data_option(flag: str, dest: str, role: str, required: bool = False) -> Callable[[Any], Any]:
-    """A data option: every verb takes the same forms, read by :func:`onnxsmith.datasets.open_dataset`."""
+    """A data option: every verb takes the same forms, read by :func:`onnxsmith.data.sources.open_dataset`."""
     return click.option(flag, dest, default=None, required=required, metavar="DATA",
                         help=f"{role}: {FORMS}. At most $ONNXSMITH_MAX_DATA_BYTES (default 4GiB) is loaded.")
 

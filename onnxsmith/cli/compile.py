@@ -64,7 +64,7 @@ def compile_command(model: str, target_spec: str, backend: str | None, precision
     MODEL is an ONNX file, or a PyTorch model (package.module:factory, a torch.export .pt2, a TorchScript file)
     exported to ONNX and checked against eager PyTorch first; give its inputs with --shape NAME=DIMS[:dtype]."""
     from onnxsmith.console import print_json, progress
-    from onnxsmith.datasets import open_dataset
+    from onnxsmith.data.sources import open_dataset
     from onnxsmith.model.shapes import parse_batch
     from onnxsmith.profiles import load_profile
     from onnxsmith.targets import load_target
@@ -103,7 +103,7 @@ def compile_command(model: str, target_spec: str, backend: str | None, precision
         if not as_json:
             echo(f"compiled on fleet worker {cell.worker}")
     else:
-        from onnxsmith.compile import compile_model
+        from onnxsmith.build.compile import compile_model
 
         with progress(f"compiling {loaded.name} for {target.id} ({precision})", not as_json) as update:
             bundle = compile_model(loaded, target, profile=profile, output=out, backend=backend, precision=precision,
@@ -139,7 +139,7 @@ def _validate(bundle, data, as_json: bool) -> dict | None:
     from onnxsmith.console import progress
     from onnxsmith.errors import CheckFailedError
     from onnxsmith.report import write_report
-    from onnxsmith.validation import validate_bundle
+    from onnxsmith.check.validation import validate_bundle
 
     if not bundle.manifest["runs_here"]["ok"]:
         echo_err("note: not validated: the bundle cannot run on this machine")

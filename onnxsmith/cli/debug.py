@@ -29,8 +29,8 @@ def diverge_command(bundle_path: str, data_file: str | None, samples: int, seed:
     """Per-layer error of a bundle against fp32; names the first layer past the tolerance."""
     from onnxsmith.bundle import Bundle
     from onnxsmith.console import print_json, progress
-    from onnxsmith.datasets import open_dataset
-    from onnxsmith.layers import diverge, write_divergence
+    from onnxsmith.data.sources import open_dataset
+    from onnxsmith.check.layers import diverge, write_divergence
 
     bundle = Bundle.open(bundle_path)
     data = open_dataset(data_file, bundle.inputs, what="data", limit=samples,
@@ -74,7 +74,7 @@ def precision_command(model: str, target_spec: str, profile_spec: str, shapes: t
 
     from onnxsmith.cli.optimize import _fraction
     from onnxsmith.console import print_json, progress
-    from onnxsmith.datasets import open_dataset
+    from onnxsmith.data.sources import open_dataset
     from onnxsmith.errors import CheckFailedError
     from onnxsmith.model import load_model
     from onnxsmith.model.shapes import parse_shape_overrides

@@ -1,4 +1,4 @@
-"""``onnxsmith distill``: train a smaller PyTorch student on a teacher's outputs (see :mod:`onnxsmith.distill`)."""
+"""``onnxsmith distill``: train a smaller PyTorch student on a teacher's outputs (see :mod:`onnxsmith.torchin.distill`)."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def distill_command(teacher: str, student_spec: str, train_spec: str, val_spec: 
     from pathlib import Path
 
     from onnxsmith.console import print_json, stderr_console
-    from onnxsmith.distill import Settings, distill
+    from onnxsmith.torchin.distill import Settings, distill
     from onnxsmith.targets import load_target
 
     if minutes is None and epochs is None:

@@ -18,7 +18,7 @@ def doctor_command(as_json: bool) -> None:
     from rich.table import Table
 
     import onnxsmith
-    from onnxsmith.cache import cache_root
+    from onnxsmith.build.cache import cache_root
     from onnxsmith.console import print_json, shown, stdout_console
     from onnxsmith.probe import describe, load_peaks
     from onnxsmith.registry import backend_names, backend_status

@@ -27,7 +27,7 @@ def backend_support(model: Any, target: Any) -> list[dict[str, Any]]:
             row.update(supports_target=support.ok, runs_here=runs.ok,
                        reason="; ".join(r for r in (support.reason, runs.reason) if r))
             if support:
-                from onnxsmith.compile import missing_value_types
+                from onnxsmith.build.compile import missing_value_types
 
                 lacking = missing_value_types(backend, model)
                 if lacking:

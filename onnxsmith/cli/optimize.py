@@ -84,7 +84,7 @@ def optimize_command(model: str, target_spec: str, profile_spec: str, shapes: tu
         record["fleet_worker"] = worker
         _finish(record, Path(output), as_json, f"ran on fleet worker {worker}")
         return
-    from onnxsmith.datasets import open_dataset
+    from onnxsmith.data.sources import open_dataset
     from onnxsmith.model.shapes import parse_batch
     from onnxsmith.optimize.ladder import run_ladder
     from onnxsmith.optimize.student import StudentSource

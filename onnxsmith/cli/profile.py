@@ -27,8 +27,8 @@ def profile_command(bundle_path: str, profile_spec: str, input_file: str | None,
 
     from onnxsmith.bundle import Bundle
     from onnxsmith.console import print_json, progress
-    from onnxsmith.data import model_batch
-    from onnxsmith.datasets import open_dataset
+    from onnxsmith.data.dataset import model_batch
+    from onnxsmith.data.sources import open_dataset
     from onnxsmith.profiles import load_profile
     from onnxsmith.profiling.run import profile_bundle
     from onnxsmith.report import write_report
@@ -135,7 +135,7 @@ def profile_verdict_lines(record: dict, manifest: dict | None = None) -> list[st
     """The interleaved comparison with the baseline, the machine, and the warnings, one line each."""
     from onnxsmith.profiling.environment import busy_warning
     from onnxsmith.profiling.record import slower_than_baseline
-    from onnxsmith.stats import RatioCI
+    from onnxsmith.profiling.stats import RatioCI
 
     lines = []
     ci = (record.get("comparison") or {}).get("ratio_p50")

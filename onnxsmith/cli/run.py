@@ -25,11 +25,11 @@ def run_command(bundle_path: str, input_file: str, output_file: str | None, as_j
 
     from onnxsmith.bundle import Bundle
     from onnxsmith.console import print_json
-    from onnxsmith.data import save_npz
-    from onnxsmith.datasets import open_dataset
+    from onnxsmith.data.dataset import save_npz
+    from onnxsmith.data.sources import open_dataset
     from onnxsmith.errors import DataError
-    from onnxsmith.outdir import check_output_file
-    from onnxsmith.values import flatten_values, is_structured
+    from onnxsmith.dirs import check_output_file
+    from onnxsmith.data.values import flatten_values, is_structured
 
     bundle = Bundle.open(bundle_path)
     if output_file:
@@ -75,7 +75,7 @@ def _describe(value: Any) -> dict[str, Any]:
     optional."""
     import numpy as np
 
-    from onnxsmith.values import describe
+    from onnxsmith.data.values import describe
 
     if value is None:
         return {"kind": "optional", "present": False, "text": describe(value)}

@@ -19,7 +19,7 @@ def serving_command(bundle_path: str, arrival_rate: float | None, p99_budget: fl
     from onnxsmith.bundle import Bundle
     from onnxsmith.console import print_json
     from onnxsmith.errors import UserInputError
-    from onnxsmith.optimize.batching import BatchPoint, BatchSweep, plan_batching
+    from onnxsmith.serving.batching import BatchPoint, BatchSweep, plan_batching
     from onnxsmith.serving import batch_range, write_serving
 
     bundle = Bundle.open(bundle_path)

@@ -17,7 +17,7 @@ def targets_group(ctx: click.Context, as_json: bool) -> None:
     from rich.table import Table
 
     from onnxsmith.console import print_json, shown, stdout_console
-    from onnxsmith.hostcheck import host_matches
+    from onnxsmith.host import host_matches
     from onnxsmith.targets import list_targets
 
     targets = list_targets()

@@ -28,10 +28,10 @@ def validate_command(bundle_path: str, data_file: str | None, labels: str | None
     """Compare a bundle's outputs with ONNX Runtime fp32 on real inputs."""
     from onnxsmith.bundle import Bundle
     from onnxsmith.console import print_json, progress
-    from onnxsmith.datasets import open_dataset
+    from onnxsmith.data.sources import open_dataset
     from onnxsmith.errors import CheckFailedError, UserInputError
     from onnxsmith.report import write_report
-    from onnxsmith.validation import validate_bundle
+    from onnxsmith.check.validation import validate_bundle
 
     if labels and not data_file:
         raise UserInputError("--labels needs --data", "labels name an array inside the data file")
@@ -59,7 +59,7 @@ def validate_command(bundle_path: str, data_file: str | None, labels: str | None
         bundle.write_json("validation.json", record)
         write_report(bundle)
         if layers:
-            from onnxsmith.layers import diverge, write_divergence
+            from onnxsmith.check.layers import diverge, write_divergence
 
             with progress("comparing every layer output with fp32", not as_json):
                 divergence = write_divergence(bundle, diverge(bundle, data, samples=min(samples, 16), seed=seed))

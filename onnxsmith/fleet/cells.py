@@ -77,8 +77,8 @@ def default_precision(backend: Any, target: Any, profile: Any) -> str:
 # --- the stages (run in a child process) ---------------------------------------------------------------------------
 def compile_stage(req: dict[str, Any]) -> dict[str, Any]:
     """Compile the cell into the bundle folder ``req['output']``; returns what the compare table shows."""
-    from onnxsmith.compile import choose_backend, compile_model
-    from onnxsmith.datasets import open_dataset
+    from onnxsmith.build.compile import choose_backend, compile_model
+    from onnxsmith.data.sources import open_dataset
     from onnxsmith.model import load_model
     from onnxsmith.profiles import load_profile
     from onnxsmith.registry import get_backend
@@ -101,7 +101,7 @@ def compile_stage(req: dict[str, Any]) -> dict[str, Any]:
     compiled, reference, notes = model, None, ()
     with contextlib.ExitStack() as stack:
         if onnx_pass:
-            from onnxsmith.cache import private_dir
+            from onnxsmith.build.cache import private_dir
             from onnxsmith.model.saving import save_model
             from onnxsmith.optimize.passes import get_pass
 
@@ -133,13 +133,13 @@ def measure_stage(req: dict[str, Any]) -> dict[str, Any]:
     """Profile and validate the bundle ``req['bundle']`` on this machine or on the RPC device ``req['remote']``;
     writes profile.json, validation.json and report.md into it."""
     from onnxsmith.bundle import Bundle
-    from onnxsmith.data import model_batch
-    from onnxsmith.datasets import open_dataset
+    from onnxsmith.data.dataset import model_batch
+    from onnxsmith.data.sources import open_dataset
     from onnxsmith.profiles import load_profile
     from onnxsmith.profiling.run import profile_bundle
     from onnxsmith.registry import get_backend
     from onnxsmith.report import write_report
-    from onnxsmith.validation import validate_bundle
+    from onnxsmith.check.validation import validate_bundle
 
     bundle = Bundle.open(req["bundle"])
     profile = load_profile(req["profile"])

@@ -126,11 +126,11 @@ def compare(model: str | os.PathLike[str], targets: Sequence[str], *, output: st
     """Compile, profile and validate ``model`` for every cell of ``targets`` (``TARGET[:BACKEND[:PRECISION]]``)
     and write ``compare.json``, ``compare.md``, ``compare.html`` and one bundle per cell under ``output``;
     returns the record. ``cluster``: None runs on this machine; ``auto`` or ``HOST:PORT`` runs on a Ray cluster."""
-    from onnxsmith.cache import private_dir, replace_dir
+    from onnxsmith.build.cache import private_dir, replace_dir
     from onnxsmith.errors import UserInputError
     from onnxsmith.model import load_model
     from onnxsmith.model.shapes import parse_shape_overrides
-    from onnxsmith.outdir import check_output_dir
+    from onnxsmith.dirs import check_output_dir
     from onnxsmith.profiles import load_profile
     from onnxsmith.targets import load_target
 
@@ -146,7 +146,7 @@ def compare(model: str | os.PathLike[str], targets: Sequence[str], *, output: st
     loaded = load_model(model, overrides)
     for path, what in ((data, "validation data"), (calibration, "calibration data")):
         if path is not None:
-            from onnxsmith.datasets import open_dataset
+            from onnxsmith.data.sources import open_dataset
 
             open_dataset(str(path), loaded.inputs, labels=labels if what == "validation data" else None, what=what,
                          limit=1, known_batch=loaded.batch_inputs)  # bad data is refused before any cell runs

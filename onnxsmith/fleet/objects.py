@@ -43,7 +43,7 @@ def digest(data: bytes) -> str:
 
 
 def objects_root() -> Path:
-    from onnxsmith.cache import cache_root
+    from onnxsmith.build.cache import cache_root
 
     return cache_root() / "fleet" / "objects"
 
@@ -62,7 +62,7 @@ def unpack(sha: str, data: bytes) -> Path:
         return done
     root = objects_root()
     root.mkdir(parents=True, exist_ok=True)
-    from onnxsmith.cache import owner_tag
+    from onnxsmith.build.cache import owner_tag
 
     tmp = root / f".{sha[:16]}-{owner_tag()}"
     shutil.rmtree(tmp, ignore_errors=True)

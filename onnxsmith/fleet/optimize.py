@@ -113,11 +113,11 @@ def fleet_optimize(address: str, model: str, target_spec: str, profile_spec: str
     """Run the ladder on the worker that owns ``target_spec``'s device; write its output at ``output`` (atomically)
     and return (the card record as ``optimize --json`` prints it, the worker's name). ``args`` are the other
     command-line options, passed through as they are."""
-    from onnxsmith.cache import private_dir, replace_dir
+    from onnxsmith.build.cache import private_dir, replace_dir
     from onnxsmith.fleet import objects
     from onnxsmith.fleet.ray_executor import DEVICE, RayExecutor, fleet_nodes
     from onnxsmith.model import load_model
-    from onnxsmith.outdir import check_output_dir
+    from onnxsmith.dirs import check_output_dir
     from onnxsmith.targets import load_target
 
     say = progress or (lambda message: None)

@@ -427,7 +427,7 @@ class RayExecutor:
         payload that does not match its digest is left out, with the reason."""
         import shutil
 
-        from onnxsmith.cache import private_dir
+        from onnxsmith.build.cache import private_dir
         from onnxsmith.fleet import objects
 
         try:
@@ -498,9 +498,9 @@ def fleet_compile(address: str, model: str, target: str, output: str, *, backend
                   force: bool = False, progress: Progress | None = None) -> CellOutcome:
     """``compile --cluster``: compile on a worker that has the backend (or the device, when the artifact must be
     built there) and write the bundle at ``output`` (atomically)."""
-    from onnxsmith.cache import private_dir, replace_dir
+    from onnxsmith.build.cache import private_dir, replace_dir
     from onnxsmith.errors import BackendError
-    from onnxsmith.outdir import check_output_dir
+    from onnxsmith.dirs import check_output_dir
 
     out = check_output_dir(output, "bundle", [model, *([calibration] if calibration else [])], force=force)
     spec = CellSpec(target, backend, precision)
@@ -522,7 +522,7 @@ def fleet_measure(address: str, bundle: str, parts: tuple[str, ...], *, profile:
     import shutil
 
     from onnxsmith.bundle import Bundle
-    from onnxsmith.cache import private_dir
+    from onnxsmith.build.cache import private_dir
     from onnxsmith.errors import BackendError
     from onnxsmith.report import write_report
 

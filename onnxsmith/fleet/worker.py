@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from onnxsmith.children import Child
+from onnxsmith.process import Child
 from onnxsmith.errors import UnsupportedError, UserInputError
 from onnxsmith.fleet import auth
 from onnxsmith.fleet.ray_executor import BACKEND, DEVICE, DEVICES_ENV, WORKER, WORKER_ENV, import_ray
@@ -88,7 +88,7 @@ def run_worker(address: str, device_specs: Sequence[str], *, host: bool = True, 
         offered = ", ".join(f"{k} ({v['name']})" for k, v in devices.items()) or "none"
         installed = ", ".join(k[len(BACKEND):] for k in resources if k.startswith(BACKEND))
         print(f"worker {name}: devices {offered}; backends {installed}", flush=True)
-        proc = Child(command, grace_s=30, env=env)  # Ray's processes share its group; see onnxsmith.children
+        proc = Child(command, grace_s=30, env=env)  # Ray's processes share its group; see onnxsmith.process
         try:
             return proc.wait()
         finally:

@@ -123,7 +123,7 @@ def _check_value_type(value: onnx.ValueInfoProto, kind: str, where: str) -> None
 
 def _check_convention_names(names: list[str], specs: list[TensorSpec], kind: str, where: str) -> None:
     """A sequence or optional NAME is stored in data files as keys ``NAME.0``, ``NAME.length``, ``NAME.none``
-    (:mod:`onnxsmith.values`): no other input or output name may start with ``NAME.``."""
+    (:mod:`onnxsmith.data.values`): no other input or output name may start with ``NAME.``."""
     for spec in specs:
         if not spec.wrap:
             continue

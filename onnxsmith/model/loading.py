@@ -63,7 +63,7 @@ class LoadedModel:
     def path(self) -> Path:
         """A file on disk holding exactly this model (with fixed shapes); backends read this."""
         if self._path is None:
-            from onnxsmith.cache import owner_tag, sweep_once
+            from onnxsmith.build.cache import owner_tag, sweep_once
 
             sweep_once(Path(tempfile.gettempdir()))
             self._tmp = tempfile.TemporaryDirectory(prefix=f"onnxsmith-model-{owner_tag()}-")
@@ -71,7 +71,7 @@ class LoadedModel:
         return self._path
 
     def __getstate__(self) -> dict[str, Any]:
-        """For the compiling child process (:mod:`onnxsmith.isolate`): it reads the copy on disk this process
+        """For the compiling child process (:mod:`onnxsmith.build.isolate`): it reads the copy on disk this process
         owns, and never deletes it."""
         state = dict(self.__dict__)
         state["_tmp"] = None

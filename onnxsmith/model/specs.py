@@ -20,7 +20,7 @@ _ONNX_DTYPES = {
     # the float8/4 and int4 types, named as ml_dtypes (onnx's own numpy types) names them
     17: "float8_e4m3fn", 18: "float8_e4m3fnuz", 19: "float8_e5m2", 20: "float8_e5m2fnuz", 21: "uint4", 22: "int4",
     23: "float4_e2m1fn", 24: "float8_e8m0fnu",
-    8: "string",  # UTF-8 text: fixed-width numpy unicode ('<U') in data files (onnxsmith.values)
+    8: "string",  # UTF-8 text: fixed-width numpy unicode ('<U') in data files (onnxsmith.data.values)
 }
 
 
@@ -35,7 +35,7 @@ class TensorSpec:
     wrap: tuple[str, ...] = ()
     """Containers around the tensor, outermost first: ``("sequence",)``, ``("optional",)``,
     ``("optional", "sequence")``; empty for a plain tensor. ``dtype`` is then the element tensors' type and
-    ``shape`` is ``()`` (elements may differ in shape). Data files give them by :mod:`onnxsmith.values`."""
+    ``shape`` is ``()`` (elements may differ in shape). Data files give them by :mod:`onnxsmith.data.values`."""
 
     @property
     def is_tensor(self) -> bool:

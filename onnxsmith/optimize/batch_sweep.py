@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 def _batch_sweep(runner: StepRunner, steps: Sequence[Step], chosen: str, profile: Profile, constraints: Constraints,
                  latency_budget_ms: float | None, arrival_rate: float | None, notes: list[str]
                  ) -> tuple[list[Step], dict | None]:
-    from onnxsmith.optimize.batching import BatchPoint, BatchSweep, plan_batching
+    from onnxsmith.serving.batching import BatchPoint, BatchSweep, plan_batching
 
     best = next(s for s in steps if s.name == chosen)
     recipe = runner.recipes[chosen]
@@ -60,7 +60,7 @@ def _dynamic_sweep(runner: StepRunner, recipe: Recipe, chosen: str, sizes: Seque
     from onnxsmith.bundle import Bundle
     from onnxsmith.errors import OnnxsmithError
     from onnxsmith.model.shapes import specs_at
-    from onnxsmith.optimize.batching import BatchPoint
+    from onnxsmith.serving.batching import BatchPoint
     from onnxsmith.profiling.run import profile_bundle
     from onnxsmith.registry import get_backend
 

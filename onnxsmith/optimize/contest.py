@@ -79,7 +79,7 @@ def _replicate(runner: StepRunner, steps: list[Step], constraints: Constraints, 
     Measured need: in quiet ResNet-50 ladders the OpenVINO int8 pick with CPU pinning off beat int8 by 0.844
     [0.757, 0.883] in the ladder's head-to-head of eight processes, and lost by 1.137 [1.085, 1.232] when the same
     two bundles were timed again: a runtime setting's effect depends on the processes around it."""
-    from onnxsmith.stats import compare_runs
+    from onnxsmith.profiling.stats import compare_runs
 
     if rounds < 2:
         return steps

@@ -17,14 +17,14 @@ if TYPE_CHECKING:
     import numpy as np
 
     from onnxsmith.bundle import Bundle
-    from onnxsmith.data import Dataset
+    from onnxsmith.data.dataset import Dataset
     from onnxsmith.model import LoadedModel
 
 
 def calibration_data(model: LoadedModel, data: Dataset, calibration: Dataset | None, notes: list[str]) -> Dataset:
     """``calibration``, else the first (at most 128) validation samples with a note saying so; checked against the
     model's inputs."""
-    from onnxsmith.data import check_against_model
+    from onnxsmith.data.dataset import check_against_model
 
     if calibration is None:
         calibration = data.subset(min(len(data), 128))
@@ -63,9 +63,9 @@ def reference_outputs(model: LoadedModel, data: Dataset) -> Reference:
     """Run ONNX Runtime fp32 on ``model`` over every validation sample."""
     import numpy as np
 
-    from onnxsmith.numerics import collect
-    from onnxsmith.data import model_batch
-    from onnxsmith.reference import reference_runner
+    from onnxsmith.check.numerics import collect
+    from onnxsmith.data.dataset import model_batch
+    from onnxsmith.check.reference import reference_runner
 
     batch = model_batch(model.inputs[0]) if model.inputs else 1
     names = [o.name for o in model.outputs]
@@ -84,12 +84,12 @@ def reference_outputs(model: LoadedModel, data: Dataset) -> Reference:
 def evaluate(bundle: Bundle, data: Dataset, reference: Reference, examples_dir: Path, rel_to: Path,
              keep_worst: int = 5, max_seconds: float | None = 180.0) -> Evaluation:
     """Run ``bundle`` over ``data``; compare with ``reference`` through the one comparison engine
-    (:mod:`onnxsmith.numerics`); save the worst examples under ``examples_dir``.
+    (:mod:`onnxsmith.check.numerics`); save the worst examples under ``examples_dir``.
 
     A step so slow that the whole set would take more than ``max_seconds`` is checked on the samples done by then
     (and says so), so one slow backend cannot stall the ladder."""
-    from onnxsmith.numerics import collect, compare, save_examples
-    from onnxsmith.data import model_batch
+    from onnxsmith.check.numerics import collect, compare, save_examples
+    from onnxsmith.data.dataset import model_batch
     from onnxsmith.plugin import backend_call
 
     batch = model_batch(bundle.inputs[0]) if bundle.inputs else 1

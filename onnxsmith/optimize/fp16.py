@@ -22,7 +22,7 @@ from onnxsmith.optimize.passes import Change, Pass, feed_batches, ort_session, p
 if TYPE_CHECKING:
     import onnx
 
-    from onnxsmith.data import Dataset
+    from onnxsmith.data.dataset import Dataset
 
 FP16_MAX = 65504.0
 
@@ -181,7 +181,7 @@ class Fp16Pass(Pass):
         notes = []
         _name_nodes(model)
         if calibration is None:
-            from onnxsmith.data import synthetic
+            from onnxsmith.data.dataset import synthetic
             from onnxsmith.model import LoadedModel
             from onnxsmith.optimize.passes import input_specs
 

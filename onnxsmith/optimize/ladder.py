@@ -7,7 +7,7 @@ int8 through the ONNX passes; other backends compile the precision natively, int
 step's backend (one declared option each) where the profile enables them -> a head-to-head of the leaders and their
 ancestors in interleaved runs -> the chosen step at the profile's other batch sizes, and a dynamic-batching plan
 from those latencies. Each step names its parent and the one thing it changed; a step that does not beat its parent
-significantly (the confidence interval of the ratio of medians, :mod:`onnxsmith.stats`) is "no significant change"
+significantly (the confidence interval of the ratio of medians, :mod:`onnxsmith.profiling.stats`) is "no significant change"
 and the parent is kept. All figures come from the measured :class:`~onnxsmith.optimize.record.Card`.
 
 This module is the driver (:func:`run_ladder`: the output folder, the usable backends, the order above, judging
@@ -37,7 +37,7 @@ from onnxsmith.optimize.selection import select
 from onnxsmith.optimize.steps import Recipe, StepRunner
 
 if TYPE_CHECKING:
-    from onnxsmith.data import Dataset
+    from onnxsmith.data.dataset import Dataset
     from onnxsmith.model import LoadedModel
     from onnxsmith.optimize.student import StudentSource
     from onnxsmith.profiles import Profile
@@ -70,7 +70,7 @@ def _usable_backends(target: Target, wanted: Sequence[str] | None, notes: list[s
 
 
 def _risky(step: Step) -> tuple[str, ...]:
-    from onnxsmith.validation import DEFAULT_MIN_COSINE
+    from onnxsmith.check.validation import DEFAULT_MIN_COSINE
 
     if not step.measured:
         return ()
@@ -111,12 +111,12 @@ def run_ladder(model: LoadedModel, target: Target, profile: Profile, *, data: Da
 
     ``output`` is refused when it holds anything but a previous optimize result (unless ``force``), or when it
     contains the model, the data or the cache (always)."""
-    from onnxsmith.cache import private_dir, replace_dir
-    from onnxsmith.compile import protected_inputs
+    from onnxsmith.build.cache import private_dir, replace_dir
+    from onnxsmith.build.compile import protected_inputs
     from onnxsmith.model.shapes import require_static
-    from onnxsmith.outdir import check_output_dir
+    from onnxsmith.dirs import check_output_dir
     from onnxsmith.profiling.environment import LoadWatch, environment
-    from onnxsmith.stats import is_busy
+    from onnxsmith.profiling.stats import is_busy
 
     require_static(model)
     notes: list[str] = []
@@ -147,7 +147,7 @@ def _run_ladder(model: LoadedModel, target: Target, profile: Profile, *, data: D
                 output: Path, usable: list[str], notes: list[str], prune: bool | None, arrival_rate: float | None,
                 keep_worst: int, keep_steps: bool, progress: Callable[[str], None] | None,
                 student: StudentSource | None) -> Card:
-    from onnxsmith.data import check_against_model, synthetic
+    from onnxsmith.data.dataset import check_against_model, synthetic
     from onnxsmith.optimize.card import write_card
     from onnxsmith.optimize.evaluate import calibration_data, reference_outputs
 

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     import numpy as np
     import onnx
 
-    from onnxsmith.data import Dataset
+    from onnxsmith.data.dataset import Dataset
     from onnxsmith.model import LoadedModel, TensorSpec
 
 PASSES = {
@@ -189,7 +189,7 @@ def input_specs(model: onnx.ModelProto) -> tuple[TensorSpec, ...]:
 def feed_batches(model: onnx.ModelProto, data: Dataset, limit: int, dynamic_batch: int = 8
                  ) -> Iterator[dict[str, np.ndarray]]:
     """Feeds for ``model`` from ``data``: its fixed batch size (or ``dynamic_batch``), at most ``limit`` samples."""
-    from onnxsmith.data import check_against_model
+    from onnxsmith.data.dataset import check_against_model
 
     specs = input_specs(model)
     check_against_model(data.arrays, specs, f"calibration data '{data.source}'")

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from onnxsmith.errors import OnnxsmithError
 
 if TYPE_CHECKING:
-    from onnxsmith.data import Dataset
+    from onnxsmith.data.dataset import Dataset
     from onnxsmith.model import LoadedModel
     from onnxsmith.optimize.record import Step
     from onnxsmith.profiles import Profile
@@ -112,12 +112,12 @@ def debug_precision(model: LoadedModel, target: Target, profile: Profile, *, dat
                     calibration: Dataset | None, max_drop: float, output: Path, backends: Sequence[str] | None = None,
                     force: bool = False, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Find the keep-list and build, profile and validate fp32 / int8 / mixed on every usable backend."""
-    from onnxsmith.cache import private_dir, replace_dir
-    from onnxsmith.compile import protected_inputs
-    from onnxsmith.data import check_against_model
+    from onnxsmith.build.cache import private_dir, replace_dir
+    from onnxsmith.build.compile import protected_inputs
+    from onnxsmith.data.dataset import check_against_model
     from onnxsmith.model.shapes import require_static
     from onnxsmith.optimize.ladder import _usable_backends
-    from onnxsmith.outdir import check_output_dir
+    from onnxsmith.dirs import check_output_dir
 
     output = Path(output).resolve()
     require_static(model)

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     import numpy as np
     import onnx
 
-    from onnxsmith.data import Dataset
+    from onnxsmith.data.dataset import Dataset
 
 METHODS = ("magnitude", "2:4")
 

@@ -1,7 +1,7 @@
 """``int8_qdq``: post-training static int8 quantization in QDQ form (``onnxruntime.quantization``).
 
 Weights are quantized per channel (int8, symmetric), activations per tensor (uint8 by default: the U8S8 form ONNX
-Runtime's x86 kernels prefer) with ranges calibrated on a :class:`~onnxsmith.data.Dataset` by MinMax, Entropy or
+Runtime's x86 kernels prefer) with ranges calibrated on a :class:`~onnxsmith.data.dataset.Dataset` by MinMax, Entropy or
 Percentile. The result is an ONNX model with QuantizeLinear/DequantizeLinear pairs that any QDQ-aware runtime
 (ONNX Runtime, OpenVINO, TensorRT) executes in int8.
 """
@@ -23,7 +23,7 @@ from onnxsmith.optimize.passes import Change, Pass, feed_batches, package_versio
 if TYPE_CHECKING:
     import onnx
 
-    from onnxsmith.data import Dataset
+    from onnxsmith.data.dataset import Dataset
 
 METHODS = ("minmax", "entropy", "percentile")
 

@@ -102,7 +102,7 @@ class Step:
     partial_check: bool = False
     """Validated on a subset only: the evaluation hit its time cap."""
     runs: tuple[float, ...] = ()
-    """Per-run figures every comparison of this step is decided by (:mod:`onnxsmith.stats`): medians of the
+    """Per-run figures every comparison of this step is decided by (:mod:`onnxsmith.profiling.stats`): medians of the
     interleaved runs when the step took part in a head-to-head, else of contiguous blocks of its one profile run."""
     runs_metric: str = ""
     """What ``runs`` hold: ``latency_p50_ms`` (median latency per run) or ``throughput_per_s``."""
@@ -179,7 +179,7 @@ class Card:
     validation: str = ""
     """The validation data, in words."""
     batching: Mapping[str, Any] | None = None
-    """The batch sweep and dynamic-batching simulation (:class:`~onnxsmith.optimize.batching.BatchingReport`)."""
+    """The batch sweep and dynamic-batching simulation (:class:`~onnxsmith.serving.batching.BatchingReport`)."""
     bundle: str | None = None
     """Where the chosen artifact's bundle was written."""
     created: str = ""
@@ -224,11 +224,11 @@ def _relative(new: float, old: float) -> float:
 
 def runs_ratio(step: Step, other: Step, metric: str) -> Any:
     """``step`` over ``other`` on ``metric`` from their per-run figures, with its confidence interval
-    (:class:`onnxsmith.stats.RatioCI`); None when either has no runs of that metric. Runs of the same head-to-head
+    (:class:`onnxsmith.profiling.stats.RatioCI`); None when either has no runs of that metric. Runs of the same head-to-head
     are paired."""
     if not (step.runs and other.runs and step.runs_metric == metric == other.runs_metric):
         return None
-    from onnxsmith.stats import compare_runs
+    from onnxsmith.profiling.stats import compare_runs
 
     paired = (step.runs_kind.startswith("interleaved") and step.runs_kind == other.runs_kind
               and len(step.runs) == len(other.runs))

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from onnxsmith.optimize.record import Constraints, Step, fmt_ms, fmt_pct, runs_ratio, Verdict
-from onnxsmith.stats import RatioCI
+from onnxsmith.profiling.stats import RatioCI
 
 _EPS = 1e-9
 MIN_WIN = 0.05

@@ -3,7 +3,7 @@
 Measured on the one backend-neutral form: the model quantized to QDQ int8 by :mod:`onnxsmith.optimize.quantize`
 (per-channel weights, per-tensor activations), calibrated **once** (the ranges are kept in an ONNX Runtime
 calibration cache and every variant reuses them), run by ONNX Runtime on the validation data and compared with the
-fp32 reference through :mod:`onnxsmith.numerics`. A *layer* is a compute node the quantizer quantizes (Conv,
+fp32 reference through :mod:`onnxsmith.check.numerics`. A *layer* is a compute node the quantizer quantizes (Conv,
 MatMul, Gemm...); keeping a layer means leaving it out of quantization (``nodes_to_exclude``).
 
 1. **Alone**: the accuracy drop with only that layer quantized. With more than ``single_limit`` layers, groups
@@ -34,7 +34,7 @@ from onnxsmith.errors import UserInputError
 if TYPE_CHECKING:
     import onnx
 
-    from onnxsmith.data import Dataset
+    from onnxsmith.data.dataset import Dataset
     from onnxsmith.model import LoadedModel
 
 LAYER_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm", "Attention", "LSTM", "GRU")
@@ -136,9 +136,9 @@ class _Evaluator:
         key = frozenset(keep)
         if key in self._memo:
             return self._memo[key]
-        from onnxsmith.data import model_batch
-        from onnxsmith.layers import _ort_runner_for
-        from onnxsmith.numerics import collect, compare
+        from onnxsmith.data.dataset import model_batch
+        from onnxsmith.check.layers import _ort_runner_for
+        from onnxsmith.check.numerics import collect, compare
 
         proto = self.quantize(keep)
         batch = model_batch(self.model.inputs[0]) if self.model.inputs else 1

@@ -16,7 +16,7 @@ from onnxsmith.optimize.passes import Change, Pass, op_counts, package_version
 if TYPE_CHECKING:
     import onnx
 
-    from onnxsmith.data import Dataset
+    from onnxsmith.data.dataset import Dataset
 
 
 @dataclasses.dataclass(frozen=True)

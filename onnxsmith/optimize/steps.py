@@ -18,7 +18,7 @@ from onnxsmith.errors import OnnxsmithError, UserInputError, first_line
 from onnxsmith.optimize.record import Step
 
 if TYPE_CHECKING:
-    from onnxsmith.data import Dataset
+    from onnxsmith.data.dataset import Dataset
     from onnxsmith.model import LoadedModel
     from onnxsmith.optimize.evaluate import Reference
     from onnxsmith.profiles import Profile
@@ -261,8 +261,8 @@ class StepRunner:
         import tempfile
 
         from onnxsmith.bundle import Bundle
-        from onnxsmith.cache import owner_tag
-        from onnxsmith.data import feed_batch, save_npz
+        from onnxsmith.build.cache import owner_tag
+        from onnxsmith.data.dataset import feed_batch, save_npz
         from onnxsmith.profiling.environment import LoadWatch
         from onnxsmith.profiling.run import profile_feeds
         from onnxsmith.profiling.worker import MeasureWorker, interleave
@@ -303,7 +303,7 @@ class StepRunner:
                     worker.close()
 
     def _compile(self, recipe: Recipe, model: LoadedModel) -> Any:
-        from onnxsmith.compile import compile_model
+        from onnxsmith.build.compile import compile_model
 
         self.progress(f"compiling {recipe.name} ({recipe.backend} {recipe.compile_precision})")
         target_dir = self.work / slug(recipe.name)

@@ -1,7 +1,7 @@
 """The distilled student as a ladder step (``optimize --student``): changed: the architecture; parent: the baseline.
 
 The student is either a finished ``onnxsmith distill`` directory (its ``student.onnx``), or ``module:factory``,
-distilled here from the optimized model on ``--train-data`` (:func:`onnxsmith.distill.distill`, into
+distilled here from the optimized model on ``--train-data`` (:func:`onnxsmith.torchin.distill.distill`, into
 ``OUTPUT/distill``, where a rerun finds it trained). The step is built, profiled and validated like every step,
 against the teacher's fp32 outputs, so the card sets teacher against student on latency, size and accuracy, with the
 examples where they disagree. When the student meets the accuracy constraint, every precision step measured on the
@@ -85,7 +85,7 @@ class StudentSource:
                                      f"model's {[s.name for s in model.inputs]} -> {[s.name for s in model.outputs]}",
                                      "distill it again with this onnxsmith (it names them after the teacher)")
             return Student(folder / "student.onnx", record)
-        from onnxsmith.distill import STUDENT, Settings, distill
+        from onnxsmith.torchin.distill import STUDENT, Settings, distill
 
         assert self.train is not None
         where = output / "distill"

@@ -7,7 +7,7 @@ the backend's parallel-requests throughput when it has one.
 
 A measuring process (:class:`~onnxsmith.profiling.worker.MeasureWorker`) stays alive and takes commands, so two or
 more runners can be loaded at once and timed in interleaved runs (:func:`~onnxsmith.profiling.worker.interleave`:
-A B, B A, ...); the artifact-to-baseline ratio of medians then gets a confidence interval (:mod:`onnxsmith.stats`).
+A B, B A, ...); the artifact-to-baseline ratio of medians then gets a confidence interval (:mod:`onnxsmith.profiling.stats`).
 Each profile records the machine it ran on and how busy it was (:mod:`onnxsmith.profiling.environment`).
 
 Modules, in the order a profile runs:

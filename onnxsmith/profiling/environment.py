@@ -6,7 +6,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from onnxsmith.stats import is_busy
+from onnxsmith.profiling.stats import is_busy
 
 
 def _cpu_jiffies() -> tuple[int, int] | None:

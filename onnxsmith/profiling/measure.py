@@ -6,7 +6,7 @@ import dataclasses
 import time
 from typing import TYPE_CHECKING, Any
 
-from onnxsmith.stats import block_medians
+from onnxsmith.profiling.stats import block_medians
 
 if TYPE_CHECKING:
     import numpy as np

@@ -7,7 +7,7 @@ import dataclasses
 from typing import Any
 
 from onnxsmith.profiling.measure import LatencyStats
-from onnxsmith.stats import RatioCI
+from onnxsmith.profiling.stats import RatioCI
 
 
 def precision_line(shares: dict[str, Any] | None) -> str:
@@ -36,7 +36,7 @@ class Measurement:
     vendor_timing: dict[str, Any] | None = None
     """The runtime's own measurement in its vendor tool's method (:meth:`onnxsmith.plugin.Runner.vendor_timing`)."""
     block_p50_ms: list[float] | None = None
-    """Medians of contiguous blocks of the timed loop (:func:`onnxsmith.stats.block_medians`)."""
+    """Medians of contiguous blocks of the timed loop (:func:`onnxsmith.profiling.stats.block_medians`)."""
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Measurement:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from onnxsmith.profiling.environment import LoadWatch, environment
 from onnxsmith.profiling.record import Measurement, ProfileResult
 from onnxsmith.profiling.worker import interleave
-from onnxsmith.stats import compare_runs
+from onnxsmith.profiling.stats import compare_runs
 
 if TYPE_CHECKING:
     import numpy as np
@@ -40,7 +40,7 @@ def profile_feeds(bundle: Bundle, data: Any | None = None, seed: int = 0,
                   specs: tuple[TensorSpec, ...] | None = None) -> tuple[dict[str, np.ndarray], str]:
     """The inputs to time: the first batch of ``data`` (a Dataset), else seeded generated inputs. ``specs``: the
     input shapes (default the bundle's; one point of its shape range)."""
-    from onnxsmith.data import Dataset, check_against_model, synthetic
+    from onnxsmith.data.dataset import Dataset, check_against_model, synthetic
     from onnxsmith.profiling.pool import reference_model
 
     specs = specs if specs is not None else bundle.inputs
@@ -83,7 +83,7 @@ def profile_bundle(bundle: Bundle, profile: Profile, *, baseline: bool = True, d
     import tempfile
 
     from onnxsmith.analysis import count_flops
-    from onnxsmith.data import feed_batch, save_npz
+    from onnxsmith.data.dataset import feed_batch, save_npz
     from onnxsmith.model import load_model
 
     target = bundle.target()
@@ -104,7 +104,7 @@ def profile_bundle(bundle: Bundle, profile: Profile, *, baseline: bool = True, d
             from onnxsmith.errors import UnsupportedError
 
             raise UnsupportedError(f"cannot profile the {target.id} bundle here", runs.reason, runs.hint)
-    from onnxsmith.cache import owner_tag
+    from onnxsmith.build.cache import owner_tag
 
     points = points or range_points(bundle)
     headline = next((i for i, (label, _) in enumerate(points) if label == "compiled" or "opt" in label.split("=")),

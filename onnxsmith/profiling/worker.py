@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from onnxsmith.errors import BackendError, OnnxsmithError
 from onnxsmith.profiling.measure import LatencyStats, measure_runner
-from onnxsmith.stats import block_medians
+from onnxsmith.profiling.stats import block_medians
 
 if TYPE_CHECKING:
     from onnxsmith.bundle import Bundle
@@ -42,7 +42,7 @@ def _load_child_runner(request: dict[str, Any]) -> Any:
 
     bundle = Bundle.open(request["bundle"], verify=False)
     if request["kind"] == "baseline":
-        from onnxsmith.reference import reference_runner
+        from onnxsmith.check.reference import reference_runner
 
         device = "cuda" if bundle.target().kind == "gpu" else "cpu"
         return reference_runner(bundle.reference_model, device)
@@ -59,7 +59,7 @@ class _ChildState:
 
     def __init__(self, request: dict[str, Any]) -> None:
         from onnxsmith.bundle import Bundle
-        from onnxsmith.values import read_values
+        from onnxsmith.data.values import read_values
 
         inputs = Bundle.open(request["bundle"], verify=False).inputs
         feeds = read_values(request["feeds"], inputs)  # sequences and optionals assembled again; no pickle
@@ -122,7 +122,7 @@ class _ChildState:
     def use_feeds(self, feeds_path: str, batch: int) -> dict[str, Any]:
         """Time other inputs (the next point of a shape range) on the runner already loaded."""
         from onnxsmith.bundle import Bundle
-        from onnxsmith.values import read_values
+        from onnxsmith.data.values import read_values
 
         inputs = Bundle.open(self.request["bundle"], verify=False).inputs
         feeds = read_values(feeds_path, inputs)

@@ -1,7 +1,7 @@
 """Serving configuration from measurements: ``BUNDLE/serving/``.
 
 ``write_serving(bundle, batching)`` turns a batch sweep and its dynamic-batching simulation
-(:mod:`onnxsmith.optimize.batching`, the record ``optimize`` keeps in ``card.json``) into:
+(:mod:`onnxsmith.serving.batching`, the record ``optimize`` keeps in ``card.json``) into:
 
 - ``serving/triton/``: a Triton Inference Server model repository served by Triton's **Python backend** (a
   generated ``model.py`` that loads the bundle with ``onnxsmith.load``, i.e. the backend's own runtime), with
@@ -33,7 +33,7 @@ from onnxsmith.errors import UserInputError
 
 if TYPE_CHECKING:
     from onnxsmith.bundle import Bundle
-    from onnxsmith.optimize.batching import BatchSweep
+    from onnxsmith.serving.batching import BatchSweep
 
 FOLDER = "serving"
 TEMPLATES = Path(__file__).parent / "templates"
@@ -77,7 +77,7 @@ def batch_range(bundle: Bundle) -> tuple[int, int, bool] | None:
 def served_sweep(sweep: BatchSweep, artifact_batch: int, max_batch: int, dynamic: bool) -> BatchSweep:
     """The service times the Python backend's ``model.py`` gives for batches of 1..max_batch: the measured sweep
     when the artifact takes the batch in one call (dynamic), else consecutive runs of the artifact's static batch."""
-    from onnxsmith.optimize.batching import BatchPoint, BatchSweep
+    from onnxsmith.serving.batching import BatchPoint, BatchSweep
 
     if dynamic:
         return sweep
@@ -156,8 +156,8 @@ def config_pbtxt(bundle: Bundle, record: Mapping[str, Any], field: str, value: s
 
 def write_serving(bundle: Bundle, batching: Mapping[str, Any], source: str) -> Path:
     """Write ``BUNDLE/serving/`` (replacing a previous one) from the sweep and simulation record ``batching``."""
-    from onnxsmith.cache import private_dir
-    from onnxsmith.cache import replace_dir
+    from onnxsmith.build.cache import private_dir
+    from onnxsmith.build.cache import replace_dir
     from onnxsmith.registry import get_backend
 
     record = plan(bundle, batching, source)

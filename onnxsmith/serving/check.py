@@ -39,8 +39,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from onnxsmith.cache import owner_tag, sweep_once
-from onnxsmith.children import Child
+from onnxsmith.build.cache import owner_tag, sweep_once
+from onnxsmith.process import Child
 from onnxsmith.deploy import quoting
 from onnxsmith.errors import BackendError, MissingDependencyError, UnsupportedError, UserInputError
 
@@ -316,7 +316,7 @@ def serve_check(bundle: Bundle, rate: float | None = None, seconds: float = 10.0
                 progress: Any = None) -> dict[str, Any]:
     """Serve ``bundle/serving/triton`` with Triton, measure, compare with the simulation; writes
     ``serving/serve-check.json`` and returns the record."""
-    from onnxsmith.optimize.batching import BatchPoint, BatchSweep, BatchingReport, plan_batching, simulate
+    from onnxsmith.serving.batching import BatchPoint, BatchSweep, BatchingReport, plan_batching, simulate
     from onnxsmith.serving import FOLDER, served_sweep
 
     say = progress or (lambda message: None)

@@ -19,7 +19,7 @@ from onnxsmith.torchin.inputs import InputArg, _resolve_inputs, split_shapes
 from onnxsmith.torchin.source import TorchModel, build_torch_model, import_torch, torch_kind
 
 if TYPE_CHECKING:
-    from onnxsmith.data import Dataset
+    from onnxsmith.data.dataset import Dataset
     from onnxsmith.model import LoadedModel
     from onnxsmith.targets import Target
 
@@ -35,7 +35,7 @@ def open_model(spec: str, shapes: Sequence[str] = (), *, target: Target | None =
                opset: int | None = None, batch: tuple[int, int, int] | None = None) -> LoadedModel:
     """Load MODEL as every command does: an ONNX file as it is, a PyTorch model through a checked export.
 
-    ``data`` (any form :func:`onnxsmith.datasets.open_dataset` reads) feeds the export's numerics check. A range
+    ``data`` (any form :func:`onnxsmith.data.sources.open_dataset` reads) feeds the export's numerics check. A range
     (``--shape NAME=MIN:OPT:MAX``) is exported at its OPT dims with the varying dims dynamic, and kept as the
     loaded model's :attr:`~onnxsmith.model.LoadedModel.shape_ranges`; ``batch`` is ``--batch`` as
     :func:`onnxsmith.model.shapes.parse_batch` returns it."""
@@ -64,7 +64,7 @@ def open_model(spec: str, shapes: Sequence[str] = (), *, target: Target | None =
 
 def _model_digest(model: TorchModel) -> dict[str, Any]:
     """What determines an export of ``model``: its file, or its code, structure and weights."""
-    from onnxsmith.cache import sha256_file
+    from onnxsmith.build.cache import sha256_file
 
     torch = import_torch()
     if model.kind != "factory":
@@ -85,7 +85,7 @@ def export_cached(spec: str, kind: str, args: Mapping[str, InputArg], *, target:
     """The checked ONNX export of a PyTorch model and its record, from the cache when the same model, inputs,
     opset, torch version and check data were exported before."""
     import onnxsmith
-    from onnxsmith.cache import cache_key, cache_root, private_dir, publish_dir
+    from onnxsmith.build.cache import cache_key, cache_root, private_dir, publish_dir
 
     say = progress or (lambda message: None)
     torch = import_torch()
@@ -154,7 +154,7 @@ def export_module(module: Any, label: str, inputs: Sequence[InputArg], path: Pat
     ``output_names`` when it has as many); returns the record."""
     import shutil
 
-    from onnxsmith.cache import private_dir
+    from onnxsmith.build.cache import private_dir
 
     torch = import_torch()
     say = progress or (lambda message: None)

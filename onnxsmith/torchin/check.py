@@ -14,7 +14,7 @@ from onnxsmith.torchin.inputs import InputArg, _batched, _to_torch, flatten_outp
 from onnxsmith.torchin.source import import_torch
 
 if TYPE_CHECKING:
-    from onnxsmith.data import Dataset
+    from onnxsmith.data.dataset import Dataset
     from onnxsmith.torchin.source import TorchModel
 
 
@@ -31,8 +31,8 @@ def check_export(model: TorchModel, inputs: Sequence[InputArg], path: Path, reco
     import numpy as np
     import onnx
 
-    from onnxsmith.numerics import compare
-    from onnxsmith.reference import reference_runner
+    from onnxsmith.check.numerics import compare
+    from onnxsmith.check.reference import reference_runner
 
     progress("checking the export (ONNX checker, shape inference, numerics vs eager PyTorch)")
     proto = onnx.load_model(str(path))
@@ -87,8 +87,8 @@ def check_export(model: TorchModel, inputs: Sequence[InputArg], path: Path, reco
 def _check_other_batch(model: TorchModel, inputs: Sequence[InputArg], path: Path, names: list[str],
                        torch: Any) -> dict[str, Any]:
     """The dynamic batch verified at another batch size (so a batch sweep compiles what PyTorch computes)."""
-    from onnxsmith.numerics import compare
-    from onnxsmith.reference import reference_runner
+    from onnxsmith.check.numerics import compare
+    from onnxsmith.check.reference import reference_runner
 
     other = inputs[0].dims[0] + 1
     wider = [dataclasses.replace(a, dims=(other, *a.dims[1:])) for a in inputs]
@@ -106,7 +106,7 @@ def _check_other_batch(model: TorchModel, inputs: Sequence[InputArg], path: Path
 
 def _check_data(data: str, inputs: Sequence[InputArg]) -> Dataset:
     """``data`` read for the check: at most :data:`CHECK_SAMPLES` samples, as feeds of the export's dims."""
-    from onnxsmith.datasets import open_dataset
+    from onnxsmith.data.sources import open_dataset
     from onnxsmith.model import TensorSpec
 
     specs = tuple(TensorSpec(a.name, a.dtype or "float32", a.dims) for a in inputs)

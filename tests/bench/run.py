@@ -192,16 +192,16 @@ HEAD_SECONDS = float(os.environ.get("BENCH_HEAD_SECONDS", "2"))
 
 def head_to_head(bundles: dict[str, Path], profile: str) -> dict:
     """Every bundle loaded once in its own process, then HEAD_ROUNDS interleaved runs of HEAD_SECONDS each
-    (alternating order): the pick's p50 over each peer's with a paired bootstrap CI (onnxsmith.stats), and the
+    (alternating order): the pick's p50 over each peer's with a paired bootstrap CI (onnxsmith.profiling.stats), and the
     machine's load while it ran."""
     import tempfile
 
     from onnxsmith.bundle import Bundle
-    from onnxsmith.data import feed_batch, save_npz
+    from onnxsmith.data.dataset import feed_batch, save_npz
     from onnxsmith.profiling.environment import LoadWatch, environment
     from onnxsmith.profiling.run import profile_feeds
     from onnxsmith.profiling.worker import MeasureWorker, interleave
-    from onnxsmith.stats import compare_runs
+    from onnxsmith.profiling.stats import compare_runs
 
     watch = LoadWatch()
     workers: dict[str, MeasureWorker] = {}

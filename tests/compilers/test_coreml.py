@@ -43,7 +43,7 @@ def compile_to(path: Path, precision: str, workdir: Path, target: Target | None 
     workdir.mkdir(parents=True, exist_ok=True)
     request = CompileRequest(load_model(path), target or apple_target(), precision, load_profile("quick"),
                              options=options)
-    from onnxsmith.compile import checked_request
+    from onnxsmith.build.compile import checked_request
 
     return CoreMLCompiler().compile(checked_request(CoreMLCompiler(), request), workdir), workdir
 
@@ -486,8 +486,8 @@ def test_palettized_weights(mlp_file: Path, tmp_path: Path) -> None:
 def test_w8a8_quantizes_activations_from_the_calibration_set(tmp_path: Path) -> None:
     from importlib import resources
 
-    from onnxsmith.compile import checked_request
-    from onnxsmith.datasets import open_dataset
+    from onnxsmith.build.compile import checked_request
+    from onnxsmith.data.sources import open_dataset
     from onnxsmith.errors import DataError
     from onnxsmith.profiles import load_profile
 

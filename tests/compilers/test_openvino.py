@@ -12,10 +12,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from onnxsmith.data import Dataset
+from onnxsmith.data.dataset import Dataset
 from onnxsmith.errors import DataError, MissingDependencyError, UnsupportedError, UserInputError
 from onnxsmith.model import LoadedModel, load_model
-from onnxsmith.compile import checked_request
+from onnxsmith.build.compile import checked_request
 from onnxsmith.plugin import Artifact, CompileRequest
 from onnxsmith.profiles import load_profile
 from onnxsmith.targets import Target, load_target, parse_target

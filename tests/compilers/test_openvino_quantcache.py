@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import onnxsmith
-from onnxsmith.compile import compile_model
-from onnxsmith.datasets import open_dataset
+from onnxsmith.build.compile import compile_model
+from onnxsmith.data.sources import open_dataset
 from onnxsmith.model import load_model
 from onnxsmith.profiles import load_profile
 from onnxsmith.targets import load_target
@@ -36,7 +36,7 @@ def test_runtime_knobs_reuse_the_quantized_ir(tmp_path: Path, monkeypatch: pytes
     first, parent = _int8(tmp_path, "parent")
     quantization = first["artifact"]["metadata"]["quantization"]
     assert "reused_from" not in quantization and quantization["fake_quantize_nodes"] > 0
-    entries = list((Path(onnxsmith.cache.cache_root()) / "openvino-int8").iterdir())
+    entries = list((Path(onnxsmith.build.cache.cache_root()) / "openvino-int8").iterdir())
     assert len(entries) == 1 and (entries[0] / "model.xml").is_file()
     name = parent.inputs[0].name
     feed = {name: open_dataset(str(DIGITS / "validation.npz"), parent.inputs).arrays[name][:1]}
@@ -54,4 +54,4 @@ def test_runtime_knobs_reuse_the_quantized_ir(tmp_path: Path, monkeypatch: pytes
                                        atol=1e-4)
     other, _ = _int8(tmp_path, "subset", subset_size=2)  # quantization settings are in the key
     assert "reused_from" not in other["artifact"]["metadata"]["quantization"]
-    assert len(list((Path(onnxsmith.cache.cache_root()) / "openvino-int8").iterdir())) == 2
+    assert len(list((Path(onnxsmith.build.cache.cache_root()) / "openvino-int8").iterdir())) == 2

@@ -17,7 +17,7 @@ from onnxsmith.compilers.tensorrt.gpu import GpuInfo, matches, nvidia_gpus, pars
 from onnxsmith.compilers.tensorrt.options import BuildOptions, parse_options, profile_shapes
 from onnxsmith.compilers.tensorrt.precision import count_qdq, layer_precisions, quantize_qdq, sort_nodes, \
     summarize_precision, to_bfloat16, to_float16
-from onnxsmith.data import Dataset, synthetic
+from onnxsmith.data.dataset import Dataset, synthetic
 from onnxsmith.errors import DataError, MissingDependencyError, TargetError, UnsupportedError, UserInputError
 from onnxsmith.model import TensorSpec, load_model
 from onnxsmith.targets import Target, parse_target
@@ -319,7 +319,7 @@ def _compile(model_path: Path, target: Target, precision: str, tmp: Path, calibr
     model = load_model(model_path)
     workdir = tmp / f"{model_path.stem}-{precision}"
     workdir.mkdir()
-    from onnxsmith.compile import checked_request
+    from onnxsmith.build.compile import checked_request
 
     request = CompileRequest(model, target, precision, load_profile("quick"), calibration, options)
     return model, TensorRTCompiler().compile(checked_request(TensorRTCompiler(), request), workdir), workdir

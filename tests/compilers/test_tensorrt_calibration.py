@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from onnxsmith.compilers.tensorrt.calibrator import CalibrationFeeder, make_entropy_calibrator
-from onnxsmith.data import Dataset, check_against_model
+from onnxsmith.data.dataset import Dataset, check_against_model
 from onnxsmith.errors import DataError
 from onnxsmith.model import TensorSpec
 from tests.compilers.test_tensorrt import _Err, _fake_cuda_modules, _fake_trt

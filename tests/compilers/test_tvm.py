@@ -14,7 +14,7 @@ from onnx import TensorProto, helper
 
 from onnxsmith.errors import BackendError, TargetError, UnsupportedError, UserInputError
 from onnxsmith.model import LoadedModel, load_model
-from onnxsmith.compile import checked_request
+from onnxsmith.build.compile import checked_request
 from onnxsmith.plugin import Artifact, CompileRequest
 from onnxsmith.profiles import load_profile
 from onnxsmith.targets import Target, load_target, parse_target

@@ -130,7 +130,7 @@ def run_onnxsmith(case: Case, backend: str, workdir: Path) -> Outcome:
                        f"{text.removeprefix('error: ')}", case.ops)
 
     from onnxsmith.model.specs import _graph_inputs, _value_spec
-    from onnxsmith.values import flatten_values, read_values
+    from onnxsmith.data.values import flatten_values, read_values
 
     shape_args: list[str] = []
     for value in _graph_inputs(case.model):
@@ -143,7 +143,7 @@ def run_onnxsmith(case: Case, backend: str, workdir: Path) -> Outcome:
     if code:
         return error("compile", code, text)
     feeds = workdir / "x.npz"
-    # the documented convention (onnxsmith.values): strings as '<U' arrays, a sequence NAME as NAME.0, ...,
+    # the documented convention (onnxsmith.data.values): strings as '<U' arrays, a sequence NAME as NAME.0, ...,
     # NAME.length, an absent optional as NAME.none; np.savez writes no pickle for any of them
     np.savez(feeds, **flatten_values(case.inputs))
     out = workdir / "y.npz"

@@ -39,7 +39,7 @@ STRUCTURED_SAMPLE = ("test_string_concat", "test_equal_string", "test_regex_full
                      "test_ai_onnx_ml_label_encoder_string_int", "test_sequence_insert_at_back",
                      "test_split_to_sequence_1", "test_sequence_map_add_2_sequences", "test_identity_opt",
                      "test_if_seq")
-"""Strings, sequences and optionals (the .npz convention of onnxsmith.values): ONNX Runtime runs them raw and
+"""Strings, sequences and optionals (the .npz convention of onnxsmith.data.values): ONNX Runtime runs them raw and
 through onnxsmith; OpenVINO and TVM refuse them before compiling."""
 TVM_SAMPLE = ("test_batchnorm_example", "test_slice", "test_where_example", "test_pow_bcast_scalar", "test_relu",
               "test_add_bcast", "test_spacetodepth_expanded", "test_cast_e8m0_FLOAT8E8M0_to_FLOAT")

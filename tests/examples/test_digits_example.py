@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import onnxsmith
-from onnxsmith.datasets import open_dataset
+from onnxsmith.data.sources import open_dataset
 from onnxsmith.model import load_model
 
 DIGITS = Path(onnxsmith.__file__).parent / "examples" / "digits"

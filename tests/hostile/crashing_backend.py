@@ -60,6 +60,6 @@ class CrashingCompiler(Compiler):
     def load(self, artifact: Artifact, directory: Path, target: Any) -> Any:
         if artifact.options.get("crash") == "load":
             ctypes.string_at(0)
-        from onnxsmith.reference import OnnxRuntimeRunner
+        from onnxsmith.check.reference import OnnxRuntimeRunner
 
         return OnnxRuntimeRunner(directory / "model.onnx", ["CPUExecutionProvider"])

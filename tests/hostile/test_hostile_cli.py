@@ -361,7 +361,7 @@ def _cache_entries(world: World) -> set[str]:
 
 
 def _check_entry(cache: Path, key: str) -> None:
-    from onnxsmith.cache import CompileCache
+    from onnxsmith.build.cache import CompileCache
 
     entries = CompileCache(cache)
     assert entries.lookup(key) is not None, f"cache entry {key} was damaged"

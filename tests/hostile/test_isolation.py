@@ -16,7 +16,7 @@ import pytest
 from onnx import helper
 
 from onnxsmith.bundle import Bundle
-from onnxsmith.cache import CompileCache, owner_tag
+from onnxsmith.build.cache import CompileCache, owner_tag
 from tests.cli.test_cli import cli
 from tests.hostile.harness import cli_env, model, vi
 
@@ -121,7 +121,7 @@ def test_the_compiling_child_ends_when_the_cli_is_killed(relu: Path, tmp_path: P
     instead of building on for nobody while holding the cache shard's lock."""
     proc, cache, tmp = _slow_compile(relu, tmp_path, "out")
     children = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _parent(p) == proc.pid
-                and b"onnxsmith.isolate" in _cmdline(p)]
+                and b"onnxsmith.build.isolate" in _cmdline(p)]
     assert children, "no compiling child found"
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=60)

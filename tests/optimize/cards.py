@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from onnxsmith.data import save_npz
-from onnxsmith.optimize.batching import BatchPoint, BatchSweep, plan_batching
+from onnxsmith.data.dataset import save_npz
+from onnxsmith.serving.batching import BatchPoint, BatchSweep, plan_batching
 from onnxsmith.optimize.plots import input_png
 from onnxsmith.optimize.record import Card, Constraints, Example, Step, compare
 from onnxsmith.optimize.selection import select

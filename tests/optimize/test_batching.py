@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from onnxsmith.errors import UserInputError
-from onnxsmith.optimize.batching import BatchPoint, BatchSweep, max_rate_under_budget, plan_batching, simulate
+from onnxsmith.serving.batching import BatchPoint, BatchSweep, max_rate_under_budget, plan_batching, simulate
 
 
 def _md1_wait_ms(rate_per_s: float, service_ms: float) -> float:

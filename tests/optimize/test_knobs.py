@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import onnxsmith
-from onnxsmith.datasets import open_dataset
+from onnxsmith.data.sources import open_dataset
 from onnxsmith.model import load_model
 from onnxsmith.optimize.ladder import run_ladder
 from onnxsmith.profiles import load_profile
@@ -69,7 +69,7 @@ def test_knob_steps_change_one_option_of_the_best_step_and_win_only_significantl
 def test_onnxruntime_knobs_reach_the_session(tmp_path: Path) -> None:
     import onnxruntime as ort
 
-    from onnxsmith.compile import compile_model
+    from onnxsmith.build.compile import compile_model
 
     model = load_model(DIGITS / "digits_cnn.onnx")
     bundle = compile_model(model, load_target("host"), profile=load_profile("quick"), output=tmp_path / "b",

@@ -14,7 +14,7 @@ import onnxsmith
 from onnxsmith.bundle import Bundle
 from onnxsmith.errors import UserInputError
 from onnxsmith.model import load_model
-from onnxsmith.datasets import open_dataset
+from onnxsmith.data.sources import open_dataset
 from onnxsmith.optimize.ladder import run_ladder
 from onnxsmith.profiles import load_profile
 from onnxsmith.targets import load_target

@@ -44,7 +44,7 @@ def test_digits_optimize_cli_lists_every_step_with_real_accuracy(tmp_path: Path)
 def test_resnet50_host_pick_is_no_slower_than_the_usual_candidates(tmp_path: Path) -> None:
     pytest.importorskip("torch")
     pytest.importorskip("openvino")
-    from onnxsmith.data import Dataset
+    from onnxsmith.data.dataset import Dataset
     from onnxsmith.model import load_model
     from onnxsmith.optimize.ladder import run_ladder
     from onnxsmith.profiles import load_profile

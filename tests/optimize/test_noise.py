@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import onnxsmith
-from onnxsmith.datasets import open_dataset
+from onnxsmith.data.sources import open_dataset
 from onnxsmith.model import load_model
 from onnxsmith.optimize import ladder
 from onnxsmith.optimize.record import Card

@@ -7,7 +7,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxsmith.data import Dataset
+from onnxsmith.data.dataset import Dataset
 from onnxsmith.errors import DataError, UserInputError
 from onnxsmith.optimize.passes import PASSES, get_pass, ort_session
 from onnxsmith.optimize.prune import is_two_four

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from onnxsmith.cli import cli
-from onnxsmith.data import make_dataset
+from onnxsmith.data.dataset import make_dataset
 from onnxsmith.model import load_model
 from onnxsmith.optimize.sensitivity import analyze
 from onnxsmith.profiles import load_profile

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 import onnxsmith
 from onnxsmith.bundle import Bundle
 from onnxsmith.cli import cli
-from onnxsmith.optimize.batching import BatchPoint, BatchSweep, plan_batching, simulate
+from onnxsmith.serving.batching import BatchPoint, BatchSweep, plan_batching, simulate
 from onnxsmith.serving import plan, served_sweep, write_serving
 
 DIGITS = Path(onnxsmith.__file__).parent / "examples" / "digits" / "digits_cnn.onnx"

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from onnxsmith.bundle import Bundle
-from onnxsmith.optimize.batching import BatchPoint, BatchSweep, plan_batching
+from onnxsmith.serving.batching import BatchPoint, BatchSweep, plan_batching
 from onnxsmith.serving import write_serving
 from tests.serving.test_serving import compile_digits, parse
 

@@ -287,7 +287,7 @@ def test_host_detection_is_sane() -> None:
 
 
 def test_host_runs_its_own_code_and_matching_catalogue_cpus() -> None:
-    from onnxsmith.hostcheck import host_matches
+    from onnxsmith.host import host_matches
 
     host = detect_host()
     assert host_matches(host)

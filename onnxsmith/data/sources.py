@@ -13,15 +13,15 @@
   labels). Keys: ``input`` (default: the only input), ``resize`` (shorter side, or ``[height, width]``), ``crop``
   (centre crop, ``n`` or ``[height, width]``), ``mode`` (``RGB`` or ``L``), ``scale`` (default 1/255), ``mean`` /
   ``std`` (per channel, after scaling), ``layout`` (``NCHW`` or ``NHWC``), ``classes``.
-- ``package.module:function``: a function returning a :class:`~onnxsmith.data.Dataset`, or an iterable of
+- ``package.module:function``: a function returning a :class:`~onnxsmith.data.dataset.Dataset`, or an iterable of
   batches, each a dict of arrays named after the inputs (samples along axis 0); with ``labels``, each batch's
   array of that name is taken as labels. At most :data:`MAX_SAMPLES` samples are read.
 
-``.npy`` data is read header first (:mod:`onnxsmith.npyfile`): shapes and dtypes are checked against the model and
+``.npy`` data is read header first (:mod:`onnxsmith.data.npyfile`): shapes and dtypes are checked against the model and
 the bytes to load against a cap (4 GiB, ``$ONNXSMITH_MAX_DATA_BYTES``) before anything is decompressed; image
 folders are checked against the cap before any image is decoded. ``limit`` reads only the first samples when the data
 has no labels (``validate --samples``, ``profile``'s first batch). Every form is then checked against the model's
-inputs with :func:`onnxsmith.data.check_against_model` and, unless ``finite=False`` (``run``), refused when a float
+inputs with :func:`onnxsmith.data.dataset.check_against_model` and, unless ``finite=False`` (``run``), refused when a float
 input holds NaN or infinity.
 """
 
@@ -34,10 +34,10 @@ from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from onnxsmith.data import Dataset, check_against_model, make_dataset
+from onnxsmith.data.dataset import Dataset, check_against_model, make_dataset
 from onnxsmith.deploy.quoting import file_stems
 from onnxsmith.errors import DataError, OnnxsmithError, first_line
-from onnxsmith.npyfile import MAX_BYTES_VARIABLE, ArrayFiles, ArrayHeader, check_budget, max_bytes
+from onnxsmith.data.npyfile import MAX_BYTES_VARIABLE, ArrayFiles, ArrayHeader, check_budget, max_bytes
 from onnxsmith.units import fmt_bytes
 
 if TYPE_CHECKING:
@@ -130,8 +130,8 @@ def _read_inputs(source: ArrayFiles, model_inputs: tuple[TensorSpec, ...], label
 def _read_structured(source: ArrayFiles, model_inputs: tuple[TensorSpec, ...], where: str
                      ) -> tuple[dict[str, Any], list[tuple[ArrayHeader, int | None]]]:
     """The sequence and optional inputs, each assembled from its keys (``NAME.0``, ``NAME.length``, ``NAME.none``:
-    :mod:`onnxsmith.values`) after their headers passed the byte cap; with the headers read, for the total."""
-    from onnxsmith.values import assemble, keys_for
+    :mod:`onnxsmith.data.values`) after their headers passed the byte cap; with the headers read, for the total."""
+    from onnxsmith.data.values import assemble, keys_for
 
     values: dict[str, Any] = {}
     parts: list[tuple[ArrayHeader, int | None]] = []
@@ -259,7 +259,7 @@ def from_callable(spec: str, model_inputs: tuple[TensorSpec, ...], labels: str |
     if structured:
         raise DataError(f"cannot use {where}", f"input '{structured[0]}' is a sequence or optional, which "
                         "module:function data does not carry", "save the inputs as an .npz (a sequence NAME as "
-                        "NAME.0, NAME.1, ..., NAME.length; see onnxsmith.values)")
+                        "NAME.0, NAME.1, ..., NAME.length; see onnxsmith.data.values)")
     most = limit if limit is not None and labels is None else MAX_SAMPLES
     cap = max_bytes()
     func = _import_function(spec, where)

@@ -1,6 +1,6 @@
 """Input, calibration and validation data: one :class:`Dataset` abstraction for every stage.
 
-Data is read by :func:`onnxsmith.datasets.open_dataset` (``.npz``, ``.npy``, folders of ``.npy``, image folders,
+Data is read by :func:`onnxsmith.data.sources.open_dataset` (``.npz``, ``.npy``, folders of ``.npy``, image folders,
 ``module:function``); this module holds the Dataset, the checks against the model's inputs and generated inputs.
 
 The sample convention: when every array has exactly its input's shape, the file is **one feed** (one sample).
@@ -55,7 +55,7 @@ class Dataset:
 
     def fingerprint(self) -> str:
         digest = hashlib.sha256()
-        from onnxsmith.values import flatten
+        from onnxsmith.data.values import flatten
 
         arrays = {k: a for name, value in self.arrays.items() for k, a in flatten(name, value).items()}
         for name in sorted(arrays):
@@ -186,14 +186,14 @@ def check_against_model(arrays: Mapping[str, np.ndarray], model_inputs: tuple[Te
 
 
 def _check_structured(value: Any, spec: TensorSpec, where: str) -> None:
-    """A sequence or optional input's value: assembled from its keys (:func:`onnxsmith.values.assemble`), or
+    """A sequence or optional input's value: assembled from its keys (:func:`onnxsmith.data.values.assemble`), or
     given in Python; never an array header standing in for it."""
-    from onnxsmith.values import check_value
+    from onnxsmith.data.values import check_value
 
     if hasattr(value, "fortran_order"):  # an ArrayHeader: the .npz stored it as one plain array
         raise DataError(f"{where} does not fit the model", f"'{spec.name}' is one array, the input takes a "
                         f"{spec.type_text()}", "store a sequence NAME as NAME.0, NAME.1, ... and NAME.length; an "
-                        "absent optional as NAME.none (see onnxsmith.values)")
+                        "absent optional as NAME.none (see onnxsmith.data.values)")
     check_value(value, spec, where)
 
 
@@ -219,7 +219,7 @@ def check_finite(arrays: Mapping[str, np.ndarray], model_inputs: tuple[TensorSpe
 def _check_finite_elements(value: Any, spec: TensorSpec, where: str) -> None:
     import numpy as np
 
-    from onnxsmith.values import flatten
+    from onnxsmith.data.values import flatten
 
     for key, arr in flatten(spec.name, value).items():
         if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
@@ -251,7 +251,7 @@ def make_dataset(arrays: dict[str, np.ndarray], label_array: np.ndarray | None, 
 
 def _text_inputs(arrays: dict[str, Any], model_inputs: tuple[TensorSpec, ...], where: str) -> dict[str, Any]:
     """String inputs as native unicode arrays (UTF-8 bytes decoded, code points checked)."""
-    from onnxsmith.values import text_array
+    from onnxsmith.data.values import text_array
 
     for spec in model_inputs:
         if spec.is_tensor and spec.dtype == "string" and spec.name in arrays and hasattr(arrays[spec.name], "dtype") \
@@ -262,7 +262,7 @@ def _text_inputs(arrays: dict[str, Any], model_inputs: tuple[TensorSpec, ...], w
 
 def _void_of(value: Any, name: str) -> bool:
     """A file's typed void items of ml_dtypes' ``name`` size: how ``np.save`` stores bfloat16/float8, read back as
-    the input's type (:func:`onnxsmith.npyfile.typed_view`). Raw void data (``'|V2'``), or any void array already
+    the input's type (:func:`onnxsmith.data.npyfile.typed_view`). Raw void data (``'|V2'``), or any void array already
     in memory, is not: it may be anything of that size."""
     import numpy as np
 
@@ -343,12 +343,12 @@ def synthetic(model: LoadedModel, samples: int, seed: int = 0, known_batch: Coll
 
 def save_npz(path: Path, arrays: Mapping[str, Any]) -> None:
     """Write an .npz atomically, pickle-free: strings as ``'<U'`` arrays, sequences and optionals by the
-    :mod:`onnxsmith.values` convention (``NAME.0``..., ``NAME.length``, ``NAME.none``)."""
+    :mod:`onnxsmith.data.values` convention (``NAME.0``..., ``NAME.length``, ``NAME.none``)."""
     import os
 
     import numpy as np
 
-    from onnxsmith.values import flatten_values
+    from onnxsmith.data.values import flatten_values
 
     arrays = flatten_values(arrays)
     path.parent.mkdir(parents=True, exist_ok=True)

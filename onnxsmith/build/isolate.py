@@ -4,11 +4,11 @@ A segfault or abort inside a vendor compiler (TVM, OpenVINO, TensorRT...) kills 
 the signal or exit code to a :class:`~onnxsmith.errors.BackendError` (exit 4) naming the backend, removes the
 private build directory as usual, and the cache and the output directory stay as they were.
 
-The child is a fresh interpreter (``python -m onnxsmith.isolate``), never a fork: the parent may already hold
+The child is a fresh interpreter (``python -m onnxsmith.build.isolate``), never a fork: the parent may already hold
 vendor thread pools (OpenVINO's TBB, ONNX Runtime) that a forked child would inherit half-locked. The request
 (model, target, profile, calibration data, options) is pickled into a private directory; progress messages come
 back through a pipe, and what the child prints is shown after it ends (only its last line on failure, so an error
-stays one line). To keep the cost small, :func:`~onnxsmith.compile.compile_model` starts the child (a
+stays one line). To keep the cost small, :func:`~onnxsmith.build.compile.compile_model` starts the child (a
 :class:`Worker`) before its checks: the child imports the likely backend's vendor library while the parent is still
 choosing the backend and looking up the cache, then waits for the request (measured on the digits example with
 OpenVINO: about +0.3 s of compile time, +0.4 s for the whole command). The in-process path is kept only where a child cannot import the backend (a class defined in
@@ -48,7 +48,7 @@ class Worker:
     likely backend's vendor library (``warm``), then waits on its stdin for the request. Used once."""
 
     def __init__(self, warm: str | None = None) -> None:
-        from onnxsmith.cache import owner_tag
+        from onnxsmith.build.cache import owner_tag
 
         self._tmp = tempfile.TemporaryDirectory(prefix=f"onnxsmith-compile-{owner_tag()}-")
         self.io = Path(self._tmp.name)
@@ -56,7 +56,7 @@ class Worker:
         self._output = open(self.io / "output.txt", "wb")  # noqa: SIM115 - closed in close()
         try:
             self.proc: subprocess.Popen[bytes] = subprocess.Popen(
-                [sys.executable, "-m", "onnxsmith.isolate", str(self.io), str(write_fd), warm or ""],
+                [sys.executable, "-m", "onnxsmith.build.isolate", str(self.io), str(write_fd), warm or ""],
                 stdin=subprocess.PIPE, stdout=self._output, stderr=self._output, pass_fds=(write_fd,))
         except BaseException:
             os.close(write_fd)
@@ -199,7 +199,7 @@ def _exit_with_parent(interval: float = 0.5) -> None:
 
 
 def child_main(io_dir: str, progress_fd: str, warm: str = "") -> None:
-    """``python -m onnxsmith.isolate IO_DIR FD [WARM]``: import WARM's vendor library, wait for ``go`` on stdin,
+    """``python -m onnxsmith.build.isolate IO_DIR FD [WARM]``: import WARM's vendor library, wait for ``go`` on stdin,
     then compile the pickled request and write the outcome."""
     io = Path(io_dir)
     fd = int(progress_fd)

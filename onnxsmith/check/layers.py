@@ -6,7 +6,7 @@ own way (:meth:`onnxsmith.plugin.Compiler.load_layers`: extra outputs of the ONN
 quantized tensors of a QDQ graph dequantized; extra outputs of the OpenVINO model), or, for a backend without
 that hook whose artifact was compiled from the reference ONNX itself, by compiling that ONNX again with the
 extra outputs. Both run on the same inputs, batch by batch, and every figure comes from the one comparison
-engine (:func:`onnxsmith.numerics.compare`).
+engine (:func:`onnxsmith.check.numerics.compare`).
 
 Caveat, said in every result: exposing a tensor makes it a graph output, so a backend cannot fuse across it;
 the tensors are those of the same compiled precision, not necessarily of the very same kernels.
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     import onnx
 
     from onnxsmith.bundle import Bundle
-    from onnxsmith.data import Dataset
+    from onnxsmith.data.dataset import Dataset
 
 COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm", "Attention", "LSTM", "GRU", "RNN",
                          "QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger", "Einsum"})
@@ -162,7 +162,7 @@ def _ort_runner_for(proto: onnx.ModelProto, threads: int = 0, providers: list[st
     the file, external data included, when the session is created, so the folder goes right after)."""
     import onnx
 
-    from onnxsmith.reference import OnnxRuntimeRunner
+    from onnxsmith.check.reference import OnnxRuntimeRunner
 
     with tempfile.TemporaryDirectory(prefix="onnxsmith-layers-") as tmp:
         path = Path(tmp) / "model.onnx"
@@ -209,7 +209,7 @@ def _artifact_runner(bundle: Bundle, names: Sequence[str]) -> tuple[Any, str, li
                                f"use a backend with per-layer outputs ({', '.join(_layer_backends()) or 'none installed'})")
     import onnx
 
-    from onnxsmith.compile import compile_model
+    from onnxsmith.build.compile import compile_model
     from onnxsmith.model import load_model
     from onnxsmith.profiles import load_profile
 
@@ -238,11 +238,11 @@ def diverge(bundle: Bundle, data: Dataset | None = None, *, samples: int = 16, s
     import numpy as np
     import onnx
 
-    from onnxsmith.data import check_against_model, synthetic
+    from onnxsmith.data.dataset import check_against_model, synthetic
     from onnxsmith.model import load_model
-    from onnxsmith.numerics import compare
+    from onnxsmith.check.numerics import compare
     from onnxsmith.plugin import backend_call
-    from onnxsmith.validation import DEFAULT_MIN_COSINE, check_min_cosine
+    from onnxsmith.check.validation import DEFAULT_MIN_COSINE, check_min_cosine
 
     check_min_cosine(min_cosine)
     if max_rel_l2 is not None and not (max_rel_l2 > 0 and np.isfinite(max_rel_l2)):

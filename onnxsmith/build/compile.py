@@ -13,17 +13,17 @@ from typing import TYPE_CHECKING, Any
 
 import onnxsmith
 from onnxsmith.bundle import FORMAT_VERSION, MANIFEST, Bundle, write_json
-from onnxsmith.cache import CompileCache, cache_key, private_dir, replace_dir, sha256_file
+from onnxsmith.build.cache import CompileCache, cache_key, private_dir, replace_dir, sha256_file
 from onnxsmith.errors import DataError, MissingDependencyError, OnnxsmithError, UnsupportedError
 from onnxsmith.model.shapes import require_static
-from onnxsmith.outdir import check_output_dir
+from onnxsmith.dirs import check_output_dir
 from onnxsmith.options import parse_backend_options
 from onnxsmith.plugin import Artifact, CompileRequest, Compiler, Support
 from onnxsmith.registry import backend_status, get_backend
 from onnxsmith.signing import seal
 
 if TYPE_CHECKING:
-    from onnxsmith.data import Dataset
+    from onnxsmith.data.dataset import Dataset
     from onnxsmith.model import LoadedModel, TensorSpec
     from onnxsmith.profiles import Profile
     from onnxsmith.targets import Target
@@ -179,14 +179,14 @@ def compile_model(model: LoadedModel, target: Target, *, profile: Profile, outpu
     """Compile ``model`` for ``target`` and write a bundle at ``output`` (replacing it atomically).
 
     ``output`` may be new, empty or a previous bundle; anything else is refused unless ``force`` (see
-    :func:`onnxsmith.outdir.check_output_dir`), and a directory holding the model, its data, the calibration data
+    :func:`onnxsmith.dirs.check_output_dir`), and a directory holding the model, its data, the calibration data
     or the cache is always refused.
 
     ``reference``: the model validation compares against (default ``model``). When ``model`` was transformed by an
     ONNX pass (fp16, int8 QDQ, pruning), pass the original so the bundle keeps the fp32 model as its reference.
     """
     output = check_output_dir(output, "bundle", protected_inputs(model, reference, calibration), force=force)
-    from onnxsmith.isolate import start_worker
+    from onnxsmith.build.isolate import start_worker
 
     # the compiling child starts now and imports the likely backend's library while the checks below run
     worker = start_worker(backend or (target.backends[0] if target.backends else None))
@@ -199,7 +199,7 @@ def compile_model(model: LoadedModel, target: Target, *, profile: Profile, outpu
         key = compile_key(model, target, chosen, precision, profile, calibration, options)
 
         def build(workdir: Path) -> Artifact:
-            from onnxsmith.isolate import compile_isolated
+            from onnxsmith.build.isolate import compile_isolated
 
             start = time.perf_counter()
             artifact = compile_isolated(chosen, request, workdir, worker)

@@ -1,6 +1,6 @@
 """The one comparison engine: collect outputs -> :func:`compare` (pure) -> :func:`save_examples`.
 
-``validate`` (:mod:`onnxsmith.validation`) and the optimization ladder (:mod:`onnxsmith.optimize.evaluate`) both
+``validate`` (:mod:`onnxsmith.check.validation`) and the optimization ladder (:mod:`onnxsmith.optimize.evaluate`) both
 call it, so the same bundle on the same data gets the same cosine, agreement and worst examples from either.
 
 Rules, in one place:
@@ -85,7 +85,7 @@ def collect(runner: Any, batches: Iterable[Mapping[str, np.ndarray]], names: lis
 
     parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
     start = time.perf_counter()
-    from onnxsmith.values import is_structured
+    from onnxsmith.data.values import is_structured
 
     structured = {o.name for o in getattr(runner, "outputs", ()) if getattr(o, "wrap", ())}
     for feeds in batches:
@@ -200,7 +200,7 @@ def _compare_exact(name: str, got: Any, want: Any, n: int) -> tuple[Any, Any, An
     match, per-output stats, (abs error sum, count, artifact non-finite, reference non-finite, broken rows))."""
     import numpy as np
 
-    from onnxsmith.values import flatten
+    from onnxsmith.data.values import flatten
 
     if not isinstance(want, list):  # a string tensor, samples along axis 0
         g, w = np.asarray(got)[:n], np.asarray(want)[:n]
@@ -256,7 +256,7 @@ def save_examples(comparison: Comparison, inputs: Mapping[str, np.ndarray], got:
     """Write the ``keep`` worst samples to ``directory/worst-NN.npz`` (inputs, both outputs, the label), and a
     ``.png`` of the input where it is an image and ``png``; returns one record per example (paths as written).
     ``whole``: inputs without a sample axis (fed whole into every feed), saved as they are."""
-    from onnxsmith.data import save_npz
+    from onnxsmith.data.dataset import save_npz
 
     if directory.is_symlink():  # never follow a link out of the bundle
         directory.unlink()
@@ -264,7 +264,7 @@ def save_examples(comparison: Comparison, inputs: Mapping[str, np.ndarray], got:
         import shutil
 
         shutil.rmtree(directory)
-    from onnxsmith.values import flatten, flatten_values
+    from onnxsmith.data.values import flatten, flatten_values
 
     def sample(values: Any, index: int, prefix: str) -> dict[str, Any]:
         if isinstance(values, list):  # a sequence or optional: one value per sample

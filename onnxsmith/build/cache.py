@@ -218,7 +218,7 @@ class CompileCache:
 
     def check_usable(self) -> None:
         """A user error naming the cache directory when it is a file or cannot be written."""
-        from onnxsmith.outdir import check_writable
+        from onnxsmith.dirs import check_writable
 
         root = self.root.parent
         named = "ONNXSMITH_CACHE_DIR" if os.environ.get("ONNXSMITH_CACHE_DIR") else "the cache directory"

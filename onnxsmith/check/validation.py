@@ -14,7 +14,7 @@ from onnxsmith.errors import DataError
 
 if TYPE_CHECKING:
     from onnxsmith.bundle import Bundle
-    from onnxsmith.data import Dataset
+    from onnxsmith.data.dataset import Dataset
 
 # Cosine similarity a precision must reach on every checked sample to pass.
 DEFAULT_MIN_COSINE = {"fp32": 0.9999, "bf16": 0.995, "fp16": 0.999, "int8": 0.98}
@@ -94,7 +94,7 @@ def check_min_cosine(value: float | None) -> None:
 def validate_bundle(bundle: Bundle, data: Dataset | None = None, *, samples: int = 64, seed: int = 0,
                     keep_worst: int = 5, min_cosine: float | None = None, runner: Any = None) -> ValidationResult:
     """Compare the bundle's outputs with ONNX Runtime fp32 on ``data`` (or seeded generated inputs), through the
-    one comparison engine (:mod:`onnxsmith.numerics`).
+    one comparison engine (:mod:`onnxsmith.check.numerics`).
 
     A bundle compiled for a shape range is checked at each of its ``min``, ``opt`` and ``max`` points: generated
     inputs of that shape (about ``samples`` samples each), or ``data`` split into feeds of that batch (a point the
@@ -105,7 +105,7 @@ def validate_bundle(bundle: Bundle, data: Dataset | None = None, *, samples: int
                             min_cosine=min_cosine, runner=runner, examples=bundle.path / "examples")
     import shutil
 
-    from onnxsmith.data import feed_batch
+    from onnxsmith.data.dataset import feed_batch
     from onnxsmith.profiling.run import range_points
 
     examples = bundle.path / "examples"
@@ -162,11 +162,11 @@ def _validate_at(bundle: Bundle, data: Dataset | None, inputs: Any, *, samples: 
     """One validation with the inputs shaped as ``inputs`` (the bundle's, or one point of its shape range)."""
     import numpy as np
 
-    from onnxsmith.numerics import collect, compare, save_examples
-    from onnxsmith.data import batch_inputs, check_against_model, synthetic
+    from onnxsmith.check.numerics import collect, compare, save_examples
+    from onnxsmith.data.dataset import batch_inputs, check_against_model, synthetic
     from onnxsmith.model import load_model
     from onnxsmith.plugin import backend_call
-    from onnxsmith.reference import reference_runner
+    from onnxsmith.check.reference import reference_runner
 
     if data is None:
         data = synthetic(load_model(bundle.reference_model, check=False), samples, seed, bundle.batch_inputs,

@@ -4,7 +4,7 @@ The convention (inputs in ``run --input``/``--data`` files, outputs in ``run --o
 
 - a **string** tensor is a fixed-width numpy text array: unicode (``'<U'``, what ``np.array(["a", "bc"])``
   gives) or UTF-8 bytes (``'|S'``, decoded on reading). Object arrays are never read (loading them runs pickle);
-  a string element may hold at most :data:`onnxsmith.npyfile.MAX_STRING_CHARS` characters.
+  a string element may hold at most :data:`onnxsmith.data.npyfile.MAX_STRING_CHARS` characters.
 - a **sequence** ``NAME`` is stored as its elements ``NAME.0``, ``NAME.1``, ... ``NAME.{n-1}`` (each stored by
   these same rules, so a sequence of sequences is ``NAME.0.0``...) and ``NAME.length``, a 0-d integer array
   holding n. ``NAME.length`` may be left out when there is at least one element (n is then the number of
@@ -15,8 +15,8 @@ The convention (inputs in ``run --input``/``--data`` files, outputs in ``run --o
 A model whose sequence or optional ``NAME`` sits beside another input or output named ``NAME.something`` is refused
 at load (the keys would collide). Python::
 
-    np.savez("x.npz", **onnxsmith.values.flatten_values({"seq": [a, b], "text": np.array(["hi"])}))
-    values = onnxsmith.values.read_values("y.npz")   # {"seq": [a, b], "text": array(['hi'], dtype='<U2')}
+    np.savez("x.npz", **onnxsmith.data.values.flatten_values({"seq": [a, b], "text": np.array(["hi"])}))
+    values = onnxsmith.data.values.read_values("y.npz")   # {"seq": [a, b], "text": array(['hi'], dtype='<U2')}
 """
 
 from __future__ import annotations
@@ -197,7 +197,7 @@ def assemble(spec: TensorSpec, names: Collection[str], read: Callable[[str], np.
     return build(spec.name, spec.wrap)
 
 
-_HINT = "store a sequence NAME as NAME.0, NAME.1, ... and NAME.length (see onnxsmith.values)"
+_HINT = "store a sequence NAME as NAME.0, NAME.1, ... and NAME.length (see onnxsmith.data.values)"
 
 
 def _index_below(rest: str, count: int) -> bool:
@@ -272,7 +272,7 @@ def read_values(path: str | os.PathLike[str], specs: Collection[TensorSpec] = ()
     and optionals assembled into lists and ``None``, every other array as it is."""
     from pathlib import Path
 
-    from onnxsmith.npyfile import ArrayFiles, check_budget
+    from onnxsmith.data.npyfile import ArrayFiles, check_budget
 
     where = f"'{path}'"
     with ArrayFiles.npz(Path(path), where) as source:

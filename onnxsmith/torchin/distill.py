@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from onnxsmith.errors import DataError, UserInputError
 
 if TYPE_CHECKING:
-    from onnxsmith.data import Dataset
+    from onnxsmith.data.dataset import Dataset
     from onnxsmith.model import LoadedModel
 
 RECORD = "distill.json"
@@ -75,7 +75,7 @@ def teacher_logits(teacher_spec: str, teacher: LoadedModel, data: Dataset, progr
     """The teacher's first output on every sample of ``data``: ONNX Runtime on the ONNX, or eager PyTorch."""
     import numpy as np
 
-    from onnxsmith.numerics import collect
+    from onnxsmith.check.numerics import collect
     from onnxsmith.torchin.source import build_torch_model, torch_kind
 
     progress(f"scoring {len(data)} training samples with the teacher")
@@ -93,7 +93,7 @@ def teacher_logits(teacher_spec: str, teacher: LoadedModel, data: Dataset, progr
             for feed in data.batches():
                 parts.append(flatten_outputs(model.eager(*_to_torch(torch, feed, specs)))[0])
         return np.concatenate(parts).astype(np.float32)
-    from onnxsmith.reference import reference_runner
+    from onnxsmith.check.reference import reference_runner
 
     with reference_runner(teacher.path) as runner:
         return collect(runner, data.batches(), names)[names[0]].astype(np.float32)
@@ -111,7 +111,7 @@ def onnx_parameters(model: LoadedModel) -> int:
 
 def _fingerprint(teacher: LoadedModel, student_spec: str, train: Dataset, settings: Settings,
                  input_names: Sequence[str]) -> str:
-    from onnxsmith.cache import cache_key
+    from onnxsmith.build.cache import cache_key
 
     return cache_key({"teacher": teacher.fingerprint, "student": student_spec, "train": train.fingerprint(),
                       "settings": dataclasses.asdict(settings), "inputs": list(input_names)})[:16]
@@ -303,7 +303,7 @@ def _train(torch: Any, teacher_spec: str, student_spec: str, teacher: LoadedMode
     record.update(status="done", stopped=stop_reason, epochs=state["epoch"], best_epoch=state["best_epoch"],
                   train_seconds=round(state["elapsed"], 2), history=state["history"], **result)
     _write_record(work, record)
-    from onnxsmith.cache import replace_dir
+    from onnxsmith.build.cache import replace_dir
 
     replace_dir(work, output)  # one step: the previous result until here, the new one from here
     return record
@@ -319,7 +319,7 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 def _save_checkpoint(torch: Any, work: Path, identity: str, epoch: int, payload: Mapping[str, Any]) -> None:
     """``checkpoint.pt`` (tensors and plain values only, so it loads with ``weights_only=True``), then its record."""
-    from onnxsmith.cache import sha256_file
+    from onnxsmith.build.cache import sha256_file
 
     _save_atomic(lambda p: torch.save(dict(payload), p), work / CHECKPOINT)
     meta = {"identity": identity, "epoch": epoch, "sha256": sha256_file(work / CHECKPOINT)}
@@ -329,7 +329,7 @@ def _save_checkpoint(torch: Any, work: Path, identity: str, epoch: int, payload:
 def _load_checkpoint(torch: Any, work: Path, output: Path, identity: str, device: str) -> dict[str, Any] | None:
     """The checkpoint of this run in ``work``, or None when there is none. Its record is checked first (this run's
     identity, the file's sha256); only then is it loaded, as tensors and plain values."""
-    from onnxsmith.cache import sha256_file
+    from onnxsmith.build.cache import sha256_file
 
     path = work / CHECKPOINT
     if not path.is_file():
@@ -406,7 +406,7 @@ def _samples(data: Dataset, name: str) -> Any:
 
 def _open_data(teacher: LoadedModel, train_spec: str, val_spec: str | None,
                labels: str | None) -> tuple[Dataset, Dataset | None]:
-    from onnxsmith.datasets import open_dataset
+    from onnxsmith.data.sources import open_dataset
 
     known = teacher.batch_inputs or tuple(s.name for s in teacher.inputs)
     train = open_dataset(train_spec, teacher.inputs, labels=labels, what="training data", known_batch=known)
@@ -419,8 +419,8 @@ def _open_data(teacher: LoadedModel, train_spec: str, val_spec: str | None,
 
 
 def _prepare_output(output: Path, teacher: LoadedModel, train: Dataset, val: Dataset | None, force: bool) -> None:
-    from onnxsmith.compile import protected_inputs
-    from onnxsmith.outdir import check_output_dir
+    from onnxsmith.build.compile import protected_inputs
+    from onnxsmith.dirs import check_output_dir
 
     check_output_dir(output, "distill", protected_inputs(teacher, train, val), force=force)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -468,8 +468,8 @@ def _finish(teacher_spec: str, student_spec: str, teacher: LoadedModel, student:
 
 
 def _accuracy_both(teacher: LoadedModel, student: LoadedModel, val: Dataset) -> dict[str, Any]:
-    from onnxsmith.numerics import collect, compare
-    from onnxsmith.reference import reference_runner
+    from onnxsmith.check.numerics import collect, compare
+    from onnxsmith.check.reference import reference_runner
 
     names_t = [o.name for o in teacher.outputs]
     names_s = [o.name for o in student.outputs]
@@ -489,8 +489,8 @@ def _latency_both(teacher: LoadedModel, student: LoadedModel, rounds: int = 5, r
     """Median per-inference latency of each, measured in alternating rounds in this process (same load)."""
     import statistics
 
-    from onnxsmith.data import synthetic
-    from onnxsmith.reference import reference_runner
+    from onnxsmith.data.dataset import synthetic
+    from onnxsmith.check.reference import reference_runner
 
     times: dict[str, list[float]] = {"teacher": [], "student": []}
     models = {"teacher": teacher, "student": student}

@@ -75,7 +75,7 @@ def check_output_file(output: str | os.PathLike[str], option: str = "--output") 
 def check_output_dir(output: str | os.PathLike[str], kind: str, protected: Iterable[str | os.PathLike[str]] = (),
                      force: bool = False, option: str = "-o") -> Path:
     """Refuse an output directory that would destroy something; returns it resolved. Writes nothing."""
-    from onnxsmith.cache import cache_root
+    from onnxsmith.build.cache import cache_root
 
     given = Path(output)
     path = given.resolve()

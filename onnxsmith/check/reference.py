@@ -93,7 +93,7 @@ class OnnxRuntimeRunner(Runner):
         except Exception as exc:
             raise BackendError("ONNX Runtime inference failed", first_line(exc)) from exc
         if self._plain:
-            from onnxsmith.values import to_plain
+            from onnxsmith.data.values import to_plain
 
             results = [to_plain(r) for r in results]  # string outputs as '<U' arrays, sequences as lists
         return dict(zip(self._names, results))
