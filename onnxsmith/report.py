@@ -254,7 +254,8 @@ def _noise_lines(profile: dict[str, Any], manifest: dict[str, Any]) -> list[str]
                    f"{env.get('frequency_governor') or 'not readable'}; load average {env.get('load_average_before')} "
                    f"before the run, {env.get('load_average_after')} after"
                    + ("" if other is None else f"; other processes used {other * 100:.0f} % of the CPU during it") + ".")
-    for warning in (busy_warning(env), slower_than_baseline(profile, manifest)):
+    disagreement = (profile.get("comparison") or {}).get("disagreement")
+    for warning in (busy_warning(env), disagreement, slower_than_baseline(profile, manifest)):
         if warning:
             out.append(f"\n**Warning**: {warning}.")
     return out

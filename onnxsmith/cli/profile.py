@@ -150,7 +150,8 @@ def profile_verdict_lines(record: dict, manifest: dict | None = None) -> list[st
                      + (f", governor {env['frequency_governor']}" if env.get("frequency_governor") else "")
                      + f"; load average {env.get('load_average_before')} before, {env.get('load_average_after')} "
                      "after" + ("" if other is None else f"; other processes {other * 100:.0f} % of CPU during"))
-    for warning in (busy_warning(env), slower_than_baseline(record, manifest)):
+    disagreement = (record.get("comparison") or {}).get("disagreement")
+    for warning in (busy_warning(env), disagreement, slower_than_baseline(record, manifest)):
         if warning:
             lines.append(f"warning: {warning}")
     return lines

@@ -112,7 +112,14 @@ def environment() -> dict[str, Any]:
 
 
 def busy_warning(env: dict[str, Any]) -> str | None:
-    """One line when the machine was busy while measuring, else None."""
+    """One line when the machine was busy while measuring, or a runner was timed beside another measuring process
+    that had not gone idle, else None."""
+    isolation = env.get("isolation") or {}
+    if not env.get("busy") and isolation.get("disturbed"):
+        return (f"a runner was timed while another measuring process was not idle (up to "
+                f"{isolation['max_others_cores']:.2f} cores used beside it; {isolation['unsettled']} of "
+                f"{isolation['timed_sections']} timed sections started before the others settled): timings are "
+                "noisy; measure again on a quiet machine")
     if not env.get("busy"):
         return None
     parts = []

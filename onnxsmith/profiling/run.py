@@ -8,6 +8,7 @@ import platform
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from onnxsmith.profiling import quiet
 from onnxsmith.profiling.environment import LoadWatch, environment
 from onnxsmith.profiling.record import Measurement, ProfileResult
 from onnxsmith.profiling.worker import interleave
@@ -146,6 +147,11 @@ def profile_bundle(bundle: Bundle, profile: Profile, *, baseline: bool = True, d
                             if label != "compiled":
                                 comparison["point"] = label
             measured.append((label, specs, feeds, source, batch, main, base))
+        isolation = quiet.summary([r for w in pool.workers.values() for r in w.isolation])
+    if comparison is not None:
+        disagreement = rounds_disagree(measured[headline][5]["latency_ms"]["p50"], comparison["artifact_runs_p50_ms"])
+        if disagreement:
+            comparison["disagreement"] = disagreement
     _, opt_specs, _, source, batch, main, base = measured[headline]
     ranges = bundle.shape_ranges
 
@@ -178,9 +184,26 @@ def profile_bundle(bundle: Bundle, profile: Profile, *, baseline: bool = True, d
         flops=flops, peak_tflops=target.peak.for_precision(precision_used),
         host=f"{platform.node()} {platform.machine()} {platform.processor() or ''}".strip(), remote=remote,
         measure=dataclasses.asdict(profile.measure), shapes=tuple(shapes),
-        environment=environment() | watch.finish(), comparison=comparison,
+        environment=environment() | watch.finish() | {"isolation": isolation}, comparison=comparison,
         measured_peak_tflops=None if remote or target.kind != "cpu" else _measured_peak(precision_used),
     )
+
+
+AGREEMENT = 0.05
+"""The main measurement's p50 may lie this far outside the range of the interleaved runs' medians."""
+
+
+def rounds_disagree(main_p50: float, runs_p50: list[float]) -> str | None:
+    """One line when the main measurement's p50 lies more than :data:`AGREEMENT` outside the range of the
+    interleaved runs' medians of the same runner in the same profile (something changed between them), else None."""
+    if not runs_p50:
+        return None
+    low, high = min(runs_p50), max(runs_p50)
+    if low * (1 - AGREEMENT) <= main_p50 <= high * (1 + AGREEMENT):
+        return None
+    return (f"this profile's own runs disagree: the main measurement's p50 {main_p50:.3f} ms lies outside its "
+            f"interleaved runs' medians ({low:.3f} .. {high:.3f} ms) by more than {AGREEMENT:.0%}: the machine "
+            "changed between them (another process, frequency, thermal state); measure again")
 
 
 def _shape_words(specs: tuple[TensorSpec, ...], bundle: Bundle) -> str:

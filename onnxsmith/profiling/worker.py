@@ -8,9 +8,10 @@ import platform
 import time
 import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from onnxsmith.errors import BackendError, OnnxsmithError
+from onnxsmith.profiling import quiet
 from onnxsmith.profiling.measure import LatencyStats, measure_runner
 from onnxsmith.profiling.stats import block_medians
 
@@ -185,7 +186,13 @@ def worker_main(request_path: str) -> None:
 
 class MeasureWorker:
     """One runner of a bundle ('artifact' or 'baseline') loaded in its own fresh Python process, measured on
-    command; several workers alive at once are how two runners are timed interleaved (A B A B ...)."""
+    command; several workers alive at once are how two runners are timed interleaved (A B A B ...).
+
+    A worker is timed only once every other live worker of this process has gone idle (:func:`quiet.alone`: no
+    runner computes or spins beside the one being timed); each timed command's wait and the cores the others
+    used meanwhile are kept in :attr:`isolation`."""
+
+    live: ClassVar[set[MeasureWorker]] = set()
 
     def __init__(self, kind: str, bundle: Bundle, feeds_path: Path, batch: int, remote: str | None = None,
                  timeout: float = 600.0, label: str | None = None) -> None:
@@ -204,7 +211,9 @@ class MeasureWorker:
         command = [sys.executable, "-m", "onnxsmith.profiling.worker", "--worker", str(request_path)]
         self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
                                      text=True)
+        self.isolation: list[dict[str, Any]] = []
         self.load = self._read(timeout)
+        MeasureWorker.live.add(self)
 
     def __enter__(self) -> MeasureWorker:
         return self
@@ -273,15 +282,22 @@ class MeasureWorker:
             raise self._crashed() from None
         return self._read(timeout)
 
+    def _timed(self, command: dict[str, Any], timeout: float) -> dict[str, Any]:
+        others = [w.proc.pid for w in MeasureWorker.live if w is not self and w.proc.poll() is None]
+        with quiet.alone(others) as record:
+            result = self._send(command, timeout)
+        self.isolation.append({"op": command["op"], **record})
+        return result
+
     def measure(self, measure: Measure) -> dict[str, Any]:
         """The full measurement (:func:`measure_runner`) in the worker."""
         limit = measure.max_seconds * 2 + measure.throughput_seconds + 600
-        return self._send({"op": "measure", "measure": dataclasses.asdict(measure)}, limit)
+        return self._timed({"op": "measure", "measure": dataclasses.asdict(measure)}, limit)
 
     def block(self, seconds: float, min_iterations: int = 5, mode: str = "latency", warmup: int = 5) -> dict[str, Any]:
         """One run of an interleaved comparison (see ``_ChildState.block``)."""
-        return self._send({"op": "block", "seconds": seconds, "min_iterations": min_iterations, "mode": mode,
-                           "warmup": warmup}, 20 * seconds + 300)
+        return self._timed({"op": "block", "seconds": seconds, "min_iterations": min_iterations, "mode": mode,
+                            "warmup": warmup}, 20 * seconds + 300)
 
     def use_feeds(self, feeds_path: Path, batch: int) -> None:
         """Hand the loaded runner other inputs (see :class:`onnxsmith.profiling.pool.WorkerPool`)."""
@@ -289,6 +305,7 @@ class MeasureWorker:
         self.batch = batch
 
     def close(self) -> None:
+        MeasureWorker.live.discard(self)
         if self.proc.poll() is None:
             try:
                 assert self.proc.stdin is not None
@@ -310,8 +327,6 @@ def run_isolated(kind: str, bundle: Bundle, feeds_path: Path, measure: Measure, 
         return worker.measure(measure)
 
 
-PAUSE_S = 0.05
-
 
 def interleave(workers: dict[str, MeasureWorker], rounds: int, seconds: float, min_iterations: int = 5,
                mode: str = "latency", progress: Any | None = None) -> dict[str, list[float]]:
@@ -323,8 +338,7 @@ def interleave(workers: dict[str, MeasureWorker], rounds: int, seconds: float, m
     for round_ in range(rounds):
         if progress:
             progress(f"interleaved runs: round {round_ + 1} of {rounds}")
-        for name in names if round_ % 2 == 0 else reversed(names):
-            time.sleep(PAUSE_S)  # let the previous runner's spinning threads go idle before the next one runs
+        for name in names if round_ % 2 == 0 else reversed(names):  # each waits for the others to go idle
             runs[name].append(float(workers[name].block(seconds, min_iterations, mode)[key]))
     return runs
 
