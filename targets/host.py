@@ -37,6 +37,36 @@ def cpu_flags() -> frozenset[str]:
     return frozenset((_field(text, "flags") or _field(text, "Features")).split())
 
 
+_ISA_NAMES = (("avx2", "AVX2"), ("avx512f", "AVX-512"), ("avx512_vnni", "AVX-512 VNNI"), ("avx_vnni", "AVX-VNNI"),
+              ("avx512_bf16", "AVX-512 BF16"), ("avx512_fp16", "AVX-512 FP16"), ("amx_bf16", "AMX-BF16"),
+              ("amx_int8", "AMX-INT8"), ("asimd", "NEON"), ("asimddp", "NEON dot product"), ("i8mm", "I8MM"),
+              ("bf16", "BF16"), ("sve", "SVE"), ("sve2", "SVE2"))
+
+
+def isa_summary(flags: frozenset[str] | None = None) -> dict[str, object]:
+    """The vector ISA this CPU has and the int8 path it implies (what int8 kernels of OpenVINO, ONNX Runtime's
+    MLAS and TVM can use here): ``{"isa": [...], "int8_path": "...", "text": "..."}``."""
+    flags = cpu_flags() if flags is None else flags
+    isa = [name for flag, name in _ISA_NAMES if flag in flags]
+    if "amx_int8" in flags:
+        path = "AMX tiles (TDPBUSD, 16x16x64 int8 per instruction)"
+    elif "avx512_vnni" in flags or "avx_vnni" in flags:
+        path = "VNNI dot products (VPDPBUSD: u8 x s8 into int32 in one instruction)"
+    elif "avx2" in flags:
+        path = ("AVX2 without VNNI (VPMADDUBSW + VPMADDWD: two instructions per dot product, 16-bit saturation): "
+                "int8 gains less over fp32 here than on a VNNI CPU")
+    elif "i8mm" in flags:
+        path = "NEON I8MM matrix multiply (SMMLA/UMMLA)"
+    elif "asimddp" in flags:
+        path = "NEON dot product (SDOT/UDOT)"
+    elif "asimd" in flags:
+        path = "NEON without dot product (widening multiplies): little int8 gain over fp32"
+    else:
+        path = "no SIMD int8 instructions found: int8 runs no faster than fp32"
+    return {"isa": isa, "int8_path": path,
+            "text": f"ISA: {', '.join(isa) or 'none detected'}; int8 path: {path}"}
+
+
 def _cores() -> int:
     try:
         return len(os.sched_getaffinity(0))

@@ -22,7 +22,7 @@ def doctor_command(as_json: bool) -> None:
     from onnxsmith.console import print_json, shown, stdout_console
     from onnxsmith.probe import describe, load_peaks
     from onnxsmith.registry import backend_names, backend_status
-    from onnxsmith.targets.host import detect_host
+    from onnxsmith.targets.host import detect_host, isa_summary
 
     host = detect_host()
     statuses = [backend_status(name) for name in backend_names()]
@@ -31,7 +31,7 @@ def doctor_command(as_json: bool) -> None:
         "python": sys.version.split()[0],
         "platform": f"{platform.system()} {platform.machine()}",
         "host": {"name": host.name, "cores": host.cores, "cpu_features": list(host.requires.cpu_flags),
-                 "precisions": list(host.precisions), "peak_tflops": dict(host.peak.tflops)},
+                 "precisions": list(host.precisions), "peak_tflops": dict(host.peak.tflops), **isa_summary()},
         "cache": str(cache_root()),
         "measured_peaks": load_peaks(),
         "backends": [dataclasses.asdict(s) for s in statuses],
@@ -43,6 +43,7 @@ def doctor_command(as_json: bool) -> None:
     out.print(shown(f"onnxsmith {data['onnxsmith']}, Python {data['python']}, {data['platform']}"))
     out.print(shown(f"host: {host.name}; features: {', '.join(host.requires.cpu_flags) or '-'}; "
                     f"precisions: {', '.join(host.precisions)}"))
+    out.print(shown(data["host"]["text"]))
     out.print(f"cache: {shown(data['cache'])}")
     out.print(shown(describe(data["measured_peaks"])))
     table = Table(title="backends")
