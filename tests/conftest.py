@@ -16,6 +16,9 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     """Each test session gets its own cache directory; tests never touch ~/.cache."""
     root = tmp_path_factory.getbasetemp() / "cache"
     monkeypatch.setenv("ONNXSMITH_CACHE_DIR", str(root))
+    # 'compile -t host' without --backend takes the host's listed order in tests, so each test gets the backend it
+    # was written for; tests/test_host_pick.py measures the pick itself.
+    monkeypatch.setenv("ONNXSMITH_HOST_PICK", "listed")
     return root
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -105,10 +106,19 @@ def compile_command(model: str, target_spec: str, backend: str | None, precision
     else:
         from onnxsmith.build.compile import compile_model
 
+        notes: tuple[str, ...] = ()
+        if backend is None and target.id == "host" and not options and os.environ.get("ONNXSMITH_HOST_PICK") != "listed":
+            from onnxsmith.build.pick import pick_host_backend
+
+            with progress("choosing the host backend", not as_json) as update:
+                picked = pick_host_backend(loaded, target, profile, precision, calib, update)
+            if picked:
+                backend, why = picked
+                notes = (why,)
         with progress(f"compiling {loaded.name} for {target.id} ({precision})", not as_json) as update:
             bundle = compile_model(loaded, target, profile=profile, output=out, backend=backend, precision=precision,
                                    calibration=calib, options=options, use_cache=not no_cache, progress=update,
-                                   force=force)
+                                   force=force, notes=notes)
     m = bundle.manifest
     if as_json:
         validation = _validate(bundle, calib, as_json) if validate_after else None
