@@ -177,6 +177,21 @@ def test_gpu_name_match_is_whole_word() -> None:
     assert not gpu_name_matches("A100", "NVIDIA A1000")
 
 
+def test_a_gpu_target_is_not_satisfied_by_a_gpu_whose_name_contains_its_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The L4 target on a machine whose only GPU is an L40S: refused by TVM's runs_here (it once substring-matched
+    the name). Only the device query is replaced, nothing the backend decides."""
+    pytest.importorskip("tvm")
+    import onnxsmith.compilers.tvm.backend as tvm_backend
+    from onnxsmith.registry import get_backend
+
+    l4 = load_target("nvidia/l4")
+    monkeypatch.setattr(tvm_backend, "_cuda_device", lambda: "NVIDIA L40S")
+    runs = get_backend("tvm").runs_here(l4)
+    assert not runs and "L4" in runs.reason and "L40S" in runs.reason, runs
+    monkeypatch.setattr(tvm_backend, "_cuda_device", lambda: "NVIDIA L4")
+    assert get_backend("tvm").runs_here(l4).ok
+
+
 def test_transformed_model_keeps_the_original_as_reference(cnn_path: Path, tmp_path: Path) -> None:
     """An int8 QDQ graph run by ONNX Runtime says it is int8, and validates against the fp32 original."""
     from onnxsmith.optimize.passes import get_pass

@@ -85,7 +85,9 @@ class TVMCompiler(Compiler):
             if not device:
                 return Support(False, f"{target.id} needs an NVIDIA GPU and TVM sees none here",
                                "run on a machine with the GPU, or profile there with --rpc")
-            if target.requires.gpu and target.requires.gpu.lower() not in device.lower():
+            from onnxsmith.host import gpu_name_matches
+
+            if target.requires.gpu and not gpu_name_matches(target.requires.gpu, device):  # an L4 is not an L40S
                 return Support(False, f"{target.id} needs an NVIDIA {target.requires.gpu}; this machine has {device}",
                                "compile for the GPU that is here, or run on the target's GPU")
             return Support(True)
