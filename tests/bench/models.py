@@ -87,6 +87,65 @@ def export_resnet50(path: Path, batch: int = 1, dynamic_batch: bool = False) -> 
     return path
 
 
+def mobilenet_v2_module():  # -> torch.nn.Module
+    """MobileNetV2 (torchvision's layout: inverted residuals, ReLU6, width 1.0), seeded random weights, eval mode."""
+    import torch
+    from torch import nn
+
+    def conv_bn(inp: int, out: int, kernel: int, stride: int, groups: int = 1, act: bool = True) -> list[nn.Module]:
+        layers = [nn.Conv2d(inp, out, kernel, stride, kernel // 2, groups=groups, bias=False), nn.BatchNorm2d(out)]
+        return layers + ([nn.ReLU6(inplace=True)] if act else [])
+
+    class InvertedResidual(nn.Module):
+        def __init__(self, inp: int, out: int, stride: int, expand: int):
+            super().__init__()
+            hidden = inp * expand
+            layers = conv_bn(inp, hidden, 1, 1) if expand != 1 else []
+            layers += conv_bn(hidden, hidden, 3, stride, groups=hidden) + conv_bn(hidden, out, 1, 1, act=False)
+            self.conv = nn.Sequential(*layers)
+            self.residual = stride == 1 and inp == out
+
+        def forward(self, x):
+            return x + self.conv(x) if self.residual else self.conv(x)
+
+    class MobileNetV2(nn.Module):
+        def __init__(self, classes: int = 1000):
+            super().__init__()
+            layers, inp = conv_bn(3, 32, 3, 2), 32
+            for t, c, n, s in ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
+                               (6, 160, 3, 2), (6, 320, 1, 1)):
+                for i in range(n):
+                    layers.append(InvertedResidual(inp, c, s if i == 0 else 1, t))
+                    inp = c
+            self.features = nn.Sequential(*layers, *conv_bn(inp, 1280, 1, 1))
+            self.classifier = nn.Linear(1280, classes)
+
+        def forward(self, x):
+            return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(self.features(x), 1), 1))
+
+    torch.manual_seed(0)
+    model = MobileNetV2()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def export_mobilenet_v2(path: Path) -> Path:
+    """Export MobileNetV2 at batch 1 (input ``input`` 1x3x224x224, output ``logits``)."""
+    import torch
+
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.onnx")
+    torch.onnx.export(mobilenet_v2_module(), (torch.randn(1, 3, 224, 224),), str(tmp), input_names=["input"],
+                      output_names=["logits"], opset_version=17, dynamo=False)
+    tmp.rename(path)
+    return path
+
+
 def image_batch(count: int, seed: int = 0):
     """ImageNet-normalised random images, N x 3 x 224 x 224 float32 (smooth, so activations look like images)."""
     import numpy as np
