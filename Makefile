@@ -43,7 +43,7 @@ run: install
 	@echo "bundle: $(BUNDLE)  (report: $(BUNDLE)/report.md)"
 
 test: install
-	$(BIN)/python -m pytest -q -n 2
+	$(BIN)/python -m pytest -q -n 2 --durations=15
 
 test-all: install
 	$(BIN)/python -m pytest -q -n 2 -m ""

@@ -37,6 +37,8 @@ import importlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from onnxsmith.precisions import PRECISIONS  # noqa: F401 (re-exported: the plugin contract names it)
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -46,8 +48,6 @@ if TYPE_CHECKING:
     from onnxsmith.model import LoadedModel, TensorSpec
     from onnxsmith.profiles import Profile
     from onnxsmith.targets import Target
-
-PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,6 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from onnxsmith.precisions import PRECISIONS, headline_precision
+
 # (name, M, K, N) for MatMul; the conv is (name, C_in, H, W, C_out, kernel)
 GEMM_SHAPES = (("matmul 256x2048x2048", 256, 2048, 2048), ("matmul 512x4096x4096", 512, 4096, 4096),
                ("matmul 1024x1024x1024", 1024, 1024, 1024))
@@ -54,7 +56,7 @@ def load_peaks(fingerprint: str | None = None) -> dict[str, Any] | None:
 def measured_peak(precision: str) -> float | None:
     """Measured TFLOP/s (TOP/s for int8) of this machine for ``precision`` (mixed ``int8+fp32``: its first part)."""
     peaks = load_peaks()
-    entry = (peaks or {}).get("peaks", {}).get(precision.split("+")[0])
+    entry = (peaks or {}).get("peaks", {}).get(headline_precision(precision))
     return None if not entry else entry["tflops"]
 
 
@@ -117,7 +119,7 @@ def probe_host(backend: str | None = None, progress: Callable[[str], None] | Non
     say = progress or (lambda message: None)
     target = detect_host()
     chosen = choose_backend(target, backend)
-    precisions = [p for p in ("fp32", "bf16", "fp16", "int8") if p in target.precisions
+    precisions = [p for p in PRECISIONS if p in target.precisions
                   and p in chosen.precisions(target)]
     base = load_profile("quick")
     profile = dataclasses.replace(base, measure=dataclasses.replace(

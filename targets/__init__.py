@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from onnxsmith.errors import TargetError
+from onnxsmith.precisions import PRECISIONS, headline_precision
 from onnxsmith.tomlutil import Fields, read_toml
 
 CATALOGUE = Path(__file__).parent
 KINDS = ("cpu", "gpu", "npu", "soc")
-PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,8 +32,7 @@ class Peak:
 
     def for_precision(self, precision: str) -> float | None:
         """Peak for ``precision`` in TFLOP/s; int8+bf16 style mixed strings use their first part."""
-        key = precision.split("+")[0]
-        return self.tflops.get(key)
+        return self.tflops.get(headline_precision(precision))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,6 +16,7 @@ from onnxsmith.compilers.openvino.common import (
 from onnxsmith.compilers.openvino.config import OPTIONS, filter_supported, settings_for
 from onnxsmith.errors import BackendError, UnsupportedError
 from onnxsmith.plugin import PRECISIONS, Artifact, CompileRequest, Compiler, DeployProgram, Support, TritonModel, Variant
+from onnxsmith.precisions import precision_parts
 
 if TYPE_CHECKING:
     from onnxsmith.compilers.openvino.runner import OpenVINORunner
@@ -303,7 +304,7 @@ class OpenVINOCompiler(Compiler):
                 raise BackendError(f"OpenVINO could not compile '{ir.name}' for {device}", vendor_why(exc)) from exc
         runner = OpenVINORunner(compiled, device, properties, ir, list(artifact.metadata.get("inputs", [])),
                                 list(artifact.metadata.get("outputs", [])), tuple(notes), loaded_from)
-        expected = artifact.precision_used.split("+")[-1]
+        expected = precision_parts(artifact.precision_used)[-1]
         if runner.precision_used != expected:
             runner.notes += (f"{artifact.precision_used} in the manifest, but {device} computes in "
                              f"{runner.precision_used} here (INFERENCE_PRECISION_HINT read back at load)",)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from onnxsmith.errors import DataError, UnsupportedError
+from onnxsmith.precisions import min_cosine_for
 
 if TYPE_CHECKING:
     import numpy as np
@@ -242,14 +243,14 @@ def diverge(bundle: Bundle, data: Dataset | None = None, *, samples: int = 16, s
     from onnxsmith.model import load_model
     from onnxsmith.check.numerics import compare
     from onnxsmith.plugin import backend_call
-    from onnxsmith.check.validation import DEFAULT_MIN_COSINE, check_min_cosine
+    from onnxsmith.check.validation import check_min_cosine
 
     check_min_cosine(min_cosine)
     if max_rel_l2 is not None and not (max_rel_l2 > 0 and np.isfinite(max_rel_l2)):
         raise DataError(f"invalid maximum relative error {max_rel_l2}", "it is a positive number",
                         "for example --max-rel-error 0.05")
     precision = bundle.manifest["precision_used"]
-    threshold = min_cosine if min_cosine is not None else DEFAULT_MIN_COSINE.get(precision.split("+")[0], 0.98)
+    threshold = min_cosine_for(precision, min_cosine)
     if data is None:
         data = synthetic(load_model(bundle.reference_model, check=False), samples, seed, bundle.batch_inputs)
     else:

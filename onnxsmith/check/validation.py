@@ -11,13 +11,14 @@ import dataclasses
 from typing import TYPE_CHECKING, Any
 
 from onnxsmith.errors import DataError
+from onnxsmith.precisions import MIN_COSINE, min_cosine_for
 
 if TYPE_CHECKING:
     from onnxsmith.bundle import Bundle
     from onnxsmith.data.dataset import Dataset
 
 # Cosine similarity a precision must reach on every checked sample to pass.
-DEFAULT_MIN_COSINE = {"fp32": 0.9999, "bf16": 0.995, "fp16": 0.999, "int8": 0.98}
+DEFAULT_MIN_COSINE = MIN_COSINE  # the defaults, by headline precision (onnxsmith.precisions)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,7 +185,7 @@ def _validate_at(bundle: Bundle, data: Dataset | None, inputs: Any, *, samples: 
         raise DataError("not enough validation samples", f"{len(data)} samples, the compiled batch is {data.batch}")
     precision = bundle.manifest["precision_used"]
     check_min_cosine(min_cosine)
-    threshold = min_cosine if min_cosine is not None else DEFAULT_MIN_COSINE.get(precision.split("+")[0], 0.98)
+    threshold = min_cosine_for(precision, min_cosine)
     names = [o.name for o in bundle.outputs]
     own_runner = runner is None
     runner = runner or bundle.load_runner(emulate=True)

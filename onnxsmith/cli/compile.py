@@ -9,6 +9,7 @@ import click
 
 from onnxsmith.cli.common import (backend_option, batch_option, data_option, echo, echo_err, json_option, parse_options,
                                   profile_option, shape_option, target_option)
+from onnxsmith.precisions import PRECISIONS
 
 
 def default_output(model: str, target: str, precision: str) -> Path:
@@ -32,7 +33,7 @@ class _CompileCommand(click.Command):
 @click.argument("model", type=click.Path(dir_okay=False))
 @target_option
 @backend_option
-@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16", "int8"]), default=None,
+@click.option("--precision", type=click.Choice(PRECISIONS), default=None,
               help="Arithmetic precision (default: the profile's).")
 @data_option("--calibration", "calibration", "Calibration data, needed for int8")
 @click.option("--output", "-o", type=click.Path(file_okay=False), default=None,

@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from onnxsmith.errors import OnnxsmithError, UserInputError
-
-PRECISIONS = ("fp32", "bf16", "fp16", "int8")
+from onnxsmith.precisions import PRECISIONS
 
 
 @dataclasses.dataclass(frozen=True)

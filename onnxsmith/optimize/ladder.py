@@ -35,6 +35,7 @@ from onnxsmith.optimize.ladder_steps import (BASELINE_BACKEND, SIMPLIFY, _knob_s
 from onnxsmith.optimize.record import Card, Constraints, Step, compare
 from onnxsmith.optimize.selection import select
 from onnxsmith.optimize.steps import Recipe, StepRunner
+from onnxsmith.precisions import min_cosine_for
 
 if TYPE_CHECKING:
     from onnxsmith.data.dataset import Dataset
@@ -70,12 +71,11 @@ def _usable_backends(target: Target, wanted: Sequence[str] | None, notes: list[s
 
 
 def _risky(step: Step) -> tuple[str, ...]:
-    from onnxsmith.check.validation import DEFAULT_MIN_COSINE
 
     if not step.measured:
         return ()
     out = []
-    threshold = DEFAULT_MIN_COSINE.get(step.precision.split("+")[0], 0.98)
+    threshold = min_cosine_for(step.precision)
     if step.cosine_min is not None and step.cosine_min < threshold:
         out.append(f"cosine to fp32 {step.cosine_min:.5f} is below the {threshold} expected for {step.precision}")
     if step.agreement is not None and step.agreement < 1.0:
