@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from onnxsmith.precisions import PRECISIONS, headline_precision
+from onnxsmith.precisions import PRECISIONS, headline_precision, offered_precisions
 
 # (name, M, K, N) for MatMul; the conv is (name, C_in, H, W, C_out, kernel)
 GEMM_SHAPES = (("matmul 256x2048x2048", 256, 2048, 2048), ("matmul 512x4096x4096", 512, 4096, 4096),
@@ -119,8 +119,8 @@ def probe_host(backend: str | None = None, progress: Callable[[str], None] | Non
     say = progress or (lambda message: None)
     target = detect_host()
     chosen = choose_backend(target, backend)
-    precisions = [p for p in PRECISIONS if p in target.precisions
-                  and p in chosen.precisions(target)]
+    offered = offered_precisions(chosen, target)
+    precisions = [p for p in PRECISIONS if p in offered]
     base = load_profile("quick")
     profile = dataclasses.replace(base, measure=dataclasses.replace(
         base.measure, warmup_iterations=2, min_iterations=5, min_seconds=0.5, max_seconds=10.0,

@@ -19,6 +19,7 @@ from onnxsmith.model.shapes import require_static
 from onnxsmith.dirs import check_output_dir
 from onnxsmith.options import parse_backend_options
 from onnxsmith.plugin import Artifact, CompileRequest, Compiler, Support
+from onnxsmith.precisions import choose_precision
 from onnxsmith.registry import backend_status, get_backend
 from onnxsmith.signing import seal
 
@@ -192,8 +193,10 @@ def compile_model(model: LoadedModel, target: Target, *, profile: Profile, outpu
     worker = start_worker(backend or (target.backends[0] if target.backends else None))
     try:
         chosen = choose_backend(target, backend, model)
+        precision, why = choose_precision(chosen, target, profile, precision)
+        notes = (*notes, *([why] if why else []))
         request = checked_request(chosen, CompileRequest(
-            model=model, target=target, precision=precision or profile.precision, profile=profile,
+            model=model, target=target, precision=precision, profile=profile,
             calibration=calibration, options=dict(options or {}), progress=progress))
         precision, options = request.precision, request.options
         key = compile_key(model, target, chosen, precision, profile, calibration, options)

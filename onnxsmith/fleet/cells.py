@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from onnxsmith.errors import OnnxsmithError, UserInputError
-from onnxsmith.precisions import PRECISIONS
+from onnxsmith.precisions import PRECISIONS, choose_precision
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,19 +60,6 @@ class CellSpec:
         return re.sub(r"[^A-Za-z0-9.+-]+", "-", self.label.replace(".toml", "")).strip("-")
 
 
-def default_precision(backend: Any, target: Any, profile: Any) -> str:
-    """The profile's precision when target and backend offer it, else the first the backend offers the target."""
-    offered = [p for p in (*backend.precisions(target), *backend.onnx_pass_precisions(target)) if p in target.precisions]
-    if profile.precision in offered:
-        return profile.precision
-    if not offered:
-        from onnxsmith.errors import UnsupportedError
-
-        raise UnsupportedError(f"backend '{backend.name}' offers no precision of {target.id}",
-                               f"it offers {', '.join(backend.precisions(target)) or 'none'}")
-    return offered[0]
-
-
 # --- the stages (run in a child process) ---------------------------------------------------------------------------
 def compile_stage(req: dict[str, Any]) -> dict[str, Any]:
     """Compile the cell into the bundle folder ``req['output']``; returns what the compare table shows."""
@@ -88,7 +75,7 @@ def compile_stage(req: dict[str, Any]) -> dict[str, Any]:
     model = load_model(req["model"], {k: tuple(v) for k, v in (req.get("shapes") or {}).items()})
     backend = get_backend(req["backend"]) if req.get("backend") else choose_backend(target)
     backend.check_environment()
-    precision = req.get("precision") or default_precision(backend, target, profile)
+    precision, why = choose_precision(backend, target, profile, req.get("precision"))
     calibration = None
     onnx_pass = None
     if precision not in backend.precisions(target):
@@ -97,7 +84,7 @@ def compile_stage(req: dict[str, Any]) -> dict[str, Any]:
         if req.get("calibration"):
             calibration = open_dataset(req["calibration"], model.inputs, what="calibration data",
                                        known_batch=model.batch_inputs)
-    compiled, reference, notes = model, None, ()
+    compiled, reference, notes = model, None, (why,) if why else ()
     with contextlib.ExitStack() as stack:
         if onnx_pass:
             from onnxsmith.build.cache import private_dir
@@ -113,8 +100,8 @@ def compile_stage(req: dict[str, Any]) -> dict[str, Any]:
             # beside the cell's bundle and removed however the compile ends (a killed stage's is swept later)
             scratch = stack.enter_context(private_dir(Path(req["output"]).resolve().parent, "cell-pass"))
             compiled = load_model(save_model(done.model, scratch / f"{model.name}.onnx"))
-            reference, notes = model, (f"{precision} through onnxsmith's {onnx_pass} pass, compiled as fp32 by "
-                                       f"{backend.name}",)
+            reference, notes = model, (*notes, f"{precision} through onnxsmith's {onnx_pass} pass, compiled as "
+                                       f"fp32 by {backend.name}")
         bundle = compile_model(compiled, target, profile=profile, output=req["output"], backend=backend.name,
                                precision="fp32" if onnx_pass else precision,
                                calibration=None if onnx_pass else calibration,
