@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from onnxsmith.errors import TargetError
+from onnxsmith.errors import OnnxsmithError, TargetError
 from onnxsmith.precisions import PRECISIONS, headline_precision
 from onnxsmith.tomlutil import Fields, read_toml
 
@@ -123,6 +123,7 @@ def parse_target(data: Mapping[str, Any], path: Path | str, target_id: str | Non
             raise TargetError(f"invalid {path}", f"key 'device.{name}' names no installed backend "
                               f"({', '.join(registered)})", "install the backend's plugin, or fix the name")
         device.table(name)
+        _check_declared_options(name, device.data[name], path)
     cores = f.get("cores", int, 0)
     if not 0 <= cores <= MAX_CORES:
         raise TargetError(f"invalid {path}", f"key 'cores' is {cores}; it must be between 1 and {MAX_CORES} "
@@ -151,6 +152,21 @@ def parse_target(data: Mapping[str, Any], path: Path | str, target_id: str | Non
         description=f.get("description", str, ""),
         source_file=str(path),
     )
+
+
+def _check_declared_options(backend: str, table: Mapping[str, Any], path: Path | str) -> None:
+    """A ``[device.<backend>]`` key that the backend declares as an option is parsed by the same declaration as
+    ``--option`` (exit 2 naming the file and the key); target-only keys (a TVM ``mcpu``, an OpenVINO ``device``)
+    are the backend's to check. A plugin that cannot be loaded is reported where it is used, not here."""
+    from onnxsmith.registry import get_backend
+
+    try:
+        declared = {o.name: o for o in get_backend(backend).options}
+    except OnnxsmithError:
+        return
+    for key, value in table.items():
+        if key in declared:
+            declared[key].parse(value, f"[device.{backend}] option in {path}:")
 
 
 def catalogue_files() -> dict[str, Path]:
