@@ -94,7 +94,7 @@ def _check_manifest(manifest: Any, where: Path) -> None:
     signature = manifest["model"].get("signature")
     if not isinstance(signature, dict) or not all(isinstance(signature.get(k), list) for k in ("inputs", "outputs")):
         raise bad("'model.signature' must hold 'inputs' and 'outputs' lists")
-    from onnxsmith.model.specs import _ONNX_DTYPES
+    from onnxsmith.model.specs import ONNX_DTYPES
 
     for kind in ("inputs", "outputs"):
         for spec in signature[kind]:
@@ -104,7 +104,7 @@ def _check_manifest(manifest: Any, where: Path) -> None:
             wrap = spec.get("wrap", [])
             if not isinstance(wrap, list) or not all(w in ("sequence", "optional") for w in wrap):
                 raise bad(f"'model.signature.{kind}' gives '{spec['name']}' the containers {str(wrap)[:60]!r}")
-            if spec.get("dtype") not in _ONNX_DTYPES.values():
+            if spec.get("dtype") not in ONNX_DTYPES.values():
                 raise BundleError(f"bundle '{where}' cannot be used", f"{kind[:-1]} '{spec['name']}' has element type "
                                   f"{spec.get('dtype')!r}, which onnxsmith cannot feed or compare",
                                   "compile a model with numeric inputs and outputs")
@@ -126,11 +126,11 @@ def write_json(path: Path, data: Any) -> None:
     """Write JSON atomically (temp file + rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=_json_default, allow_nan=False) + "\n")
+    tmp.write_text(json.dumps(data, indent=2, default=json_default, allow_nan=False) + "\n")
     os.replace(tmp, path)
 
 
-def _json_default(value: Any) -> Any:
+def json_default(value: Any) -> Any:
     if dataclasses.is_dataclass(value):
         return dataclasses.asdict(value)  # type: ignore[arg-type]
     if isinstance(value, Path):

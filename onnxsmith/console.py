@@ -43,9 +43,9 @@ def stdout_console() -> Any:
 
 
 def print_json(data: Any) -> None:
-    from onnxsmith.bundle import _json_default
+    from onnxsmith.bundle import json_default
 
-    sys.stdout.write(json.dumps(data, indent=2, default=_json_default, allow_nan=False) + "\n")
+    sys.stdout.write(json.dumps(data, indent=2, default=json_default, allow_nan=False) + "\n")
 
 
 @contextlib.contextmanager

@@ -27,7 +27,7 @@ def _ratio_word(ours: float, base: float, lower_is_better: bool = True) -> str:
     return f"{ratio:.2f}x " + ("(better)" if better else "(worse)" if worse else "(same)")
 
 
-def _flop(n: float) -> str:
+def flop_text(n: float) -> str:
     for unit, scale in (("GFLOP", 1e9), ("MFLOP", 1e6), ("kFLOP", 1e3)):
         if n >= scale:
             return f"{n / scale:.3f} {unit}"
@@ -133,7 +133,7 @@ def render_report(manifest: dict[str, Any], profile: dict[str, Any] | None,
                              f"{_ms(base_p50)} |")
             lines.append("")
         if profile.get("efficiency") is not None:
-            lines.append(f"Efficiency: {_flop(profile['flops'])} per inference at p50 = "
+            lines.append(f"Efficiency: {flop_text(profile['flops'])} per inference at p50 = "
                          f"{profile['achieved_tflops'] * 1000:.2f} GFLOP/s, "
                          f"{profile['efficiency'] * 100:.2f} % of the target's {profile['peak_tflops']} TFLOP/s "
                          f"peak for {profile['precision_used']} ({target['peak']['source']}).")

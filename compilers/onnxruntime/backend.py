@@ -172,7 +172,7 @@ class OnnxRuntimeCompiler(Compiler):
         produce."""
         import onnx
 
-        from onnxsmith.check.layers import _ort_runner_for
+        from onnxsmith.check.layers import ort_runner_for
 
         proto = onnx.load(str(directory / artifact.files[0]))
         exposed = expose_tensors(proto, tensors)
@@ -180,7 +180,7 @@ class OnnxRuntimeCompiler(Compiler):
             return None
         have = available_providers()
         providers = [p for p in artifact.options.get("providers", []) if p in have] or ["CPUExecutionProvider"]
-        return _ort_runner_for(proto, int(artifact.options.get("threads", 0)), providers)
+        return ort_runner_for(proto, int(artifact.options.get("threads", 0)), providers)
 
 
 _SCALE_INPUTS = {"QuantizeLinear": (1, 2), "QLinearConv": (6, 7), "QLinearMatMul": (6, 7), "QGemm": (7, 8),

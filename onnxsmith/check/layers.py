@@ -158,7 +158,7 @@ def with_outputs(proto: onnx.ModelProto, tensors: Iterable[str]) -> onnx.ModelPr
     return model
 
 
-def _ort_runner_for(proto: onnx.ModelProto, threads: int = 0, providers: list[str] | None = None) -> Any:
+def ort_runner_for(proto: onnx.ModelProto, threads: int = 0, providers: list[str] | None = None) -> Any:
     """An ONNX Runtime runner on an in-memory model (written to a private temporary folder: ONNX Runtime reads
     the file, external data included, when the session is created, so the folder goes right after)."""
     import onnx
@@ -268,7 +268,7 @@ def diverge(bundle: Bundle, data: Dataset | None = None, *, samples: int = 16, s
     runner, how, notes = _artifact_runner(bundle, names)
     sums: dict[str, dict[str, float]] = {}
     count = 0
-    with runner, _ort_runner_for(with_outputs(reference_proto, names)) as reference:
+    with runner, ort_runner_for(with_outputs(reference_proto, names)) as reference:
         for index, feeds in enumerate(data.batches()):
             if batches is not None and index >= batches:
                 break
@@ -345,9 +345,9 @@ def divergence_png(result: Divergence) -> bytes | None:
 
     if not result.layers:
         return None
-    from onnxsmith.optimize.plots import _pyplot
+    from onnxsmith.optimize.plots import pyplot_module
 
-    plt = _pyplot("layers")
+    plt = pyplot_module("layers")
     fig, ax = plt.subplots(figsize=(max(6.0, min(18.0, len(result.layers) * 0.25)), 3.6))
     xs = [r.index for r in result.layers]
     ax.semilogy(xs, [max(r.rel_l2_error, 1e-9) for r in result.layers], "o-", color="#0969da", markersize=3,

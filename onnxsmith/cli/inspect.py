@@ -60,7 +60,7 @@ def inspect_command(model: str, target_spec: str, shapes: tuple[str, ...], batch
     from onnxsmith.analysis import summarize
     from onnxsmith.console import print_json, shown, stdout_console
     from onnxsmith.model.shapes import parse_batch
-    from onnxsmith.report import _flop
+    from onnxsmith.report import flop_text
     from onnxsmith.targets import load_target
     from onnxsmith.torchin import open_model
     from onnxsmith.units import fmt_bytes
@@ -99,7 +99,7 @@ def inspect_command(model: str, target_spec: str, shapes: tuple[str, ...], batch
             io.add_row(kind, shown(s["name"]), shown(dtype), "x".join(str(d) if d is not None else "?" for d in s["shape"]))
     out.print(io)
     out.print(f"{info['nodes']} nodes, {info['parameters']:,} parameters ({fmt_bytes(info['parameter_bytes'])}), "
-              f"{_flop(info['flops'])} per inference (Conv/Gemm/MatMul)")
+              f"{flop_text(info['flops'])} per inference (Conv/Gemm/MatMul)")
     out.print("ops: " + ", ".join(f"{shown(op)} x{n}" for op, n in info["ops"].items()))
     if info["dynamic_inputs"]:
         out.print(f"[yellow]dynamic dims[/yellow]: {shown(info['dynamic_inputs'])} (fix with --shape NAME=DIMS, or keep "

@@ -100,12 +100,12 @@ def _measured(record: Mapping[str, Any]) -> list[Mapping[str, Any]]:
 
 
 def latency_svg(record: Mapping[str, Any]) -> str | None:
-    from onnxsmith.optimize.plots import _pyplot, _svg
+    from onnxsmith.optimize.plots import figure_svg, pyplot_module
 
     cells = _measured(record)
     if not cells:
         return None
-    plt = _pyplot("compare-latency")
+    plt = pyplot_module("compare-latency")
     fig, ax = plt.subplots(figsize=(6.8, 0.45 * len(cells) + 1.2))
     names = [c["cell"] + (" (emulated)" if c["emulated"] else "") for c in cells]
     p50 = [c["p50_ms"] for c in cells]
@@ -116,18 +116,18 @@ def latency_svg(record: Mapping[str, Any]) -> str | None:
     ax.invert_yaxis()
     ax.set_xscale("log")
     ax.set_xlabel("latency p50 (ms), whisker to p99; grey: emulated, not ranked")
-    return _svg(fig, plt)
+    return figure_svg(fig, plt)
 
 
 def accuracy_svg(record: Mapping[str, Any]) -> str | None:
-    from onnxsmith.optimize.plots import _pyplot, _svg
+    from onnxsmith.optimize.plots import figure_svg, pyplot_module
 
     cells = [c for c in _measured(record) if not c["emulated"] and (c.get("accuracy") is not None
                                                                      or c.get("cosine_min") is not None)]
     if not cells:
         return None
     use_acc = all(c.get("accuracy") is not None for c in cells)
-    plt = _pyplot("compare-accuracy")
+    plt = pyplot_module("compare-accuracy")
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     for c in cells:
         y = c["accuracy"] if use_acc else c["cosine_min"]
@@ -135,16 +135,16 @@ def accuracy_svg(record: Mapping[str, Any]) -> str | None:
         ax.annotate(c["cell"], (c["p50_ms"], y), textcoords="offset points", xytext=(5, 3), fontsize=8)
     ax.set_xlabel("latency p50 (ms)")
     ax.set_ylabel("accuracy" if use_acc else "min cosine to fp32")
-    return _svg(fig, plt)
+    return figure_svg(fig, plt)
 
 
 def efficiency_svg(record: Mapping[str, Any]) -> str | None:
-    from onnxsmith.optimize.plots import _pyplot, _svg
+    from onnxsmith.optimize.plots import figure_svg, pyplot_module
 
     cells = [c for c in _measured(record) if not c["emulated"] and c.get("efficiency") is not None]
     if not cells:
         return None
-    plt = _pyplot("compare-efficiency")
+    plt = pyplot_module("compare-efficiency")
     fig, ax = plt.subplots(figsize=(6.8, 0.5 * len(cells) + 1.2))
     y = list(range(len(cells)))
     ax.barh([i - 0.2 for i in y], [c["efficiency"] * 100 for c in cells], height=0.4, color="#0969da",
@@ -155,7 +155,7 @@ def efficiency_svg(record: Mapping[str, Any]) -> str | None:
     ax.invert_yaxis()
     ax.set_xlabel("efficiency (% of the device's peak for the precision used)")
     ax.legend(fontsize=8)
-    return _svg(fig, plt)
+    return figure_svg(fig, plt)
 
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:24px;color:#1f2328;max-width:1200px}

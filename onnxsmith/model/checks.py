@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from onnxsmith.errors import ModelError, first_line
-from onnxsmith.model.specs import _ONNX_DTYPES, _graph_inputs, _opset, _unwrap, _value_spec
+from onnxsmith.model.specs import ONNX_DTYPES, _graph_inputs, _opset, _unwrap, value_spec
 
 if TYPE_CHECKING:
     import onnx
@@ -100,7 +100,7 @@ def _check_graph(proto: onnx.ModelProto, source: Path) -> None:
     for kind, values in (("input", _graph_inputs(proto)), ("output", list(proto.graph.output))):
         for value in values:
             _check_value_type(value, kind, where)
-        _check_convention_names([v.name for v in values], [_value_spec(v) for v in values], kind, where)
+        _check_convention_names([v.name for v in values], [value_spec(v) for v in values], kind, where)
 
 
 def _check_value_type(value: onnx.ValueInfoProto, kind: str, where: str) -> None:
@@ -115,7 +115,7 @@ def _check_value_type(value: onnx.ValueInfoProto, kind: str, where: str) -> None
         raise ModelError(where, f"{kind} '{value.name}' is {what}" + (f" inside a {' of '.join(wrap)}" if wrap
                          else ""), "onnxsmith feeds and compares tensors, and sequences and optionals of tensors")
     elem = inner.tensor_type.elem_type
-    if elem not in _ONNX_DTYPES:
+    if elem not in ONNX_DTYPES:
         name = onnx.TensorProto.DataType.Name(elem) if elem in onnx.TensorProto.DataType.values() else elem
         raise ModelError(where, f"{kind} '{value.name}' has element type {name}, which onnxsmith cannot "
                          "feed, compare or compile", "give the model inputs and outputs of numbers or strings")

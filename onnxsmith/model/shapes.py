@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from onnxsmith.errors import UserInputError, first_line
-from onnxsmith.model.specs import _graph_inputs, _value_spec
+from onnxsmith.model.specs import _graph_inputs, value_spec
 
 if TYPE_CHECKING:
     from onnxsmith.model.loading import LoadedModel
@@ -154,7 +154,7 @@ def _fix_shapes(model: LoadedModel, shapes: dict[str, ShapeValue], default_batch
             raise UserInputError(f"invalid --shape for '{name}'", "the model has no input of that name",
                                  f"inputs are: {', '.join(names)}")
     changed = False
-    original = [_value_spec(v) for v in graph_inputs]
+    original = [value_spec(v) for v in graph_inputs]
     batched = tuple(s.name for s in original if s.shape and not isinstance(s.shape[0], int))
     if batched:
         model.batch_inputs = batched
@@ -171,7 +171,7 @@ def _fix_shapes(model: LoadedModel, shapes: dict[str, ShapeValue], default_batch
                 if isinstance(have, str) and have:
                     symbols.setdefault(have, (wanted.min[i], wanted.opt[i], wanted.max[i]))
     for value in graph_inputs:
-        spec = _value_spec(value)
+        spec = value_spec(value)
         dims = value.type.tensor_type.shape.dim
         wanted = shapes.get(value.name)
         if wanted is None and spec.dynamic_dims:
@@ -242,8 +242,8 @@ def _fix_shapes(model: LoadedModel, shapes: dict[str, ShapeValue], default_batch
         model.notes.append(f"ONNX shape inference failed: {first_line(exc)}")
         inferred = proto
     model.proto = inferred
-    model.inputs = tuple(_value_spec(v) for v in _graph_inputs(inferred))
-    model.outputs = tuple(_value_spec(v) for v in inferred.graph.output)
+    model.inputs = tuple(value_spec(v) for v in _graph_inputs(inferred))
+    model.outputs = tuple(value_spec(v) for v in inferred.graph.output)
 
 
 def require_static(model: LoadedModel) -> None:

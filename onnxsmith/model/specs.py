@@ -14,7 +14,7 @@ Dim = int | str | None
 """A dimension: an int when fixed, the symbol name (or ``None``) when dynamic."""
 
 
-_ONNX_DTYPES = {
+ONNX_DTYPES = {
     1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32", 7: "int64", 9: "bool",
     10: "float16", 11: "float64", 12: "uint32", 13: "uint64", 16: "bfloat16",
     # the float8/4 and int4 types, named as ml_dtypes (onnx's own numpy types) names them
@@ -74,7 +74,7 @@ class TensorSpec:
         return cls(data["name"], data["dtype"], tuple(data["shape"]), tuple(data.get("wrap", ())))
 
 
-def _value_spec(value: onnx.ValueInfoProto) -> TensorSpec:
+def value_spec(value: onnx.ValueInfoProto) -> TensorSpec:
     if not value.type.HasField("tensor_type"):
         return _wrapped_spec(value)
     t = value.type.tensor_type
@@ -84,7 +84,7 @@ def _value_spec(value: onnx.ValueInfoProto) -> TensorSpec:
             dims.append(int(d.dim_value))
         else:
             dims.append(d.dim_param or None)
-    return TensorSpec(value.name, _ONNX_DTYPES.get(t.elem_type, f"onnx:{t.elem_type}"), tuple(dims))
+    return TensorSpec(value.name, ONNX_DTYPES.get(t.elem_type, f"onnx:{t.elem_type}"), tuple(dims))
 
 
 def _unwrap(type_proto: onnx.TypeProto) -> tuple[tuple[str, ...], onnx.TypeProto]:
@@ -105,7 +105,7 @@ def _unwrap(type_proto: onnx.TypeProto) -> tuple[tuple[str, ...], onnx.TypeProto
 def _wrapped_spec(value: onnx.ValueInfoProto) -> TensorSpec:
     wrap, inner = _unwrap(value.type)
     elem = inner.tensor_type.elem_type
-    return TensorSpec(value.name, _ONNX_DTYPES.get(elem, f"onnx:{elem}"), (), wrap)
+    return TensorSpec(value.name, ONNX_DTYPES.get(elem, f"onnx:{elem}"), (), wrap)
 
 
 def _opset(proto: onnx.ModelProto) -> int:

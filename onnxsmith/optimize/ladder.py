@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from onnxsmith.targets import Target
 
 
-def _usable_backends(target: Target, wanted: Sequence[str] | None, notes: list[str]) -> list[str]:
+def usable_backends(target: Target, wanted: Sequence[str] | None, notes: list[str]) -> list[str]:
     from onnxsmith.registry import backend_status, get_backend
 
     for name in wanted or ():
@@ -125,7 +125,7 @@ def run_ladder(model: LoadedModel, target: Target, profile: Profile, *, data: Da
                  f"{env['frequency_governor'] or 'not readable'}; load average {load} when the ladder started"
                  + ("; the machine was busy: timings are noisy, and steps within noise keep their parent"
                     if is_busy(load, env["usable_cores"] or 1) else ""))
-    usable = _usable_backends(target, backends, notes)  # before anything is written: a typo leaves no folder
+    usable = usable_backends(target, backends, notes)  # before anything is written: a typo leaves no folder
     if student is not None:
         student.check()
     output = check_output_dir(output, "optimize", protected_inputs(model, data, calibration), force=force)

@@ -176,9 +176,9 @@ def input_specs(model: onnx.ModelProto) -> tuple[TensorSpec, ...]:
             continue
         t = value.type.tensor_type
         if not value.type.HasField("tensor_type") or t.elem_type == 8:  # strings, sequences, optionals
-            from onnxsmith.model.specs import _value_spec
+            from onnxsmith.model.specs import value_spec
 
-            specs.append(_value_spec(value))
+            specs.append(value_spec(value))
             continue
         dims: list[int | str | None] = [int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0
                                         else (d.dim_param or None) for d in t.shape.dim]

@@ -15,7 +15,7 @@ METRIC_LABELS = {"accuracy": "accuracy", "agreement": "top-1 agreement with fp32
 _COLORS = {"chosen": "#1a7f37", "rejected": "#8c959f", "measured": "#0969da", "front": "#cf222e"}
 
 
-def _pyplot(salt: str) -> Any:
+def pyplot_module(salt: str) -> Any:
     try:
         import matplotlib
     except ImportError as exc:
@@ -33,7 +33,7 @@ def _pyplot(salt: str) -> Any:
     return plt
 
 
-def _svg(fig: Any, plt: Any) -> str:
+def figure_svg(fig: Any, plt: Any) -> str:
     buf = io.StringIO()
     fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None, "Creator": None})
     plt.close(fig)
@@ -69,7 +69,7 @@ def latency_accuracy_svg(card: Card) -> str | None:
              if s.measured and s.candidate and s.quality(metric) is not None and s.latency_p50_ms]
     if not steps:
         return None
-    plt = _pyplot("latency-accuracy")
+    plt = pyplot_module("latency-accuracy")
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     front = set(pareto_front(steps, metric))
     for step in steps:
@@ -101,7 +101,7 @@ def latency_accuracy_svg(card: Card) -> str | None:
     ax.set_title("Latency vs accuracy")
     _place_labels(ax, fig, [(s.name, float(s.latency_p50_ms or 0.0), float(s.quality(metric) or 0.0))
                             for s in sorted(steps, key=lambda s: (-(s.quality(metric) or 0.0), s.latency_p50_ms))])
-    return _svg(fig, plt)
+    return figure_svg(fig, plt)
 
 
 def throughput_batch_svg(batching: Mapping[str, Any] | None) -> str | None:
@@ -109,7 +109,7 @@ def throughput_batch_svg(batching: Mapping[str, Any] | None) -> str | None:
     if not batching or not batching.get("sweep", {}).get("points"):
         return None
     points = batching["sweep"]["points"]
-    plt = _pyplot("throughput-batch")
+    plt = pyplot_module("throughput-batch")
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     batches = [p["batch"] for p in points]
     throughput = [p["throughput_per_s"] for p in points]
@@ -126,7 +126,7 @@ def throughput_batch_svg(batching: Mapping[str, Any] | None) -> str | None:
     ax.grid(True, alpha=0.3)
     ax.legend(loc="lower right", fontsize=8, frameon=False)
     ax.set_title(f"Throughput vs batch size ({batching['sweep'].get('step') or 'chosen step'})")
-    return _svg(fig, plt)
+    return figure_svg(fig, plt)
 
 
 def image_like(array: np.ndarray) -> np.ndarray | None:

@@ -116,13 +116,13 @@ def debug_precision(model: LoadedModel, target: Target, profile: Profile, *, dat
     from onnxsmith.build.compile import protected_inputs
     from onnxsmith.data.dataset import check_against_model
     from onnxsmith.model.shapes import require_static
-    from onnxsmith.optimize.ladder import _usable_backends
+    from onnxsmith.optimize.ladder import usable_backends
     from onnxsmith.dirs import check_output_dir
 
     output = Path(output).resolve()
     require_static(model)
     notes: list[str] = []
-    usable = _usable_backends(target, backends, notes)
+    usable = usable_backends(target, backends, notes)
     check_output_dir(output, "precision", protected_inputs(model, data, calibration), force=force)
     say = progress or (lambda message: None)
     check_against_model(data.arrays, model.inputs, f"validation data '{data.source}'")

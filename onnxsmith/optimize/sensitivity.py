@@ -137,12 +137,12 @@ class _Evaluator:
         if key in self._memo:
             return self._memo[key]
         from onnxsmith.data.dataset import model_batch
-        from onnxsmith.check.layers import _ort_runner_for
+        from onnxsmith.check.layers import ort_runner_for
         from onnxsmith.check.numerics import collect, compare
 
         proto = self.quantize(keep)
         batch = model_batch(self.model.inputs[0]) if self.model.inputs else 1
-        with _ort_runner_for(proto) as runner:
+        with ort_runner_for(proto) as runner:
             got = collect(runner, self.data.batches(batch), self.names)
         n = len(got[self.names[0]])
         want = {k: self.reference.outputs[k][:n] for k in self.names}

@@ -129,12 +129,12 @@ def run_onnxsmith(case: Case, backend: str, workdir: Path) -> Outcome:
         return Outcome(case.name, backend, "onnxsmith", "error", f"{step}: exit {code} ({_EXIT.get(code, '?')}): "
                        f"{text.removeprefix('error: ')}", case.ops)
 
-    from onnxsmith.model.specs import _graph_inputs, _value_spec
+    from onnxsmith.model.specs import _graph_inputs, value_spec
     from onnxsmith.data.values import flatten_values, read_values
 
     shape_args: list[str] = []
     for value in _graph_inputs(case.model):
-        spec = _value_spec(value)
+        spec = value_spec(value)
         if spec.is_tensor and not spec.is_static and value.name in case.inputs:
             shape_args += ["--shape", f"{value.name}=" + "x".join(map(str, case.inputs[value.name].shape))]
     bundle = workdir / "bundle"
@@ -150,7 +150,7 @@ def run_onnxsmith(case: Case, backend: str, workdir: Path) -> Outcome:
     code, text = _cli(["run", str(bundle), "--input", str(feeds), "--output", str(out)])
     if code:
         return error("run", code, text)
-    specs = [_value_spec(o) for o in case.model.graph.output]
+    specs = [value_spec(o) for o in case.model.graph.output]
     saved = read_values(out, specs)
     absent = [o.name for o in case.model.graph.output if o.name not in saved]
     got = [saved.get(o.name) for o in case.model.graph.output]
