@@ -309,7 +309,7 @@ def _serve_case(served: Path, tmp_path: Path, stage: str, sig_name: str) -> None
              "writing": lambda _: bool(list((bundle / "serving").glob(".serve-check.json.*")))}[stage]
     code, finished, tracker, err = interrupt_at(["serve-check", str(bundle), "--seconds", "1" if stage == "writing"
                                                  else "30"], env, ready, sig)
-    assert _triton(tracker), "tritonserver was never seen"
+    assert _triton(tracker), f"tritonserver was never seen (exit {code}): {err[-1500:]}"
     assert stage == "writing" or not finished, "the run ended before the stage came"
     check_after(code, finished, sig, err, tracker, grace=40)
     now = {k: v for k, v in tree(bundle).items() if "__pycache__" not in k}  # the Python backend's own cache
