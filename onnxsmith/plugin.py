@@ -204,7 +204,7 @@ _COMPILER_NAMES = frozenset({"name", "extra", "install_hint", "artifact_kind", "
                              "dynamic_shapes", "load_layers", "keep_fp32_option", "deploy_programs", "triton_model",
                              "ovms_model",
                              "max_opset", "builds_on_device", "emulated_device", "vendor_import",
-                             "install_command", "value_types"})
+                             "install_command", "value_types", "remote_profiling", "exposes_layers"})
 
 
 def _check_names(cls: type, known: frozenset[str], kind: str) -> None:
@@ -297,6 +297,12 @@ class Compiler:
     """What the backend takes as model inputs and outputs besides numeric tensors: ``string`` (string tensors,
     fed as numpy text arrays), ``sequence``, ``optional``. The core refuses a model needing anything else before
     :meth:`compile` is called. Default: numeric tensors only."""
+    remote_profiling: ClassVar[bool] = False
+    """True when :meth:`load_remote` is implemented (``profile --rpc``); the core refuses ``--rpc`` for others
+    before any process starts."""
+    exposes_layers: ClassVar[bool] = False
+    """True when :meth:`load_layers` is implemented (the backend exposes per-layer tensors itself); ``debug diverge``
+    names these backends."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

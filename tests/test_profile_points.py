@@ -46,3 +46,12 @@ def test_range_points_share_one_load_per_runner(backend: str, tmp_path: Path, mo
         assert all(p["latency_ms"]["p50"] > 0 and p["baseline_latency_ms"]["p50"] > 0 for p in record["shapes"])
         assert record["comparison"]["point"] == "opt" and record["batch"] == 4
         assert record["environment"]["other_processes_cpu_share"] is not None
+
+
+def test_profile_rpc_is_refused_before_any_process_for_a_backend_without_a_remote_runner(
+        bundle: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """ONNX Runtime declares no remote runner (``Compiler.remote_profiling``): one line, exit 5, nothing started."""
+    from tests.cli.test_cli import cli
+
+    code, _, err = cli(["profile", str(bundle), "--rpc", "127.0.0.1:9"], capsys)
+    assert code == 5 and "cannot profile remotely" in err and len(err.strip().splitlines()) == 1, err

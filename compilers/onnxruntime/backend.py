@@ -35,6 +35,7 @@ class OnnxRuntimeCompiler(Compiler):
     name = "onnxruntime"
     extra = "onnxruntime"
     artifact_kind = "ONNX model (optimized offline by ONNX Runtime)"
+    exposes_layers = True  # load_layers: the tensors as extra outputs of the artifact's own graph
     options = (Option("threads", int, None, "intra-op threads (default: the profile's runtime.threads, else ONNX "
                       "Runtime's choice)", minimum=1),
                Option("graph_optimization_level", str, None, "graph optimizations applied when the session loads "

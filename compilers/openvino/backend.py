@@ -41,6 +41,7 @@ class OpenVINOCompiler(Compiler):
     name = "openvino"
     extra = "openvino"
     artifact_kind = "OpenVINO IR (model.xml/.bin) + compiled blob for the device (model.blob)"
+    exposes_layers = True  # load_layers: the tensors as extra outputs of the IR
     options = OPTIONS
 
     def keep_fp32_option(self, target: Target) -> str | None:

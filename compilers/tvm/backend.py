@@ -43,6 +43,7 @@ class TVMCompiler(Compiler):
     name = "tvm"
     extra = "tvm"
     artifact_kind = "TVM Relax VM shared library (model.so) + I/O spec (io.json)"
+    remote_profiling = True  # load_remote: a TVM RPC server on the device (or qemu)
     options = OPTIONS
 
     def ladder_variants(self, target: Target, precision: str) -> list[Variant]:
@@ -150,8 +151,7 @@ class TVMCompiler(Compiler):
         if dynamic:
             imported = dataclasses.replace(imported, mod=dynamic.pop("mod"))
         mod, metadata = self._prepare(imported.mod, tt, tvm_target_obj, request.precision, notes)
-        # CompileRequest.progress (the CLI's spinner) when the core passes one; else plain lines on stderr.
-        progress = getattr(request, "progress", None)
+        progress = request.progress  # the CLI's spinner when the core passes one; else plain lines on stderr
         tuning_meta, mod = self._tune(mod, tt, tvm_target_obj, tune_options, target, threads, progress, notes)
         start = time.perf_counter()
         try:

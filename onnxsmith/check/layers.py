@@ -172,14 +172,13 @@ def ort_runner_for(proto: onnx.ModelProto, threads: int = 0, providers: list[str
 
 
 def _layer_backends() -> list[str]:
-    """The registered backends that expose per-layer outputs themselves (they override ``load_layers``)."""
-    from onnxsmith.plugin import Compiler
+    """The registered backends that expose per-layer outputs themselves (``Compiler.exposes_layers``)."""
     from onnxsmith.registry import backend_names, get_backend
 
     names = []
     for name in backend_names():
         try:
-            if type(get_backend(name)).load_layers is not Compiler.load_layers:
+            if get_backend(name).exposes_layers:
                 names.append(name)
         except Exception:  # noqa: BLE001 - a broken plugin is simply not suggested
             continue

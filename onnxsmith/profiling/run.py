@@ -92,7 +92,7 @@ def profile_bundle(bundle: Bundle, profile: Profile, *, baseline: bool = True, d
         from onnxsmith.registry import get_backend
 
         check_rpc_address(remote)
-        if not hasattr(get_backend(bundle.backend), "load_remote"):
+        if not get_backend(bundle.backend).remote_profiling:
             from onnxsmith.errors import UnsupportedError
 
             raise UnsupportedError(f"backend '{bundle.backend}' cannot profile remotely (--rpc {remote})",
