@@ -22,8 +22,23 @@ BASELINE_BACKEND = "onnxruntime"
 PRUNE = (("prune-magnitude", pass_spec("prune", method="magnitude", sparsity=0.5), "magnitude pruning to 50 % "
           "sparsity (unstructured)"),
          ("prune-2:4", pass_spec("prune", method="2:4"), "2:4 structured pruning (50 % sparsity)"))
+NO_VNNI_INT8 = (("reduce-range", pass_spec("int8_qdq", reduce_range=True),
+                 "int8 weights in 7 bits (reduce_range: VPMADDUBSW cannot saturate on a CPU without VNNI)"),
+                ("u8u8", pass_spec("int8_qdq", weight_type="uint8"),
+                 "uint8 weights (U8U8: the format ONNX Runtime suggests where U8S8's VPMADDUBSW saturates)"))
+"""The int8 QDQ variants ONNX Runtime's quantization guide recommends on x86 CPUs with AVX2 but without VNNI, each
+a measured step beside the default U8S8 one (on VNNI and AMX CPUs the default has no saturation to avoid)."""
 SENSITIVITY_SECONDS = 900.0
 """Time cap of the per-layer sensitivity search behind the mixed-precision step (large models, slow backends)."""
+
+
+def avx2_without_vnni(flags: frozenset[str] | None = None) -> bool:
+    """Whether this CPU (or ``flags``) is x86 with AVX2 and no VNNI or AMX int8 (int8 dot products through
+    VPMADDUBSW)."""
+    from onnxsmith.targets.host import cpu_flags
+
+    flags = cpu_flags() if flags is None else flags
+    return "avx2" in flags and not ({"avx512_vnni", "avx_vnni", "amx_int8"} & flags)
 
 
 def _precision_steps(runner: StepRunner, target: Target, usable: list[str], ladder: list[str], chain: tuple,
@@ -43,6 +58,13 @@ def _precision_steps(runner: StepRunner, target: Target, usable: list[str], ladd
                 steps.append(runner.measure(Recipe(
                     f"{name}-{precision}", fp32_parent, f"precision fp32 -> {precision} by the {spec[0]} ONNX pass"
                     + ("" if name == BASELINE_BACKEND else f" ({name})"), name, precision, "fp32", (*chain, spec))))
+                if spec[0] == "int8_qdq" and name == "onnxruntime" and target.detected and avx2_without_vnni():
+                    if not any(n.startswith("this CPU has AVX2 without VNNI") for n in notes):
+                        notes.append("this CPU has AVX2 without VNNI: ONNX Runtime's int8 is also measured with "
+                                     "7-bit weights (reduce_range) and with uint8 weights (U8U8), each a step")
+                    for suffix, variant, change in NO_VNNI_INT8:
+                        steps.append(runner.measure(Recipe(f"{name}-{precision}-{suffix}", f"{name}-{precision}",
+                                                           change, name, precision, "fp32", (*chain, variant))))
                 continue
             offered = backend.precisions(target)
             if precision not in offered:

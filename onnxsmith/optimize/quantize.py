@@ -163,7 +163,8 @@ class Int8QdqPass(Pass):
         method_text = (f"{config.calibrate_method} ({config.percentile} %)" if config.calibrate_method == "percentile"
                        else config.calibrate_method)
         summary = (f"int8 QDQ: {quantized} ops quantized ({', '.join(f'{k} x{v}' for k, v in summary_ops['quantized_ops'].items()) or 'none'}); "
-                   f"{'per-channel' if config.per_channel else 'per-tensor'} {w} weights, {a} activations, "
+                   f"{'per-channel' if config.per_channel else 'per-tensor'} {w} weights"
+                   f"{' (7-bit: reduce_range)' if config.reduce_range else ''}, {a} activations, "
                    f"{method_text} calibration on {reader.samples} samples")
         details = {**summary_ops, "calibration": {"method": config.calibrate_method, "samples": reader.samples,
                                                   "batches": len(reader), "data": calibration.source},

@@ -167,3 +167,31 @@ def test_optimize_writes_a_triton_repository_with_the_simulations_setting(digits
     record = json.loads((output / "bundle" / "serving" / "serving.json").read_text())
     assert record["best"] == best and record["sweep"] == card.batching["sweep"]  # type: ignore[attr-defined]
     assert "max_queue_delay_microseconds" in (output / "bundle" / "serving" / "README.md").read_text()
+
+
+@pytest.mark.parametrize("flags,expected", [(frozenset({"avx2", "fma"}), True),
+                                            (frozenset({"avx2", "fma", "avx512f", "avx512_vnni"}), False)])
+def test_int8_on_a_cpu_without_vnni_measures_the_recommended_variants(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                    flags: frozenset, expected: bool) -> None:
+    """On AVX2 without VNNI (an AMD Zen 3, an older Xeon) ONNX Runtime int8 is also tried with 7-bit weights and as
+    U8U8, each a step whose parent is the default U8S8 step; on a VNNI CPU only the default is. The ladder's view of
+    the CPU's flags is what is set here (the variants run on whatever this machine is)."""
+    import onnxsmith.optimize.ladder_steps as ladder_steps
+
+    real = ladder_steps.avx2_without_vnni
+    assert real(flags) == expected
+    monkeypatch.setattr(ladder_steps, "avx2_without_vnni", lambda: real(flags))  # the ladder sees these flags
+    onnx.save_model(make_cnn(), str(tmp_path / "cnn.onnx"))
+    card = run_ladder(load_model(tmp_path / "cnn.onnx"), load_target("host"), load_profile("quick"), data=None,
+                      calibration=None, max_accuracy_drop=0.05, latency_budget_ms=None, output=tmp_path / "out",
+                      backends=["onnxruntime"])
+    by = {s.name: s for s in card.steps}
+    variants = {"onnxruntime-int8-reduce-range", "onnxruntime-int8-u8u8"}
+    assert (variants <= set(by)) == expected and bool(variants & set(by)) == expected
+    if expected:
+        for name in variants:
+            assert by[name].parent == "onnxruntime-int8" and by[name].status != "failed", by[name]
+        assert "reduce_range" in by["onnxruntime-int8-reduce-range"].change
+        assert "uint8 weights, uint8 activations" in by["onnxruntime-int8-u8u8"].pass_record["summary"]
+        assert "(7-bit: reduce_range)" in by["onnxruntime-int8-reduce-range"].pass_record["summary"]
+        assert any("AVX2 without VNNI" in n for n in card.notes)
