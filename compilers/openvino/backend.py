@@ -48,7 +48,16 @@ class OpenVINOCompiler(Compiler):
         return "keep_fp32"
 
     def ladder_variants(self, target: Target, precision: str) -> list[Variant]:
-        return [Variant(change="NNCF, same calibration set" if precision == "int8" else "")]
+        """int8: NNCF with its defaults; on this machine's CPU when it has AVX2 but no VNNI, also NNCF's overflow fix
+        on every layer (7-bit weights, so U8S8's VPMADDUBSW cannot saturate: NNCF's advice for such CPUs)."""
+        variants = [Variant(change="NNCF, same calibration set" if precision == "int8" else "")]
+        if precision == "int8" and target.detected:
+            from onnxsmith.optimize.ladder_steps import avx2_without_vnni
+
+            if avx2_without_vnni():
+                variants.append(Variant({"overflow_fix": "enable"}, "NNCF, overflow fix on every layer (7-bit "
+                                        "weights: this CPU has AVX2 without VNNI)"))
+        return variants
 
     def runtime_knobs(self, target: Target, profile: Profile, options: Mapping[str, Any]) -> list[Variant]:
         """CPU knobs for the profile's objective. Latency (one request at a time): inference threads halved and
@@ -198,7 +207,7 @@ class OpenVINOCompiler(Compiler):
             from onnxsmith.compilers.openvino.quantcache import cached_quantize
 
             result = cached_quantize(model, request, settings.subset_size, settings.model_type, settings.keep_fp32,
-                                     self.version())
+                                     self.version(), settings.overflow_fix)
             model = result.model
             metadata["quantization"] = result.metadata
             fake_quantize = int(result.metadata["fake_quantize_nodes"])

@@ -32,6 +32,9 @@ OPTIONS = (
            choices=("transformer",)),
     Option("keep_fp32", list, None, "int8: ONNX node names NNCF leaves unquantized (its ignored scope), e.g. "
            "conv2,conv3 (a keep-list from 'onnxsmith debug precision')"),
+    Option("overflow_fix", str, None, "int8: NNCF's overflow fix (7-bit weights so U8S8 VPMADDUBSW cannot saturate "
+           "on CPUs without VNNI): enable (every layer), first_layer_only (NNCF's default) or disable",
+           choices=("enable", "first_layer_only", "disable")),
 )
 _PRECISION_WORDS = {"fp32": "fp32", "f32": "fp32", "bf16": "bf16", "fp16": "fp16", "f16": "fp16"}
 
@@ -47,6 +50,8 @@ class CompileSettings:
     model_type: str = ""
     keep_fp32: tuple[str, ...] = ()
     """int8: ONNX node names kept out of quantization (NNCF ignored scope)."""
+    overflow_fix: str = ""
+    """int8: NNCF's ``OverflowFix`` (``enable``, ``first_layer_only``, ``disable``); empty: NNCF's default."""
     threads_source: str = ""
     """Where INFERENCE_NUM_THREADS came from (option, profile, target cores, or OpenVINO's own choice)."""
     notes: tuple[str, ...] = ()
@@ -107,10 +112,11 @@ def settings_for(request: CompileRequest, device: str, detected_host: bool) -> C
     subset = options.get("subset_size") or 0
     model_type = options.get("model_type") or ""
     keep = tuple(str(n) for n in options.get("keep_fp32") or ())
-    if precision != "int8" and ("subset_size" in options or "model_type" in options or keep):
-        notes.append("options subset_size/model_type/keep_fp32 only apply to int8 and were ignored")
-        keep = ()
-    return CompileSettings(props, subset, model_type, keep, threads_source, tuple(notes))
+    overflow_fix = options.get("overflow_fix") or ""
+    if precision != "int8" and ("subset_size" in options or "model_type" in options or keep or overflow_fix):
+        notes.append("options subset_size/model_type/keep_fp32/overflow_fix only apply to int8 and were ignored")
+        keep, overflow_fix = (), ""
+    return CompileSettings(props, subset, model_type, keep, overflow_fix, threads_source, tuple(notes))
 
 
 def filter_supported(properties: Mapping[str, str], supported: set[str], device: str) -> tuple[dict[str, str],

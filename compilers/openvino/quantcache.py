@@ -24,7 +24,7 @@ _VERSION = 1
 
 
 def quantization_key(request: CompileRequest, subset_size: int, model_type: str, keep_fp32: tuple[str, ...],
-                     openvino_version: str) -> str | None:
+                     openvino_version: str, overflow_fix: str = "") -> str | None:
     """The cache key of the int8 IR for ``request``; ``None`` without calibration data (nothing to key on)."""
     from onnxsmith.build.cache import cache_key
     from onnxsmith.compilers.openvino.quantize import nncf_module
@@ -37,12 +37,12 @@ def quantization_key(request: CompileRequest, subset_size: int, model_type: str,
         "shape_ranges": {k: v.to_json() for k, v in sorted(model.shape_ranges.items())},
         "calibration": request.calibration.fingerprint(), "subset_size": subset_size, "model_type": model_type,
         "keep_fp32": list(keep_fp32), "openvino": openvino_version, "nncf": str(nncf_module().__version__),
-        "record": _VERSION,
+        "record": _VERSION, **({"overflow_fix": overflow_fix} if overflow_fix else {}),
     })[:32]
 
 
 def cached_quantize(model: Any, request: CompileRequest, subset_size: int, model_type: str,
-                    keep_fp32: tuple[str, ...], openvino_version: str) -> QuantizeResult:
+                    keep_fp32: tuple[str, ...], openvino_version: str, overflow_fix: str = "") -> QuantizeResult:
     """:func:`~onnxsmith.compilers.openvino.quantize.quantize`, or its earlier result for the same key."""
     import openvino
 
@@ -50,7 +50,7 @@ def cached_quantize(model: Any, request: CompileRequest, subset_size: int, model
     from onnxsmith.compilers.openvino.common import core
     from onnxsmith.compilers.openvino.quantize import QuantizeResult, quantize
 
-    key = quantization_key(request, subset_size, model_type, keep_fp32, openvino_version)
+    key = quantization_key(request, subset_size, model_type, keep_fp32, openvino_version, overflow_fix)
     final = cache_root() / "openvino-int8" / key if key else None
     if final is not None and (final / RECORD).is_file() and (final / "model.xml").is_file():
         try:
@@ -63,7 +63,8 @@ def cached_quantize(model: Any, request: CompileRequest, subset_size: int, model
             notes = (*record["notes"], "int8 IR reused from the quantization cache (same model, shapes, "
                      "calibration data and NNCF settings): NNCF calibration not run again")
             return QuantizeResult(quantized, metadata, notes)
-    result = quantize(model, request.calibration, request.model.inputs, subset_size, model_type, keep_fp32)
+    result = quantize(model, request.calibration, request.model.inputs, subset_size, model_type, keep_fp32,
+                      overflow_fix)
     if final is None:
         return result
     try:

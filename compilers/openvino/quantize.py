@@ -97,7 +97,7 @@ def ignored_scope(model: Any, keep: tuple[str, ...]) -> tuple[list[str], list[st
 
 
 def quantize(model: Any, calibration: Dataset | None, inputs: tuple[TensorSpec, ...], subset_size: int = 0,
-             model_type: str = "", keep_fp32: tuple[str, ...] = ()) -> QuantizeResult:
+             model_type: str = "", keep_fp32: tuple[str, ...] = (), overflow_fix: str = "") -> QuantizeResult:
     """``nncf.quantize`` on ``model`` with the calibration feeds; FakeQuantize nodes end up in the IR. The ONNX
     nodes in ``keep_fp32`` go into NNCF's ignored scope (left unquantized)."""
     feeds = calibration_feeds(calibration, inputs)
@@ -106,6 +106,10 @@ def quantize(model: Any, calibration: Dataset | None, inputs: tuple[TensorSpec, 
     kwargs: dict[str, Any] = {"subset_size": subset}
     if model_type == "transformer":
         kwargs["model_type"] = nncf.ModelType.TRANSFORMER
+    if overflow_fix:
+        from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
+
+        kwargs["advanced_parameters"] = AdvancedQuantizationParameters(overflow_fix=OverflowFix(overflow_fix))
     ignored: list[str] = []
     missing: list[str] = []
     if keep_fp32:
@@ -132,6 +136,7 @@ def quantize(model: Any, calibration: Dataset | None, inputs: tuple[TensorSpec, 
     metadata = {
         "quantizer": "nncf.quantize (post-training, OpenVINO backend)",
         "nncf_version": str(nncf.__version__),
+        "overflow_fix": overflow_fix or "NNCF's default",
         "fake_quantize_nodes": fake_quantize,
         "calibration_batches_available": len(feeds),
         "subset_size": subset,

@@ -55,3 +55,26 @@ def test_runtime_knobs_reuse_the_quantized_ir(tmp_path: Path, monkeypatch: pytes
     other, _ = _int8(tmp_path, "subset", subset_size=2)  # quantization settings are in the key
     assert "reused_from" not in other["artifact"]["metadata"]["quantization"]
     assert len(list((Path(onnxsmith.build.cache.cache_root()) / "openvino-int8").iterdir())) == 2
+
+
+def test_overflow_fix_is_a_quantization_setting_and_a_ladder_variant_without_vnni(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """NNCF's overflow fix (7-bit weights for AVX2-without-VNNI CPUs) is an int8 option in the quantization key,
+    recorded in the artifact, and offered as a ladder variant when this CPU has AVX2 but no VNNI."""
+    import onnxsmith.optimize.ladder_steps as ladder_steps
+    from onnxsmith.registry import get_backend
+
+    monkeypatch.setenv("ONNXSMITH_CACHE_DIR", str(tmp_path / "cache"))
+    default, _ = _int8(tmp_path, "default")
+    fixed, _ = _int8(tmp_path, "fixed", overflow_fix="enable")
+    assert default["artifact"]["metadata"]["quantization"]["overflow_fix"] == "NNCF's default"
+    quantization = fixed["artifact"]["metadata"]["quantization"]
+    assert quantization["overflow_fix"] == "enable" and "reused_from" not in quantization  # its own calibration
+    assert len(list((Path(onnxsmith.build.cache.cache_root()) / "openvino-int8").iterdir())) == 2
+
+    host, backend = load_target("host"), get_backend("openvino")
+    monkeypatch.setattr(ladder_steps, "avx2_without_vnni", lambda: True)
+    variants = backend.ladder_variants(host, "int8")
+    assert [v.options for v in variants] == [{}, {"overflow_fix": "enable"}] and "VNNI" in variants[1].change
+    monkeypatch.setattr(ladder_steps, "avx2_without_vnni", lambda: False)
+    assert len(backend.ladder_variants(host, "int8")) == 1
