@@ -19,6 +19,8 @@ Exit codes (documented in the README):
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class OnnxsmithError(Exception):
     """Base of all user-facing errors."""
@@ -95,6 +97,32 @@ class CheckFailedError(OnnxsmithError):
     """Validation out of tolerance, or no candidate met the constraints (exit 6)."""
 
     exit_code = 6
+
+
+def to_wire(exc: OnnxsmithError) -> dict[str, Any]:
+    """``exc`` as plain data for another process (JSON or pickle): its class name, what / why / hint, its exit code
+    (a plugin's own error class keeps its code) and a missing dependency's package and extra."""
+    data: dict[str, Any] = {"class": type(exc).__name__, "what": exc.what, "why": exc.why, "hint": exc.hint,
+                            "exit_code": exc.exit_code}
+    for name in ("package", "extra"):
+        if isinstance(getattr(exc, name, None), str):
+            data[name] = getattr(exc, name)
+    return data
+
+
+def from_wire(data: dict[str, Any]) -> OnnxsmithError:
+    """The error :func:`to_wire` encoded, as this module's class of that name (a class this module does not have,
+    a plugin's own, becomes a :class:`BackendError`) with the exit code it had."""
+    cls = globals().get(str(data.get("class")))
+    if not (isinstance(cls, type) and issubclass(cls, OnnxsmithError)):
+        cls = BackendError
+    exc = cls.__new__(cls)
+    OnnxsmithError.__init__(exc, str(data.get("what", "")), str(data.get("why", "")), str(data.get("hint", "")))
+    exc.exit_code = int(data.get("exit_code", cls.exit_code))
+    for name in ("package", "extra"):
+        if isinstance(data.get(name), str):
+            setattr(exc, name, data[name])
+    return exc
 
 
 def first_line(exc: BaseException, limit: int = 300) -> str:

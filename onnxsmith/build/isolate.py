@@ -30,7 +30,7 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from onnxsmith.errors import BackendError, OnnxsmithError
+from onnxsmith.errors import BackendError, OnnxsmithError, from_wire, to_wire
 
 if TYPE_CHECKING:
     from onnxsmith.plugin import Artifact, CompileRequest, Compiler
@@ -145,7 +145,6 @@ def _forward_progress(proc: subprocess.Popen[bytes], read_fd: int, progress: Any
 
 
 def _outcome(name: str, returncode: int, result_path: Path, printed: str) -> Artifact:
-    from onnxsmith import errors
 
     lines = [line.strip() for line in printed.splitlines() if line.strip()]
     if result_path.is_file():
@@ -156,14 +155,7 @@ def _outcome(name: str, returncode: int, result_path: Path, printed: str) -> Art
                 sys.stderr.write(printed if printed.endswith("\n") else printed + "\n")
             return outcome["artifact"]
         if outcome["status"] == "error":
-            cls_name, what, why, hint, code = outcome["error"]
-            cls = getattr(errors, cls_name, None)
-            if not (isinstance(cls, type) and issubclass(cls, OnnxsmithError)):
-                cls = errors.BackendError
-            exc = OnnxsmithError.__new__(cls)
-            OnnxsmithError.__init__(exc, what, why, hint)
-            exc.exit_code = code  # a plugin's own error class keeps its exit code
-            raise exc
+            raise from_wire(outcome["error"])  # a plugin's own error class keeps its exit code
         message, tb = outcome["error"]
         raise BackendError(f"backend '{name}' failed while compiling", message,
                            "run with --debug for the traceback") from RuntimeError(tb)
@@ -235,7 +227,7 @@ def child_main(io_dir: str, progress_fd: str, warm: str = "") -> None:
             obj = getattr(obj, part)
         outcome: dict[str, Any] = {"status": "ok", "artifact": obj().compile(request, Path(header["workdir"]))}
     except OnnxsmithError as exc:
-        outcome = {"status": "error", "error": [type(exc).__name__, exc.what, exc.why, exc.hint, exc.exit_code]}
+        outcome = {"status": "error", "error": to_wire(exc)}
     except BaseException as exc:  # noqa: BLE001 - a vendor exception becomes a backend error in the parent
         outcome = {"status": "crash", "error": [f"{type(exc).__name__}: {exc}".splitlines()[0][:300],
                                                 traceback.format_exc()]}

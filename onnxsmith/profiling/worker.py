@@ -10,7 +10,7 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from onnxsmith.errors import BackendError, OnnxsmithError
+from onnxsmith.errors import BackendError, OnnxsmithError, from_wire, to_wire
 from onnxsmith.profiling import quiet
 from onnxsmith.profiling.measure import LatencyStats, measure_runner
 from onnxsmith.profiling.stats import block_medians
@@ -155,7 +155,7 @@ def worker_main(request_path: str) -> None:
         try:
             return {"status": "ok", "result": fn()}
         except OnnxsmithError as exc:
-            return {"status": "error", "error": [type(exc).__name__, exc.what, exc.why, exc.hint]}
+            return {"status": "error", "error": to_wire(exc)}
         except BaseException as exc:  # vendor crashes become backend errors; the traceback is kept for --debug
             return {"status": "crash", "error": [f"{type(exc).__name__}: {exc}", traceback.format_exc()]}
 
@@ -247,7 +247,6 @@ class MeasureWorker:
         import json
         import select
 
-        from onnxsmith import errors
 
         assert self.proc.stdout is not None
         ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
@@ -263,11 +262,7 @@ class MeasureWorker:
             return outcome["result"]
         self.close()
         if outcome["status"] == "error":
-            cls_name, what, why, hint = outcome["error"]
-            cls = getattr(errors, cls_name, errors.BackendError)
-            exc = errors.OnnxsmithError.__new__(cls)
-            errors.OnnxsmithError.__init__(exc, what, why, hint)
-            raise exc
+            raise from_wire(outcome["error"])
         message, tb = outcome["error"]
         raise BackendError(f"profiling the {self.kind} failed", message) from RuntimeError(tb)
 

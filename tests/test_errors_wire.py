@@ -1,0 +1,34 @@
+"""One error wire across every process boundary (compile child, measuring process): class, message parts, exit
+code and a missing dependency's package survive JSON."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from onnxsmith import errors
+from onnxsmith.errors import from_wire, to_wire
+
+
+@pytest.mark.parametrize("cls", [errors.UserInputError, errors.DataError, errors.TargetError, errors.BundleError,
+                                 errors.BackendError, errors.UnsupportedError, errors.CheckFailedError])
+def test_each_error_class_round_trips_through_json(cls: type[errors.OnnxsmithError]) -> None:
+    exc = cls("what failed", "why", "the hint")
+    back = from_wire(json.loads(json.dumps(to_wire(exc))))
+    assert type(back) is cls and back.exit_code == exc.exit_code and back.one_line() == exc.one_line()
+
+
+def test_a_plugins_own_error_class_becomes_a_backend_error_with_its_exit_code() -> None:
+    class QuotaError(errors.OnnxsmithError):  # a third-party plugin's class, unknown to the parent
+        exit_code = 7
+
+    back = from_wire(to_wire(QuotaError("device quota exhausted", "3 of 3 in use")))
+    assert isinstance(back, errors.BackendError) and back.exit_code == 7
+    assert back.one_line() == "device quota exhausted: 3 of 3 in use."
+
+
+def test_a_missing_dependency_keeps_its_package() -> None:
+    back = from_wire(to_wire(errors.MissingDependencyError("openvino", "openvino")))
+    assert type(back) is errors.MissingDependencyError and back.exit_code == 3
+    assert back.package == "openvino" and back.extra == "openvino" and "pip install 'onnxsmith[openvino]'" in back.hint
