@@ -295,6 +295,13 @@ def summarize_changes(manifest: dict[str, Any], profile: dict[str, Any] | None,
     return out or ["- Nothing measured yet."]
 
 
+def save_record(bundle: Bundle, name: str, record: dict[str, Any]) -> None:
+    """Write one of a bundle's records (``profile.json``, ``validation.json``, ``layers.json``) atomically and
+    rebuild ``report.md`` from all of them: what every stage does when it finishes, wherever it runs."""
+    bundle.write_json(name, record)
+    write_report(bundle)
+
+
 def write_report(bundle: Bundle) -> str:
     manifest = dict(bundle.manifest)
     manifest["_reference_path"] = str(bundle.reference_model)

@@ -380,7 +380,7 @@ def divergence_png(result: Divergence) -> bytes | None:
 
 def write_divergence(bundle: Bundle, result: Divergence) -> dict[str, Any]:
     """``layers.json`` and ``layers.png`` in the bundle, and the report rebuilt with its section."""
-    from onnxsmith.report import write_report
+    from onnxsmith.report import save_record
 
     record = result.to_json()
     png = divergence_png(result)
@@ -390,8 +390,7 @@ def write_divergence(bundle: Bundle, result: Divergence) -> dict[str, Any]:
         tmp.replace(bundle.path / LAYERS_PNG)
         bundle.wrote(LAYERS_PNG)
         record["plot"] = LAYERS_PNG
-    bundle.write_json(LAYERS_JSON, record)
-    write_report(bundle)
+    save_record(bundle, LAYERS_JSON, record)
     return record
 
 

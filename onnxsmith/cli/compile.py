@@ -149,7 +149,7 @@ def _validate(bundle, data, as_json: bool) -> dict | None:
     """``--validate``: the bundle checked as ``onnxsmith validate`` checks it; exit 6 when it fails."""
     from onnxsmith.console import progress
     from onnxsmith.errors import CheckFailedError
-    from onnxsmith.report import write_report
+    from onnxsmith.report import save_record
     from onnxsmith.check.validation import validate_bundle
 
     if not bundle.manifest["runs_here"]["ok"]:
@@ -158,8 +158,7 @@ def _validate(bundle, data, as_json: bool) -> dict | None:
     with progress("validating", not as_json):
         result = validate_bundle(bundle, data)
     record = result.to_json()
-    bundle.write_json("validation.json", record)
-    write_report(bundle)
+    save_record(bundle, "validation.json", record)
     if not as_json:
         echo(f"validated {record['samples']} samples from {record['data']}: "
              f"{'PASSED' if record['passed'] else 'FAILED'} (cosine min {record['cosine_min']:.6f})")

@@ -31,7 +31,7 @@ def profile_command(bundle_path: str, profile_spec: str, input_file: str | None,
     from onnxsmith.data.sources import open_dataset
     from onnxsmith.profiles import load_profile
     from onnxsmith.profiling.run import profile_bundle
-    from onnxsmith.report import write_report
+    from onnxsmith.report import save_record
 
     bundle = Bundle.open(bundle_path)
     profile = load_profile(profile_spec)
@@ -62,8 +62,7 @@ def profile_command(bundle_path: str, profile_spec: str, input_file: str | None,
     with progress("profiling", not as_json) as update:
         result = profile_bundle(bundle, profile, baseline=not no_baseline, data=data, remote=rpc, progress=update)
     record = result.to_json()
-    bundle.write_json("profile.json", record)
-    write_report(bundle)
+    save_record(bundle, "profile.json", record)
     if as_json:
         print_json(record)
         return

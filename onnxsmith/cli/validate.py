@@ -30,7 +30,7 @@ def validate_command(bundle_path: str, data_file: str | None, labels: str | None
     from onnxsmith.console import print_json, progress
     from onnxsmith.data.sources import open_dataset
     from onnxsmith.errors import CheckFailedError, UserInputError
-    from onnxsmith.report import write_report
+    from onnxsmith.report import save_record
     from onnxsmith.check.validation import validate_bundle
 
     if labels and not data_file:
@@ -56,8 +56,7 @@ def validate_command(bundle_path: str, data_file: str | None, labels: str | None
             result = validate_bundle(bundle, data, samples=samples, seed=seed, keep_worst=keep_worst,
                                      min_cosine=min_cosine)
         record = result.to_json()
-        bundle.write_json("validation.json", record)
-        write_report(bundle)
+        save_record(bundle, "validation.json", record)
         if layers:
             from onnxsmith.check.layers import diverge, write_divergence
 

@@ -174,10 +174,9 @@ class StepRunner:
             else:
                 self.progress(f"profiling {recipe.name}")
                 prof = profile_bundle(bundle, self.profile, baseline=False, data=self.data).to_json()
-            bundle.write_json("profile.json", prof)
-            from onnxsmith.report import write_report
+            from onnxsmith.report import save_record
 
-            write_report(bundle)
+            save_record(bundle, "profile.json", prof)
             stage = "validating"
             self.progress(f"validating {recipe.name}")
             from onnxsmith.optimize.evaluate import evaluate
