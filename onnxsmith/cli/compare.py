@@ -29,7 +29,8 @@ cluster_option = click.option("--cluster", default=None, metavar="auto|HOST:PORT
 @shape_option
 @click.option("--samples", type=click.IntRange(min=1), default=64, show_default=True,
               help="Validation samples per cell (all of --data when it has labels).")
-@click.option("--option", "raw_options", multiple=True, metavar="KEY=VALUE", help="Backend option for every cell.")
+@click.option("--option", "raw_options", multiple=True, metavar="KEY=VALUE", help="Backend option: KEY=VALUE for every cell (each cell's backend must declare it), BACKEND.KEY=VALUE "
+              "for that backend's cells only; repeatable.")
 @click.option("--force", is_flag=True, help="Replace a non-empty -o that is not a compare result.")
 @json_option
 def compare_command(model: str, cells: tuple[str, ...], data_file: str | None, labels: str | None,

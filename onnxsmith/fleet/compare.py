@@ -87,18 +87,23 @@ class Plan:
     calibration: Path | None
     samples: int
     options: dict[str, str]
+    """The options every cell compiles with (``compile --cluster``'s one cell), unless :attr:`cell_options` has
+    the cell's own."""
     stages: tuple[str, ...] = ("compile", "measure")
     """``compile --cluster`` stops after compile."""
     measure_parts: tuple[str, ...] = ("profile", "validate")
     bundle: Path | None = None
     """``profile/validate --cluster``: measure this existing bundle instead of compiling the model."""
+    cell_options: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
+    """Per cell label: the options that apply to that cell's backend (see :func:`cell_options`)."""
 
     def compile_request(self, spec: CellSpec, output: Path, model: Path | None = None,
                         calibration: Path | None = None) -> dict[str, Any]:
         calib = calibration or self.calibration or self.data
         return {"model": str(model or self.model), "shapes": self.shapes, "target": spec.target,
                 "backend": spec.backend, "precision": spec.precision, "profile": self.profile,
-                "calibration": None if calib is None else str(calib), "output": str(output), "options": self.options}
+                "calibration": None if calib is None else str(calib), "output": str(output),
+                "options": self.cell_options.get(spec.label, self.options)}
 
     def measure_request(self, bundle: Path, remote: str | None, emulated: bool,
                         data: Path | None = None) -> dict[str, Any]:
@@ -109,6 +114,54 @@ class Plan:
 
 
 Progress = Callable[[CellOutcome, str], None]
+
+
+def cell_options(specs: Sequence[CellSpec], options: dict[str, str]) -> dict[str, dict[str, str]]:
+    """Each cell's options from ``--option``: ``BACKEND.KEY=VALUE`` applies to the cells of that backend only, a
+    plain ``KEY=VALUE`` to every cell. Every option must be declared by each backend it applies to, and a scoped one
+    must name a backend some cell uses: anything else is refused here, before any cell runs (exit 2, naming the
+    cell). A cell without a backend gets the one its target would choose here."""
+    from onnxsmith.build.compile import choose_backend
+    from onnxsmith.errors import OnnxsmithError, UserInputError
+    from onnxsmith.options import parse_backend_options
+    from onnxsmith.registry import backend_names, get_backend
+    from onnxsmith.targets import load_target
+
+    if not options:
+        return {}
+    names = set(backend_names())
+    scoped: dict[str, dict[str, str]] = {}
+    plain: dict[str, str] = {}
+    for key, value in options.items():
+        scope, dot, name = key.partition(".")
+        if dot and scope in names:
+            scoped.setdefault(scope, {})[name] = value
+        else:
+            plain[key] = value
+    out: dict[str, dict[str, str]] = {}
+    used: set[str] = set()
+    for spec in specs:
+        backend = spec.backend
+        if backend is None:
+            try:
+                backend = choose_backend(load_target(spec.target)).name
+            except OnnxsmithError as exc:
+                raise UserInputError(f"cannot tell which backend cell {spec.label} uses, to apply --option to it",
+                                     exc.one_line(), "name the backend in the cell (TARGET:BACKEND) or scope the "
+                                     "option (--option BACKEND.KEY=VALUE)") from exc
+        used.add(backend)
+        mine = {**plain, **scoped.get(backend, {})}
+        try:
+            parse_backend_options(get_backend(backend), mine)
+        except UserInputError as exc:
+            raise UserInputError(f"cell {spec.label}: {exc.what}", exc.why,
+                                 exc.hint or "scope the option to one backend: --option BACKEND.KEY=VALUE") from exc
+        out[spec.label] = mine
+    unused = sorted(set(scoped) - used)
+    if unused:
+        raise UserInputError(f"--option {unused[0]}.{next(iter(scoped[unused[0]]))} names backend {unused[0]}",
+                             "no cell uses it", "name it in a cell (TARGET:BACKEND) or drop the option")
+    return out
 
 
 def rank(cells: Sequence[CellOutcome]) -> None:
@@ -150,12 +203,13 @@ def compare(model: str | os.PathLike[str], targets: Sequence[str], *, output: st
 
             open_dataset(str(path), loaded.inputs, labels=labels if what == "validation data" else None, what=what,
                          limit=1, known_batch=loaded.batch_inputs)  # bad data is refused before any cell runs
+    per_cell = cell_options(specs, dict(options or {}))  # before anything is written or run
     out = check_output_dir(output, "compare", [loaded.source, *loaded.data_files,
                                                *(p for p in (data, calibration) if p)], force=force)
     plan = Plan(model=loaded.source.resolve(), shapes={k: list(v) for k, v in overrides.items()}, cells=specs,
                 profile=profile, data=None if data is None else Path(data).resolve(), labels=labels,
                 calibration=None if calibration is None else Path(calibration).resolve(), samples=samples,
-                options=dict(options or {}))
+                options=dict(options or {}), cell_options=per_cell)
     if cluster:
         from onnxsmith.fleet.ray_executor import RayExecutor
 
