@@ -45,6 +45,14 @@ def _contains(outer: Path, inner: Path) -> bool:
     return inner == outer or outer in inner.parents
 
 
+def cache_root() -> Path:
+    """``$ONNXSMITH_CACHE_DIR``, else ``$XDG_CACHE_HOME/onnxsmith``, else ``~/.cache/onnxsmith``."""
+    if os.environ.get("ONNXSMITH_CACHE_DIR"):
+        return Path(os.environ["ONNXSMITH_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "onnxsmith"
+
+
 def check_writable(path: Path, given: str | os.PathLike[str], what: str, hint: str) -> None:
     """Refuse ``path`` (a directory to create or write into) when its nearest existing ancestor is not a directory
     or no file can be created there; the probe it makes is removed at once."""
@@ -75,8 +83,6 @@ def check_output_file(output: str | os.PathLike[str], option: str = "--output") 
 def check_output_dir(output: str | os.PathLike[str], kind: str, protected: Iterable[str | os.PathLike[str]] = (),
                      force: bool = False, option: str = "-o") -> Path:
     """Refuse an output directory that would destroy something; returns it resolved. Writes nothing."""
-    from onnxsmith.build.cache import cache_root
-
     given = Path(output)
     path = given.resolve()
     if path.exists() and not path.is_dir():

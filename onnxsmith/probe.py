@@ -11,53 +11,23 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import hashlib
 import json
 import os
-import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from onnxsmith.precisions import PRECISIONS, headline_precision, offered_precisions
+from onnxsmith.precisions import PRECISIONS, offered_precisions
+from onnxsmith.profiling.peaks import describe, host_fingerprint, load_peaks, measured_peak, peaks_path
+
+__all__ = ["describe", "host_fingerprint", "load_peaks", "measured_peak", "peaks_path", "probe_host"]
 
 # (name, M, K, N) for MatMul; the conv is (name, C_in, H, W, C_out, kernel)
 GEMM_SHAPES = (("matmul 256x2048x2048", 256, 2048, 2048), ("matmul 512x4096x4096", 512, 4096, 4096),
                ("matmul 1024x1024x1024", 1024, 1024, 1024))
 CONV_SHAPES = (("conv 256x56x56 3x3 256", 256, 56, 56, 256, 3),)
 COPY_BYTES = 256 * 2**20
-
-
-def host_fingerprint() -> str:
-    """This machine's CPU as the peaks depend on it: model name, ISA flags, cores available, architecture."""
-    from onnxsmith.targets.host import cpu_flags, detect_host
-
-    host = detect_host()
-    data = {"name": host.name, "flags": sorted(cpu_flags()), "cores": host.cores, "machine": platform.machine()}
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def peaks_path(fingerprint: str | None = None) -> Path:
-    from onnxsmith.build.cache import cache_root
-
-    return cache_root() / "peaks" / f"{fingerprint or host_fingerprint()}.json"
-
-
-def load_peaks(fingerprint: str | None = None) -> dict[str, Any] | None:
-    """The stored probe of this machine (or of ``fingerprint``), None when it was never probed."""
-    try:
-        data = json.loads(peaks_path(fingerprint).read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) and "peaks" in data else None
-
-
-def measured_peak(precision: str) -> float | None:
-    """Measured TFLOP/s (TOP/s for int8) of this machine for ``precision`` (mixed ``int8+fp32``: its first part)."""
-    peaks = load_peaks()
-    entry = (peaks or {}).get("peaks", {}).get(headline_precision(precision))
-    return None if not entry else entry["tflops"]
 
 
 def _matmul(path: Path, m: int, k: int, n: int) -> None:
@@ -165,12 +135,3 @@ def probe_host(backend: str | None = None, progress: Callable[[str], None] | Non
     os.replace(tmp_file, path)
     record["file"] = str(path)
     return record
-
-
-def describe(record: dict[str, Any] | None) -> str:
-    """One line for doctor and targets show."""
-    if not record:
-        return "measured peaks: none yet (run 'onnxsmith probe')"
-    parts = [f"{p} {e['tflops'] * 1000:.0f} G{'OP' if p == 'int8' else 'FLOP'}/s" for p, e in record["peaks"].items()]
-    return (f"measured peaks ({record['backend']}, {record['measured']}): {', '.join(parts)}, memory "
-            f"{record['memory_bandwidth_gbps']} GB/s")

@@ -6,6 +6,7 @@ Every figure here is read from those JSON files (the same record ``--json`` prin
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from onnxsmith.units import fmt_bytes
@@ -217,8 +218,6 @@ def render_report(manifest: dict[str, Any], profile: dict[str, Any] | None,
                              f"{'-' if w['reference_prediction'] is None else w['reference_prediction']} | "
                              f"`{w['file']}` |")
     if layers:
-        from onnxsmith.check.layers import render_divergence
-
         lines += render_divergence(layers)
     lines += ["", "## Improved, worse, risky", ""]
     lines += summarize_changes(manifest, profile, validation)
@@ -325,3 +324,39 @@ def _slow_advice(manifest: dict[str, Any]) -> str:
         return get_backend(manifest["backend"]).slow_artifact_advice(Artifact.from_json(manifest["artifact"]))
     except OnnxsmithError:
         return ""
+
+
+def render_divergence(record: Mapping[str, Any], limit: int = 40) -> list[str]:
+    """The report section: what was compared, the first layer past the tolerance, the table, the plot."""
+    lines = ["", "## Per-layer divergence", "",
+             f"{record['backend']} ({record['precision_used']}) against ONNX Runtime fp32 on the reference model, "
+             f"{record['samples']} samples from `{record['data']}`; intermediate tensors exposed as "
+             f"{record['exposed_by']}. Tolerance: cosine >= {record['min_cosine']}"
+             + (f" and relative error <= {record['max_rel_l2']}" if record.get("max_rel_l2") else "") + ".", ""]
+    lines.append(f"- **First layer past the tolerance: {record['first']}** (`{record['first_tensor']}`)"
+                 if record.get("first") else "- No layer exceeds the tolerance.")
+    lines.append(f"- {record['growth']}.")
+    if record.get("not_exposed"):
+        shown = ", ".join(f"`{n}`" for n in record["not_exposed"][:8])
+        more = len(record["not_exposed"]) - 8
+        lines.append(f"- Not exposed by the artifact (fused away or renamed): {shown}"
+                     + (f" and {more} more" if more > 0 else ""))
+    for note in record.get("notes", []):
+        lines.append(f"- Note: {note}")
+    if record.get("plot"):
+        lines += ["", f"![per-layer error]({record['plot']})"]
+    rows = record["layers"]
+    first = next((r["index"] for r in rows if r["exceeds"]), None)
+    shown_rows = rows if len(rows) <= limit else [
+        r for r in rows if r["index"] < 5 or r["exceeds"] and first is not None and r["index"] < first + 10
+        or r["index"] >= len(rows) - 5]
+    lines += ["", "| # | layer | node (op) | tensor | cosine min | max abs | rel error | growth | past |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for r in shown_rows:
+        added = "new" if r["added"] is None else "-" if r["added"] == 1.0 else f"{r['added']:.2f}x"
+        lines.append(f"| {r['index']} | {r['layer']} | {r['node']} ({r['op_type']}) | `{r['tensor']}` | "
+                     f"{r['cosine_min']:.5f} | {r['max_abs_error']:.3g} | {r['rel_l2_error']:.3g} | {added} | "
+                     f"{'**yes**' if r['exceeds'] else ''} |")
+    if len(shown_rows) < len(rows):
+        lines.append(f"\n{len(rows) - len(shown_rows)} rows left out; all are in `layers.json`.")
+    return lines

@@ -10,11 +10,12 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from onnxsmith.errors import BackendError, BundleError, UnsupportedError, UserInputError
+from onnxsmith.errors import BackendError, UnsupportedError, UserInputError
 from onnxsmith.options import Option
 from onnxsmith.plugin import Artifact, CompileRequest, Compiler, DeployProgram, Support, Variant
 
-from onnxsmith.compilers.tvm.common import IO_FILE, LIBRARY, TUNING_FILE, ffi_version, tvm, tvm_version, vendor_why
+from onnxsmith.compilers.tvm.common import (IO_FILE, LIBRARY, TUNING_FILE, ffi_version, read_io, tvm, tvm_version,
+                                           vendor_why)
 from onnxsmith.compilers.tvm.targets import TVMTarget, check_cross_compiler, cuda_sm, machine_arch, tvm_target
 
 if TYPE_CHECKING:
@@ -321,13 +322,6 @@ class TVMCompiler(Compiler):
         except Exception:  # a malformed target file is reported when compiling
             return None
         return emulate.emulated_server()
-
-
-def read_io(directory: Path) -> dict[str, Any]:
-    try:
-        return json.loads((directory / IO_FILE).read_text())
-    except (OSError, ValueError) as exc:
-        raise BundleError(f"cannot read {IO_FILE} of the TVM artifact", str(exc), "compile the bundle again") from exc
 
 
 def elf_arch(path: Path) -> str:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import functools
+import json
 import re
+from pathlib import Path
 from typing import Any
 
-from onnxsmith.errors import MissingDependencyError, first_line
+from onnxsmith.errors import BundleError, MissingDependencyError, first_line
 
 LIBRARY = "model.so"
 """The exported shared library: Relax VM bytecode, constants (weights) and the generated kernels."""
@@ -57,3 +59,11 @@ def vendor_why(exc: BaseException, limit: int = 300) -> str:
         text = useful[-1] if useful else first_line(exc)
     text = re.sub(r"^\[[\d:]+\]\s*\S+:\d+:\s*", "", text)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def read_io(directory: Path) -> dict[str, Any]:
+    """The artifact's ``io.json`` (its inputs and outputs as compiled)."""
+    try:
+        return json.loads((directory / IO_FILE).read_text())
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"cannot read {IO_FILE} of the TVM artifact", str(exc), "compile the bundle again") from exc

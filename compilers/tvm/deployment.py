@@ -37,7 +37,7 @@ def toolchain_missing(arch: str) -> str:
 
 
 def programs(artifact: Artifact, directory: Path, target: Target) -> list[DeployProgram]:
-    from onnxsmith.compilers.tvm.backend import read_io
+    from onnxsmith.compilers.tvm.common import read_io
     from onnxsmith.compilers.tvm.targets import machine_arch
 
     io = read_io(directory)

@@ -27,17 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from onnxsmith.errors import UserInputError
+from onnxsmith.dirs import cache_root, check_writable
 from onnxsmith.plugin import Artifact
 
 ENTRY_FILE = "entry.json"
-
-
-def cache_root() -> Path:
-    """``$ONNXSMITH_CACHE_DIR``, else ``$XDG_CACHE_HOME/onnxsmith``, else ``~/.cache/onnxsmith``."""
-    if os.environ.get("ONNXSMITH_CACHE_DIR"):
-        return Path(os.environ["ONNXSMITH_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "onnxsmith"
 
 
 def cache_key(parts: Mapping[str, Any]) -> str:
@@ -218,7 +211,6 @@ class CompileCache:
 
     def check_usable(self) -> None:
         """A user error naming the cache directory when it is a file or cannot be written."""
-        from onnxsmith.dirs import check_writable
 
         root = self.root.parent
         named = "ONNXSMITH_CACHE_DIR" if os.environ.get("ONNXSMITH_CACHE_DIR") else "the cache directory"

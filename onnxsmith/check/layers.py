@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -392,39 +392,3 @@ def write_divergence(bundle: Bundle, result: Divergence) -> dict[str, Any]:
         record["plot"] = LAYERS_PNG
     save_record(bundle, LAYERS_JSON, record)
     return record
-
-
-def render_divergence(record: Mapping[str, Any], limit: int = 40) -> list[str]:
-    """The report section: what was compared, the first layer past the tolerance, the table, the plot."""
-    lines = ["", "## Per-layer divergence", "",
-             f"{record['backend']} ({record['precision_used']}) against ONNX Runtime fp32 on the reference model, "
-             f"{record['samples']} samples from `{record['data']}`; intermediate tensors exposed as "
-             f"{record['exposed_by']}. Tolerance: cosine >= {record['min_cosine']}"
-             + (f" and relative error <= {record['max_rel_l2']}" if record.get("max_rel_l2") else "") + ".", ""]
-    lines.append(f"- **First layer past the tolerance: {record['first']}** (`{record['first_tensor']}`)"
-                 if record.get("first") else "- No layer exceeds the tolerance.")
-    lines.append(f"- {record['growth']}.")
-    if record.get("not_exposed"):
-        shown = ", ".join(f"`{n}`" for n in record["not_exposed"][:8])
-        more = len(record["not_exposed"]) - 8
-        lines.append(f"- Not exposed by the artifact (fused away or renamed): {shown}"
-                     + (f" and {more} more" if more > 0 else ""))
-    for note in record.get("notes", []):
-        lines.append(f"- Note: {note}")
-    if record.get("plot"):
-        lines += ["", f"![per-layer error]({record['plot']})"]
-    rows = record["layers"]
-    first = next((r["index"] for r in rows if r["exceeds"]), None)
-    shown_rows = rows if len(rows) <= limit else [
-        r for r in rows if r["index"] < 5 or r["exceeds"] and first is not None and r["index"] < first + 10
-        or r["index"] >= len(rows) - 5]
-    lines += ["", "| # | layer | node (op) | tensor | cosine min | max abs | rel error | growth | past |",
-              "|---|---|---|---|---|---|---|---|---|"]
-    for r in shown_rows:
-        added = "new" if r["added"] is None else "-" if r["added"] == 1.0 else f"{r['added']:.2f}x"
-        lines.append(f"| {r['index']} | {r['layer']} | {r['node']} ({r['op_type']}) | `{r['tensor']}` | "
-                     f"{r['cosine_min']:.5f} | {r['max_abs_error']:.3g} | {r['rel_l2_error']:.3g} | {added} | "
-                     f"{'**yes**' if r['exceeds'] else ''} |")
-    if len(shown_rows) < len(rows):
-        lines.append(f"\n{len(rows) - len(shown_rows)} rows left out; all are in `layers.json`.")
-    return lines

@@ -20,7 +20,7 @@ def doctor_command(as_json: bool) -> None:
     import onnxsmith
     from onnxsmith.build.cache import cache_root
     from onnxsmith.console import print_json, shown, stdout_console
-    from onnxsmith.probe import describe, load_peaks
+    from onnxsmith.profiling.peaks import describe, load_peaks
     from onnxsmith.registry import backend_names, backend_status
     from onnxsmith.targets.host import detect_host, isa_summary
 

@@ -54,7 +54,7 @@ def show_command(target_id: str, as_json: bool) -> None:
     runs = _runs_here(target)
     data["runs_here"] = {"ok": runs[0], "reason": runs[1]}
     if target.id == "host":
-        from onnxsmith.probe import load_peaks
+        from onnxsmith.profiling.peaks import load_peaks
 
         data["measured_peaks"] = load_peaks()
     options = backend_options(target.backends)
@@ -72,7 +72,7 @@ def show_command(target_id: str, as_json: bool) -> None:
          + f", memory {target.peak.memory_bandwidth_gbps} GB/s")
     echo(f"  peak source: {target.peak.source}")
     if target.id == "host":
-        from onnxsmith.probe import describe, load_peaks
+        from onnxsmith.profiling.peaks import describe, load_peaks
 
         echo(f"  {describe(load_peaks())}")
     for backend, opts in target.device_options.items():

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from onnxsmith.fleet.cells import run_stage
-from onnxsmith.fleet.compare import CellOutcome, Plan, Progress
+from onnxsmith.fleet.plan import CellOutcome, Plan, Progress
 
 NO_DEVICE = "not measured: no such device in the fleet"
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from onnxsmith.errors import MissingDependencyError, UnsupportedError, UserInputError
 from onnxsmith.fleet.cells import CellSpec
-from onnxsmith.fleet.compare import CellOutcome, Plan, Progress
+from onnxsmith.fleet.plan import CellOutcome, Plan, Progress
 
 DEVICE = "onnxsmith:device:"
 BACKEND = "onnxsmith:backend:"

@@ -31,7 +31,7 @@ from onnxsmith.errors import UnsupportedError
 from onnxsmith.optimize.batch_sweep import _batch_sweep
 from onnxsmith.optimize.contest import _contest, _replicate
 from onnxsmith.optimize.ladder_steps import (BASELINE_BACKEND, SIMPLIFY, _knob_steps, _mixed_steps,
-                                             _precision_steps, _prune_steps)
+                                             _precision_steps, _prune_steps, usable_backends)
 from onnxsmith.optimize.record import Card, Constraints, Step, compare
 from onnxsmith.optimize.selection import select
 from onnxsmith.optimize.steps import Recipe, StepRunner
@@ -43,31 +43,6 @@ if TYPE_CHECKING:
     from onnxsmith.optimize.student import StudentSource
     from onnxsmith.profiles import Profile
     from onnxsmith.targets import Target
-
-
-def usable_backends(target: Target, wanted: Sequence[str] | None, notes: list[str]) -> list[str]:
-    from onnxsmith.registry import backend_status, get_backend
-
-    for name in wanted or ():
-        get_backend(name)  # the one "unknown backend" error, as from every verb
-    usable = []
-    for name in wanted or target.backends:
-        status = backend_status(name, probe_devices=False)
-        if not status.available:
-            notes.append(f"backend {name} skipped: {status.reason}")
-            continue
-        backend = get_backend(name)
-        support = backend.supports(target)
-        runs = backend.runs_here(target) if support else support
-        if not support or not runs:
-            notes.append(f"backend {name} skipped: {(runs or support).reason}")
-            continue
-        usable.append(name)
-    if wanted and not usable:
-        raise UnsupportedError(f"none of the requested backends ({', '.join(wanted)}) can run {target.id} here",
-                               "; ".join(n.removeprefix("backend ") for n in notes[-len(wanted):]),
-                               "see 'onnxsmith doctor'")
-    return usable
 
 
 def _risky(step: Step) -> tuple[str, ...]:

@@ -5,8 +5,10 @@ a keep-list when int8 misses the budget), the pruning steps and the runtime-knob
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
+from onnxsmith.errors import UnsupportedError
 from onnxsmith.optimize.record import Constraints, Step
 from onnxsmith.optimize.selection import select
 from onnxsmith.optimize.steps import Recipe, StepRunner, pass_spec
@@ -30,6 +32,62 @@ NO_VNNI_INT8 = (("reduce-range", pass_spec("int8_qdq", reduce_range=True),
 a measured step beside the default U8S8 one (on VNNI and AMX CPUs the default has no saturation to avoid)."""
 SENSITIVITY_SECONDS = 900.0
 """Time cap of the per-layer sensitivity search behind the mixed-precision step (large models, slow backends)."""
+
+
+def keep_change(keep: Sequence[str], precision: str = "fp32") -> str:
+    """The one change a mixed step makes, in words. ``precision``: what the kept layers compute in, or ``""``
+    when the backend picks (OpenVINO runs unquantized ops at its inference precision, bf16 by default on CPUs
+    that have it)."""
+    layers = f"layer{'s' if len(keep) != 1 else ''} {', '.join(keep)}"
+    if precision:
+        return f"{layers} kept in {precision} (not quantized)"
+    return f"{layers} kept out of int8 (not quantized; they run at the backend's float precision)"
+
+
+def mixed_recipe(backend: Any, target: Target, name: str, parent: str, keep: Sequence[str], chain: tuple,
+                 parent_options: tuple = ()) -> tuple[Any, str] | None:
+    """The ladder recipe of ``backend``'s int8 with ``keep`` left unquantized, or ``None`` when the backend has no
+    way to keep layers out of int8."""
+    passes = backend.onnx_pass_precisions(target)
+    words = keep_change(keep)
+    if passes.get("int8") == "int8_qdq":  # the QDQ graph's unquantized nodes are plain fp32 ONNX
+        how = "int8_qdq ONNX pass, nodes_to_exclude"
+        return Recipe(name, parent, f"{words}: {how}, same calibration set", backend.name, "int8", "fp32",
+                      (*chain, pass_spec("int8_qdq", nodes_to_exclude=tuple(keep))), options=parent_options), how
+    option = backend.keep_fp32_option(target)
+    if option and "int8" in backend.precisions(target):
+        options = tuple(sorted({**dict(parent_options), option: ",".join(keep)}.items()))
+        how = f"{backend.name} option {option}"
+        return Recipe(name, parent, f"{keep_change(keep, '')}: {how}, same calibration set", backend.name, "int8", "int8", chain,
+                      options=options), how
+    return None
+
+
+def usable_backends(target: Target, wanted: Sequence[str] | None, notes: list[str]) -> list[str]:
+    """The backends a ladder (or ``debug precision``) uses on ``target``: ``wanted`` or the target's, each
+    installed, supporting it and running here; the others are named in ``notes``."""
+    from onnxsmith.registry import backend_status, get_backend
+
+    for name in wanted or ():
+        get_backend(name)  # the one "unknown backend" error, as from every verb
+    usable = []
+    for name in wanted or target.backends:
+        status = backend_status(name, probe_devices=False)
+        if not status.available:
+            notes.append(f"backend {name} skipped: {status.reason}")
+            continue
+        backend = get_backend(name)
+        support = backend.supports(target)
+        runs = backend.runs_here(target) if support else support
+        if not support or not runs:
+            notes.append(f"backend {name} skipped: {(runs or support).reason}")
+            continue
+        usable.append(name)
+    if wanted and not usable:
+        raise UnsupportedError(f"none of the requested backends ({', '.join(wanted)}) can run {target.id} here",
+                               "; ".join(n.removeprefix("backend ") for n in notes[-len(wanted):]),
+                               "see 'onnxsmith doctor'")
+    return usable
 
 
 def avx2_without_vnni(flags: frozenset[str] | None = None) -> bool:
@@ -93,7 +151,6 @@ def _mixed_steps(runner: StepRunner, target: Target, steps: list[Step], chain: t
                  notes: list[str]) -> list[Step]:
     """When an int8 step misses the accuracy budget, one more step per such backend: the same int8 with the
     keep-list of :func:`onnxsmith.optimize.sensitivity.analyze` left in fp32. When int8 meets it, nothing."""
-    from onnxsmith.optimize.precision_debug import mixed_recipe
     from onnxsmith.registry import get_backend
 
     reference = next((s for s in steps if s.name == "baseline"), None)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from onnxsmith.errors import OnnxsmithError
+from onnxsmith.optimize.ladder_steps import mixed_recipe, usable_backends
 
 if TYPE_CHECKING:
     from onnxsmith.data.dataset import Dataset
@@ -29,37 +30,6 @@ if TYPE_CHECKING:
 
 RESULT = "precision.json"
 REPORT = "precision.md"
-
-
-def keep_change(keep: Sequence[str], precision: str = "fp32") -> str:
-    """The one change a mixed step makes, in words. ``precision``: what the kept layers compute in, or ``""``
-    when the backend picks (OpenVINO runs unquantized ops at its inference precision, bf16 by default on CPUs
-    that have it)."""
-    layers = f"layer{'s' if len(keep) != 1 else ''} {', '.join(keep)}"
-    if precision:
-        return f"{layers} kept in {precision} (not quantized)"
-    return f"{layers} kept out of int8 (not quantized; they run at the backend's float precision)"
-
-
-def mixed_recipe(backend: Any, target: Target, name: str, parent: str, keep: Sequence[str], chain: tuple,
-                 parent_options: tuple = ()) -> tuple[Any, str] | None:
-    """The ladder recipe of ``backend``'s int8 with ``keep`` left unquantized, or ``None`` when the backend has no
-    way to keep layers out of int8."""
-    from onnxsmith.optimize.steps import Recipe, pass_spec
-
-    passes = backend.onnx_pass_precisions(target)
-    words = keep_change(keep)
-    if passes.get("int8") == "int8_qdq":  # the QDQ graph's unquantized nodes are plain fp32 ONNX
-        how = "int8_qdq ONNX pass, nodes_to_exclude"
-        return Recipe(name, parent, f"{words}: {how}, same calibration set", backend.name, "int8", "fp32",
-                      (*chain, pass_spec("int8_qdq", nodes_to_exclude=tuple(keep))), options=parent_options), how
-    option = backend.keep_fp32_option(target)
-    if option and "int8" in backend.precisions(target):
-        options = tuple(sorted({**dict(parent_options), option: ",".join(keep)}.items()))
-        how = f"{backend.name} option {option}"
-        return Recipe(name, parent, f"{keep_change(keep, '')}: {how}, same calibration set", backend.name, "int8", "int8", chain,
-                      options=options), how
-    return None
 
 
 def layer_cost_ms(int8_bundle: Path, mixed_bundle: Path, keep: Sequence[str], data: Dataset,
@@ -116,7 +86,6 @@ def debug_precision(model: LoadedModel, target: Target, profile: Profile, *, dat
     from onnxsmith.build.compile import protected_inputs
     from onnxsmith.data.dataset import check_against_model
     from onnxsmith.model.shapes import require_static
-    from onnxsmith.optimize.ladder import usable_backends
     from onnxsmith.dirs import check_output_dir
 
     output = Path(output).resolve()

@@ -215,7 +215,7 @@ def _shape_words(specs: tuple[TensorSpec, ...], bundle: Bundle) -> str:
 
 def _measured_peak(precision: str) -> float | None:
     """This CPU's peak from ``onnxsmith probe`` (stored per device fingerprint), when it was probed."""
-    from onnxsmith.probe import measured_peak
+    from onnxsmith.profiling.peaks import measured_peak
 
     try:
         return measured_peak(precision)
