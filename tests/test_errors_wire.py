@@ -4,6 +4,7 @@ code and a missing dependency's package survive JSON."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -32,3 +33,16 @@ def test_a_missing_dependency_keeps_its_package() -> None:
     back = from_wire(to_wire(errors.MissingDependencyError("openvino", "openvino")))
     assert type(back) is errors.MissingDependencyError and back.exit_code == 3
     assert back.package == "openvino" and back.extra == "openvino" and "pip install 'onnxsmith[openvino]'" in back.hint
+
+
+def test_a_fleet_cell_stage_sends_its_error_on_the_same_wire(tmp_path: Path) -> None:
+    from onnxsmith.fleet.cells import child_main
+
+    request = tmp_path / "request.json"
+    request.write_text(json.dumps({"model": str(tmp_path / "m.onnx"), "target": "no/such-device", "profile": "quick",
+                                   "output": str(tmp_path / "cell")}))
+    child_main("compile", str(request), str(tmp_path / "result.json"))
+    outcome = json.loads((tmp_path / "result.json").read_text())
+    assert outcome["status"] == "error" and "no/such-device" in outcome["message"]
+    back = from_wire(outcome["error"])
+    assert isinstance(back, errors.UserInputError) and back.exit_code == 2 and back.one_line() == outcome["message"]

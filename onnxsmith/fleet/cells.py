@@ -16,7 +16,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from onnxsmith.errors import OnnxsmithError, UserInputError
+from onnxsmith.errors import OnnxsmithError, UserInputError, to_wire
 from onnxsmith.precisions import PRECISIONS, choose_precision
 
 
@@ -174,8 +174,7 @@ def child_main(stage: str, request_path: str, result_path: str) -> None:
     try:
         outcome: dict[str, Any] = {"status": "ok", "result": STAGES[stage](request)}
     except OnnxsmithError as exc:
-        outcome = {"status": "error", "error": type(exc).__name__, "message": exc.one_line(),
-                   "exit_code": exc.exit_code}
+        outcome = {"status": "error", "message": exc.one_line(), "error": to_wire(exc)}  # the one error wire
     except KeyboardInterrupt:
         outcome = {"status": "interrupted", "message": "interrupted"}
     except BaseException as exc:  # a bug or a vendor crash that became an exception
