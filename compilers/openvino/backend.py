@@ -99,6 +99,15 @@ class OpenVINOCompiler(Compiler):
     def devices(self) -> list[str]:
         return [str(d) for d in core().available_devices]
 
+    def portable_across_versions(self, artifact: Artifact) -> bool:
+        """An artifact with its IR loads in any later OpenVINO: the IR (model.xml/.bin) is read by later releases,
+        and the compiled blob beside it, which is version-specific, is skipped when it does not import (the IR is
+        compiled at load instead). So a bundle survives an OpenVINO upgrade, never a downgrade."""
+        if "model.xml" not in artifact.files:
+            return False
+        have, built = _release(self.version()), _release(artifact.backend_version)
+        return bool(have and built) and have >= built
+
     def supports(self, target: Target) -> Support:
         device = device_for(target)
         if target.kind == "cpu":
@@ -298,7 +307,10 @@ class OpenVINOCompiler(Compiler):
         notes: list[str] = []
         compiled, loaded_from = None, "IR"
         blob = directory / BLOB
-        if BLOB in artifact.files and blob.is_file():
+        if self.version() != artifact.backend_version:  # a blob is for the OpenVINO build that exported it
+            notes.append(f"built with OpenVINO {artifact.backend_version}, loaded with {self.version()}: compiled the "
+                         "IR here instead of importing the blob")
+        elif BLOB in artifact.files and blob.is_file():
             try:
                 compiled = core().import_model(blob.read_bytes(), device, properties)
                 loaded_from = "blob"
@@ -434,3 +446,10 @@ def _check_capabilities(device: str, caps: tuple[str, ...], precision: str, prop
                 f"choose --precision {' or '.join(offered) or 'fp32'}, or compile for a target whose device has "
                 f"{CAPABILITY[each]} (e.g. a CPU with AVX512_BF16 or AMX)" if each == "bf16" else
                 f"choose --precision {' or '.join(offered) or 'fp32'}")
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """``2026.4.1-19000-abc`` -> ``(2026, 4, 1)``; empty when it names no release."""
+    import re
+
+    return tuple(int(part) for part in re.findall(r"\d+", version.split("-")[0])[:3])

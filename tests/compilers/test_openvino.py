@@ -297,3 +297,37 @@ def test_registered_and_lists_devices(backend: OpenVINOCompiler, host: Target) -
                         "precisions": ["fp32"], "requires": {"arch": "aarch64"},
                         "peak": {"fp32_tflops": 1.0, "memory_bandwidth_gbps": 10.0, "source": "test"}}, "arm.toml")
     assert not backend.supports(arm)
+
+
+def test_a_bundle_survives_an_openvino_upgrade_not_a_downgrade(tmp_path: Path) -> None:
+    """The IR is read by later OpenVINO releases: a bundle built by an older one loads (its IR compiled here, the
+    version-specific blob skipped, said in a note); one built by a newer release is refused in one line."""
+    import json
+
+    from onnxsmith.bundle import Bundle
+    from onnxsmith.build.compile import compile_model
+    from onnxsmith.errors import BundleError
+    from onnxsmith.model import load_model
+    from onnxsmith.profiles import load_profile
+    from tests.models import make_cnn
+
+    onnx.save_model(make_cnn(), str(tmp_path / "cnn.onnx"))
+    compile_model(load_model(tmp_path / "cnn.onnx"), load_target("host"), profile=load_profile("quick"),
+                  output=tmp_path / "b", backend="openvino")
+    manifest_path = tmp_path / "b" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    feed = {"input": np.zeros((1, 3, 16, 16), np.float32)}
+    with Bundle.open(tmp_path / "b").load_runner() as runner:
+        expected = next(iter(runner.run(feed).values()))
+    for built, loads in (("2024.0.0-14509-34caeefd078", True), ("2099.1.0-1-abc", False)):
+        manifest["backend_version"] = built
+        manifest["artifact"]["backend_version"] = built
+        manifest_path.write_text(json.dumps(manifest))
+        bundle = Bundle.open(tmp_path / "b", verify=False)  # the edit breaks the seal: the version is what is tested
+        if loads:
+            with bundle.load_runner() as runner:
+                np.testing.assert_allclose(next(iter(runner.run(feed).values())), expected, rtol=1e-5, atol=1e-6)
+                assert any("compiled the IR here instead of importing the blob" in n for n in runner.notes)
+        else:
+            with pytest.raises(BundleError, match="was built with openvino 2099.1.0"):
+                bundle.load_runner()
