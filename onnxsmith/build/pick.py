@@ -14,8 +14,9 @@ overrides it. ``ONNXSMITH_HOST_PICK=listed`` turns the measurement off (the list
 from __future__ import annotations
 
 import json
+import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -67,6 +68,17 @@ def _load(path: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def host_default(model: LoadedModel, target: Target, profile: Profile, precision: str,
+                 calibration: Dataset | None = None, options: Mapping[str, Any] | None = None,
+                 progress: Callable[[str], None] | None = None) -> tuple[str, str] | None:
+    """The measured pick (:func:`pick_host_backend`) where it applies: the detected host, no backend options
+    (they are backend-specific), and ``ONNXSMITH_HOST_PICK`` not ``listed``. ``compile`` and ``compare`` both ask
+    here for a host cell without a backend."""
+    if target.id != "host" or options or os.environ.get("ONNXSMITH_HOST_PICK") == "listed":
+        return None
+    return pick_host_backend(model, target, profile, precision, calibration, progress)
 
 
 def pick_host_backend(model: LoadedModel, target: Target, profile: Profile, precision: str,

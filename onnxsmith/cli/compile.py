@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
@@ -108,11 +107,11 @@ def compile_command(model: str, target_spec: str, backend: str | None, precision
         from onnxsmith.build.compile import compile_model
 
         notes: tuple[str, ...] = ()
-        if backend is None and target.id == "host" and not options and os.environ.get("ONNXSMITH_HOST_PICK") != "listed":
-            from onnxsmith.build.pick import pick_host_backend
+        if backend is None:
+            from onnxsmith.build.pick import host_default
 
             with progress("choosing the host backend", not as_json) as update:
-                picked = pick_host_backend(loaded, target, profile, precision, calib, update)
+                picked = host_default(loaded, target, profile, precision, calib, options, update)
             if picked:
                 backend, why = picked
                 notes = (why,)

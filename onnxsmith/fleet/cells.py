@@ -73,7 +73,19 @@ def compile_stage(req: dict[str, Any]) -> dict[str, Any]:
     target = load_target(req["target"])
     profile = load_profile(req["profile"])
     model = load_model(req["model"], {k: tuple(v) for k, v in (req.get("shapes") or {}).items()})
-    backend = get_backend(req["backend"]) if req.get("backend") else choose_backend(target)
+    picked = None
+    if req.get("backend"):
+        backend = get_backend(req["backend"])
+    else:  # the host's measured pick, as 'compile --target host' makes it; else the target's first usable backend
+        from onnxsmith.build.pick import host_default
+
+        early = None
+        if req.get("calibration") and (req.get("precision") or profile.precision) == "int8":
+            early = open_dataset(req["calibration"], model.inputs, what="calibration data",
+                                 known_batch=model.batch_inputs)
+        picked = host_default(model, target, profile, req.get("precision") or profile.precision, early,
+                              req.get("options"))
+        backend = get_backend(picked[0]) if picked else choose_backend(target)
     backend.check_environment()
     precision, why = choose_precision(backend, target, profile, req.get("precision"))
     calibration = None
@@ -84,7 +96,7 @@ def compile_stage(req: dict[str, Any]) -> dict[str, Any]:
         if req.get("calibration"):
             calibration = open_dataset(req["calibration"], model.inputs, what="calibration data",
                                        known_batch=model.batch_inputs)
-    compiled, reference, notes = model, None, (why,) if why else ()
+    compiled, reference, notes = model, None, tuple(n for n in (picked[1] if picked else None, why) if n)
     with contextlib.ExitStack() as stack:
         if onnx_pass:
             from onnxsmith.build.cache import private_dir
