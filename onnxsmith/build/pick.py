@@ -39,15 +39,12 @@ ROUNDS, ROUND_SECONDS = 3, 0.3
 def candidates(model: LoadedModel, target: Target, precision: str) -> list[str]:
     """The target's backends, in its order, that are installed, support it, run here and offer ``precision``."""
     from onnxsmith.build.compile import missing_value_types
+    from onnxsmith.optimize.ladder_steps import usable_backends
 
     out = []
-    for name in target.backends:
-        if not backend_status(name, probe_devices=False).available:
-            continue
+    for name in usable_backends(target, None, []):  # installed, supporting the target, running here
         backend = get_backend(name)
-        if not backend.supports(target) or not backend.runs_here(target) or missing_value_types(backend, model):
-            continue
-        if precision in backend.precisions(target):
+        if not missing_value_types(backend, model) and precision in backend.precisions(target):
             out.append(name)
     return out
 

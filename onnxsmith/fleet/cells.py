@@ -73,17 +73,24 @@ def compile_stage(req: dict[str, Any]) -> dict[str, Any]:
     target = load_target(req["target"])
     profile = load_profile(req["profile"])
     model = load_model(req["model"], {k: tuple(v) for k, v in (req.get("shapes") or {}).items()})
+    opened: list[Any] = []
+
+    def calibration_data() -> Any:
+        """The cell's calibration data, read once however many steps need it (None without any)."""
+        if not opened:
+            opened.append(open_dataset(req["calibration"], model.inputs, what="calibration data",
+                                       known_batch=model.batch_inputs) if req.get("calibration") else None)
+        return opened[0]
+
     picked = None
     if req.get("backend"):
         backend = get_backend(req["backend"])
     else:  # the host's measured pick, as 'compile --target host' makes it; else the target's first usable backend
         from onnxsmith.build.pick import host_default
 
-        early = None
-        if req.get("calibration") and (req.get("precision") or profile.precision) == "int8":
-            early = open_dataset(req["calibration"], model.inputs, what="calibration data",
-                                 known_batch=model.batch_inputs)
-        picked = host_default(model, target, profile, req.get("precision") or profile.precision, early,
+        asked = req.get("precision") or profile.precision
+        picked = host_default(model, target, profile, asked,
+                              calibration_data() if target.id == "host" and asked == "int8" else None,
                               req.get("options"))
         backend = get_backend(picked[0]) if picked else choose_backend(target)
     backend.check_environment()
@@ -93,9 +100,7 @@ def compile_stage(req: dict[str, Any]) -> dict[str, Any]:
     if precision not in backend.precisions(target):
         onnx_pass = backend.onnx_pass_precisions(target).get(precision)  # e.g. int8 as an ONNX QDQ graph
     if onnx_pass or backend.needs_calibration(precision, model):
-        if req.get("calibration"):
-            calibration = open_dataset(req["calibration"], model.inputs, what="calibration data",
-                                       known_batch=model.batch_inputs)
+        calibration = calibration_data()
     compiled, reference, notes = model, None, tuple(n for n in (picked[1] if picked else None, why) if n)
     with contextlib.ExitStack() as stack:
         if onnx_pass:
