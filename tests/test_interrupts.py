@@ -106,13 +106,19 @@ def precision_inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pa
     return root / "m.onnx", root / "data.npz"
 
 
+def _previous_result(out: Path, bundle: str, record: str, step: str) -> dict[str, str]:
+    """A previous result of a verb that keeps step bundles: a bundle's artifact under ``bundle``, the ``record``
+    JSON naming ``step`` and its Markdown report; returns its tree."""
+    (out / bundle / "artifact").mkdir(parents=True)
+    (out / bundle / "artifact" / "model.onnx").write_bytes(b"the previous result's artifact")
+    (out / f"{record}.json").write_text(json.dumps({"steps": [{"name": step}], "model": "old"}))
+    (out / f"{record}.md").write_text("# the previous result\n")
+    return tree(out)
+
+
 def _previous_precision(out: Path) -> dict[str, str]:
     """A previous 'debug precision' result: its record, report and a step bundle's files."""
-    (out / "steps" / "onnxruntime-int8" / "artifact").mkdir(parents=True)
-    (out / "steps" / "onnxruntime-int8" / "artifact" / "model.onnx").write_bytes(b"previous step bundle")
-    (out / "precision.json").write_text(json.dumps({"steps": [{"name": "onnxruntime-int8"}], "model": "old"}))
-    (out / "precision.md").write_text("# the previous result\n")
-    return tree(out)
+    return _previous_result(out, "steps/onnxruntime-int8", "precision", "onnxruntime-int8")
 
 
 PRECISION_STAGES = {
@@ -165,11 +171,7 @@ def test_debug_precision_interrupted_later_keeps_the_previous_result(
 
 def _previous_optimize(out: Path) -> dict[str, str]:
     """A previous 'optimize' result: its card, report and chosen bundle's files."""
-    (out / "bundle" / "artifact").mkdir(parents=True)
-    (out / "bundle" / "artifact" / "model.onnx").write_bytes(b"previous pick")
-    (out / "card.json").write_text(json.dumps({"steps": [{"name": "baseline"}], "model": "old"}))
-    (out / "card.md").write_text("# the previous result\n")
-    return tree(out)
+    return _previous_result(out, "bundle", "card", "baseline")
 
 
 @pytest.mark.parametrize("sig_name", ["SIGINT", "SIGKILL"])
