@@ -42,6 +42,10 @@ class Tracker:
                 info = _stat(int(entry))
                 if info is not None:
                     parents[int(entry)] = info[0]
+        for pid, (start, comm) in list(self.seen.items()):  # a child seen between fork and exec showed its
+            info = _stat(pid)                                 # parent's command line: read it again
+            if info is not None and info[2] == start and comm != (now := _comm(pid)):
+                self.seen[pid] = (start, now)
         family = {self.root} | set(self.seen)
         grew = True
         while grew:
